@@ -1,0 +1,74 @@
+"""2D residual U-Net (DOMAIN.md §4): strided-conv downsampling, transposed-conv
+upsampling, instance norm, LeakyReLU, residual units, skip connections.
+
+Training-only module: it imports torch, which the runtime install does not
+carry (inference runs the exported ONNX graph).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["ResidualUNet2D"]
+
+
+class _ResidualUnit(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int, dropout: float) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+            nn.InstanceNorm2d(c_out, affine=True),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.Dropout2d(dropout) if dropout > 0 else nn.Identity(),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            nn.InstanceNorm2d(c_out, affine=True),
+        )
+        self.skip = (
+            nn.Identity()
+            if (c_in == c_out and stride == 1)
+            else nn.Conv2d(c_in, c_out, 1 if stride == 1 else 3, stride=stride, padding=0 if stride == 1 else 1)
+        )
+        self.act = nn.LeakyReLU(0.1, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.skip(x))
+
+
+class ResidualUNet2D(nn.Module):
+    """Residual U-Net for single-channel 2D slices.
+
+    Parameters
+    ----------
+    n_classes : int
+        Output channels (softmax logits).
+    channels : tuple of int
+        Feature maps per level; each level after the first halves the size,
+        so inputs must be divisible by ``2 ** (len(channels) - 1)``.
+    dropout : float
+        Channel dropout inside residual units (0.05-0.2 reported to work).
+    """
+
+    def __init__(self, n_classes: int, channels: tuple[int, ...] = (16, 32, 64, 128, 192), dropout: float = 0.1) -> None:
+        super().__init__()
+        if n_classes < 2:
+            raise ValueError(f"'n_classes' must be >= 2, got {n_classes}")
+        self.stem = _ResidualUnit(1, channels[0], 1, 0.0)
+        self.down = nn.ModuleList(
+            _ResidualUnit(channels[i], channels[i + 1], 2, dropout) for i in range(len(channels) - 1)
+        )
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(channels[i + 1], channels[i], 2, stride=2) for i in reversed(range(len(channels) - 1))
+        )
+        self.merge = nn.ModuleList(
+            _ResidualUnit(2 * channels[i], channels[i], 1, dropout) for i in reversed(range(len(channels) - 1))
+        )
+        self.head = nn.Conv2d(channels[0], n_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [self.stem(x)]
+        for d in self.down:
+            skips.append(d(skips[-1]))
+        y = skips.pop()
+        for up, merge in zip(self.up, self.merge):
+            y = merge(torch.cat([up(y), skips.pop()], dim=1))
+        return self.head(y)

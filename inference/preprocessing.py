@@ -1,0 +1,57 @@
+"""Pre-processing shared by training and inference (one definition, so the
+two cannot drift): intensity normalisation and in-plane resampling to the
+training pixel spacing and back."""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["TRAINING_SPACING_MM", "SIZE_MULTIPLE", "normalise_intensity", "to_training_grid", "from_training_grid"]
+
+TRAINING_SPACING_MM = 1.25
+# The network halves the size 4 times.
+SIZE_MULTIPLE = 16
+
+
+def normalise_intensity(volume: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0) -> np.ndarray:
+    """Per-volume percentile scaling to [0, 1] (clipped).
+
+    Percentiles are taken over the whole volume, so every slice of a series is
+    scaled alike (per-subject normalisation, DOMAIN.md §4).
+    """
+    v = np.asarray(volume, dtype=np.float32)
+    lo, hi = np.percentile(v, [low_pct, high_pct])
+    if hi <= lo:
+        return np.zeros_like(v)
+    return np.clip((v - lo) / (hi - lo), 0.0, 1.0)
+
+
+def to_training_grid(planes: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Resample (n, rows, cols) planes to ``TRAINING_SPACING_MM`` and pad to a
+    multiple of ``SIZE_MULTIPLE``.
+
+    Returns the padded array and the unpadded resampled (rows, cols).
+    """
+    zoom = (1.0, pixel_spacing_mm[0] / TRAINING_SPACING_MM, pixel_spacing_mm[1] / TRAINING_SPACING_MM)
+    resampled = ndimage.zoom(planes.astype(np.float32), zoom, order=1, prefilter=False, grid_mode=True, mode="nearest")
+    n, r, c = resampled.shape
+    pr = (-r) % SIZE_MULTIPLE
+    pc = (-c) % SIZE_MULTIPLE
+    padded = np.pad(resampled, ((0, 0), (0, pr), (0, pc)))
+    return padded, (r, c)
+
+
+def from_training_grid(scores: np.ndarray, valid_shape: tuple[int, int], native_shape: tuple[int, int]) -> np.ndarray:
+    """Crop padded (n, classes, rows, cols) scores and resample them linearly
+    back onto the native (rows, cols) grid."""
+    r, c = valid_shape
+    cropped = scores[:, :, :r, :c]
+    zoom = (1.0, 1.0, native_shape[0] / r, native_shape[1] / c)
+    out = ndimage.zoom(cropped, zoom, order=1, prefilter=False, grid_mode=True, mode="nearest")
+    # zoom may be off by one pixel from rounding; fix the size exactly.
+    out = out[:, :, : native_shape[0], : native_shape[1]]
+    pad_r = native_shape[0] - out.shape[2]
+    pad_c = native_shape[1] - out.shape[3]
+    if pad_r or pad_c:
+        out = np.pad(out, ((0, 0), (0, 0), (0, pad_r), (0, pad_c)), mode="edge")
+    return out

@@ -1,0 +1,174 @@
+"""Train the sagittal spine network and export it to ONNX.
+
+``python -m inference.train --data ../shared/data/lumbar_mri --out inference/models``
+
+Reproducible: one seed drives numpy, torch and the batch sampler; torch runs
+deterministic algorithms on 2 CPU threads. The split is `training_data.SPLIT`.
+Outputs ``sagittal_spine.onnx`` and ``sagittal_spine.training.json`` (the
+exact settings, split and loss curve) next to the model card.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from dicom_io.phantom import Weighting
+from inference.network import ResidualUNet2D
+from inference.training_data import (
+    CLASS_NAMES,
+    SPLIT,
+    TrainingCase,
+    list_real_stems,
+    load_real_case,
+    make_phantom_case,
+)
+
+log = logging.getLogger("inference.train")
+
+PATCH = (192, 160)  # rows × columns at the training spacing (240 × 200 mm)
+
+
+def _sample(case: TrainingCase, rng: np.random.Generator, augment: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented 2D example: a slab of 1-5 mm averaged across planes
+    (thick clinical slices), random scale/rotation, gamma and noise."""
+    centre = int(rng.choice(case.labelled_planes))
+    thickness_mm = float(rng.uniform(1.0, 5.0)) if augment else 1.0
+    half = max(0, int(round(thickness_mm / case.plane_spacing_mm / 2 - 0.5)))
+    lo, hi = max(0, centre - half), min(case.image.shape[0], centre + half + 1)
+    image = case.image[lo:hi].mean(axis=0)
+    allowed = case.allowed[centre]
+    rows, cols = image.shape
+    pr, pc = PATCH
+    if augment:
+        angle = np.deg2rad(rng.uniform(-12, 12))
+        scale = rng.uniform(0.85, 1.2)
+    else:
+        angle, scale = 0.0, 1.0
+    # Output patch centre maps to a random point near the labelled spine.
+    fg = np.argwhere(allowed != allowed.max()) if (allowed != allowed.max()).any() else np.argwhere(allowed > 0)
+    anchor = fg[rng.integers(len(fg))] + rng.normal(0, 20, 2)
+    c, s = np.cos(angle), np.sin(angle)
+    mat = np.array([[c, -s], [s, c]]) / scale
+    offset = anchor - mat @ np.array([pr / 2, pc / 2])
+    img = ndimage.affine_transform(image, mat, offset, output_shape=PATCH, order=1, mode="constant", cval=0.0)
+    alw = ndimage.affine_transform(allowed, mat, offset, output_shape=PATCH, order=0, mode="constant",
+                                   cval=int(allowed.max()))
+    if augment:
+        img = np.clip(img, 0, 1) ** rng.uniform(0.6, 1.6)
+        img = img * rng.uniform(0.8, 1.2) + rng.normal(0, rng.uniform(0, 0.04), img.shape)
+    return img.astype(np.float32), alw.astype(np.uint8)
+
+
+def partial_label_loss(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Marginal cross-entropy over the allowed classes plus soft Dice on the
+    pixels whose membership of each foreground class is known.
+
+    ``allowed`` holds per-pixel class bitmasks; a pixel allowing every class
+    contributes nothing.
+    """
+    n_classes = logits.shape[1]
+    bits = torch.stack([(allowed >> c) & 1 for c in range(n_classes)], dim=1).bool()
+    logp = torch.log_softmax(logits, dim=1)
+    marginal = torch.logsumexp(logp.masked_fill(~bits, -1e4), dim=1)
+    informative = bits.sum(dim=1) < n_classes
+    ce = -(marginal * informative).sum() / informative.sum().clamp(min=1)
+    prob = logp.exp()
+    dice_terms = []
+    for c in range(1, n_classes):
+        positive = bits[:, c] & (bits.sum(dim=1) == 1)
+        known = positive | ~bits[:, c]
+        if positive.sum() == 0:
+            continue
+        p = prob[:, c] * known
+        inter = (p * positive).sum()
+        dice_terms.append(1 - (2 * inter + 1) / (p.sum() + positive.sum() + 1))
+    dice = torch.stack(dice_terms).mean() if dice_terms else torch.zeros((), device=logits.device)
+    return ce + dice
+
+
+def export_onnx(model: torch.nn.Module, path: Path) -> None:
+    """Export with dynamic batch and spatial size (multiples of 16)."""
+    model.eval()
+    dummy = torch.zeros(1, 1, 256, 256)
+    torch.onnx.export(
+        model, (dummy,), str(path), input_names=["image"], output_names=["logits"], opset_version=17,
+        dynamic_axes={"image": {0: "batch", 2: "rows", 3: "columns"}, "logits": {0: "batch", 2: "rows", 3: "columns"}},
+        dynamo=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="folder with the shared lumbar_mri NIfTI files")
+    ap.add_argument("--out", type=Path, default=Path("inference/models"))
+    ap.add_argument("--iterations", type=int, default=3500)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=20261121)
+    ap.add_argument("--phantoms", type=int, default=20, help="training phantom subjects (each T1 and T2)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    rng = np.random.default_rng(args.seed)
+
+    stems = [s for s in list_real_stems(args.data) if s not in SPLIT["validation"] and s not in SPLIT["excluded"]]
+    t0 = time.time()
+    cases = [load_real_case(args.data, s) for s in stems]
+    phantoms = [make_phantom_case(seed, w) for seed in range(args.phantoms) for w in (Weighting.T1, Weighting.T2)]
+    log.info("cached %d real + %d phantom volumes in %.0f s", len(cases), len(phantoms), time.time() - t0)
+    ivd = [c for c in cases if c.name.startswith("IVD")]
+    vb = [c for c in cases if not c.name.startswith("IVD")]
+    # Sampling weights: real vertebral-body data dominates; discs and S1 come
+    # from the few disc volumes and the phantoms.
+    pools = [(vb, 0.55), (ivd, 0.15), (phantoms, 0.30)]
+
+    model = ResidualUNet2D(len(CLASS_NAMES))
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.iterations, pct_start=0.05)
+    curve = []
+    model.train()
+    for it in range(1, args.iterations + 1):
+        imgs, alws = [], []
+        for _ in range(args.batch):
+            pool = pools[rng.choice(len(pools), p=[w for _, w in pools])][0]
+            img, alw = _sample(pool[rng.integers(len(pool))], rng, augment=True)
+            imgs.append(img)
+            alws.append(alw)
+        x = torch.from_numpy(np.stack(imgs)[:, None])
+        a = torch.from_numpy(np.stack(alws).astype(np.int64))
+        loss = partial_label_loss(model(x), a)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        curve.append(float(loss))
+        if it % 50 == 0:
+            log.info("iteration %d loss %.4f (%.0f s)", it, float(np.mean(curve[-50:])), time.time() - t0)
+        if it % 500 == 0 or it == args.iterations:
+            args.out.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), args.out / "sagittal_spine.pt")
+    export_onnx(model, args.out / "sagittal_spine.onnx")
+    record = {
+        "seed": args.seed, "iterations": args.iterations, "batch": args.batch, "lr": args.lr,
+        "patch_rows_cols": PATCH, "classes": CLASS_NAMES, "training_volumes": stems,
+        "phantom_seeds": list(range(args.phantoms)), "split": SPLIT, "pool_weights": [w for _, w in pools],
+        "loss_every_50": [float(np.mean(curve[i : i + 50])) for i in range(0, len(curve), 50)],
+        "seconds": time.time() - t0, "torch": torch.__version__,
+    }
+    (args.out / "sagittal_spine.training.json").write_text(json.dumps(record, indent=1))
+    log.info("wrote %s", args.out / "sagittal_spine.onnx")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

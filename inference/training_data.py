@@ -1,0 +1,175 @@
+"""Training data for the sagittal spine network: cached 2D slices with
+partial-label targets.
+
+Every case becomes arrays of sagittal planes in display orientation (rows
+superior→inferior, columns anterior→posterior) at ``TRAINING_SPACING_MM``,
+intensities normalised per volume, plus a per-pixel *allowed-class mask*:
+bit ``c`` is set when class ``c`` is consistent with the manual labels. A
+fully labelled pixel allows one class; a pixel whose structure was not
+annotated allows every class it might be (e.g. "background or disc" in the
+vertebral-body datasets, which have no disc labels), and a pixel outside the
+annotated extent allows all classes, so it adds nothing to the loss.
+
+Subjects, not volumes, are split: duplicate volumes and exams of one patient
+stay together (see ../shared/data/lumbar_mri/README.md).
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from dicom_io.levels import StructureKind, structure_by_label
+from dicom_io.phantom import SliceGrid, Weighting, make_spine_phantom, render_phantom
+from inference.preprocessing import TRAINING_SPACING_MM, normalise_intensity
+
+__all__ = [
+    "CLASS_NAMES",
+    "TrainingCase",
+    "SPLIT",
+    "load_real_case",
+    "make_phantom_case",
+    "allowed_all",
+]
+
+log = logging.getLogger(__name__)
+
+# Network output classes.
+CLASS_NAMES = ("background", "vertebral_body", "s1", "disc")
+BG, VB, S1, DISC = 1, 2, 4, 8
+allowed_all = BG | VB | S1 | DISC
+
+# Real-data label values (../shared/data/lumbar_mri/README.md tables).
+_VB_TABLE_S1 = 6
+_EXCLUDED = {"VB3_19": "byte-identical duplicate of VB3_18", "VB3_33": "byte-identical duplicate of VB3_32",
+             "VB3_36": "L4 mask belongs to VB3_35 and does not fit the image"}
+
+# Validation subjects (never trained on). Same-patient exams are kept together:
+# VB1_10/11 are one subject.
+SPLIT = {
+    "validation": ["VB3_05", "VB3_12", "VB3_20", "VB3_28", "VB3_37", "VB2_06", "VB2_14", "VB1_10", "VB1_11",
+                   "VB1_16", "IVD_42"],
+    "validation_phantom_seeds": [1000, 1001, 1002, 1003],
+    "excluded": sorted(_EXCLUDED),
+}
+
+
+@dataclass(frozen=True)
+class TrainingCase:
+    """One volume as normalised sagittal planes with allowed-class masks.
+
+    ``image``: float32 (planes, rows, columns) in [0, 1]; ``allowed``: uint8
+    bitmask per pixel (bit order = ``CLASS_NAMES``); ``plane_spacing_mm``: the
+    left-right distance between planes (1 mm for the shared data), used to
+    average thick slabs during augmentation.
+    """
+
+    name: str
+    image: np.ndarray
+    allowed: np.ndarray
+    plane_spacing_mm: float
+    labelled_planes: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.image.shape != self.allowed.shape:
+            raise ValueError(f"'image' {self.image.shape} and 'allowed' {self.allowed.shape} differ")
+
+
+def _to_display_planes(ras: np.ndarray) -> np.ndarray:
+    """RAS array (i L→R, j P→A, k I→S) → (i, rows S→I, columns A→P)."""
+    return np.ascontiguousarray(np.transpose(ras, (0, 2, 1))[:, ::-1, ::-1])
+
+
+def _resample_planes(planes: np.ndarray, spacing_mm: float, order: int) -> np.ndarray:
+    zoom = spacing_mm / TRAINING_SPACING_MM
+    return np.stack([ndimage.zoom(p, zoom, order=order, prefilter=False) for p in planes])
+
+
+def _vb_allowed(labels: np.ndarray, top_body_partial: bool) -> np.ndarray:
+    """Allowed-class mask for a vertebral-body-only labelled volume."""
+    allowed = np.full(labels.shape, allowed_all, np.uint8)
+    rows = np.where(labels.any(axis=(0, 2)))[0]
+    top, bottom = rows.min(), rows.max()
+    if top_body_partial:
+        # The most superior body was only partly traced: start the trusted
+        # extent below it.
+        top_label = labels[:, top, :][labels[:, top, :] > 0][0]
+        top = np.where((labels == top_label).any(axis=(0, 2)))[0].max() + 1
+    inside = np.zeros(labels.shape[1], bool)
+    inside[top : bottom + 1] = True
+    allowed[:, inside, :] = BG | DISC
+    allowed[(labels > 0) & (labels != _VB_TABLE_S1)] = VB
+    allowed[labels == _VB_TABLE_S1] = S1
+    return allowed
+
+
+def _disc_allowed(labels: np.ndarray) -> np.ndarray:
+    """Allowed-class mask for a disc-only labelled volume."""
+    allowed = np.full(labels.shape, allowed_all, np.uint8)
+    rows = np.where(labels.any(axis=(0, 2)))[0]
+    allowed[:, rows.min() : rows.max() + 1, :] = BG | VB | S1
+    allowed[labels > 0] = DISC
+    return allowed
+
+
+def load_real_case(data_dir: Path, stem: str) -> TrainingCase:
+    """Load one shared-data volume as a `TrainingCase`.
+
+    Raises
+    ------
+    ValueError
+        If ``stem`` is excluded for a documented data defect.
+    FileNotFoundError
+        If the image or label file is missing.
+    """
+    import nibabel as nib  # training-only dependency
+
+    if stem in _EXCLUDED:
+        raise ValueError(f"'{stem}' is excluded: {_EXCLUDED[stem]}")
+    img = nib.load(str(data_dir / f"{stem}_image.nii.gz"))
+    lab = nib.load(str(data_dir / f"{stem}_label.nii.gz"))
+    spacing = float(abs(img.affine[0, 0]))
+    image = _to_display_planes(np.asarray(img.dataobj).astype(np.float32))
+    labels = _to_display_planes(np.asarray(lab.dataobj).astype(np.uint8))
+    image = _resample_planes(normalise_intensity(image), spacing, order=1)
+    labels = _resample_planes(labels, spacing, order=0)
+    if stem.startswith("IVD"):
+        allowed = _disc_allowed(labels)
+    else:
+        allowed = _vb_allowed(labels, top_body_partial=stem.startswith("VB1"))
+    labelled = np.where(labels.any(axis=(1, 2)))[0]
+    return TrainingCase(stem, image.astype(np.float32), allowed, spacing, labelled)
+
+
+def make_phantom_case(seed: int, weighting: Weighting, plane_spacing_mm: float = 1.0) -> TrainingCase:
+    """Render a fully labelled phantom as thin sagittal planes."""
+    n_planes, rows, cols = 61, 240, 232
+    aff = np.eye(4)
+    aff[:3, 0] = (plane_spacing_mm, 0, 0)
+    aff[:3, 1] = (0, 0, -TRAINING_SPACING_MM)
+    aff[:3, 2] = (0, TRAINING_SPACING_MM, 0)
+    rng = np.random.default_rng(seed)
+    centre = np.array([0.0, rng.uniform(-40, 0), rng.uniform(-20, 20)])
+    aff[:3, 3] = centre - aff[:3, :3] @ np.array([(n_planes - 1) / 2, (rows - 1) / 2, (cols - 1) / 2])
+    grid = SliceGrid((n_planes, rows, cols), aff, plane_spacing_mm)
+    phantom = make_spine_phantom(seed)
+    image, labels = render_phantom(phantom, grid, weighting, noise_fraction=rng.uniform(0.01, 0.05), subplanes=1,
+                                   seed=seed)
+    allowed = np.full(labels.shape, BG, np.uint8)
+    for value in np.unique(labels[labels > 0]):
+        s = structure_by_label(int(value))
+        bit = DISC if s.kind is StructureKind.DISC else (S1 if s.name == "S1" else VB)
+        allowed[labels == value] = bit
+    labelled = np.where(labels.any(axis=(1, 2)))[0]
+    return TrainingCase(f"phantom_{seed}_{weighting.value}", normalise_intensity(image.astype(np.float32)), allowed,
+                        plane_spacing_mm, labelled)
+
+
+def list_real_stems(data_dir: Path) -> list[str]:
+    """Stems listed in the shared data manifest, in file order."""
+    with open(data_dir / "manifest.csv", newline="") as f:
+        return [row["stem"] for row in csv.DictReader(f)]
