@@ -102,6 +102,12 @@ _DISC_CODES = {
     "L4L5": codes.SCT.IntervertebralDiscStructureOfFourthLumbarVertebra,
     "L5S1": codes.SCT.IntervertebralDiscStructureOfFifthLumbarVertebra,
 }
+# SNOMED CT's disc meanings exceed the 64 characters a DICOM Code Meaning
+# may hold (LO); keep the code value and shorten the meaning.
+_DISC_CODES = {
+    k: Code(c.value, c.scheme_designator, c.meaning.replace(" (body structure)", "").replace(" structure", ""))
+    for k, c in _DISC_CODES.items()
+}
 # Bodies in warm tones alternating in lightness, discs in cool tones, so
 # neighbouring levels stay distinguishable in an overlay.
 _BODY_COLOURS = [

@@ -1,0 +1,169 @@
+"""The study's DICOM SR: a TID 1500 Measurement Report (highdicom).
+
+One volumetric measurement group per segmented structure and series, each
+with tracking identifiers, a reference to its SEG segment, finding site,
+UCUM units, and the algorithm identification (name, version, model
+checksum). Each height carries an INFERRED FROM two-point POLYLINE on the
+source slice where it was measured, so viewers draw it (DICOM_OUTPUTS.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from dicom_io import codes as sg_codes
+from dicom_io.measurements import StructureMeasurements
+from dicom_io.seg import AlgorithmInfo
+from dicom_io.uids import derive_uid
+from dicom_io.volume import SeriesVolume
+
+__all__ = ["SeriesReport", "build_measurement_report"]
+
+
+@dataclass(frozen=True)
+class SeriesReport:
+    """What the SR needs from one analysed series.
+
+    ``segment_numbers`` maps structure label values to SEG segment numbers.
+    ``flags`` apply to every structure of the series (e.g. level naming not
+    anchored at S1).
+    """
+
+    volume: SeriesVolume
+    source_images: Sequence[Dataset]
+    segmentation: Dataset
+    segment_numbers: dict[int, int]
+    measurements: Sequence[StructureMeasurements]
+    description: str
+    flags: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _algorithm_id(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(
+        name=algorithm.name, version=algorithm.version, parameters=[f"model_sha256={algorithm.model_sha256}"]
+    )
+
+
+def _review(flags: Sequence[str]) -> list[hd.sr.QualitativeEvaluation]:
+    evaluations = [
+        hd.sr.QualitativeEvaluation(sg_codes.NEEDS_REVIEW, codes.SCT.Yes if flags else codes.SCT.No)
+    ]
+    return evaluations
+
+
+def _groups(
+    report: SeriesReport, m: StructureMeasurements, algorithm: AlgorithmInfo, uid_seed: str
+) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """Two groups per structure: volumetric (segment reference, volume,
+    centroid) and planar (height drawn as a two-point polyline; highdicom,
+    like TID 1411, allows no image coordinates inside a volumetric group)."""
+    s = m.structure
+    algo = _algorithm_id(algorithm)
+    by_uid = {ds.SOPInstanceUID: ds for ds in report.source_images}
+    ref = report.volume.slice_refs[m.height_line.slice_index]
+    source = by_uid[ref.sop_instance_uid]
+    # SCOORD image coordinates are (column, row) with the top-left pixel's
+    # centre at (0.5, 0.5) (PS3.3 C.18.6.1.1).
+    (r0, c0), (r1, c1) = m.height_line.points_rc
+    line = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.array([[c0 + 0.5, r0 + 0.5], [c1 + 0.5, r1 + 0.5]]),
+        source_image=hd.sr.SourceImageForRegion(
+            source.SOPClassUID, source.SOPInstanceUID,
+            referenced_frame_numbers=[ref.frame_number] if ref.frame_number else None,
+        ),
+    )
+    lps = m.centroid_lps_mm
+    review = _review(tuple(report.flags) + tuple(m.flags))
+    finding_sites = [hd.sr.FindingSite(anatomic_location=s.property_type)]
+    label = f"{s.display_name} ({report.description})"
+    volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=hd.UID(derive_uid(uid_seed, report.volume.series_instance_uid, s.name)), identifier=label
+        ),
+        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(
+            report.segmentation, segment_number=report.segment_numbers[s.label]
+        ),
+        finding_type=s.property_type,
+        finding_sites=finding_sites,
+        algorithm_id=algo,
+        measurements=[
+            hd.sr.Measurement(codes.SCT.Volume, round(m.volume_cm3, 3), codes.UCUM.CubicCentimeter, algorithm_id=algo),
+            hd.sr.Measurement(sg_codes.CENTROID_L, round(float(lps[0]), 2), codes.UCUM.Millimeter, algorithm_id=algo),
+            hd.sr.Measurement(sg_codes.CENTROID_P, round(float(lps[1]), 2), codes.UCUM.Millimeter, algorithm_id=algo),
+            hd.sr.Measurement(sg_codes.CENTROID_S, round(float(lps[2]), 2), codes.UCUM.Millimeter, algorithm_id=algo),
+        ],
+        qualitative_evaluations=review,
+    )
+    planar = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=hd.UID(derive_uid(uid_seed, report.volume.series_instance_uid, s.name, "height")),
+            identifier=f"{label} height",
+        ),
+        referenced_region=line,
+        finding_type=s.property_type,
+        finding_sites=finding_sites,
+        algorithm_id=algo,
+        measurements=[
+            hd.sr.Measurement(codes.DCM.Height, round(m.height_mm, 2), codes.UCUM.Millimeter, algorithm_id=algo)
+        ],
+        qualitative_evaluations=review,
+    )
+    return [volumetric, planar]
+
+
+def build_measurement_report(
+    reports: Sequence[SeriesReport],
+    algorithm: AlgorithmInfo,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    software_version: str,
+) -> hd.sr.Comprehensive3DSR:
+    """Build the study's Comprehensive 3D SR holding every measurement.
+
+    Raises
+    ------
+    ValueError
+        If ``reports`` is empty or they come from different studies.
+    """
+    if not reports:
+        raise ValueError("'reports' is empty: nothing to report")
+    studies = {r.volume.study_instance_uid for r in reports}
+    if len(studies) != 1:
+        raise ValueError(f"'reports' span {len(studies)} studies")
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=hd.UID(derive_uid("spinegate-device", algorithm.name)),
+            name="spinegate",
+            manufacturer_name="spinegate",
+            model_name=algorithm.name,
+        ),
+    )
+    groups = [g for r in reports for m in r.measurements for g in _groups(r, m, algorithm, sop_instance_uid)]
+    content = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.LN.MRISpineReport,
+        imaging_measurements=groups,
+    )
+    evidence = [ds for r in reports for ds in r.source_images] + [r.segmentation for r in reports]
+    return hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=content,
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        manufacturer="spinegate",
+        series_description="spinegate lumbar measurements (research use, unverified)",
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        software_versions=software_version,
+    )
