@@ -114,7 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=20261121)
     ap.add_argument("--phantoms", type=int, default=20, help="training phantom subjects (each T1 and T2)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--export-checkpoint", type=Path, help="only export this saved state dict to ONNX and stop")
     args = ap.parse_args(argv)
+    if args.export_checkpoint:
+        model = ResidualUNet2D(len(CLASS_NAMES))
+        model.load_state_dict(torch.load(args.export_checkpoint))
+        export_onnx(model, args.out / "sagittal_spine.onnx")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -151,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         opt.step()
         sched.step()
-        curve.append(float(loss))
+        curve.append(float(loss.detach()))
         if it % 50 == 0:
             log.info("iteration %d loss %.4f (%.0f s)", it, float(np.mean(curve[-50:])), time.time() - t0)
         if it % 500 == 0 or it == args.iterations:

@@ -1,0 +1,95 @@
+"""Series classification: plane from ImageOrientationPatient, weighting from
+RepetitionTime/EchoTime (SeriesDescription when they are absent or
+inconclusive), localisers and derived images excluded. Vendor-neutral."""
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from dicom_io.volume import SeriesError, frame_geometry
+
+__all__ = ["Plane", "Weighting", "SeriesClass", "classify_series", "plane_from_orientation"]
+
+
+class Plane(str, enum.Enum):
+    SAGITTAL = "sagittal"
+    AXIAL = "axial"
+    CORONAL = "coronal"
+    OBLIQUE = "oblique"
+
+
+class Weighting(str, enum.Enum):
+    T1 = "T1"
+    T2 = "T2"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class SeriesClass:
+    """Classification of one series; ``excluded`` names why it cannot be
+    analysed at all (localiser, derived, …), else is empty."""
+
+    plane: Plane
+    weighting: Weighting
+    excluded: str = ""
+
+
+# Within ~20° of a patient axis counts as that plane.
+_AXIS_COS = float(np.cos(np.deg2rad(20)))
+_LOCALISER = re.compile(r"\b(loc|locali[sz]er|scout|survey|3[- ]?plane|tri[- ]?pilot)\b", re.I)
+_T1_WORDS = re.compile(r"t1", re.I)
+_T2_WORDS = re.compile(r"t2", re.I)
+_OTHER_WORDS = re.compile(r"stir|tirm|flair|dwi|diffusion|adc|dixon|fat|water|t2\*|swi|pd\b", re.I)
+
+
+def plane_from_orientation(iop: np.ndarray) -> Plane:
+    """The slice plane of ImageOrientationPatient (6 values)."""
+    normal = np.cross(np.asarray(iop[:3], float), np.asarray(iop[3:], float))
+    normal = normal / np.linalg.norm(normal)
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[axis]) < _AXIS_COS:
+        return Plane.OBLIQUE
+    return (Plane.SAGITTAL, Plane.CORONAL, Plane.AXIAL)[axis]
+
+
+def _weighting(ds: Dataset) -> Weighting:
+    desc = str(ds.get("SeriesDescription", "") or "")
+    tr = ds.get("RepetitionTime")
+    te = ds.get("EchoTime")
+    if _OTHER_WORDS.search(desc):
+        return Weighting.OTHER
+    if tr not in (None, "") and te not in (None, ""):
+        tr, te = float(tr), float(te)
+        if tr <= 1000 and te <= 30:
+            return Weighting.T1
+        if tr >= 1500 and te >= 60:
+            return Weighting.T2
+    if _T2_WORDS.search(desc):
+        return Weighting.T2
+    if _T1_WORDS.search(desc):
+        return Weighting.T1
+    return Weighting.OTHER
+
+
+def classify_series(headers: list[Dataset]) -> SeriesClass:
+    """Classify a series from its instance headers (pixel data not needed)."""
+    first = headers[0]
+    desc = str(first.get("SeriesDescription", "") or "")
+    image_type = [str(v).upper() for v in (first.get("ImageType") or [])]
+    try:
+        iop = frame_geometry(first)[0][1]
+        plane = plane_from_orientation(iop)
+    except (SeriesError, AttributeError, KeyError, ValueError, IndexError):
+        return SeriesClass(Plane.OBLIQUE, Weighting.OTHER, "no_geometry")
+    weighting = _weighting(first)
+    if "LOCALIZER" in image_type or _LOCALISER.search(desc):
+        return SeriesClass(plane, weighting, "localiser")
+    if image_type and image_type[0] == "DERIVED":
+        return SeriesClass(plane, weighting, "derived_image")
+    if first.get("Modality") != "MR":
+        return SeriesClass(plane, weighting, "not_mr")
+    return SeriesClass(plane, weighting)

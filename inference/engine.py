@@ -1,0 +1,152 @@
+"""The sagittal vertebral-body/disc engine on ONNX Runtime.
+
+Pre-processing is `inference.preprocessing` (the same code as training):
+slices turned to the training orientation (rows superior→inferior, columns
+anterior→posterior), intensity-normalised per series, resampled to the
+training pixel spacing; softmax scores are resampled back to the native grid
+before the argmax, then `inference.postprocess` names the levels.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dicom_io.volume import SeriesVolume
+from inference.postprocess import NamedLabels, name_levels
+from inference.preprocessing import from_training_grid, normalise_intensity, to_training_grid
+
+__all__ = ["ModelInfo", "SagittalSpineEngine", "EngineError", "load_model_info"]
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "sagittal_spine"
+
+
+class EngineError(RuntimeError):
+    """The engine cannot run (model missing or unreadable)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Identity of a committed model file."""
+
+    name: str
+    version: str
+    path: Path
+    sha256: str
+
+
+def load_model_info(model_dir: Path, name: str = MODEL_NAME) -> ModelInfo:
+    """Read a model's identity (version from its training record).
+
+    Raises
+    ------
+    EngineError
+        If the ONNX file is missing.
+    """
+    path = model_dir / f"{name}.onnx"
+    if not path.exists():
+        raise EngineError(f"model file {path} is missing; train it with 'python -m inference.train'")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    version = "unversioned"
+    record = model_dir / f"{name}.training.json"
+    if record.exists():
+        version = str(json.loads(record.read_text()).get("version", f"seed{json.loads(record.read_text())['seed']}"))
+    return ModelInfo(name, version, path, sha)
+
+
+@dataclass
+class SpineSegmentation:
+    """Result of the sagittal engine for one series."""
+
+    named: NamedLabels
+    inference_s: float
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def _canonical_axes(affine: np.ndarray) -> tuple[bool, bool, bool]:
+    """(transpose, flip_rows, flip_cols) turning slices into training
+    orientation: rows toward inferior (−z), columns toward posterior (+y)."""
+    row_step, col_step = affine[:3, 1], affine[:3, 2]
+    transpose = abs(row_step[2]) < abs(col_step[2])
+    if transpose:
+        row_step, col_step = col_step, row_step
+    return transpose, bool(row_step[2] > 0), bool(col_step[1] < 0)
+
+
+def _to_canonical(a: np.ndarray, axes: tuple[bool, bool, bool]) -> np.ndarray:
+    transpose, fr, fc = axes
+    if transpose:
+        a = np.swapaxes(a, -1, -2)
+    if fr:
+        a = a[..., ::-1, :]
+    if fc:
+        a = a[..., ::-1]
+    return np.ascontiguousarray(a)
+
+
+def _from_canonical(a: np.ndarray, axes: tuple[bool, bool, bool]) -> np.ndarray:
+    transpose, fr, fc = axes
+    if fc:
+        a = a[..., ::-1]
+    if fr:
+        a = a[..., ::-1, :]
+    if transpose:
+        a = np.swapaxes(a, -1, -2)
+    return np.ascontiguousarray(a)
+
+
+class SagittalSpineEngine:
+    """Segments vertebral bodies and discs of a sagittal series.
+
+    Parameters
+    ----------
+    model_dir : pathlib.Path
+        Folder holding ``sagittal_spine.onnx``.
+    threads : int
+        ONNX Runtime intra-op threads.
+    batch_slices : int
+        Slices per inference call.
+    """
+
+    def __init__(self, model_dir: Path, threads: int = 2, batch_slices: int = 8) -> None:
+        import onnxruntime as ort
+
+        self.info = load_model_info(model_dir)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(str(self.info.path), opts, providers=["CPUExecutionProvider"])
+        self._batch = batch_slices
+        log.info("loaded model name=%s version=%s sha256=%s", self.info.name, self.info.version, self.info.sha256[:12])
+
+    def scores(self, volume: SeriesVolume) -> np.ndarray:
+        """Softmax class scores (slices, classes, rows, cols) on the native grid."""
+        axes = _canonical_axes(volume.affine)
+        planes = _to_canonical(volume.array, axes)
+        spacing = volume.spacing_mm
+        ps = (spacing[2], spacing[1]) if axes[0] else (spacing[1], spacing[2])
+        x, valid = to_training_grid(normalise_intensity(planes), ps)
+        outs = []
+        for i in range(0, len(x), self._batch):
+            logits = self._session.run(None, {"image": x[i : i + self._batch, None].astype(np.float32)})[0]
+            e = np.exp(logits - logits.max(axis=1, keepdims=True))
+            outs.append(e / e.sum(axis=1, keepdims=True))
+        probs = from_training_grid(np.concatenate(outs), valid, planes.shape[1:])
+        return _from_canonical(probs, axes)
+
+    def segment(self, volume: SeriesVolume) -> SpineSegmentation:
+        """Classes, post-processing and level names for one series."""
+        t0 = time.perf_counter()
+        probs = self.scores(volume)
+        t1 = time.perf_counter()
+        named = name_levels(probs.argmax(axis=1).astype(np.uint8), volume.affine, volume.voxel_volume_mm3)
+        t2 = time.perf_counter()
+        return SpineSegmentation(named, t1 - t0, {"inference": t1 - t0, "postprocess": t2 - t1})

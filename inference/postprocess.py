@@ -1,0 +1,131 @@
+"""Post-processing of network classes into named structures.
+
+Per class: fill holes, smooth (binary opening/closing in-plane), split into
+3D connected components and drop those under a minimum volume. Then name
+levels: S1 is the largest S1-class component; bodies above it are counted
+upward L5, L4, … (DOMAIN.md §3: count from S1 when S1 is visible). Without
+S1 the lowest body is taken as L5 and the result is flagged for review.
+Each disc is named by the two bodies it lies between.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from dicom_io.levels import VERTEBRAL_BODY_LEVELS, structure_by_name
+
+__all__ = ["NamedLabels", "clean_class_mask", "name_levels", "CLASS_VB", "CLASS_S1", "CLASS_DISC"]
+
+CLASS_VB, CLASS_S1, CLASS_DISC = 1, 2, 3
+
+FLAG_UNANCHORED = "level_naming_unanchored_no_s1"
+FLAG_PARTIAL = "touches_field_of_view_edge"
+
+
+@dataclass(frozen=True)
+class NamedLabels:
+    """A spinegate label map (values from `dicom_io.levels`) with flags.
+
+    ``structure_flags`` maps a level name to its review flags.
+    """
+
+    label_map: np.ndarray
+    series_flags: tuple[str, ...]
+    structure_flags: dict[str, tuple[str, ...]]
+
+
+def clean_class_mask(mask: np.ndarray, min_voxels: int) -> list[np.ndarray]:
+    """Fill holes, smooth and split a class mask into 3D components.
+
+    Returns component masks of at least ``min_voxels`` voxels, largest first.
+    """
+    st2d = np.zeros((1, 3, 3), bool)
+    st2d[0] = ndimage.generate_binary_structure(2, 1)
+    m = ndimage.binary_opening(mask, structure=st2d)
+    m = ndimage.binary_closing(m, structure=st2d)
+    m = np.stack([ndimage.binary_fill_holes(s) for s in m])
+    labels, n = ndimage.label(m, structure=ndimage.generate_binary_structure(3, 1))
+    if n == 0:
+        return []
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    order = np.argsort(sizes)[::-1]
+    return [labels == (i + 1) for i in order if sizes[i] >= min_voxels]
+
+
+def _superior_mm(mask: np.ndarray, affine: np.ndarray) -> float:
+    """Patient z (superior, mm) of a component's centroid."""
+    c = np.argwhere(mask).mean(axis=0)
+    return float((affine[:3, :3] @ c + affine[:3, 3])[2])
+
+
+def _touches_edge(mask: np.ndarray) -> bool:
+    return bool(mask[:, 0, :].any() or mask[:, -1, :].any() or mask[:, :, 0].any() or mask[:, :, -1].any())
+
+
+def name_levels(classes: np.ndarray, affine: np.ndarray, voxel_volume_mm3: float) -> NamedLabels:
+    """Turn a class map (0 bg, 1 body, 2 S1, 3 disc) into named levels.
+
+    Parameters
+    ----------
+    classes : numpy.ndarray
+        (slices, rows, columns) network classes on the native grid.
+    affine : numpy.ndarray
+        Index → LPS mm map (used for superior/inferior ordering).
+    voxel_volume_mm3 : float
+        Sets the minimum component sizes (bodies 2 cm³, S1 2 cm³, discs 0.4 cm³).
+    """
+    min_body = max(1, int(2000 / voxel_volume_mm3))
+    min_disc = max(1, int(400 / voxel_volume_mm3))
+    bodies = clean_class_mask(classes == CLASS_VB, min_body)
+    s1_parts = clean_class_mask(classes == CLASS_S1, min_body)
+    discs = clean_class_mask(classes == CLASS_DISC, min_disc)
+    out = np.zeros(classes.shape, np.uint8)
+    flags: dict[str, tuple[str, ...]] = {}
+    series_flags: list[str] = []
+
+    s1 = s1_parts[0] if s1_parts else None
+    s1_z = _superior_mm(s1, affine) if s1 is not None else -np.inf
+    # Bodies below S1 are sacral segments the network called vertebral bodies.
+    body_z = sorted(((_superior_mm(b, affine), b) for b in bodies if _superior_mm(b, affine) > s1_z),
+                    key=lambda t: t[0])
+    named: list[tuple[str, float, np.ndarray]] = []
+    if s1 is not None:
+        named.append(("S1", s1_z, s1))
+        start = VERTEBRAL_BODY_LEVELS.index("L5")
+    else:
+        series_flags.append(FLAG_UNANCHORED)
+        start = VERTEBRAL_BODY_LEVELS.index("L5")
+    for i, (z, b) in enumerate(body_z):
+        idx = start - i
+        if idx < 0:
+            series_flags.append("more_bodies_than_levels")
+            break
+        named.append((VERTEBRAL_BODY_LEVELS[idx], z, b))
+    for name, _, m in named:
+        out[m & (out == 0)] = structure_by_name(name).label
+        flags[name] = (FLAG_PARTIAL,) if _touches_edge(m) else ()
+    # Discs: between consecutive named bodies (inferior→superior order).
+    ladder = sorted(named, key=lambda t: t[1])
+    for d in discs:
+        z = _superior_mm(d, affine)
+        name = None
+        for (lower, z_lo, _), (upper, z_hi, _) in zip(ladder, ladder[1:]):
+            if z_lo < z < z_hi:
+                name = f"{upper}{lower}"
+                break
+        if name is None and ladder and z > ladder[-1][1]:
+            top = VERTEBRAL_BODY_LEVELS.index(ladder[-1][0])
+            if top > 0:
+                name = f"{VERTEBRAL_BODY_LEVELS[top - 1]}{ladder[-1][0]}"
+        if name is None:
+            continue
+        label = structure_by_name(name).label
+        if (out == label).any():
+            # A disc split in two: join the parts.
+            out[d & (out == 0)] = label
+            continue
+        out[d & (out == 0)] = label
+        flags[name] = (FLAG_PARTIAL,) if _touches_edge(d) else ()
+    return NamedLabels(out, tuple(series_flags), flags)

@@ -1,0 +1,104 @@
+"""The ``spinegate`` command: parses options and calls one entry point each.
+
+Exit codes: 0 success, 2 usage/configuration error, 3 the study could not be
+analysed, 4 the model is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from service.config import ConfigError, load_config
+from service.logging_setup import configure_logging
+
+EXIT_OK, EXIT_CONFIG, EXIT_STUDY_FAILED, EXIT_NO_MODEL = 0, 2, 3, 4
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spinegate", description="DICOM-native lumbar spine MRI analysis service")
+    p.add_argument("--config", type=Path, help="YAML configuration file (env SPINEGATE_<SECTION>__<KEY> overrides it)")
+    p.add_argument("--log-level", default="INFO")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the DICOM SCP and the study worker")
+    s.add_argument("--port", type=int, help="listening port (overrides network.port)")
+    s.add_argument("--ae-title", help="our AE title (overrides network.ae_title)")
+    pr = sub.add_parser("process", help="queue a received study now, skipping the quiet period")
+    pr.add_argument("study_uid")
+    a = sub.add_parser("analyze", help="run the pipeline on DICOM files, no networking")
+    a.add_argument("dicom_dir", type=Path)
+    a.add_argument("--out", type=Path, required=True)
+    d = sub.add_parser("demo", help="phantom study through a real 'spinegate serve' and back")
+    d.add_argument("--work-dir", type=Path)
+    d.add_argument("--seed", type=int, default=7)
+    ph = sub.add_parser("phantom", help="write the synthetic sagittal phantom study as DICOM")
+    ph.add_argument("out_dir", type=Path)
+    ph.add_argument("--seed", type=int, default=7)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_level)
+    overrides = {}
+    if args.command == "serve":
+        overrides["network"] = {"port": args.port, "ae_title": args.ae_title}
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"spinegate: configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "serve":
+        from service.app import run
+
+        return run(config)
+    if args.command == "process":
+        from service.app import build_worker
+
+        store, worker = build_worker(config)
+        if not worker.request_processing(args.study_uid):
+            rec = store.study(args.study_uid)
+            state = rec.state.value if rec else "unknown"
+            print(f"spinegate: study {args.study_uid} cannot be queued (state: {state})", file=sys.stderr)
+            return EXIT_STUDY_FAILED
+        print(f"queued {args.study_uid}")
+        return EXIT_OK
+    if args.command == "analyze":
+        return _analyze(config, args.dicom_dir, args.out)
+    if args.command == "demo":
+        from service.demo import run_demo
+
+        return run_demo(args.work_dir, args.seed)
+    if args.command == "phantom":
+        from dicom_io.phantom_study import write_phantom_study
+
+        truth = write_phantom_study(args.out_dir, seed=args.seed)
+        (args.out_dir / "truth.json").write_text(json.dumps(truth["structures"], indent=1))
+        print(f"wrote {len(truth['files'])} files and truth.json to {args.out_dir}")
+        return EXIT_OK
+    return EXIT_CONFIG
+
+
+def _analyze(config, dicom_dir: Path, out: Path) -> int:  # type: ignore[no-untyped-def]
+    from inference.engine import EngineError, SagittalSpineEngine
+    from service.pipeline import StudyFailed, analyze_study, structure_table
+
+    paths = sorted(p for p in dicom_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+    try:
+        engine = SagittalSpineEngine(config.inference.model_dir, config.inference.threads)
+    except EngineError as e:
+        print(f"spinegate: {e}", file=sys.stderr)
+        return EXIT_NO_MODEL
+    try:
+        result = analyze_study(paths, engine, config.routing, out)
+    except StudyFailed as e:
+        print(f"spinegate: study not analysed: {e.reason}: {e}", file=sys.stderr)
+        return EXIT_STUDY_FAILED
+    print(structure_table(json.loads(result.measurements_path.read_text())))
+    print(f"\nwrote {', '.join(p.name for p in result.outputs)} and measurements.json to {out}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

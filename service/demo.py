@@ -1,0 +1,155 @@
+"""The zero-input demo: a phantom study through a real ``spinegate serve``.
+
+Generates the sagittal phantom study, starts ``spinegate serve`` as a child
+process (embedded SQLite queue, local spool) and a local C-STORE receiver
+standing in for the PACS, sends the study over DICOM, waits for the SEG and
+SR to arrive, and prints the measurements beside the phantom's truth.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import yaml
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
+from dicom_io.phantom_study import write_phantom_study
+from dicom_io.send import send_files
+from dicom_io.uids import COMPREHENSIVE_3D_SR_SOP_CLASS
+
+__all__ = ["LocalReceiver", "free_port", "run_demo", "wait_for_echo"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LocalReceiver:
+    """A minimal storage SCP that keeps what it receives (the demo's PACS)."""
+
+    folder: Path
+    ae_title: str = "DEMOPACS"
+    port: int = field(default_factory=free_port)
+    received: list[tuple[float, Path, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        ae = AE(ae_title=self.ae_title)
+        ae.supported_contexts = AllStoragePresentationContexts
+        ae.add_supported_context(Verification)
+        self._server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+
+    def _on_store(self, event: Any) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        path = self.folder / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        with self._lock:
+            self.received.append((time.time(), path, str(ds.SOPClassUID)))
+        return 0x0000
+
+    def wait_for_sr(self, timeout_s: float) -> float:
+        """Arrival time of the first SR; raises TimeoutError."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                for t, _, sop_class in self.received:
+                    if sop_class == COMPREHENSIVE_3D_SR_SOP_CLASS:
+                        return t
+            time.sleep(0.1)
+        raise TimeoutError(f"no SR arrived within {timeout_s:.0f} s")
+
+    def shutdown(self) -> None:
+        self._server.shutdown()
+
+
+def wait_for_echo(host: str, port: int, ae_title: str, timeout_s: float) -> None:
+    """Poll with C-ECHO until the SCP answers; raises TimeoutError."""
+    ae = AE(ae_title="SGPROBE")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = 2
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assoc = ae.associate(host, port, ae_title=ae_title)
+        if assoc.is_established:
+            status = assoc.send_c_echo()
+            assoc.release()
+            if status and status.Status == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"{ae_title}@{host}:{port} did not answer C-ECHO within {timeout_s:.0f} s")
+
+
+def run_demo(work_dir: Path | None = None, seed: int = 7, timeout_s: float = 180.0) -> int:
+    work = Path(work_dir or tempfile.mkdtemp(prefix="spinegate-demo-"))
+    (work / "received").mkdir(parents=True, exist_ok=True)
+    print(f"[demo] working folder {work}")
+    truth = write_phantom_study(work / "study", seed=seed)
+    print(f"[demo] phantom study: {len(truth['files'])} instances (sagittal T1 + T2, 15 x 384x384, 4 mm slices)")
+    receiver = LocalReceiver(work / "received")
+    port = free_port()
+    config = {
+        "network": {"ae_title": "SPINEGATE", "host": "127.0.0.1", "port": port},
+        "storage": {"root": str(work / "var")},
+        "assembly": {"quiet_period_s": 2.0},
+        "export": {"destinations": [{"ae_title": receiver.ae_title, "host": "127.0.0.1", "port": receiver.port}]},
+    }
+    (work / "spinegate.yaml").write_text(yaml.safe_dump(config))
+    log = open(work / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config", str(work / "spinegate.yaml")],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        wait_for_echo("127.0.0.1", port, "SPINEGATE", 60)
+        print(f"[demo] spinegate serve is listening on 127.0.0.1:{port}; sending the study")
+        send_files(truth["files"], "SPINEGATE", "127.0.0.1", port, calling_ae_title="SCANNER")
+        sent = time.time()
+        arrived = receiver.wait_for_sr(timeout_s)
+        print(f"[demo] SEG+SR received {arrived - sent:.1f} s after the last instance was sent "
+              f"(includes the 2 s quiet period)")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        receiver.shutdown()
+        log.close()
+    _print_results(work, truth, receiver)
+    return 0
+
+
+def _print_results(work: Path, truth: dict[str, Any], receiver: LocalReceiver) -> None:
+    import json
+
+    kinds = {"1.2.840.10008.5.1.4.1.1.66.4": "SEG", COMPREHENSIVE_3D_SR_SOP_CLASS: "SR"}
+    for _, path, sop_class in receiver.received:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        print(f"[demo] received {kinds.get(sop_class, sop_class)}: {ds.SeriesDescription} -> {path.name}")
+    doc = json.loads((work / "var" / "outputs" / truth["study_instance_uid"] / "measurements.json").read_text())
+    print()
+    print(f"{'series':<12} {'structure':<28} {'height mm':>9} {'truth':>6} {'volume cm3':>10} {'truth':>6}")
+    for s in doc["series"]:
+        for m in s["structures"]:
+            t = truth["structures"].get(m["level"], {})
+            print(f"{s['description'][:12]:<12} {m['label']:<28} {m['height_mm']:>9.1f} "
+                  f"{t.get('height_mm', float('nan')):>6.1f} {m['volume_cm3']:>10.2f} {t.get('volume_cm3', float('nan')):>6.2f}")
+    print(f"\n[demo] outputs and measurements.json: {work / 'var' / 'outputs' / truth['study_instance_uid']}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_demo(Path(os.environ["SPINEGATE_DEMO_DIR"]) if "SPINEGATE_DEMO_DIR" in os.environ else None))

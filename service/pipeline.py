@@ -1,0 +1,251 @@
+"""The path of one study, as stages with typed inputs and outputs.
+
+select (classify + route) → segment → measure → report (SEG per series, one
+SR) → write outputs. Each stage only unpacks values and calls the pure
+functions of dicom_io / inference / biomech. Used identically by the queue
+worker and by ``spinegate analyze``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from biomech.morphometry import measure_structure
+from dicom_io.classify import SeriesClass, classify_series
+from dicom_io.levels import StructureKind
+from dicom_io.measurements import StructureMeasurements
+from dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
+from dicom_io.sr import SeriesReport, build_measurement_report
+from dicom_io.uids import derive_uid
+from dicom_io.volume import SeriesError, read_series
+from inference.engine import SagittalSpineEngine
+from service.config import RoutingRule
+from service.routing import RoutingDecision, route
+from service.version import __version__
+
+__all__ = ["StudyFailed", "SeriesOutcome", "StudyResult", "analyze_study", "measurements_document"]
+
+log = logging.getLogger(__name__)
+
+SEG_SERIES_NUMBER_OFFSET = 9000
+SR_SERIES_NUMBER = 9999
+
+
+class StudyFailed(RuntimeError):
+    """The study produced no result; ``reason`` is a short code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class SeriesOutcome:
+    """What happened to one series: routing, and results if analysed."""
+
+    series_uid: str
+    description: str
+    series_class: SeriesClass
+    decision: RoutingDecision
+    error: str = ""
+    measurements: list[StructureMeasurements] = field(default_factory=list)
+    flags: tuple[str, ...] = ()
+    seg_path: Path | None = None
+    seg_sop_instance_uid: str = ""
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class StudyResult:
+    study_uid: str
+    series: list[SeriesOutcome]
+    sr_path: Path | None
+    measurements_path: Path
+    outputs: list[Path]
+    timings_s: dict[str, float]
+
+
+def _read_headers(paths: Sequence[Path]) -> dict[str, list[tuple[Path, Dataset]]]:
+    by_series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
+    for p in paths:
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+            by_series[str(ds.SeriesInstanceUID)].append((p, ds))
+        except Exception as e:  # unreadable files are reported, not fatal
+            log.warning("unreadable input file=%s: %s", p.name, e)
+    return by_series
+
+
+def _input_digest(by_series: dict[str, list[tuple[Path, Dataset]]], model_sha: str) -> str:
+    uids = sorted(str(ds.SOPInstanceUID) for items in by_series.values() for _, ds in items)
+    return hashlib.sha256(("\n".join(uids) + model_sha).encode()).hexdigest()[:32]
+
+
+def analyze_study(
+    paths: Sequence[Path],
+    engine: SagittalSpineEngine,
+    rules: tuple[RoutingRule, ...],
+    out_dir: Path,
+) -> StudyResult:
+    """Run the whole pipeline on the files of one study.
+
+    Raises
+    ------
+    StudyFailed
+        ``no_readable_instances``, ``multiple_studies``, ``no_analysable_series``
+        (nothing routed to an engine, or every routed series failed).
+    """
+    t_start = time.perf_counter()
+    by_series = _read_headers(paths)
+    if not by_series:
+        raise StudyFailed("no_readable_instances", "no readable DICOM instance in the study")
+    studies = {str(items[0][1].StudyInstanceUID) for items in by_series.values()}
+    if len(studies) != 1:
+        raise StudyFailed("multiple_studies", f"inputs hold {len(studies)} studies")
+    study_uid = studies.pop()
+    digest = _input_digest(by_series, engine.info.sha256)
+    algorithm = AlgorithmInfo(engine.info.name, engine.info.version, engine.info.sha256)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outcomes: list[SeriesOutcome] = []
+    reports: list[SeriesReport] = []
+    outputs: list[Path] = []
+    for series_uid, items in sorted(by_series.items(), key=lambda kv: int(kv[1][0][1].get("SeriesNumber") or 0)):
+        headers = [ds for _, ds in items]
+        cls = classify_series(headers)
+        decision = route(cls, rules)
+        desc = str(headers[0].get("SeriesDescription", "") or f"series {headers[0].get('SeriesNumber', '')}")
+        outcome = SeriesOutcome(series_uid, desc, cls, decision)
+        outcomes.append(outcome)
+        log.info("series routed series_uid=%s plane=%s weighting=%s rule=%s engine=%s skipped=%s", series_uid,
+                 cls.plane.value, cls.weighting.value, decision.rule, decision.engine, decision.skipped_reason)
+        if decision.engine is None:
+            continue
+        try:
+            report = _analyse_series(outcome, [p for p, _ in items], engine, algorithm, digest, out_dir)
+        except SeriesError as e:
+            outcome.error = f"{e.reason}: {e}"
+            log.warning("series failed series_uid=%s reason=%s", series_uid, e.reason)
+            continue
+        if report is not None:
+            reports.append(report)
+            outputs.append(outcome.seg_path)  # type: ignore[arg-type]
+    sr_path = None
+    if reports:
+        t0 = time.perf_counter()
+        sr = build_measurement_report(
+            reports, algorithm, derive_uid(digest, "sr-series"), derive_uid(digest, "sr"), SR_SERIES_NUMBER,
+            __version__,
+        )
+        sr_path = out_dir / "sr.dcm"
+        sr.save_as(sr_path, enforce_file_format=True)
+        outputs.append(sr_path)
+        log.info("sr written study_uid=%s sop_instance_uid=%s groups=%d", study_uid, sr.SOPInstanceUID,
+                 sum(len(r.measurements) for r in reports))
+        timings = {"sr": time.perf_counter() - t0}
+    else:
+        timings = {}
+    timings["total"] = time.perf_counter() - t_start
+    result = StudyResult(study_uid, outcomes, sr_path, out_dir / "measurements.json", outputs, timings)
+    result.measurements_path.write_text(json.dumps(measurements_document(result, algorithm), indent=1))
+    if not reports:
+        reasons = sorted({o.error or o.decision.skipped_reason for o in outcomes})
+        raise StudyFailed("no_analysable_series", f"no series could be analysed ({', '.join(reasons)})")
+    return result
+
+
+def _analyse_series(
+    outcome: SeriesOutcome, files: list[Path], engine: SagittalSpineEngine, algorithm: AlgorithmInfo, digest: str,
+    out_dir: Path,
+) -> SeriesReport | None:
+    t0 = time.perf_counter()
+    datasets = [pydicom.dcmread(p) for p in files]
+    volume = read_series(datasets)
+    t1 = time.perf_counter()
+    seg = engine.segment(volume)
+    t2 = time.perf_counter()
+    label_map = seg.named.label_map
+    outcome.flags = seg.named.series_flags
+    present = segment_numbers(label_map)
+    if not present:
+        outcome.error = "nothing_segmented: the model found no vertebral body or disc"
+        return None
+    outcome.measurements = [
+        measure_structure(label_map == s.label, volume.affine, s, seg.named.structure_flags.get(s.name, ()))
+        for s in present
+    ]
+    t3 = time.perf_counter()
+    series_number = SEG_SERIES_NUMBER_OFFSET + int(datasets[0].get("SeriesNumber") or 0)
+    seg_ds = build_segmentation(
+        volume, datasets, label_map, algorithm, derive_uid(digest, outcome.series_uid, "seg-series"),
+        derive_uid(digest, outcome.series_uid, "seg"), series_number, __version__,
+    )
+    outcome.seg_sop_instance_uid = str(seg_ds.SOPInstanceUID)
+    outcome.seg_path = out_dir / f"seg_{outcome.series_uid}.dcm"
+    seg_ds.save_as(outcome.seg_path, enforce_file_format=True)
+    t4 = time.perf_counter()
+    outcome.timings_s = {"load": t1 - t0, "segment": t2 - t1, "measure": t3 - t2, "seg_write": t4 - t3}
+    numbers = {s.label: i + 1 for i, s in enumerate(present)}
+    return SeriesReport(volume, datasets, seg_ds, numbers, outcome.measurements, outcome.description, outcome.flags)
+
+
+def measurements_document(result: StudyResult, algorithm: AlgorithmInfo) -> dict[str, Any]:
+    """The documented ``measurements.json`` (see README, "measurements.json")."""
+    series = []
+    for o in result.series:
+        entry: dict[str, Any] = {
+            "series_instance_uid": o.series_uid,
+            "description": o.description,
+            "plane": o.series_class.plane.value,
+            "weighting": o.series_class.weighting.value,
+            "rule": o.decision.rule,
+            "engine": o.decision.engine,
+            "skipped_reason": o.decision.skipped_reason or None,
+            "error": o.error or None,
+            "flags": list(o.flags),
+            "seg_sop_instance_uid": o.seg_sop_instance_uid or None,
+            "timings_s": {k: round(v, 3) for k, v in o.timings_s.items()},
+            "structures": [
+                {
+                    "level": m.structure.name,
+                    "label": m.structure.display_name,
+                    "kind": "disc" if m.structure.kind is StructureKind.DISC else "vertebral_body",
+                    "volume_cm3": round(m.volume_cm3, 3),
+                    "height_mm": round(m.height_mm, 2),
+                    "centroid_lps_mm": [round(float(v), 2) for v in np.asarray(m.centroid_lps_mm)],
+                    "flags": list(m.flags),
+                }
+                for m in o.measurements
+            ],
+        }
+        series.append(entry)
+    return {
+        "schema": "spinegate.measurements/1",
+        "study_instance_uid": result.study_uid,
+        "software_version": __version__,
+        "model": {"name": algorithm.name, "version": algorithm.version, "sha256": algorithm.model_sha256},
+        "series": series,
+        "outputs": [p.name for p in result.outputs],
+        "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
+    }
+
+
+def structure_table(doc: dict[str, Any]) -> str:
+    """A plain-text table of the measurements (for the CLI)."""
+    lines = [f"{'series':<22} {'structure':<28} {'height mm':>9} {'volume cm3':>10}  centroid LPS mm"]
+    for s in doc["series"]:
+        for m in s["structures"]:
+            c = ", ".join(f"{v:7.1f}" for v in m["centroid_lps_mm"])
+            lines.append(f"{s['description'][:22]:<22} {m['label']:<28} {m['height_mm']:>9.1f} {m['volume_cm3']:>10.2f}  ({c})")
+        if s["skipped_reason"] or s["error"]:
+            lines.append(f"{s['description'][:22]:<22} skipped: {s['skipped_reason'] or s['error']}")
+    return "\n".join(lines)

@@ -1,0 +1,31 @@
+"""Routing rules (configuration data) applied to classified series."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dicom_io.classify import SeriesClass
+from service.config import RoutingRule
+
+__all__ = ["RoutingDecision", "route"]
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    """Which engine a series goes to, by which rule; or why it is skipped."""
+
+    engine: str | None
+    rule: str | None
+    skipped_reason: str = ""
+
+
+def route(cls: SeriesClass, rules: tuple[RoutingRule, ...]) -> RoutingDecision:
+    """First rule whose planes and weightings match wins."""
+    if cls.excluded:
+        return RoutingDecision(None, None, cls.excluded)
+    for rule in rules:
+        if rule.planes and cls.plane.value not in rule.planes:
+            continue
+        if rule.weightings and cls.weighting.value not in rule.weightings:
+            continue
+        return RoutingDecision(rule.engine, rule.name)
+    return RoutingDecision(None, None, f"no_rule_for_{cls.plane.value}_{cls.weighting.value}")

@@ -1,0 +1,128 @@
+"""The DICOM SCP: C-ECHO and C-STORE for MR images.
+
+Handlers are thin: decode, check, write durably, record, return a status.
+No image work runs inside an association (the SCU waits under its DIMSE
+timeout). The one broad catch is `_status_for`, mapping failures to DIMSE
+statuses through one table.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import pydicom
+from pynetdicom import AE, _config, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification
+
+from dicom_io.uids import ACCEPTED_TRANSFER_SYNTAXES, MR_STORAGE_SOP_CLASSES
+from dicom_io.validate import InstanceProblem, check_received_instance
+from service.config import SpinegateConfig
+from service.spool import durable_write, quarantine_write, spool_path
+from service.store import InstanceRecord, StateStore
+
+__all__ = ["Status", "Receiver", "build_ae", "configure_pynetdicom"]
+
+log = logging.getLogger(__name__)
+
+
+class Status:
+    """C-STORE statuses spinegate returns (PS3.4 Annex B.2.3)."""
+
+    SUCCESS = 0x0000
+    OUT_OF_RESOURCES = 0xA700
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+
+
+_STATUS_BY_REASON = {
+    "missing_attribute": Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    "unsupported_sop_class": Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    "wrong_modality": Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    "missing_pixel_data": Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    "truncated_pixel_data": Status.CANNOT_UNDERSTAND,
+    "malformed_element": Status.CANNOT_UNDERSTAND,
+    "undecodable_dataset": Status.CANNOT_UNDERSTAND,
+    "invalid_uid": Status.CANNOT_UNDERSTAND,
+}
+
+
+def configure_pynetdicom() -> None:
+    """Process-wide pynetdicom settings: never log identifiers (PHI)."""
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    _config.LOG_HANDLER_LEVEL = "none"
+
+
+@dataclass
+class Receiver:
+    """Stores received instances; ``on_stored(study_uid)`` fires after each
+    newly stored instance."""
+
+    config: SpinegateConfig
+    store: StateStore
+    on_stored: Callable[[str], None]
+
+    def handle_store(self, event: Event) -> int:
+        data = event.encoded_dataset(include_meta=True)
+        ts = event.context.transfer_syntax
+        peer = f"{event.assoc.requestor.ae_title}@{event.assoc.requestor.address}"
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data))
+            check_received_instance(ds, ts)
+            path = spool_path(self.config.storage.spool, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        except InstanceProblem as e:
+            return self._refuse(data, e.reason, str(e), peer)
+        except ValueError as e:
+            return self._refuse(data, "invalid_uid", str(e), peer)
+        except Exception as e:  # pydicom raises many types for malformed input
+            return self._refuse(data, "undecodable_dataset", f"{type(e).__name__}: {e}", peer)
+        if self.store.has_instance(ds.SOPInstanceUID):
+            log.info("duplicate instance acknowledged sop_instance_uid=%s peer=%s", ds.SOPInstanceUID, peer)
+            return Status.SUCCESS
+        try:
+            durable_write(path, data)
+        except OSError as e:
+            log.error("cannot store instance sop_instance_uid=%s: %s", ds.SOPInstanceUID, e)
+            return Status.OUT_OF_RESOURCES
+        rec = InstanceRecord(ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPClassUID, path)
+        if self.store.record_instance(rec):
+            self.on_stored(ds.StudyInstanceUID)
+        log.debug("stored sop_instance_uid=%s series_uid=%s", ds.SOPInstanceUID, ds.SeriesInstanceUID)
+        return Status.SUCCESS
+
+    def _refuse(self, data: bytes, reason: str, message: str, peer: str) -> int:
+        try:
+            path = quarantine_write(self.config.storage.quarantine, data, reason, {"message": message, "peer": peer})
+            self.store.quarantine(path, reason)
+        except OSError as e:
+            log.error("cannot quarantine refused instance (%s): %s", reason, e)
+            return Status.OUT_OF_RESOURCES
+        log.warning("refused instance reason=%s peer=%s quarantined=%s: %s", reason, peer, path.name, message)
+        return _STATUS_BY_REASON.get(reason, Status.CANNOT_UNDERSTAND)
+
+
+def build_ae(config: SpinegateConfig) -> AE:
+    """The application entity with MR storage and verification contexts."""
+    ae = AE(ae_title=config.network.ae_title)
+    ae.acse_timeout = config.network.acse_timeout_s
+    ae.dimse_timeout = config.network.dimse_timeout_s
+    ae.network_timeout = config.network.network_timeout_s
+    ae.maximum_associations = config.network.maximum_associations
+    ae.add_supported_context(Verification)
+    for sop_class in MR_STORAGE_SOP_CLASSES:
+        ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
+    return ae
+
+
+def start_scp(config: SpinegateConfig, receiver: Receiver):  # type: ignore[no-untyped-def]
+    """Start listening (non-blocking); returns the server (call ``shutdown()``)."""
+    configure_pynetdicom()
+    ae = build_ae(config)
+    handlers = [(evt.EVT_C_STORE, receiver.handle_store)]
+    server = ae.start_server((config.network.host, config.network.port), block=False, evt_handlers=handlers)
+    log.info("listening ae_title=%s host=%s port=%d", config.network.ae_title, config.network.host,
+             config.network.port)
+    return server

@@ -1,0 +1,166 @@
+"""Durable study state in SQLite (the embedded default).
+
+A study moves received → complete → processing → exported, or → failed with
+a reason. A new instance for a study that was already complete, exported or
+failed sends it back to received (and bumps its version), so a late or
+re-sent series re-triggers it; a study processed while instances kept
+arriving is re-queued instead of marked exported.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["StudyState", "StudyRecord", "InstanceRecord", "StateStore"]
+
+
+class StudyState(str, enum.Enum):
+    RECEIVED = "received"
+    COMPLETE = "complete"
+    PROCESSING = "processing"
+    EXPORTED = "exported"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    study_uid: str
+    state: StudyState
+    reason: str
+    version: int
+    n_instances: int
+    first_received: float
+    last_received: float
+    updated: float
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    sop_class_uid: str
+    path: Path
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+  study_uid TEXT PRIMARY KEY, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+  version INTEGER NOT NULL DEFAULT 0, n_instances INTEGER NOT NULL DEFAULT 0,
+  first_received REAL NOT NULL, last_received REAL NOT NULL, updated REAL NOT NULL,
+  detail TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE IF NOT EXISTS instances (
+  sop_instance_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, series_uid TEXT NOT NULL,
+  sop_class_uid TEXT NOT NULL, path TEXT NOT NULL, received REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
+CREATE TABLE IF NOT EXISTS quarantine (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL, reason TEXT NOT NULL, received REAL NOT NULL);
+"""
+
+
+class StateStore:
+    """Thread-safe SQLite store of studies, instances and quarantined inputs."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _tx(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, args)
+
+    def has_instance(self, sop_instance_uid: str) -> bool:
+        return self._tx("SELECT 1 FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,)).fetchone() is not None
+
+    def record_instance(self, rec: InstanceRecord, now: float | None = None) -> bool:
+        """Record a stored instance; returns False if it was already known."""
+        now = time.time() if now is None else now
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.execute(
+                    "INSERT OR IGNORE INTO instances VALUES (?,?,?,?,?,?)",
+                    (rec.sop_instance_uid, rec.study_uid, rec.series_uid, rec.sop_class_uid, str(rec.path), now),
+                )
+                if cur.rowcount == 0:
+                    cur.execute("COMMIT")
+                    return False
+                cur.execute(
+                    "INSERT INTO studies(study_uid, state, version, n_instances, first_received, last_received, updated)"
+                    " VALUES (?, 'received', 1, 1, ?, ?, ?) ON CONFLICT(study_uid) DO UPDATE SET"
+                    " version=version+1, n_instances=n_instances+1, last_received=excluded.last_received,"
+                    " updated=excluded.updated, reason=CASE WHEN state='processing' THEN reason ELSE '' END,"
+                    " state=CASE WHEN state='processing' THEN 'processing' ELSE 'received' END",
+                    (rec.study_uid, now, now, now),
+                )
+                cur.execute("COMMIT")
+                return True
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
+    def quarantine(self, path: Path, reason: str) -> None:
+        self._tx("INSERT INTO quarantine(path, reason, received) VALUES (?,?,?)", (str(path), reason, time.time()))
+
+    def quarantined(self) -> list[tuple[Path, str]]:
+        return [(Path(p), r) for p, r in self._tx("SELECT path, reason FROM quarantine ORDER BY id").fetchall()]
+
+    def instances(self, study_uid: str) -> list[InstanceRecord]:
+        rows = self._tx(
+            "SELECT sop_instance_uid, study_uid, series_uid, sop_class_uid, path FROM instances WHERE study_uid=?"
+            " ORDER BY series_uid, path",
+            (study_uid,),
+        ).fetchall()
+        return [InstanceRecord(r[0], r[1], r[2], r[3], Path(r[4])) for r in rows]
+
+    def study(self, study_uid: str) -> StudyRecord | None:
+        row = self._tx("SELECT * FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+        return _record(row) if row else None
+
+    def studies(self, states: tuple[StudyState, ...] = ()) -> Iterator[StudyRecord]:
+        rows = self._tx("SELECT * FROM studies ORDER BY first_received").fetchall()
+        for row in rows:
+            rec = _record(row)
+            if not states or rec.state in states:
+                yield rec
+
+    def transition(
+        self, study_uid: str, to: StudyState, from_states: tuple[StudyState, ...] = (), reason: str = "",
+        detail: dict[str, Any] | None = None, version: int | None = None,
+    ) -> bool:
+        """Set the state if the current state is in ``from_states`` (any if
+        empty) and, when given, the version still equals ``version``."""
+        sql = "UPDATE studies SET state=?, reason=?, updated=?"
+        args: list[Any] = [to.value, reason, time.time()]
+        if detail is not None:
+            sql += ", detail=?"
+            args.append(json.dumps(detail))
+        sql += " WHERE study_uid=?"
+        args.append(study_uid)
+        if from_states:
+            sql += f" AND state IN ({','.join('?' * len(from_states))})"
+            args.extend(s.value for s in from_states)
+        if version is not None:
+            sql += " AND version=?"
+            args.append(version)
+        return self._tx(sql, tuple(args)).rowcount == 1
+
+
+def _record(row: tuple[Any, ...]) -> StudyRecord:
+    return StudyRecord(row[0], StudyState(row[1]), row[2], row[3], row[4], row[5], row[6], row[7], json.loads(row[8]))

@@ -1,0 +1,154 @@
+"""Study jobs on the Huey task queue (SqliteHuey: embedded and durable).
+
+Two tasks: ``check_study`` decides whether the quiet period has passed since
+the last instance (re-scheduling itself until it has), ``process_study``
+runs the pipeline and the export. The study state in `StateStore` is the
+source of truth, so duplicate or replayed tasks are harmless: a task only
+proceeds if its compare-and-set state transition succeeds. On start-up,
+`recover` re-queues whatever a restart interrupted.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from huey import SqliteHuey
+from huey.api import Huey
+
+from service.config import SpinegateConfig
+from service.export import export_outputs
+from service.pipeline import StudyFailed, analyze_study
+from service.store import StateStore, StudyState
+
+__all__ = ["StudyWorker", "build_queue"]
+
+log = logging.getLogger(__name__)
+
+
+def build_queue(config: SpinegateConfig) -> Huey:
+    """The embedded durable queue (one SQLite file beside the state store)."""
+    config.storage.root.mkdir(parents=True, exist_ok=True)
+    return SqliteHuey("spinegate", filename=str(config.storage.queue_db), results=False, utc=True)
+
+
+@dataclass
+class StudyWorker:
+    """Registers the study tasks on ``huey`` and runs them.
+
+    The engine is loaded once per process, on first use, and reused.
+    """
+
+    config: SpinegateConfig
+    store: StateStore
+    huey: Huey
+    _engine: Any = None
+    _pending: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.check_task = self.huey.task(name="check_study")(self.check_study)
+        self.process_task = self.huey.task(name="process_study")(self.process_study)
+
+    @property
+    def engine(self) -> Any:
+        if self._engine is None:
+            from inference.engine import SagittalSpineEngine
+
+            self._engine = SagittalSpineEngine(self.config.inference.model_dir, self.config.inference.threads)
+        return self._engine
+
+    # -- triggers ---------------------------------------------------------
+    def on_instance_stored(self, study_uid: str) -> None:
+        """Schedule one quiet-period check per study (not one per instance)."""
+        with self._lock:
+            if study_uid in self._pending:
+                return
+            self._pending.add(study_uid)
+        self.check_task.schedule(args=(study_uid,), delay=self.config.assembly.quiet_period_s)
+
+    def request_processing(self, study_uid: str) -> bool:
+        """Explicit trigger (``spinegate process``): skip the quiet period."""
+        ok = self.store.transition(study_uid, StudyState.COMPLETE,
+                                   (StudyState.RECEIVED, StudyState.EXPORTED, StudyState.FAILED))
+        if ok:
+            self.process_task(study_uid)
+        return ok
+
+    def recover(self) -> None:
+        """Re-queue studies a restart interrupted."""
+        for rec in self.store.studies((StudyState.PROCESSING,)):
+            self.store.transition(rec.study_uid, StudyState.COMPLETE, (StudyState.PROCESSING,))
+            log.info("re-queued interrupted study study_uid=%s", rec.study_uid)
+            self.process_task(rec.study_uid)
+        for rec in self.store.studies((StudyState.COMPLETE,)):
+            self.process_task(rec.study_uid)
+        for rec in self.store.studies((StudyState.RECEIVED,)):
+            self.on_instance_stored(rec.study_uid)
+
+    # -- tasks ----------------------------------------------------------------
+    def check_study(self, study_uid: str) -> None:
+        rec = self.store.study(study_uid)
+        with self._lock:
+            self._pending.discard(study_uid)
+        if rec is None or rec.state is not StudyState.RECEIVED:
+            return
+        waited = time.time() - rec.last_received
+        quiet = self.config.assembly.quiet_period_s
+        if waited + 0.05 < quiet:
+            with self._lock:
+                self._pending.add(study_uid)
+            self.check_task.schedule(args=(study_uid,), delay=max(quiet - waited, 0.5))
+            return
+        if self.store.transition(study_uid, StudyState.COMPLETE, (StudyState.RECEIVED,), version=rec.version):
+            log.info("study complete study_uid=%s instances=%d", study_uid, rec.n_instances)
+            self.process_task(study_uid)
+
+    def process_study(self, study_uid: str) -> None:
+        rec = self.store.study(study_uid)
+        if rec is None or not self.store.transition(study_uid, StudyState.PROCESSING, (StudyState.COMPLETE,)):
+            return
+        version = rec.version
+        started = time.time()
+        out_dir = self.config.storage.outputs / study_uid
+        paths = [i.path for i in self.store.instances(study_uid)]
+        detail: dict[str, Any] = {"started": started}
+        try:
+            result = analyze_study(paths, self.engine, self.config.routing, out_dir)
+        except StudyFailed as e:
+            self._finish(study_uid, StudyState.FAILED, e.reason + ": " + str(e), {**detail, "reason": e.reason},
+                         version)
+            return
+        except Exception as e:  # the boundary of a job: record, never crash the worker
+            log.exception("study failed study_uid=%s", study_uid)
+            self._finish(study_uid, StudyState.FAILED, f"internal_error: {type(e).__name__}: {e}", detail, version)
+            return
+        detail.update(outputs=[str(p) for p in result.outputs], timings_s=result.timings_s,
+                      series=[{"series_uid": o.series_uid, "rule": o.decision.rule,
+                               "skipped": o.decision.skipped_reason, "error": o.error} for o in result.series])
+        outcomes = export_outputs(result.outputs, self.config.export)
+        detail["exports"] = [{"destination": o.destination.ae_title, "confirmed": o.confirmed,
+                              "attempts": o.attempts, "error": o.error} for o in outcomes]
+        detail["finished"] = time.time()
+        failed = [o for o in outcomes if not o.confirmed]
+        if failed:
+            self._finish(study_uid, StudyState.FAILED, "export_failed: " + "; ".join(o.error for o in failed),
+                         detail, version)
+            return
+        if self._finish(study_uid, StudyState.EXPORTED, "", detail, version) and \
+                self.config.storage.delete_inputs_after_export:
+            shutil.rmtree(self.config.storage.spool / study_uid, ignore_errors=True)
+
+    def _finish(self, study_uid: str, state: StudyState, reason: str, detail: dict[str, Any], version: int) -> bool:
+        """Record the outcome unless instances arrived meanwhile (then the
+        study goes back to received and is assembled again)."""
+        if self.store.transition(study_uid, state, (StudyState.PROCESSING,), reason, detail, version=version):
+            log.info("study %s study_uid=%s %s", state.value, study_uid, reason)
+            return True
+        self.store.transition(study_uid, StudyState.RECEIVED, (StudyState.PROCESSING,), "", detail)
+        log.info("study changed while processing, re-assembling study_uid=%s", study_uid)
+        self.on_instance_stored(study_uid)
+        return False
