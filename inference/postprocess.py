@@ -43,9 +43,12 @@ def clean_class_mask(mask: np.ndarray, min_voxels: int) -> list[np.ndarray]:
     """
     st2d = np.zeros((1, 3, 3), bool)
     st2d[0] = ndimage.generate_binary_structure(2, 1)
-    m = ndimage.binary_opening(mask, structure=st2d)
+    # Pad by replication so structures cut by the field of view keep their
+    # edge rows (morphology would otherwise erode them).
+    m = np.pad(mask, ((0, 0), (2, 2), (2, 2)), mode="edge")
+    m = ndimage.binary_opening(m, structure=st2d)
     m = ndimage.binary_closing(m, structure=st2d)
-    m = np.stack([ndimage.binary_fill_holes(s) for s in m])
+    m = np.stack([ndimage.binary_fill_holes(s) for s in m])[:, 2:-2, 2:-2]
     labels, n = ndimage.label(m, structure=ndimage.generate_binary_structure(3, 1))
     if n == 0:
         return []

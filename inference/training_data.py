@@ -89,8 +89,18 @@ def _resample_planes(planes: np.ndarray, spacing_mm: float, order: int) -> np.nd
     return np.stack([ndimage.zoom(p, zoom, order=order, prefilter=False) for p in planes])
 
 
+def _rows_of(labels: np.ndarray, value: int) -> np.ndarray:
+    return np.where((labels == value).any(axis=(0, 2)))[0]
+
+
 def _vb_allowed(labels: np.ndarray, top_body_partial: bool) -> np.ndarray:
-    """Allowed-class mask for a vertebral-body-only labelled volume."""
+    """Allowed-class mask for a vertebral-body-only labelled volume.
+
+    Inside the labelled extent unlabelled pixels are background or disc.
+    Below the most inferior labelled body nothing is a lumbar/thoracic body:
+    it is sacrum (S1 when S1 is not labelled), disc or background. Rows that
+    L5 shares with the sacral promontory may hold S1 when S1 is unlabelled.
+    """
     allowed = np.full(labels.shape, allowed_all, np.uint8)
     rows = np.where(labels.any(axis=(0, 2)))[0]
     top, bottom = rows.min(), rows.max()
@@ -98,10 +108,16 @@ def _vb_allowed(labels: np.ndarray, top_body_partial: bool) -> np.ndarray:
         # The most superior body was only partly traced: start the trusted
         # extent below it.
         top_label = labels[:, top, :][labels[:, top, :] > 0][0]
-        top = np.where((labels == top_label).any(axis=(0, 2)))[0].max() + 1
-    inside = np.zeros(labels.shape[1], bool)
-    inside[top : bottom + 1] = True
-    allowed[:, inside, :] = BG | DISC
+        top = _rows_of(labels, int(top_label)).max() + 1
+    s1_labelled = bool((labels == _VB_TABLE_S1).any())
+    allowed[:, top : bottom + 1, :] = BG | DISC
+    if s1_labelled:
+        allowed[:, bottom + 1 :, :] = BG | DISC
+    else:
+        l5_rows = _rows_of(labels, 5)
+        if l5_rows.size:
+            allowed[:, l5_rows.min() : bottom + 1, :] = BG | DISC | S1
+        allowed[:, bottom + 1 :, :] = BG | DISC | S1
     allowed[(labels > 0) & (labels != _VB_TABLE_S1)] = VB
     allowed[labels == _VB_TABLE_S1] = S1
     return allowed
@@ -112,6 +128,8 @@ def _disc_allowed(labels: np.ndarray) -> np.ndarray:
     allowed = np.full(labels.shape, allowed_all, np.uint8)
     rows = np.where(labels.any(axis=(0, 2)))[0]
     allowed[:, rows.min() : rows.max() + 1, :] = BG | VB | S1
+    # Below L5S1 (label 5) lie the sacrum and background only.
+    allowed[:, rows.max() + 1 :, :] = BG | S1
     allowed[labels > 0] = DISC
     return allowed
 

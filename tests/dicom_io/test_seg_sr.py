@@ -1,0 +1,106 @@
+"""SEG and SR built from the phantom's exact labels: content, round trip
+through bytes, and dciodvfy with zero errors."""
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes
+
+from biomech.morphometry import measure_structure
+from conftest import dciodvfy_errors
+from dicom_io.levels import structure_by_label
+from dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
+from dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
+from dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
+from dicom_io.sr import SeriesReport, build_measurement_report
+from dicom_io.uids import derive_uid
+from dicom_io.volume import read_series
+
+ALGO = AlgorithmInfo("sagittal_spine", "test", "0" * 64)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    out = tmp_path_factory.mktemp("segsr")
+    phantom = make_spine_phantom(11)
+    grid = sagittal_grid(9, 128, 128, 2.4, 4.0)
+    image, labels = render_phantom(phantom, grid, "T2", subplanes=2)
+    paths = write_mr_series(image, grid.affine, StudyInfo("segsr"), SeriesSpec(3, "SAG T2", 3500, 100, 4.0), out / "in")
+    datasets = [pydicom.dcmread(p) for p in paths]
+    volume = read_series(datasets)
+    label_map = np.ascontiguousarray(labels[::-1])  # read_series order is along -x
+    seg = build_segmentation(volume, datasets, label_map, ALGO, derive_uid("t", "segser"), derive_uid("t", "seg"), 9003, "t")
+    seg_path = out / "seg.dcm"
+    seg.save_as(seg_path, enforce_file_format=True)
+    present = segment_numbers(label_map)
+    numbers = {s.label: i + 1 for i, s in enumerate(present)}
+    measurements = [measure_structure(label_map == s.label, volume.affine, s) for s in present]
+    sr = build_measurement_report([SeriesReport(volume, datasets, seg, numbers, measurements, "SAG T2")], ALGO,
+                                  derive_uid("t", "srser"), derive_uid("t", "sr"), 9999, "t")
+    sr_path = out / "sr.dcm"
+    sr.save_as(sr_path, enforce_file_format=True)
+    return dict(volume=volume, datasets=datasets, label_map=label_map, seg_path=seg_path, sr_path=sr_path,
+                present=present, measurements=measurements)
+
+
+def test_seg_round_trip_matches_labels_and_geometry(written):
+    seg = hd.seg.segread(written["seg_path"])
+    assert seg.SegmentationType == "BINARY"
+    assert seg.FrameOfReferenceUID == written["datasets"][0].FrameOfReferenceUID
+    ref = seg.ReferencedSeriesSequence[0]
+    assert ref.SeriesInstanceUID == written["volume"].series_instance_uid
+    assert len(ref.ReferencedInstanceSequence) == len(written["datasets"])
+    labels = [d.SegmentLabel for d in seg.SegmentSequence]
+    assert labels == [s.display_name for s in written["present"]]
+    assert "L4-L5 intervertebral disc" in labels and "L3 vertebral body" in labels
+    for desc, s in zip(seg.SegmentSequence, written["present"]):
+        assert desc.SegmentedPropertyTypeCodeSequence[0].CodeValue == s.property_type.value
+        assert desc.SegmentAlgorithmType == "AUTOMATIC"
+        assert "RecommendedDisplayCIELabValue" in desc
+    # Every source frame is present and the pixels equal the label map per segment.
+    uids = [r.sop_instance_uid for r in written["volume"].slice_refs]
+    arr = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids,
+                                             segment_numbers=list(range(1, len(written["present"]) + 1)))
+    for i, s in enumerate(written["present"]):
+        assert np.array_equal(arr[..., i] > 0, written["label_map"] == s.label)
+
+
+def test_sr_is_tid1500_with_tracking_segments_and_polylines(written):
+    sr = hd.sr.srread(written["sr_path"])
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert sr.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurementReport.value
+    volumetric = sr.content.get_volumetric_roi_measurement_groups()
+    planar = sr.content.get_planar_roi_measurement_groups()
+    assert len(volumetric) == len(planar) == len(written["present"])
+    by_label = {m.structure.label: m for m in written["measurements"]}
+    for group in volumetric:
+        assert group.tracking_uid and group.tracking_identifier
+        seg_ref = group.referenced_segment
+        assert seg_ref is not None
+        vol = group.get_measurements(name=codes.SCT.Volume)[0]
+        assert vol.unit.value == "cm3"
+    for group in planar:
+        region = group.roi
+        assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        assert region.value.shape == (2, 2)
+        height = group.get_measurements(name=codes.DCM.Height)[0]
+        assert height.unit.value == "mm"
+    heights = sorted(float(g.get_measurements(name=codes.DCM.Height)[0].value) for g in planar)
+    assert heights == pytest.approx(sorted(round(m.height_mm, 2) for m in by_label.values()), abs=0.01)
+
+
+@pytest.mark.integration
+def test_seg_and_sr_pass_dciodvfy(written):
+    assert dciodvfy_errors(written["seg_path"]) == []
+    assert dciodvfy_errors(written["sr_path"]) == []
+
+
+def test_build_segmentation_validates_inputs(written):
+    with pytest.raises(ValueError, match="shape"):
+        build_segmentation(written["volume"], written["datasets"], written["label_map"][:, :10], ALGO, "1.2.3", "1.2.4", 1, "t")
+    with pytest.raises(ValueError, match="no segmented structure"):
+        build_segmentation(written["volume"], written["datasets"], np.zeros_like(written["label_map"]), ALGO, "1.2.3",
+                           "1.2.4", 1, "t")
+    with pytest.raises(ValueError, match="64 hex"):
+        AlgorithmInfo("x", "1", "abc")
+    assert structure_by_label(28).display_name == "L5-S1 intervertebral disc"

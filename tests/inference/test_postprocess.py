@@ -1,0 +1,72 @@
+"""Level naming on synthetic class maps with known answers."""
+import numpy as np
+
+from dicom_io.levels import structure_by_name
+from inference.postprocess import CLASS_DISC, CLASS_S1, CLASS_VB, FLAG_UNANCHORED, clean_class_mask, name_levels
+
+# Sagittal grid: rows run inferior (row step -z), 2 mm pixels, 4 mm slices.
+AFFINE = np.array([[4.0, 0, 0, 0], [0, 0, 2.0, 0], [0, -2.0, 0, 200.0], [0, 0, 0, 1]])
+
+
+def _spine(bodies: int, with_s1: bool, rows: int = 220) -> np.ndarray:
+    """Bodies 12 rows high separated by 5-row discs, from the bottom up."""
+    classes = np.zeros((5, rows, 60), np.uint8)
+    r = rows - 5
+    if with_s1:
+        classes[1:4, r - 12 : r, 15:45] = CLASS_S1
+        r -= 12
+        classes[1:4, r - 5 : r, 15:45] = CLASS_DISC
+        r -= 5
+    for _ in range(bodies):
+        classes[1:4, r - 12 : r, 15:45] = CLASS_VB
+        r -= 12
+        if r - 5 > 0:
+            classes[1:4, r - 5 : r, 15:45] = CLASS_DISC
+            r -= 5
+    return classes
+
+
+def _rows(label_map: np.ndarray, name: str) -> tuple[int, int]:
+    rows = np.where((label_map == structure_by_name(name).label).any(axis=(0, 2)))[0]
+    return int(rows.min()), int(rows.max())
+
+
+def test_levels_count_up_from_s1():
+    named = name_levels(_spine(6, with_s1=True), AFFINE, 4 * 2 * 2)
+    assert named.series_flags == ()
+    order = ["S1", "L5", "L4", "L3", "L2", "L1", "T12"]
+    bottoms = [_rows(named.label_map, n)[1] for n in order]
+    assert bottoms == sorted(bottoms, reverse=True)
+    assert _rows(named.label_map, "L5S1")[0] > _rows(named.label_map, "L5")[1]
+    assert _rows(named.label_map, "L4L5")[1] < _rows(named.label_map, "L5")[0]
+    # The disc above the top body is named by extrapolation.
+    assert (named.label_map == structure_by_name("T11T12").label).any()
+
+
+def test_without_s1_the_lowest_body_is_l5_and_flagged():
+    named = name_levels(_spine(5, with_s1=False), AFFINE, 16)
+    assert FLAG_UNANCHORED in named.series_flags
+    assert _rows(named.label_map, "L5")[1] > _rows(named.label_map, "L1")[1]
+    assert not (named.label_map == structure_by_name("S1").label).any()
+
+
+def test_spurious_small_components_are_dropped_and_edges_flagged():
+    classes = _spine(5, with_s1=True)
+    classes[2, 2:4, 50:52] = CLASS_VB  # 4 voxels = 64 mm3, far above the spine
+    named = name_levels(classes, AFFINE, 16)
+    assert not (named.label_map == structure_by_name("T12").label).any()
+    classes = _spine(5, with_s1=True)
+    classes[1:4, 0:8, 15:45] = CLASS_VB  # a body cut by the top of the field of view
+    named = name_levels(classes, AFFINE, 16)
+    assert "touches_field_of_view_edge" in named.structure_flags["T12"]
+
+
+def test_clean_class_mask_fills_holes_and_orders_by_size():
+    mask = np.zeros((3, 40, 40), bool)
+    mask[:, 5:20, 5:20] = True
+    mask[:, 10, 10] = False  # hole
+    mask[:, 30:35, 30:35] = True
+    parts = clean_class_mask(mask, min_voxels=10)
+    assert len(parts) == 2
+    assert parts[0][:, 10, 10].all()
+    assert parts[0].sum() > parts[1].sum()

@@ -1,0 +1,48 @@
+"""The partial-label loss and the training-data masks (needs the train extra)."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is the training extra: pip install '.[train]'")
+
+from inference.train import partial_label_loss  # noqa: E402
+from inference.training_data import BG, DISC, S1, VB, allowed_all  # noqa: E402
+
+
+def test_pixels_allowing_every_class_add_nothing():
+    logits = torch.randn(1, 4, 8, 8)
+    allowed = torch.full((1, 8, 8), allowed_all, dtype=torch.int64)
+    assert float(partial_label_loss(logits, allowed)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_marginal_loss_accepts_any_allowed_class():
+    allowed = torch.full((1, 8, 8), BG | DISC, dtype=torch.int64)
+    confident_disc = torch.full((1, 4, 8, 8), -10.0)
+    confident_disc[:, 3] = 10.0
+    confident_vb = torch.full((1, 4, 8, 8), -10.0)
+    confident_vb[:, 1] = 10.0
+    assert float(partial_label_loss(confident_disc, allowed)) < 0.01
+    assert float(partial_label_loss(confident_vb, allowed)) > 10
+
+
+def test_loss_decreases_when_prediction_matches_labels():
+    allowed = torch.full((1, 16, 16), BG, dtype=torch.int64)
+    allowed[:, 4:12, 4:12] = VB
+    good = torch.full((1, 4, 16, 16), -5.0)
+    good[:, 0] = 5.0
+    good[:, 1, 4:12, 4:12] = 10.0
+    bad = torch.zeros(1, 4, 16, 16)
+    assert float(partial_label_loss(good, allowed)) < float(partial_label_loss(bad, allowed))
+    assert {BG, VB, S1, DISC} == {1, 2, 4, 8}
+
+
+def test_vertebral_masks_forbid_lumbar_bodies_below_l5():
+    from inference.training_data import _vb_allowed
+
+    labels = np.zeros((3, 100, 20), np.uint8)
+    labels[1, 20:35, 5:15] = 4  # L4
+    labels[1, 40:55, 5:15] = 5  # L5
+    allowed = _vb_allowed(labels, top_body_partial=False)
+    assert allowed[1, 25, 8] == VB
+    assert allowed[1, 37, 8] == BG | DISC  # disc level between L4 and L5
+    assert allowed[1, 70, 8] == BG | DISC | S1  # below L5: sacrum, never a lumbar body
+    assert allowed[1, 5, 8] == allowed_all  # above the labelled extent: unknown
