@@ -1,0 +1,36 @@
+# spinegate: two set-up commands (README): `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PIP := $(VENV)/bin/python -m pip
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test test-quick peers bench
+
+$(VENV)/.runtime: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.testdeps: $(VENV)/.runtime
+	$(PIP) install -q -e '.[train,test]'
+	touch $@
+
+# Debian peers the tests drive: dcmtk (storescu/storescp/dcmcjpeg/dcmcjpls) and dicom3tools (dciodvfy).
+peers:
+	@command -v storescp >/dev/null && command -v dciodvfy >/dev/null || \
+	  ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q dcmtk dicom3tools)
+
+demo: $(VENV)/.runtime
+	$(VENV)/bin/spinegate demo
+
+# The whole suite runs in a private network namespace holding only loopback,
+# so no peer started by a test is reachable from outside this machine.
+test: $(VENV)/.testdeps peers
+	unshare -n sh -c 'ip link set lo up && exec $(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)'
+
+test-quick: $(VENV)/.testdeps
+	$(VENV)/bin/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+bench: $(VENV)/.runtime
+	$(VENV)/bin/python bench/turnaround.py

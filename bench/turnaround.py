@@ -1,0 +1,116 @@
+"""Benchmark: study turnaround and ONNX Runtime inference time on this CPU.
+
+Turnaround = last instance acknowledged by spinegate → SR acknowledged by
+the receiving PACS (a pynetdicom storage SCP), for the demo phantom study
+(sagittal T1 + T2, 15 slices each), through a real ``spinegate serve`` with
+the embedded SQLite queue. The configured quiet period (the "study
+complete" guess) is part of the turnaround and reported separately.
+
+    .venv/bin/python bench/turnaround.py            # full: 384², 5 runs
+    .venv/bin/python bench/turnaround.py --short    # CI: 192², 1 run
+
+Writes a JSON record to bench/results/ and prints a Markdown table row.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from dicom_io.mr_writer import StudyInfo  # noqa: E402
+from dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagittal_grid  # noqa: E402
+from dicom_io.phantom_study import write_phantom_study  # noqa: E402
+from dicom_io.send import send_files  # noqa: E402
+from dicom_io.volume import SeriesVolume, SliceRef  # noqa: E402
+from inference.engine import SagittalSpineEngine  # noqa: E402
+from service.demo import LocalReceiver, free_port, wait_for_echo  # noqa: E402
+
+
+def inference_per_slice(size: int, repeats: int) -> dict[str, float]:
+    engine = SagittalSpineEngine(REPO / "inference" / "models")
+    grid = sagittal_grid(15, size, size, 300.0 / size, 4.0)
+    image, _ = render_phantom(make_spine_phantom(5), grid, Weighting.T2, subplanes=1)
+    refs = tuple(SliceRef("1.2.840.10008.5.1.4.1.1.4", f"1.2.3.{k}") for k in range(15))
+    volume = SeriesVolume(image.astype(np.float32), grid.affine, refs, 4.0, "1.2.3", "1.2", "1.2.4")
+    engine.scores(volume)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        engine.scores(volume)
+        times.append(time.perf_counter() - t0)
+    series_s = statistics.median(times)
+    return {"series_15_slices_s": round(series_s, 3), "per_slice_ms": round(1000 * series_s / 15, 1)}
+
+
+def turnaround(size: int, runs: int, quiet_s: float) -> dict[str, object]:
+    work = Path(tempfile.mkdtemp(prefix="spinegate-bench-"))
+    receiver = LocalReceiver(work / "received")
+    (work / "received").mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cfg = {"network": {"port": port}, "storage": {"root": str(work / "var")},
+           "assembly": {"quiet_period_s": quiet_s},
+           "export": {"destinations": [{"ae_title": receiver.ae_title, "host": "127.0.0.1", "port": receiver.port}]}}
+    (work / "c.yaml").write_text(yaml.safe_dump(cfg))
+    log = open(work / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--config", str(work / "c.yaml"), "serve"], cwd=REPO,
+                            stdout=log, stderr=subprocess.STDOUT)
+    results = []
+    try:
+        wait_for_echo("127.0.0.1", port, "SPINEGATE", 90)
+        for run in range(runs):
+            study = write_phantom_study(work / f"study{run}", seed=300 + run, rows=size, columns=size,
+                                        pixel_spacing_mm=300.0 / size, study=StudyInfo(uid_seed=f"bench-{run}-{time.time()}"))
+            receiver.received.clear()
+            send_files(study["files"], "SPINEGATE", "127.0.0.1", port, calling_ae_title="BENCH")
+            last_ack = time.time()
+            arrived = receiver.wait_for_sr(300)
+            results.append(arrived - last_ack)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        receiver.shutdown()
+        log.close()
+    return {"runs_s": [round(r, 2) for r in results], "median_s": round(statistics.median(results), 2),
+            "min_s": round(min(results), 2), "max_s": round(max(results), 2), "quiet_period_s": quiet_s,
+            "median_minus_quiet_s": round(statistics.median(results) - quiet_s, 2)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--short", action="store_true", help="small inputs, one run (CI)")
+    ap.add_argument("--quiet-period", type=float, default=1.0)
+    args = ap.parse_args()
+    size, runs = (192, 1) if args.short else (384, 5)
+    record = {
+        "mode": "short" if args.short else "full",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "study": f"sagittal T1 + T2, 15 slices each, {size}x{size}",
+        "inference_onnxruntime_cpu": inference_per_slice(size, 1 if args.short else 5),
+        "turnaround": turnaround(size, runs, args.quiet_period),
+    }
+    out = REPO / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"turnaround_{record['mode']}_{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps(record, indent=1))
+    t, inf = record["turnaround"], record["inference_onnxruntime_cpu"]
+    print(json.dumps(record, indent=1))
+    print(f"| {record['study']} | {t['median_s']} ({t['min_s']}–{t['max_s']}) | {t['quiet_period_s']} | "
+          f"{t['median_minus_quiet_s']} | {inf['per_slice_ms']} | {inf['series_15_slices_s']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""The committed sagittal model on held-out phantoms and (when present) a
+real validation subject presented as thick slices through DICOM."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import highdicom as hd
+import numpy as np
+import pytest
+
+from conftest import MODEL_DIR, REPO, require_shared_data
+from dicom_io.phantom import SliceGrid, Weighting, make_spine_phantom, render_phantom, sagittal_grid
+from dicom_io.volume import SeriesVolume, SliceRef
+from inference.validation import dice, validate_volume
+
+LUMBAR = ("L1", "L2", "L3", "L4", "L5")
+
+
+def _volume(image: np.ndarray, grid: SliceGrid) -> SeriesVolume:
+    refs = tuple(SliceRef("1.2.840.10008.5.1.4.1.1.4", f"1.2.3.{k}") for k in range(image.shape[0]))
+    return SeriesVolume(image.astype(np.float32), grid.affine, refs, grid.slice_thickness_mm, "1.2.3", "1.2", "1.2.4")
+
+
+@pytest.mark.parametrize("seed, weighting", [(1002, Weighting.T1), (1003, Weighting.T2)])
+def test_held_out_phantom_levels_are_segmented_and_named(engine, seed, weighting):
+    phantom = make_spine_phantom(seed)
+    grid = sagittal_grid(15, 320, 320, 0.9, 4.0)
+    image, truth = render_phantom(phantom, grid, weighting)
+    named = engine.segment(_volume(image, grid)).named
+    for level in LUMBAR:
+        label = phantom.element(level).label
+        assert dice(named.label_map == label, truth == label) >= 0.85, level
+    for level in ("L3L4", "L4L5"):
+        label = phantom.element(level).label
+        assert dice(named.label_map == label, truth == label) >= 0.7, level
+
+
+def test_in_plane_orientation_does_not_change_the_result(engine):
+    phantom = make_spine_phantom(1004)
+    grid = sagittal_grid(9, 192, 192, 1.5, 4.0)
+    image, _ = render_phantom(phantom, grid, Weighting.T2)
+    reference = engine.segment(_volume(image, grid)).named.label_map
+    # The same anatomy stored with rows and columns swapped and flipped.
+    aff = grid.affine.copy()
+    aff[:3, 1], aff[:3, 2] = -grid.affine[:3, 2], grid.affine[:3, 1]
+    aff[:3, 3] = grid.affine[:3, :3] @ np.array([0, 0, 191]) + grid.affine[:3, 3]
+    swapped = np.ascontiguousarray(np.swapaxes(image, 1, 2)[:, ::-1, :])
+    other = engine.segment(_volume(swapped, SliceGrid(grid.shape, aff, 4.0))).named.label_map
+    back = np.swapaxes(other[:, ::-1, :], 1, 2)
+    assert (back == reference).mean() > 0.995
+
+
+@pytest.mark.shared_data
+def test_real_validation_subject_through_spinegate_analyze(tmp_path):
+    """VB3_05 (held out) as a 4 mm sagittal series, through the CLI."""
+    data = require_shared_data()
+    import nibabel as nib
+
+    from dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
+    from inference.validation import VB_TABLE, slab_labels, thick_slice_series
+
+    img = nib.load(str(data / "VB3_05_image.nii.gz"))
+    lab = nib.load(str(data / "VB3_05_label.nii.gz"))
+    pixels, affine, _ = thick_slice_series(np.asarray(img.dataobj), img.affine)
+    truth = slab_labels(np.asarray(lab.dataobj).astype(np.uint8))
+    files = write_mr_series(pixels, affine, StudyInfo("shared-VB3_05"), SeriesSpec(2, "SAG T2", 3500, 100, 4.0),
+                            tmp_path / "in")
+    subprocess.run([sys.executable, "-m", "service.cli", "analyze", str(tmp_path / "in"), "--out", str(tmp_path / "out")],
+                   cwd=REPO, check=True, timeout=300)
+    seg = hd.seg.segread(next((tmp_path / "out").glob("seg_*.dcm")))
+    uids = [f.stem for f in files]
+    import pydicom
+
+    uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
+    labels = {d.SegmentLabel: d.SegmentNumber for d in seg.SegmentSequence}
+    scores = {}
+    for value, level in VB_TABLE.items():
+        t = truth == value
+        if not t.any():
+            continue
+        number = labels.get(f"{level} vertebral body")
+        assert number is not None, f"{level} not named in the SEG"
+        arr = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[number])[..., 0]
+        scores[level] = dice(arr > 0, t)
+    print("VB3_05 Dice per level:", {k: round(v, 3) for k, v in scores.items()})
+    assert np.mean(list(scores.values())) >= 0.90
+    assert min(scores.values()) >= 0.80
+
+
+@pytest.mark.shared_data
+def test_model_card_validation_numbers_are_reproduced():
+    data = require_shared_data()
+    from inference.engine import SagittalSpineEngine
+
+    record = json.loads((MODEL_DIR / "sagittal_spine.validation.json").read_text())
+    engine = SagittalSpineEngine(MODEL_DIR)
+    assert record["model_sha256"] == engine.info.sha256
+    for stem in ("VB2_14", "IVD_42"):
+        reported = next(r for r in record["results"] if r["stem"] == stem)
+        again = validate_volume(engine, data, stem)
+        assert again["dice_per_level"] == pytest.approx(reported["dice_per_level"], abs=0.002)

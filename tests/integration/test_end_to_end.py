@@ -1,0 +1,152 @@
+"""A phantom study over DICOM through ``spinegate serve`` to a dcmtk PACS.
+
+Three studies in three transfer syntaxes (Explicit VR Little Endian, JPEG
+Lossless SV1, JPEG-LS lossless), each must come back as one SEG per sagittal
+series and one SR; every object passes dciodvfy; the SR's disc heights and
+volumes match the phantom truth within the stated tolerances.
+"""
+from __future__ import annotations
+
+import signal
+import time
+
+import highdicom as hd
+import pytest
+from pydicom.sr.codedict import codes
+
+from conftest import dciodvfy_errors
+from dicom_io.mr_writer import StudyInfo
+from dicom_io.phantom_study import write_phantom_study
+from peers import Spinegate, StoreSCP, compress, storescu
+from service.store import StateStore, StudyState
+
+pytestmark = pytest.mark.integration
+
+# Stated tolerances (README, "Accuracy on the phantom").
+DISC_HEIGHT_TOL_MM = 2.0
+DISC_VOLUME_TOL = 0.25
+BODY_VOLUME_TOL = 0.15
+DISC_LEVELS = ("L1L2", "L2L3", "L3L4", "L4L5", "L5S1")
+
+
+def _study(tmp_path, name: str, seed: int) -> dict:
+    return write_phantom_study(tmp_path / name, seed=seed, rows=256, columns=256, pixel_spacing_mm=1.2,
+                               study=StudyInfo(uid_seed=f"e2e-{name}-{seed}"))
+
+
+def _sr_values(sr_path) -> dict[tuple[str, str], dict[str, float]]:
+    """{(series description, level label): {'height_mm', 'volume_cm3'}} from the SR."""
+    sr = hd.sr.srread(sr_path)
+    values: dict[tuple[str, str], dict[str, float]] = {}
+    for g in sr.content.get_volumetric_roi_measurement_groups():
+        label, series = g.tracking_identifier.rsplit(" (", 1)
+        values.setdefault((series.rstrip(")"), label), {})["volume_cm3"] = float(
+            g.get_measurements(name=codes.SCT.Volume)[0].value)
+    for g in sr.content.get_planar_roi_measurement_groups():
+        label, series = g.tracking_identifier.removesuffix(" height").rsplit(" (", 1)
+        values.setdefault((series.rstrip(")"), label), {})["height_mm"] = float(
+            g.get_measurements(name=codes.DCM.Height)[0].value)
+    return values
+
+
+def _disc_label(level: str) -> str:
+    from dicom_io.levels import structure_by_name
+
+    return structure_by_name(level).display_name
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    scp = StoreSCP.start(tmp_path_factory.mktemp("pacs"))
+    yield scp
+    scp.stop()
+
+
+@pytest.fixture(scope="module")
+def spinegate(tmp_path_factory, pacs):
+    sg = Spinegate.start(tmp_path_factory.mktemp("spinegate"), pacs.port)
+    yield sg
+    sg.stop()
+
+
+@pytest.mark.parametrize(
+    "syntax, codec, proposal",
+    [
+        ("explicit_le", None, []),
+        ("jpeg_lossless", ("dcmcjpeg", "+e1"), ["-xs"]),
+        ("jpeg_ls_lossless", ("dcmcjpls", "+el"), ["-xt"]),
+    ],
+)
+def test_phantom_study_round_trip(tmp_path, pacs, spinegate, syntax, codec, proposal):
+    truth = _study(tmp_path, syntax, seed=2000 + len(syntax))
+    files = truth["files"]
+    if codec:
+        files = compress(files, tmp_path / f"{syntax}_enc", *codec)
+    storescu(files, spinegate.port, proposal)
+    objs = pacs.wait_for(truth["study_instance_uid"], n_seg=2)
+    assert len(objs["SR"]) == 1 and len(objs["SEG"]) == 2
+    for path in objs["SEG"] + objs["SR"]:
+        assert dciodvfy_errors(path) == [], path.name
+    values = _sr_values(objs["SR"][0])
+    for series in ("SAG T1 TSE", "SAG T2 TSE"):
+        for level in DISC_LEVELS:
+            got = values.get((series, _disc_label(level)))
+            assert got is not None, f"{series}: {level} missing from the SR"
+            t = truth["structures"][level]
+            assert got["height_mm"] == pytest.approx(t["height_mm"], abs=DISC_HEIGHT_TOL_MM), (series, level)
+            assert got["volume_cm3"] == pytest.approx(t["volume_cm3"], rel=DISC_VOLUME_TOL), (series, level)
+        for level in ("L2", "L3", "L4"):
+            got = values[(series, f"{level} vertebral body")]
+            assert got["volume_cm3"] == pytest.approx(truth["structures"][level]["volume_cm3"], rel=BODY_VOLUME_TOL)
+
+
+def test_study_interrupted_by_restart_is_processed_after_restart(tmp_path, pacs):
+    truth = _study(tmp_path, "restart", seed=2100)
+    sg = Spinegate.start(tmp_path / "sg", pacs.port, quiet_period_s=3.0)
+    storescu(truth["files"], sg.port)
+    sg.stop(signal.SIGKILL)  # before the quiet period ends: the study is only on disk and in the store
+    store = StateStore(tmp_path / "sg" / "var" / "state.sqlite")
+    assert store.study(truth["study_instance_uid"]).state is StudyState.RECEIVED
+    store.close()
+    sg = Spinegate.start(tmp_path / "sg", pacs.port, quiet_period_s=3.0)
+    try:
+        objs = pacs.wait_for(truth["study_instance_uid"], n_seg=2)
+        assert len(objs["SR"]) == 1
+    finally:
+        sg.stop()
+
+
+def test_pacs_down_then_back_loses_nothing(tmp_path):
+    truth = _study(tmp_path, "pacsdown", seed=2200)
+    from service.demo import free_port
+
+    pacs_port = free_port()  # nothing listens here yet
+    sg = Spinegate.start(tmp_path / "sg", pacs_port, quiet_period_s=1.0, attempts=2)
+    try:
+        storescu(truth["files"], sg.port)
+        store = StateStore(tmp_path / "sg" / "var" / "state.sqlite")
+        deadline = time.monotonic() + 180
+        while store.study(truth["study_instance_uid"]).state is not StudyState.FAILED:
+            assert time.monotonic() < deadline, "study never reached the failed state"
+            time.sleep(0.5)
+        rec = store.study(truth["study_instance_uid"])
+        assert rec.reason.startswith("export_failed")
+        assert all(e["attempts"] == 2 and not e["confirmed"] for e in rec.detail["exports"])
+        assert len(list((tmp_path / "sg" / "var" / "spool").rglob("*.dcm"))) == len(truth["files"])
+        assert (tmp_path / "sg" / "var" / "outputs" / truth["study_instance_uid"] / "sr.dcm").exists()
+        pacs = StoreSCP.start(tmp_path / "pacs", port=pacs_port)
+        try:
+            import subprocess
+            import sys
+
+            from conftest import REPO
+
+            subprocess.run([sys.executable, "-m", "service.cli", "--config", str(sg.config_path), "process",
+                            truth["study_instance_uid"]], cwd=REPO, check=True, timeout=60)
+            objs = pacs.wait_for(truth["study_instance_uid"], n_seg=2)
+            assert len(objs["SR"]) == 1
+        finally:
+            pacs.stop()
+        store.close()
+    finally:
+        sg.stop()

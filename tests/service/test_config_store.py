@@ -1,0 +1,68 @@
+import time
+from pathlib import Path
+
+import pytest
+
+from service.config import ConfigError, Destination, load_config
+from service.store import InstanceRecord, StateStore, StudyState
+
+
+def test_defaults_file_env_and_cli_layer_in_order(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("network: {port: 12000, ae_title: FROMFILE}\nassembly: {quiet_period_s: 5}\n")
+    cfg = load_config(f, overrides={"network": {"port": 12002, "ae_title": None}},
+                      environ={"SPINEGATE_NETWORK__PORT": "12001", "SPINEGATE_ASSEMBLY__QUIET_PERIOD_S": "7.5",
+                               "SPINEGATE_EXPORT__DESTINATIONS": "[{ae_title: PACS, host: 127.0.0.1, port: 4242}]"})
+    assert cfg.network.port == 12002
+    assert cfg.network.ae_title == "FROMFILE"
+    assert cfg.assembly.quiet_period_s == 7.5
+    assert cfg.export.destinations == (Destination("PACS", "127.0.0.1", 4242),)
+    assert cfg.routing[0].name == "sag_t1"
+
+
+@pytest.mark.parametrize(
+    "environ, match",
+    [
+        ({"SPINEGATE_NETWORK__PORT": "eleven"}, "network.port"),
+        ({"SPINEGATE_ASSEMBLY__QUIET_PERIOD_S": "-1"}, "quiet_period_s"),
+        ({"SPINEGATE_NETWORK__COLOUR": "red"}, "Unknown key"),
+        ({"SPINEGATE_EXPORT__DESTINATIONS": "[{ae_title: WAYTOOLONGAETITLE17, host: h, port: 1}]"}, "ae_title"),
+        ({"SPINEGATE_STORAGE__DELETE_INPUTS_AFTER_EXPORT": "maybe"}, "delete_inputs_after_export"),
+    ],
+)
+def test_bad_values_name_the_key(environ, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(environ=environ)
+
+
+def test_unreadable_file_is_a_config_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("network: [unclosed")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(bad, environ={})
+
+
+def _rec(sop: str, study: str = "1.2.3") -> InstanceRecord:
+    return InstanceRecord(sop, study, "1.2.3.4", "1.2.840.10008.5.1.4.1.1.4", Path(f"/x/{sop}.dcm"))
+
+
+def test_store_tracks_state_versions_and_duplicates(tmp_path):
+    store = StateStore(tmp_path / "s.sqlite")
+    assert store.record_instance(_rec("1.1"), now=100.0)
+    assert not store.record_instance(_rec("1.1"), now=101.0)  # duplicate: not stored twice
+    assert store.record_instance(_rec("1.2"), now=102.0)
+    rec = store.study("1.2.3")
+    assert (rec.state, rec.n_instances, rec.version, rec.last_received) == (StudyState.RECEIVED, 2, 2, 102.0)
+    assert store.transition("1.2.3", StudyState.COMPLETE, (StudyState.RECEIVED,), version=2)
+    assert not store.transition("1.2.3", StudyState.COMPLETE, (StudyState.RECEIVED,))  # compare-and-set
+    assert store.transition("1.2.3", StudyState.PROCESSING, (StudyState.COMPLETE,))
+    store.record_instance(_rec("1.3"), now=time.time())  # arrives while processing
+    assert store.study("1.2.3").state is StudyState.PROCESSING
+    assert not store.transition("1.2.3", StudyState.EXPORTED, (StudyState.PROCESSING,), version=2)
+    assert store.transition("1.2.3", StudyState.EXPORTED, (StudyState.PROCESSING,), detail={"a": 1})
+    store.record_instance(_rec("1.4"), now=time.time())  # late series re-triggers the study
+    assert store.study("1.2.3").state is StudyState.RECEIVED
+    assert len(store.instances("1.2.3")) == 4
+    store.close()
+    reopened = StateStore(tmp_path / "s.sqlite")
+    assert reopened.study("1.2.3").n_instances == 4  # durable
