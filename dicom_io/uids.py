@@ -25,6 +25,7 @@ SPINEGATE_UID_ROOT = "1.2.826.0.1.3680043.8.498."
 MR_STORAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
     "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.4": "Legacy Converted Enhanced MR Image Storage",
 }
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"

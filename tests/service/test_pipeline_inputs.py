@@ -86,3 +86,13 @@ def test_unreadable_files_are_reported_not_fatal(tmp_path, engine, phantom_study
     with pytest.raises(StudyFailed) as e:
         analyze_study([junk], engine, RULES, tmp_path / "out2")
     assert e.value.reason == "no_readable_instances"
+
+
+def test_reprocessing_same_input_gives_same_uids_new_input_new_uids(tmp_path, engine, phantom_study):
+    first = analyze_study(phantom_study["files"], engine, RULES, tmp_path / "a")
+    again = analyze_study(phantom_study["files"], engine, RULES, tmp_path / "b")
+    uid = lambda r: pydicom.dcmread(r.sr_path, stop_before_pixels=True).SOPInstanceUID  # noqa: E731
+    assert uid(first) == uid(again)
+    fewer = analyze_study([f for f in phantom_study["files"] if f.name.startswith("003_")], engine, RULES,
+                          tmp_path / "c")
+    assert uid(fewer) != uid(first)
