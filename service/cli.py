@@ -50,9 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spinegate: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "serve":
+        from inference.engine import EngineError
         from service.app import run
 
-        return run(config)
+        try:
+            return run(config)
+        except EngineError as e:
+            print(f"spinegate: {e}", file=sys.stderr)
+            return EXIT_NO_MODEL
     if args.command == "process":
         from service.app import build_worker
 
