@@ -70,3 +70,14 @@ def test_clean_class_mask_fills_holes_and_orders_by_size():
     assert len(parts) == 2
     assert parts[0][:, 10, 10].all()
     assert parts[0].sum() > parts[1].sum()
+
+
+def test_bodies_joined_by_a_thin_bridge_are_split():
+    classes = _spine(5, with_s1=True)
+    # A 1-pixel-wide bridge through the disc between two bodies in one lateral slice.
+    rows = np.where((classes[1] == CLASS_DISC).any(axis=1))[0]
+    classes[1, rows[len(rows) // 2] - 3 : rows[len(rows) // 2] + 3, 30] = CLASS_VB
+    parts = clean_class_mask(classes == CLASS_VB, 10, (4.0, 2.0, 2.0), split_radius_mm=3.0)
+    assert len(parts) == 5
+    named = name_levels(classes, AFFINE, 16)
+    assert all((named.label_map == structure_by_name(n).label).any() for n in ("L1", "L2", "L3", "L4", "L5", "S1"))
