@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from dicom_io.levels import VERTEBRAL_BODY_LEVELS, structure_by_name
 
-__all__ = ["NamedLabels", "clean_class_mask", "name_levels", "CLASS_VB", "CLASS_S1", "CLASS_DISC"]
+__all__ = ["NamedLabels", "clean_class_mask", "merge_fragments", "name_levels", "CLASS_VB", "CLASS_S1", "CLASS_DISC"]
 
 CLASS_VB, CLASS_S1, CLASS_DISC = 1, 2, 3
 
@@ -40,10 +40,9 @@ def clean_class_mask(mask: np.ndarray, min_voxels: int, spacing_mm: tuple[float,
                      split_radius_mm: float = 0.0) -> list[np.ndarray]:
     """Fill holes, smooth and split a class mask into 3D components.
 
-    With ``split_radius_mm`` > 0, neighbouring structures joined by a thin
-    bridge (e.g. two bodies touching in one lateral slice) are separated:
-    the mask is eroded in-plane by that radius, the eroded cores are
-    labelled, and every voxel of the mask goes to its nearest core.
+    With ``split_radius_mm`` > 0, neighbouring structures joined through
+    lateral slices (where partial volume blurs the disc between two bodies)
+    are separated; see `_split_on_central_cores`.
 
     Returns component masks of at least ``min_voxels`` voxels, largest first.
     """
@@ -56,22 +55,98 @@ def clean_class_mask(mask: np.ndarray, min_voxels: int, spacing_mm: tuple[float,
     m = ndimage.binary_closing(m, structure=st2d)
     m = np.stack([ndimage.binary_fill_holes(s) for s in m])[:, 2:-2, 2:-2]
     conn = ndimage.generate_binary_structure(3, 1)
-    if split_radius_mm > 0:
-        iterations = max(1, int(round(split_radius_mm / min(spacing_mm[1:]))))
-        cores = ndimage.binary_erosion(m, structure=st2d, iterations=iterations)
-        seeds, n = ndimage.label(cores, structure=conn)
-        if n:
-            _, idx = ndimage.distance_transform_edt(seeds == 0, sampling=spacing_mm, return_indices=True)
-            labels = np.where(m, seeds[tuple(idx)], 0)
-        else:
-            labels, n = ndimage.label(m, structure=conn)
-    else:
-        labels, n = ndimage.label(m, structure=conn)
+    labels, n = ndimage.label(m, structure=conn)
+    if split_radius_mm > 0 and n:
+        labels, n = _split_on_central_cores(m, spacing_mm, split_radius_mm)
     if n == 0:
         return []
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
     order = np.argsort(sizes)[::-1]
     return [labels == (i + 1) for i in order if sizes[i] >= min_voxels]
+
+
+_CENTRAL_AREA_FRACTION = 0.5
+_FAR_FROM_CORES_MM = 30.0
+
+
+def _split_on_central_cores(
+    m: np.ndarray, spacing_mm: tuple[float, float, float], radius_mm: float
+) -> tuple[np.ndarray, int]:
+    """Label ``m`` by nearest core, cores taken where structures are distinct.
+
+    Cores: the 2D components of the mask eroded in-plane by ``radius_mm`` on
+    one slice — among the central slices (class area at least half the
+    largest slice's), the one where the structures fall apart into the most
+    cores (ties: larger area). Lateral slices are not trusted for this:
+    partial volume there can fill the disc between two bodies. Every voxel
+    goes to the core nearest in-plane (distance in mm); voxels farther than
+    30 mm from every core (a structure missing from that slice) form components of
+    their own.
+    """
+    st2d = np.zeros((1, 3, 3), bool)
+    st2d[0] = ndimage.generate_binary_structure(2, 1)
+    conn = ndimage.generate_binary_structure(3, 1)
+    area = m.sum(axis=(1, 2))
+    iterations = max(1, int(round(radius_mm / min(spacing_mm[1:]))))
+    cores = ndimage.binary_erosion(m, structure=st2d, iterations=iterations)
+    min_core_px = max(4, int(20.0 / (spacing_mm[1] * spacing_mm[2])))  # 20 mm²
+    best, best_key, best_labels = -1, (-1, -1), None
+    for k in np.where(area >= _CENTRAL_AREA_FRACTION * area.max())[0]:
+        lab, n = ndimage.label(cores[k])
+        if n:
+            sizes = ndimage.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
+            keep = np.zeros(n + 1, bool)
+            keep[1:] = sizes >= min_core_px
+            lab = np.where(keep[lab], lab, 0)
+            n = int(keep.sum())
+        key = (n, int(area[k]))
+        if key > best_key:
+            best, best_key, best_labels = int(k), key, lab
+    if best < 0 or best_key[0] == 0:
+        return ndimage.label(m, structure=conn)
+    _, relabelled = np.unique(best_labels, return_inverse=True)
+    seeds2d = relabelled.reshape(best_labels.shape)
+    n = int(seeds2d.max())
+    # Nearest core in-plane, the same for every slice of the stack.
+    dist2d, idx = ndimage.distance_transform_edt(seeds2d == 0, sampling=spacing_mm[1:], return_indices=True)
+    nearest = seeds2d[idx[0], idx[1]]
+    labels = np.where(m, nearest[None], 0)
+    dist = np.broadcast_to(dist2d[None], m.shape)
+    far = m & (dist > _FAR_FROM_CORES_MM)
+    if far.any():
+        extra, k = ndimage.label(far, structure=conn)
+        labels[far] = extra[far] + n
+        n += k
+    return labels, n
+
+
+_FRAGMENT_FRACTION = 0.35
+
+
+def merge_fragments(parts: list[np.ndarray], fraction: float = _FRAGMENT_FRACTION) -> list[np.ndarray]:
+    """Merge components smaller than ``fraction`` × the median size into the
+    touching component they share most boundary with.
+
+    A body broken at a narrow waist gives a small piece touching its other
+    part. A partial body cut by the field of view is not a fragment and
+    stays on its own (it is flagged by the naming step).
+    """
+    if len(parts) < 3:
+        return parts
+    sizes = [int(p.sum()) for p in parts]
+    median = float(np.median(sizes))
+    kept = [p.copy() for p in parts]
+    conn = ndimage.generate_binary_structure(3, 1)
+    for i in sorted(range(len(kept)), key=lambda i: sizes[i]):
+        if sizes[i] >= fraction * median or not kept[i].any() or _touches_edge(kept[i]):
+            continue
+        grown = ndimage.binary_dilation(kept[i], structure=conn)
+        contacts = [(int((grown & kept[j]).sum()), j) for j in range(len(kept)) if j != i and kept[j].any()]
+        touching, j = max(contacts)
+        if touching > 0:
+            kept[j] |= kept[i]
+            kept[i] = np.zeros_like(kept[i])
+    return sorted((p for p in kept if p.any()), key=lambda p: -int(p.sum()))
 
 
 def _superior_mm(mask: np.ndarray, affine: np.ndarray) -> float:
@@ -101,7 +176,7 @@ def name_levels(classes: np.ndarray, affine: np.ndarray, voxel_volume_mm3: float
     spacing = tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3))
     # Bodies are ~25 mm high and discs 5-12 mm: eroding 3 mm (bodies) and
     # 1.5 mm (discs) in-plane breaks bridges without losing a structure.
-    bodies = clean_class_mask(classes == CLASS_VB, min_body, spacing, split_radius_mm=3.0)
+    bodies = merge_fragments(clean_class_mask(classes == CLASS_VB, min_body, spacing, split_radius_mm=3.0))
     s1_parts = clean_class_mask(classes == CLASS_S1, min_body, spacing)
     discs = clean_class_mask(classes == CLASS_DISC, min_disc, spacing, split_radius_mm=1.5)
     out = np.zeros(classes.shape, np.uint8)

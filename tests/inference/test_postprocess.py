@@ -81,3 +81,20 @@ def test_bodies_joined_by_a_thin_bridge_are_split():
     assert len(parts) == 5
     named = name_levels(classes, AFFINE, 16)
     assert all((named.label_map == structure_by_name(n).label).any() for n in ("L1", "L2", "L3", "L4", "L5", "S1"))
+
+
+def test_small_touching_fragment_is_merged_but_edge_partial_body_is_kept():
+    from inference.postprocess import merge_fragments
+
+    a = np.zeros((3, 60, 20), bool)
+    a[:, 5:25, 5:15] = True  # body (3000 vx)
+    b = np.zeros_like(a)
+    b[:, 25:29, 5:15] = True  # fragment touching it (120 vx)
+    c = np.zeros_like(a)
+    c[:, 35:55, 5:15] = True  # another body
+    edge = np.zeros_like(a)
+    edge[:, 0:3, 5:15] = True  # partial body at the top edge, touching nothing
+    merged = merge_fragments([a, c, b, edge])
+    assert len(merged) == 3
+    assert any(m[:, 27, 8].all() and m[:, 10, 8].all() for m in merged)
+    assert any(m[:, 1, 8].all() and m.sum() == edge.sum() for m in merged)
