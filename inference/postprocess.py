@@ -149,10 +149,45 @@ def merge_fragments(parts: list[np.ndarray], fraction: float = _FRAGMENT_FRACTIO
     return sorted((p for p in kept if p.any()), key=lambda p: -int(p.sum()))
 
 
+_OFF_CHAIN_MM = 20.0
+
+
+def on_spinal_column(centroids_lps: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Which body centroids lie on the spinal column (boolean per body).
+
+    The column is fitted through the centroids, weighted by size: the AP
+    position as a quadratic in z (lordosis), the LR position as a line.
+    Bodies farther than 20 mm from the fit are dropped and the fit repeated
+    once. With fewer than 4 bodies every body is kept.
+    """
+    c = np.asarray(centroids_lps, float)
+    keep = np.ones(len(c), bool)
+    if len(c) < 4:
+        return keep
+    w = np.sqrt(np.asarray(sizes, float))
+    for _ in range(2):
+        z = c[keep, 2]
+        fy = np.polyfit(z, c[keep, 1], 2, w=w[keep])
+        fx = np.polyfit(z, c[keep, 0], 1, w=w[keep])
+        off = np.hypot(c[:, 1] - np.polyval(fy, c[:, 2]), c[:, 0] - np.polyval(fx, c[:, 2]))
+        keep = off <= _OFF_CHAIN_MM
+        if keep.sum() < 4:
+            return np.ones(len(c), bool)
+    return keep
+
+
+_DISC_MAX_OFFSET_MM = 30.0
+_DISC_PART_JOIN_MM = 15.0
+
+
+def _centroid_lps(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    c = np.argwhere(mask).mean(axis=0)
+    return affine[:3, :3] @ c + affine[:3, 3]
+
+
 def _superior_mm(mask: np.ndarray, affine: np.ndarray) -> float:
     """Patient z (superior, mm) of a component's centroid."""
-    c = np.argwhere(mask).mean(axis=0)
-    return float((affine[:3, :3] @ c + affine[:3, 3])[2])
+    return float(_centroid_lps(mask, affine)[2])
 
 
 def _touches_edge(mask: np.ndarray) -> bool:
@@ -174,14 +209,20 @@ def name_levels(classes: np.ndarray, affine: np.ndarray, voxel_volume_mm3: float
     min_body = max(1, int(2000 / voxel_volume_mm3))
     min_disc = max(1, int(400 / voxel_volume_mm3))
     spacing = tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3))
+    series_flags: list[str] = []
     # Bodies are ~25 mm high and discs 5-12 mm: eroding 3 mm (bodies) and
     # 1.5 mm (discs) in-plane breaks bridges without losing a structure.
     bodies = merge_fragments(clean_class_mask(classes == CLASS_VB, min_body, spacing, split_radius_mm=3.0))
+    if bodies:
+        inliers = on_spinal_column(np.array([_centroid_lps(b, affine) for b in bodies]),
+                                   np.array([b.sum() for b in bodies]))
+        if not inliers.all():
+            series_flags.append("off_column_components_dropped")
+        bodies = [b for b, k in zip(bodies, inliers) if k]
     s1_parts = clean_class_mask(classes == CLASS_S1, min_body, spacing)
     discs = clean_class_mask(classes == CLASS_DISC, min_disc, spacing, split_radius_mm=1.5)
     out = np.zeros(classes.shape, np.uint8)
     flags: dict[str, tuple[str, ...]] = {}
-    series_flags: list[str] = []
 
     s1 = s1_parts[0] if s1_parts else None
     s1_z = _superior_mm(s1, affine) if s1 is not None else -np.inf
@@ -204,26 +245,31 @@ def name_levels(classes: np.ndarray, affine: np.ndarray, voxel_volume_mm3: float
     for name, _, m in named:
         out[m & (out == 0)] = structure_by_name(name).label
         flags[name] = (FLAG_PARTIAL,) if _touches_edge(m) else ()
-    # Discs: between consecutive named bodies (inferior→superior order).
+    # Discs: between consecutive named bodies, near the midpoint of their
+    # centroids; parts of one disc join only when close to its largest part.
     ladder = sorted(named, key=lambda t: t[1])
+    centre = {name: _centroid_lps(m, affine) for name, _, m in named}
+    candidates: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     for d in discs:
-        z = _superior_mm(d, affine)
-        name = None
+        c = _centroid_lps(d, affine)
+        z = float(c[2])
+        name, expected = None, None
         for (lower, z_lo, _), (upper, z_hi, _) in zip(ladder, ladder[1:]):
             if z_lo < z < z_hi:
-                name = f"{upper}{lower}"
+                name, expected = f"{upper}{lower}", (centre[upper] + centre[lower]) / 2
                 break
         if name is None and ladder and z > ladder[-1][1]:
             top = VERTEBRAL_BODY_LEVELS.index(ladder[-1][0])
             if top > 0:
-                name = f"{VERTEBRAL_BODY_LEVELS[top - 1]}{ladder[-1][0]}"
-        if name is None:
+                name, expected = f"{VERTEBRAL_BODY_LEVELS[top - 1]}{ladder[-1][0]}", centre[ladder[-1][0]]
+        if name is None or np.linalg.norm(c - expected) > _DISC_MAX_OFFSET_MM:
             continue
+        candidates.setdefault(name, []).append((int(d.sum()), c, d))
+    for name, parts in candidates.items():
+        parts.sort(key=lambda t: -t[0])
         label = structure_by_name(name).label
-        if (out == label).any():
-            # A disc split in two: join the parts.
-            out[d & (out == 0)] = label
-            continue
-        out[d & (out == 0)] = label
-        flags[name] = (FLAG_PARTIAL,) if _touches_edge(d) else ()
+        for _, c, d in parts:
+            if np.linalg.norm(c - parts[0][1]) <= _DISC_PART_JOIN_MM:
+                out[d & (out == 0)] = label
+        flags[name] = (FLAG_PARTIAL,) if _touches_edge(out == label) else ()
     return NamedLabels(out, tuple(series_flags), flags)

@@ -98,3 +98,14 @@ def test_small_touching_fragment_is_merged_but_edge_partial_body_is_kept():
     assert len(merged) == 3
     assert any(m[:, 27, 8].all() and m[:, 10, 8].all() for m in merged)
     assert any(m[:, 1, 8].all() and m.sum() == edge.sum() for m in merged)
+
+
+def test_off_column_components_are_not_bodies():
+    from inference.postprocess import on_spinal_column
+
+    z = np.array([-80.0, -45, -10, 25, 60, 95])
+    y = 0.004 * z**2 - 10  # lordotic curve
+    centroids = np.stack([np.zeros_like(z), y, z], axis=1)
+    stray = np.array([[-25.0, -70.0, 80.0]])
+    keep = on_spinal_column(np.vstack([centroids, stray]), np.array([8000] * 6 + [1000]))
+    assert keep.tolist() == [True] * 6 + [False]
