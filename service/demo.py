@@ -78,13 +78,17 @@ class LocalReceiver:
         self._server.shutdown()
 
 
-def wait_for_echo(host: str, port: int, ae_title: str, timeout_s: float) -> None:
-    """Poll with C-ECHO until the SCP answers; raises TimeoutError."""
+def wait_for_echo(host: str, port: int, ae_title: str, timeout_s: float,
+                  process: subprocess.Popen | None = None) -> None:
+    """Poll with C-ECHO until the SCP answers; raises TimeoutError, or
+    RuntimeError at once if ``process`` (the server) has exited."""
     ae = AE(ae_title="SGPROBE")
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.network_timeout = 2
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with code {process.returncode} before answering C-ECHO")
         assoc = ae.associate(host, port, ae_title=ae_title)
         if assoc.is_established:
             status = assoc.send_c_echo()
@@ -111,10 +115,10 @@ def run_demo(work_dir: Path | None = None, seed: int = 7, timeout_s: float = 180
     }
     (work / "spinegate.yaml").write_text(yaml.safe_dump(config))
     log = open(work / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--config", str(work / "spinegate.yaml")],
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--config", str(work / "spinegate.yaml"), "serve"],
                             stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
     try:
-        wait_for_echo("127.0.0.1", port, "SPINEGATE", 60)
+        wait_for_echo("127.0.0.1", port, "SPINEGATE", 90, proc)
         print(f"[demo] spinegate serve is listening on 127.0.0.1:{port}; sending the study")
         send_files(truth["files"], "SPINEGATE", "127.0.0.1", port, calling_ae_title="SCANNER")
         sent = time.time()

@@ -87,8 +87,8 @@ class Spinegate:
         proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--config", str(config_path), "serve"],
                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_for_echo("127.0.0.1", port, "SPINEGATE", 90)
-        except TimeoutError:
+            wait_for_echo("127.0.0.1", port, "SPINEGATE", 90, proc)
+        except (TimeoutError, RuntimeError):
             proc.kill()
             raise
         return cls(root, port, proc, config_path)

@@ -1,0 +1,23 @@
+"""The README's run command: `spinegate demo` end to end."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_prints_measurements_beside_truth(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "--log-level", "WARNING", "demo", "--work-dir",
+                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "received SR" in out and out.count("received SEG") == 2
+    rows = [line for line in out.splitlines() if "intervertebral disc" in line]
+    assert any("L4-L5" in r for r in rows) and any("L5-S1" in r for r in rows)
+    for row in rows:
+        if any(level in row for level in ("L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")):
+            height, truth = (float(v) for v in row.split()[-4:-2])
+            assert abs(height - truth) <= 3.0, row
