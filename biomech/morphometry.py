@@ -14,6 +14,7 @@ from scipy.spatial import ConvexHull
 
 from dicom_io.levels import SpineStructure
 from dicom_io.measurements import HeightLine, StructureMeasurements
+from dicom_io.volume import index_to_lps
 
 __all__ = [
     "Rectangle",
@@ -57,8 +58,7 @@ def centroid_index(mask: np.ndarray) -> np.ndarray:
 
 def centroid_lps_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """3D centre of mass of ``mask`` in patient coordinates (LPS, mm)."""
-    c = centroid_index(mask)
-    return affine[:3, :3] @ c + affine[:3, 3]
+    return index_to_lps(affine, centroid_index(mask))
 
 
 def volume_cm3(mask: np.ndarray, affine: np.ndarray) -> float:

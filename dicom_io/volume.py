@@ -16,9 +16,15 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-__all__ = ["SeriesError", "SliceRef", "SeriesVolume", "read_series", "frame_geometry"]
+__all__ = ["SeriesError", "SliceRef", "SeriesVolume", "read_series", "frame_geometry", "index_to_lps"]
 
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+
+
+def index_to_lps(affine: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Map (..., 3) fractional (slice, row, column) indices to LPS mm."""
+    index = np.asarray(index, dtype=float)
+    return index @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
 
 
 class SeriesError(ValueError):
@@ -79,8 +85,7 @@ class SeriesVolume:
 
     def index_to_lps(self, index: np.ndarray) -> np.ndarray:
         """Map (..., 3) fractional indices to LPS mm."""
-        index = np.asarray(index, dtype=float)
-        return index @ self.affine[:3, :3].T + self.affine[:3, 3]
+        return index_to_lps(self.affine, index)
 
 
 def _require(ds: Dataset, keyword: str, where: str) -> object:

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from dicom_io.levels import VERTEBRAL_BODY_LEVELS, structure_by_name
+from dicom_io.volume import index_to_lps
 
 __all__ = ["NamedLabels", "clean_class_mask", "merge_fragments", "name_levels", "CLASS_VB", "CLASS_S1", "CLASS_DISC"]
 
@@ -181,8 +182,7 @@ _DISC_PART_JOIN_MM = 15.0
 
 
 def _centroid_lps(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    c = np.argwhere(mask).mean(axis=0)
-    return affine[:3, :3] @ c + affine[:3, 3]
+    return index_to_lps(affine, np.argwhere(mask).mean(axis=0))
 
 
 def _superior_mm(mask: np.ndarray, affine: np.ndarray) -> float:
