@@ -1,6 +1,11 @@
 """Train the sagittal spine network and export it to ONNX.
 
-``python -m inference.train --data ../shared/data/lumbar_mri --out inference/models``
+Two stages produced the committed model (README, "The sagittal model"):
+
+    python -m inference.train --data ../shared/data/lumbar_mri --out inference/models \
+        --iterations 3200 --slab-labels centre
+    python -m inference.train --data ../shared/data/lumbar_mri --out inference/models \
+        --iterations 1400 --lr 3e-4 --seed 20261122 --init inference/models/sagittal_spine.pt
 
 Reproducible: one seed drives numpy, torch and the batch sampler; torch runs
 deterministic algorithms on 2 CPU threads. The split is `training_data.SPLIT`.
@@ -35,7 +40,8 @@ log = logging.getLogger("inference.train")
 PATCH = (192, 160)  # rows × columns at the training spacing (240 × 200 mm)
 
 
-def _sample(case: TrainingCase, rng: np.random.Generator, augment: bool) -> tuple[np.ndarray, np.ndarray]:
+def _sample(case: TrainingCase, rng: np.random.Generator, augment: bool,
+            slab_labels: str = "union") -> tuple[np.ndarray, np.ndarray]:
     """One augmented 2D example: a slab of 1-5 mm averaged across planes
     (thick clinical slices), random scale/rotation, gamma and noise."""
     centre = int(rng.choice(case.labelled_planes))
@@ -43,7 +49,13 @@ def _sample(case: TrainingCase, rng: np.random.Generator, augment: bool) -> tupl
     half = max(0, int(round(thickness_mm / case.plane_spacing_mm / 2 - 0.5)))
     lo, hi = max(0, centre - half), min(case.image.shape[0], centre + half + 1)
     image = case.image[lo:hi].mean(axis=0)
+    # Where the slab's planes disagree (partial volume at a structure's
+    # lateral edge), allow every class any plane allows instead of forcing
+    # the centre plane's answer.
     allowed = case.allowed[centre]
+    if slab_labels == "union" and hi - lo > 1:
+        union = np.bitwise_or.reduce(case.allowed[lo:hi], axis=0)
+        allowed = np.where((case.allowed[lo:hi] == allowed).all(axis=0), allowed, union).astype(np.uint8)
     rows, cols = image.shape
     pr, pc = PATCH
     if augment:
@@ -115,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phantoms", type=int, default=20, help="training phantom subjects (each T1 and T2)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--export-checkpoint", type=Path, help="only export this saved state dict to ONNX and stop")
+    ap.add_argument("--init", type=Path, help="start from this saved state dict (fine-tuning stage)")
+    ap.add_argument("--slab-labels", choices=("union", "centre"), default="union",
+                    help="thick-slab targets: centre plane's classes, or the union where the slab's planes disagree")
     args = ap.parse_args(argv)
     if args.export_checkpoint:
         model = ResidualUNet2D(len(CLASS_NAMES))
@@ -139,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     pools = [(vb, 0.55), (ivd, 0.15), (phantoms, 0.30)]
 
     model = ResidualUNet2D(len(CLASS_NAMES))
+    if args.init:
+        model.load_state_dict(torch.load(args.init))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.iterations, pct_start=0.05)
     curve = []
@@ -147,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         imgs, alws = [], []
         for _ in range(args.batch):
             pool = pools[rng.choice(len(pools), p=[w for _, w in pools])][0]
-            img, alw = _sample(pool[rng.integers(len(pool))], rng, augment=True)
+            img, alw = _sample(pool[rng.integers(len(pool))], rng, augment=True, slab_labels=args.slab_labels)
             imgs.append(img)
             alws.append(alw)
         x = torch.from_numpy(np.stack(imgs)[:, None])
@@ -165,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.save(model.state_dict(), args.out / "sagittal_spine.pt")
     export_onnx(model, args.out / "sagittal_spine.onnx")
     record = {
-        "seed": args.seed, "iterations": args.iterations, "batch": args.batch, "lr": args.lr,
+        "seed": args.seed, "iterations": args.iterations, "init": str(args.init) if args.init else None, "slab_labels": args.slab_labels, "batch": args.batch, "lr": args.lr,
         "patch_rows_cols": PATCH, "classes": CLASS_NAMES, "training_volumes": stems,
         "phantom_seeds": list(range(args.phantoms)), "split": SPLIT, "pool_weights": [w for _, w in pools],
         "loss_every_50": [float(np.mean(curve[i : i + 50])) for i in range(0, len(curve), 50)],

@@ -46,3 +46,21 @@ def test_vertebral_masks_forbid_lumbar_bodies_below_l5():
     assert allowed[1, 37, 8] == BG | DISC  # disc level between L4 and L5
     assert allowed[1, 70, 8] == BG | DISC | S1  # below L5: sacrum, never a lumbar body
     assert allowed[1, 5, 8] == allowed_all  # above the labelled extent: unknown
+
+
+def test_thick_slab_pixels_where_planes_disagree_allow_the_union():
+    from inference.train import _sample
+    from inference.training_data import TrainingCase
+
+    image = np.zeros((5, 192, 160), np.float32)
+    allowed = np.full((5, 192, 160), BG | DISC, np.uint8)
+    allowed[1:4, 60:120, 50:110] = VB  # a body in the 3 central planes
+    allowed[1, 60:120, 50:70] = BG | DISC  # its edge is missing in plane 1
+    case = TrainingCase("t", image, allowed, 1.0, np.array([2]))
+    rng = np.random.default_rng(1)
+    seen = set()
+    for _ in range(30):
+        _, alw = _sample(case, rng, augment=True)
+        seen |= set(np.unique(alw).tolist())
+    assert VB | BG | DISC in seen  # disagreement → union of the planes' classes
+    assert VB in seen and BG | DISC in seen

@@ -40,6 +40,8 @@ DCMTK = {
 }
 LOSSY = {JPEGBaseline8Bit, JPEGLSNearLossless, JPEG2000}
 
+pytestmark = pytest.mark.integration  # dcmtk codecs produce the compressed input
+
 
 def _encode(path, ts, tmp_path):
     out = tmp_path / f"{path.stem}_{ts}.dcm"
