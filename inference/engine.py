@@ -55,9 +55,10 @@ def load_model_info(model_dir: Path, name: str = MODEL_NAME) -> ModelInfo:
         raise EngineError(f"model file {path} is missing; train it with 'python -m inference.train'")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     version = "unversioned"
-    record = model_dir / f"{name}.training.json"
-    if record.exists():
-        version = str(json.loads(record.read_text()).get("version", f"seed{json.loads(record.read_text())['seed']}"))
+    record_path = model_dir / f"{name}.training.json"
+    if record_path.exists():
+        record = json.loads(record_path.read_text())
+        version = str(record.get("version", f"seed{record.get('seed', '?')}"))
     return ModelInfo(name, version, path, sha)
 
 
