@@ -34,7 +34,7 @@ from dicom_io.mr_writer import StudyInfo  # noqa: E402
 from dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagittal_grid  # noqa: E402
 from dicom_io.phantom_study import write_phantom_study  # noqa: E402
 from dicom_io.send import send_files  # noqa: E402
-from dicom_io.volume import SeriesVolume, SliceRef  # noqa: E402
+from dicom_io.volume import SeriesVolume  # noqa: E402
 from inference.engine import SagittalSpineEngine  # noqa: E402
 from service.demo import LocalReceiver, free_port, wait_for_echo  # noqa: E402
 
@@ -43,8 +43,7 @@ def inference_per_slice(size: int, repeats: int) -> dict[str, float]:
     engine = SagittalSpineEngine(REPO / "inference" / "models")
     grid = sagittal_grid(15, size, size, 300.0 / size, 4.0)
     image, _ = render_phantom(make_spine_phantom(5), grid, Weighting.T2, subplanes=1)
-    refs = tuple(SliceRef("1.2.840.10008.5.1.4.1.1.4", f"1.2.3.{k}") for k in range(15))
-    volume = SeriesVolume(image.astype(np.float32), grid.affine, refs, 4.0, "1.2.3", "1.2", "1.2.4")
+    volume = SeriesVolume.from_array(image, grid.affine, 4.0)
     engine.scores(volume)  # warm-up
     times = []
     for _ in range(repeats):

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
 __all__ = ["SeriesError", "SliceRef", "SeriesVolume", "read_series", "frame_geometry", "index_to_lps"]
@@ -73,6 +72,14 @@ class SeriesVolume:
             raise ValueError(f"'array' must be 3D, got shape {self.array.shape}")
         if len(self.slice_refs) != self.array.shape[0]:
             raise ValueError(f"'slice_refs' has {len(self.slice_refs)} entries for {self.array.shape[0]} slices")
+
+    @classmethod
+    def from_array(cls, array: np.ndarray, affine: np.ndarray, slice_thickness_mm: float) -> "SeriesVolume":
+        """An in-memory volume with synthetic source references (phantoms,
+        benchmarks): slice k refers to MR instance ``2.25.<k+1>``."""
+        refs = tuple(SliceRef("1.2.840.10008.5.1.4.1.1.4", f"2.25.{k + 1}") for k in range(array.shape[0]))
+        return cls(np.asarray(array, np.float32), np.asarray(affine, float), refs, slice_thickness_mm,
+                   "2.25.0", "2.25.0", "2.25.0")
 
     @property
     def spacing_mm(self) -> tuple[float, float, float]:
@@ -216,7 +223,3 @@ def read_series(datasets: Sequence[Dataset], min_slices: int = 3, orientation_to
         str(first.SeriesInstanceUID), str(first.StudyInstanceUID), str(first.get("FrameOfReferenceUID", "")),
     )
 
-
-def read_file(path: str) -> Dataset:
-    """Read one DICOM file (pixel data deferred until used)."""
-    return pydicom.dcmread(path)

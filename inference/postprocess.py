@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from dicom_io.levels import VERTEBRAL_BODY_LEVELS, structure_by_name
+from dicom_io.levels import VERTEBRAL_BODY_LEVELS, disc_between, structure_by_name
 from dicom_io.volume import index_to_lps
 
 __all__ = ["NamedLabels", "clean_class_mask", "merge_fragments", "name_levels", "CLASS_VB", "CLASS_S1", "CLASS_DISC"]
@@ -256,12 +256,12 @@ def name_levels(classes: np.ndarray, affine: np.ndarray, voxel_volume_mm3: float
         name, expected = None, None
         for (lower, z_lo, _), (upper, z_hi, _) in zip(ladder, ladder[1:]):
             if z_lo < z < z_hi:
-                name, expected = f"{upper}{lower}", (centre[upper] + centre[lower]) / 2
+                name, expected = disc_between(upper), (centre[upper] + centre[lower]) / 2
                 break
         if name is None and ladder and z > ladder[-1][1]:
             top = VERTEBRAL_BODY_LEVELS.index(ladder[-1][0])
             if top > 0:
-                name, expected = f"{VERTEBRAL_BODY_LEVELS[top - 1]}{ladder[-1][0]}", centre[ladder[-1][0]]
+                name, expected = disc_between(VERTEBRAL_BODY_LEVELS[top - 1]), centre[ladder[-1][0]]
         if name is None or np.linalg.norm(c - expected) > _DISC_MAX_OFFSET_MM:
             continue
         candidates.setdefault(name, []).append((int(d.sum()), c, d))

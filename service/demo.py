@@ -26,7 +26,7 @@ from pynetdicom.sop_class import Verification
 
 from dicom_io.phantom_study import write_phantom_study
 from dicom_io.send import send_files
-from dicom_io.uids import COMPREHENSIVE_3D_SR_SOP_CLASS
+from dicom_io.uids import COMPREHENSIVE_3D_SR_SOP_CLASS, SEG_SOP_CLASS
 
 __all__ = ["LocalReceiver", "free_port", "run_demo", "wait_for_echo"]
 
@@ -140,7 +140,7 @@ def run_demo(work_dir: Path | None = None, seed: int = 7, timeout_s: float = 180
 def _print_results(work: Path, truth: dict[str, Any], receiver: LocalReceiver) -> None:
     import json
 
-    kinds = {"1.2.840.10008.5.1.4.1.1.66.4": "SEG", COMPREHENSIVE_3D_SR_SOP_CLASS: "SR"}
+    kinds = {SEG_SOP_CLASS: "SEG", COMPREHENSIVE_3D_SR_SOP_CLASS: "SR"}
     for _, path, sop_class in receiver.received:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         print(f"[demo] received {kinds.get(sop_class, sop_class)}: {ds.SeriesDescription} -> {path.name}")

@@ -79,7 +79,9 @@ def _read_headers(paths: Sequence[Path]) -> dict[str, list[tuple[Path, Dataset]]
     by_series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
     for p in paths:
         try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True)
+            # Large values (Pixel Data) stay on disk until a routed series is
+            # decoded, so each file is parsed once for routing and analysis.
+            ds = pydicom.dcmread(p, defer_size="64 KB")
             by_series[str(ds.SeriesInstanceUID)].append((p, ds))
         except Exception as e:  # unreadable files are reported, not fatal
             log.warning("unreadable input file=%s: %s", p.name, e)
@@ -131,7 +133,7 @@ def analyze_study(
         if decision.engine is None:
             continue
         try:
-            report = _analyse_series(outcome, [p for p, _ in items], engine, algorithm, digest, out_dir)
+            report = _analyse_series(outcome, headers, engine, algorithm, digest, out_dir)
         except SeriesError as e:
             outcome.error = f"{e.reason}: {e}"
             log.warning("series failed series_uid=%s reason=%s", series_uid, e.reason)
@@ -164,11 +166,10 @@ def analyze_study(
 
 
 def _analyse_series(
-    outcome: SeriesOutcome, files: list[Path], engine: SagittalSpineEngine, algorithm: AlgorithmInfo, digest: str,
-    out_dir: Path,
+    outcome: SeriesOutcome, datasets: list[Dataset], engine: SagittalSpineEngine, algorithm: AlgorithmInfo,
+    digest: str, out_dir: Path,
 ) -> SeriesReport | None:
     t0 = time.perf_counter()
-    datasets = [pydicom.dcmread(p) for p in files]
     volume = read_series(datasets)
     t1 = time.perf_counter()
     seg = engine.segment(volume)

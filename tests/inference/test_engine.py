@@ -12,15 +12,14 @@ import pytest
 
 from conftest import MODEL_DIR, REPO, require_shared_data
 from dicom_io.phantom import SliceGrid, Weighting, make_spine_phantom, render_phantom, sagittal_grid
-from dicom_io.volume import SeriesVolume, SliceRef
+from dicom_io.volume import SeriesVolume
 from inference.validation import dice, validate_volume
 
 LUMBAR = ("L1", "L2", "L3", "L4", "L5")
 
 
 def _volume(image: np.ndarray, grid: SliceGrid) -> SeriesVolume:
-    refs = tuple(SliceRef("1.2.840.10008.5.1.4.1.1.4", f"1.2.3.{k}") for k in range(image.shape[0]))
-    return SeriesVolume(image.astype(np.float32), grid.affine, refs, grid.slice_thickness_mm, "1.2.3", "1.2", "1.2.4")
+    return SeriesVolume.from_array(image, grid.affine, grid.slice_thickness_mm)
 
 
 @pytest.mark.parametrize("seed, weighting", [(1002, Weighting.T1), (1003, Weighting.T2)])
