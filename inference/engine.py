@@ -21,7 +21,7 @@ from dicom_io.volume import SeriesVolume
 from inference.postprocess import NamedLabels, name_levels
 from inference.preprocessing import from_training_grid, normalise_intensity, to_training_grid
 
-__all__ = ["ModelInfo", "SagittalSpineEngine", "EngineError", "load_model_info"]
+__all__ = ["ModelInfo", "SagittalSpineEngine", "EngineError", "load_model_info", "with_neighbours"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,16 @@ def _from_canonical(a: np.ndarray, axes: tuple[bool, bool, bool]) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def with_neighbours(n_slices: int, input_slices: int) -> np.ndarray:
+    """Slice indices (n_slices, input_slices) feeding each slice with its
+    neighbours in series order; the first and last slices repeat themselves
+    where a neighbour is missing (as in training)."""
+    if input_slices < 1 or input_slices % 2 == 0:
+        raise EngineError(f"model input must take an odd number of slices, it takes {input_slices}")
+    half = input_slices // 2
+    return np.clip(np.arange(n_slices)[:, None] + np.arange(-half, half + 1)[None, :], 0, n_slices - 1)
+
+
 class SagittalSpineEngine:
     """Segments vertebral bodies and discs of a sagittal series.
 
@@ -126,6 +136,8 @@ class SagittalSpineEngine:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(str(self.info.path), opts, providers=["CPUExecutionProvider"])
         self._batch = batch_slices
+        # 1: single slices; 3: each slice with its two neighbours (2.5D).
+        self.input_slices = int(self._session.get_inputs()[0].shape[1])
         log.info("loaded model name=%s version=%s sha256=%s", self.info.name, self.info.version, self.info.sha256[:12])
 
     def scores(self, volume: SeriesVolume) -> np.ndarray:
@@ -135,9 +147,11 @@ class SagittalSpineEngine:
         spacing = volume.spacing_mm
         ps = (spacing[2], spacing[1]) if axes[0] else (spacing[1], spacing[2])
         x, valid = to_training_grid(normalise_intensity(planes), ps)
+        stacks = with_neighbours(len(x), self.input_slices)
         outs = []
         for i in range(0, len(x), self._batch):
-            logits = self._session.run(None, {"image": x[i : i + self._batch, None].astype(np.float32)})[0]
+            batch = x[stacks[i : i + self._batch]].astype(np.float32)
+            logits = self._session.run(None, {"image": batch})[0]
             e = np.exp(logits - logits.max(axis=1, keepdims=True))
             outs.append(e / e.sum(axis=1, keepdims=True))
         probs = from_training_grid(np.concatenate(outs), valid, planes.shape[1:])

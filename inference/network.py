@@ -35,12 +35,16 @@ class _ResidualUnit(nn.Module):
 
 
 class ResidualUNet2D(nn.Module):
-    """Residual U-Net for single-channel 2D slices.
+    """Residual U-Net for 2D slices (optionally with neighbouring slices as
+    extra input channels, "2.5D").
 
     Parameters
     ----------
     n_classes : int
         Output channels (softmax logits).
+    in_channels : int
+        Input channels: 1 for a single slice, 3 for a slice with its two
+        neighbours.
     channels : tuple of int
         Feature maps per level; each level after the first halves the size,
         so inputs must be divisible by ``2 ** (len(channels) - 1)``.
@@ -48,11 +52,15 @@ class ResidualUNet2D(nn.Module):
         Channel dropout inside residual units (0.05-0.2 reported to work).
     """
 
-    def __init__(self, n_classes: int, channels: tuple[int, ...] = (16, 32, 64, 128, 192), dropout: float = 0.1) -> None:
+    def __init__(self, n_classes: int, channels: tuple[int, ...] = (16, 32, 64, 128, 192), dropout: float = 0.1,
+                 in_channels: int = 1) -> None:
         super().__init__()
         if n_classes < 2:
             raise ValueError(f"'n_classes' must be >= 2, got {n_classes}")
-        self.stem = _ResidualUnit(1, channels[0], 1, 0.0)
+        if in_channels < 1:
+            raise ValueError(f"'in_channels' must be >= 1, got {in_channels}")
+        self.in_channels = in_channels
+        self.stem = _ResidualUnit(in_channels, channels[0], 1, 0.0)
         self.down = nn.ModuleList(
             _ResidualUnit(channels[i], channels[i + 1], 2, dropout) for i in range(len(channels) - 1)
         )
@@ -63,6 +71,21 @@ class ResidualUNet2D(nn.Module):
             _ResidualUnit(2 * channels[i], channels[i], 1, dropout) for i in reversed(range(len(channels) - 1))
         )
         self.head = nn.Conv2d(channels[0], n_classes, 1)
+
+    def widen_input(self, in_channels: int) -> None:
+        """Give a single-slice network neighbour channels that start at zero
+        weight, so it computes the same function until trained (fine-tuning
+        a 2D model into a 2.5D one)."""
+        if self.in_channels != 1 or in_channels < 1:
+            raise ValueError(f"can only widen a 1-channel network, this one has {self.in_channels}")
+        centre = in_channels // 2
+        for conv in (self.stem.body[0], self.stem.skip):
+            w = conv.weight.data
+            wide = torch.zeros(w.shape[0], in_channels, *w.shape[2:], dtype=w.dtype)
+            wide[:, centre] = w[:, 0]
+            conv.weight = nn.Parameter(wide)
+            conv.in_channels = in_channels
+        self.in_channels = in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = [self.stem(x)]

@@ -40,15 +40,32 @@ log = logging.getLogger("inference.train")
 PATCH = (192, 160)  # rows × columns at the training spacing (240 × 200 mm)
 
 
-def _sample(case: TrainingCase, rng: np.random.Generator, augment: bool,
-            slab_labels: str = "union") -> tuple[np.ndarray, np.ndarray]:
-    """One augmented 2D example: a slab of 1-5 mm averaged across planes
-    (thick clinical slices), random scale/rotation, gamma and noise."""
+def _slab(case: TrainingCase, centre: int, half: int) -> np.ndarray:
+    lo, hi = max(0, centre - half), min(case.image.shape[0], centre + half + 1)
+    return case.image[lo:hi].mean(axis=0)
+
+
+def _sample(case: TrainingCase, rng: np.random.Generator, augment: bool, slab_labels: str = "union",
+            context: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented example: a slab of 1-5 mm averaged across planes (thick
+    clinical slices) and, with ``context`` > 0, that many neighbouring slabs
+    on each side as extra channels (slice gap 0-25 % of the thickness; edge
+    slabs repeat at the end of the volume, as at inference); then random
+    scale/rotation, gamma and noise. Returns (channels, rows, cols) image and
+    the centre slab's allowed-class mask."""
+    n_planes = case.image.shape[0]
     centre = int(rng.choice(case.labelled_planes))
     thickness_mm = float(rng.uniform(1.0, 5.0)) if augment else 1.0
     half = max(0, int(round(thickness_mm / case.plane_spacing_mm / 2 - 0.5)))
-    lo, hi = max(0, centre - half), min(case.image.shape[0], centre + half + 1)
-    image = case.image[lo:hi].mean(axis=0)
+    offsets = np.zeros(1, int)
+    if context:  # (extra random draws only here: plain 2D runs reproduce as before)
+        spacing_mm = thickness_mm * (rng.uniform(1.0, 1.25) if augment else 1.0)
+        step = max(1, int(round(spacing_mm / case.plane_spacing_mm)))
+        offsets = np.arange(-context, context + 1) * step
+        if augment and rng.random() < 0.5:
+            offsets = offsets[::-1]  # left/right order carries no meaning
+    image = np.stack([_slab(case, int(np.clip(centre + o, 0, n_planes - 1)), half) for o in offsets])
+    lo, hi = max(0, centre - half), min(n_planes, centre + half + 1)
     # Where the slab's planes disagree (partial volume at a structure's
     # lateral edge), allow every class any plane allows instead of forcing
     # the centre plane's answer.
@@ -56,7 +73,6 @@ def _sample(case: TrainingCase, rng: np.random.Generator, augment: bool,
     if slab_labels == "union" and hi - lo > 1:
         union = np.bitwise_or.reduce(case.allowed[lo:hi], axis=0)
         allowed = np.where((case.allowed[lo:hi] == allowed).all(axis=0), allowed, union).astype(np.uint8)
-    rows, cols = image.shape
     pr, pc = PATCH
     if augment:
         angle = np.deg2rad(rng.uniform(-12, 12))
@@ -69,7 +85,8 @@ def _sample(case: TrainingCase, rng: np.random.Generator, augment: bool,
     c, s = np.cos(angle), np.sin(angle)
     mat = np.array([[c, -s], [s, c]]) / scale
     offset = anchor - mat @ np.array([pr / 2, pc / 2])
-    img = ndimage.affine_transform(image, mat, offset, output_shape=PATCH, order=1, mode="constant", cval=0.0)
+    img = np.stack([ndimage.affine_transform(ch, mat, offset, output_shape=PATCH, order=1, mode="constant", cval=0.0)
+                    for ch in image])
     alw = ndimage.affine_transform(allowed, mat, offset, output_shape=PATCH, order=0, mode="constant",
                                    cval=int(allowed.max()))
     if augment:
@@ -105,10 +122,11 @@ def partial_label_loss(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Ten
     return ce + dice
 
 
-def export_onnx(model: torch.nn.Module, path: Path) -> None:
-    """Export with dynamic batch and spatial size (multiples of 16)."""
+def export_onnx(model: ResidualUNet2D, path: Path) -> None:
+    """Export with dynamic batch and spatial size (multiples of 16); the
+    input's channel count (slices per example) is fixed by the model."""
     model.eval()
-    dummy = torch.zeros(1, 1, 256, 256)
+    dummy = torch.zeros(1, model.in_channels, 256, 256)
     torch.onnx.export(
         model, (dummy,), str(path), input_names=["image"], output_names=["logits"], opset_version=17,
         dynamic_axes={"image": {0: "batch", 2: "rows", 3: "columns"}, "logits": {0: "batch", 2: "rows", 3: "columns"}},
@@ -128,11 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--export-checkpoint", type=Path, help="only export this saved state dict to ONNX and stop")
     ap.add_argument("--init", type=Path, help="start from this saved state dict (fine-tuning stage)")
+    ap.add_argument("--context", type=int, default=0,
+                    help="neighbouring slices on each side given as extra input channels (0: plain 2D)")
     ap.add_argument("--slab-labels", choices=("union", "centre"), default="union",
                     help="thick-slab targets: centre plane's classes, or the union where the slab's planes disagree")
     args = ap.parse_args(argv)
     if args.export_checkpoint:
-        model = ResidualUNet2D(len(CLASS_NAMES))
+        model = ResidualUNet2D(len(CLASS_NAMES), in_channels=1 + 2 * args.context)
         model.load_state_dict(torch.load(args.export_checkpoint))
         export_onnx(model, args.out / "sagittal_spine.onnx")
         return 0
@@ -153,9 +173,18 @@ def main(argv: list[str] | None = None) -> int:
     # from the few disc volumes and the phantoms.
     pools = [(vb, 0.55), (ivd, 0.15), (phantoms, 0.30)]
 
+    in_channels = 1 + 2 * args.context
     model = ResidualUNet2D(len(CLASS_NAMES))
     if args.init:
-        model.load_state_dict(torch.load(args.init))
+        state = torch.load(args.init)
+        if state["stem.body.0.weight"].shape[1] == 1 and in_channels > 1:
+            model.load_state_dict(state)
+            model.widen_input(in_channels)
+        else:
+            model = ResidualUNet2D(len(CLASS_NAMES), in_channels=in_channels)
+            model.load_state_dict(state)
+    else:
+        model = ResidualUNet2D(len(CLASS_NAMES), in_channels=in_channels)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.iterations, pct_start=0.05)
     curve = []
@@ -164,10 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         imgs, alws = [], []
         for _ in range(args.batch):
             pool = pools[rng.choice(len(pools), p=[w for _, w in pools])][0]
-            img, alw = _sample(pool[rng.integers(len(pool))], rng, augment=True, slab_labels=args.slab_labels)
+            img, alw = _sample(pool[rng.integers(len(pool))], rng, augment=True, slab_labels=args.slab_labels,
+                               context=args.context)
             imgs.append(img)
             alws.append(alw)
-        x = torch.from_numpy(np.stack(imgs)[:, None])
+        x = torch.from_numpy(np.stack(imgs))
         a = torch.from_numpy(np.stack(alws).astype(np.int64))
         loss = partial_label_loss(model(x), a)
         opt.zero_grad()
@@ -182,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.save(model.state_dict(), args.out / "sagittal_spine.pt")
     export_onnx(model, args.out / "sagittal_spine.onnx")
     record = {
-        "seed": args.seed, "iterations": args.iterations, "init": str(args.init) if args.init else None, "slab_labels": args.slab_labels, "batch": args.batch, "lr": args.lr,
+        "seed": args.seed, "iterations": args.iterations, "init": str(args.init) if args.init else None, "slab_labels": args.slab_labels,
+        "context_slices_each_side": args.context, "batch": args.batch, "lr": args.lr,
         "patch_rows_cols": PATCH, "classes": CLASS_NAMES, "training_volumes": stems,
         "phantom_seeds": list(range(args.phantoms)), "split": SPLIT, "pool_weights": [w for _, w in pools],
         "loss_every_50": [float(np.mean(curve[i : i + 50])) for i in range(0, len(curve), 50)],

@@ -101,3 +101,13 @@ def test_model_card_validation_numbers_are_reproduced():
         reported = next(r for r in record["results"] if r["stem"] == stem)
         again = validate_volume(engine, data, stem)
         assert again["dice_per_level"] == pytest.approx(reported["dice_per_level"], abs=0.002)
+
+
+def test_each_slice_is_fed_with_its_neighbours_and_edges_repeat():
+    from inference.engine import EngineError, with_neighbours
+
+    np.testing.assert_array_equal(with_neighbours(4, 3), [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 3]])
+    np.testing.assert_array_equal(with_neighbours(2, 1), [[0], [1]])
+    np.testing.assert_array_equal(with_neighbours(1, 3), [[0, 0, 0]])
+    with pytest.raises(EngineError, match="odd number"):
+        with_neighbours(4, 2)

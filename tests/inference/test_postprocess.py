@@ -109,3 +109,4 @@ def test_off_column_components_are_not_bodies():
     stray = np.array([[-25.0, -70.0, 80.0]])
     keep = on_spinal_column(np.vstack([centroids, stray]), np.array([8000] * 6 + [1000]))
     assert keep.tolist() == [True] * 6 + [False]
+

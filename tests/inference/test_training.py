@@ -64,3 +64,41 @@ def test_thick_slab_pixels_where_planes_disagree_allow_the_union():
         seen |= set(np.unique(alw).tolist())
     assert VB | BG | DISC in seen  # disagreement → union of the planes' classes
     assert VB in seen and BG | DISC in seen
+
+
+def test_context_channels_are_the_neighbouring_slabs_in_order_or_mirrored():
+    from inference.train import _sample
+    from inference.training_data import TrainingCase
+
+    # Plane i is uniformly i/10, so each channel's mean tells which slab it is.
+    image = (np.arange(9, dtype=np.float32)[:, None, None] / 10) * np.ones((9, 192, 160), np.float32)
+    allowed = np.full((9, 192, 160), BG | DISC, np.uint8)
+    allowed[:, 60:120, 50:110] = VB
+    case = TrainingCase("t", image, allowed, 1.0, np.array([4]))
+    img, alw = _sample(case, np.random.default_rng(0), augment=False, context=1)
+    assert img.shape == (3, 192, 160) and alw.shape == (192, 160)
+    centre_pixels = img[:, 96, 80]
+    np.testing.assert_allclose(centre_pixels, [0.3, 0.4, 0.5], atol=1e-6)
+    rng = np.random.default_rng(3)
+    orders = set()
+    for _ in range(20):
+        img, _ = _sample(case, rng, augment=True, context=1)
+        orders.add(bool(img[0].mean() < img[2].mean()))
+    assert orders == {True, False}  # both left→right and right→left orders are seen
+
+
+def test_widened_network_computes_the_single_slice_function_until_trained():
+    import torch
+
+    from inference.network import ResidualUNet2D
+
+    torch.manual_seed(0)
+    net = ResidualUNet2D(4, channels=(4, 8), dropout=0.0).eval()
+    x = torch.rand(2, 1, 32, 32)
+    before = net(x)
+    net.widen_input(3)
+    neighbours = torch.rand(2, 3, 32, 32)
+    neighbours[:, 1] = x[:, 0]
+    torch.testing.assert_close(net(neighbours), before)
+    with pytest.raises(ValueError, match="1-channel"):
+        net.widen_input(5)
