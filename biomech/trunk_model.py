@@ -39,7 +39,10 @@ from biomech.anthropometry import (
 from biomech.muscles import LATERAL_M, MOMENT_ARM_MM, Fascicle, MuscleGroup, fascicles
 from biomech.spine_geometry import JOINTS, LUMBAR, SpineGeometry
 
-__all__ = ["BODY_BELOW", "COORDINATES", "RESERVE_OPTIMAL_FORCE_NM", "TrunkModel", "build_trunk_model"]
+__all__ = ["MODEL_NAME", "MODEL_VERSION", "BODY_BELOW", "COORDINATES", "RESERVE_OPTIMAL_FORCE_NM", "TrunkModel", "build_trunk_model"]
+
+MODEL_NAME = "spinegate_trunk"
+MODEL_VERSION = "2026.11.21 (OpenSim 4.6)"
 
 # Each spine body and the joint under it (the body's frame origin).
 BODY_BELOW = {"L5": "L5S1", "L4": "L4L5", "L3": "L3L4", "L2": "L2L3", "L1": "L1L2", "thorax": "T12L1"}

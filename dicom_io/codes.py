@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from pydicom.sr.coding import Code
 
-__all__ = ["SCHEME", "CENTROID_L", "CENTROID_P", "CENTROID_S", "NEEDS_REVIEW", "REVIEW_REASON", "UCUM_NEWTON"]
+__all__ = [
+    "SCHEME", "CENTROID_L", "CENTROID_P", "CENTROID_S", "NEEDS_REVIEW", "REVIEW_REASON", "UCUM_NEWTON",
+    "UCUM_NEWTON_METRE", "UCUM_KILOGRAM", "UCUM_DEGREE", "UCUM_METRE", "BODY_HEIGHT", "BODY_WEIGHT", "SUBJECT_SEX",
+    "SEX", "SPINAL_LOAD", "DISC_COMPRESSION", "DISC_ANTERIOR_SHEAR", "VERTEBRAL_BODY_COMPRESSION",
+    "LUMBAR_LORDOSIS", "SACRAL_SLOPE", "TASK", "REASON",
+]
 
 SCHEME = "99SPINEGATE"
 
@@ -20,3 +25,40 @@ NEEDS_REVIEW = Code("SG0010", SCHEME, "Result needs human review")
 REVIEW_REASON = Code("SG0011", SCHEME, "Review reason")
 
 UCUM_NEWTON = Code("N", "UCUM", "newton")
+UCUM_NEWTON_METRE = Code("N.m", "UCUM", "newton meter")
+UCUM_KILOGRAM = Code("kg", "UCUM", "kilogram")
+UCUM_DEGREE = Code("deg", "UCUM", "degree")
+UCUM_METRE = Code("m", "UCUM", "meter")
+
+# Biomechanical model inputs (LOINC / DCM / SNOMED CT).
+BODY_HEIGHT = Code("8302-2", "LN", "Body height")
+BODY_WEIGHT = Code("29463-7", "LN", "Body weight")
+SUBJECT_SEX = Code("121032", "DCM", "Subject Sex")
+SEX = {"M": Code("248153007", "SCT", "Male"), "F": Code("248152002", "SCT", "Female")}
+
+# Spinal loads from the OpenSim model (no standard codes exist for these).
+SPINAL_LOAD = Code("SG0020", SCHEME, "Spinal load estimate, musculoskeletal model")
+DISC_COMPRESSION = Code("SG0021", SCHEME, "Compressive force along disc axis")
+DISC_ANTERIOR_SHEAR = Code("SG0022", SCHEME, "Anterior shear force on superior vertebra")
+VERTEBRAL_BODY_COMPRESSION = Code("SG0023", SCHEME, "Vertebral body compressive force")
+LUMBAR_LORDOSIS = Code("SG0024", SCHEME, "Lordosis angle between L5S1 and T12L1 disc axes")
+SACRAL_SLOPE = Code("SG0025", SCHEME, "L5S1 disc axis inclination, upright model")
+TASK = {
+    "upright_standing": Code("SG0030", SCHEME, "Static upright standing"),
+    "flexion_60deg_5kg_each_hand": Code("SG0031", SCHEME, "Static 60 deg trunk flexion, 5 kg in each hand"),
+}
+
+# Review reasons, by flag prefix (measurements.json carries the full flag).
+REASON = {
+    "default_height_used": Code("SG0040", SCHEME, "Body height defaulted"),
+    "default_weight_used": Code("SG0041", SCHEME, "Body weight defaulted"),
+    "default_sex_used": Code("SG0042", SCHEME, "Sex defaulted"),
+    "muscle_strength_from_literature_defaults": Code("SG0043", SCHEME, "Muscle strength from literature defaults"),
+    "level_interpolated": Code("SG0044", SCHEME, "Spine level interpolated"),
+    "level_extrapolated": Code("SG0045", SCHEME, "Spine level extrapolated"),
+    "pose_infeasible_muscles_too_weak": Code("SG0046", SCHEME, "Pose infeasible, muscles too weak"),
+    "biomechanics_not_run": Code("SG0047", SCHEME, "Biomechanics not run"),
+    "implausible_centroids": Code("SG0048", SCHEME, "Implausible vertebral centroids"),
+    "too_few_levels": Code("SG0049", SCHEME, "Too few spine levels in view"),
+    "solver_failed": Code("SG0050", SCHEME, "Musculoskeletal solver failed"),
+}

@@ -7,7 +7,7 @@ import numpy as np
 
 from dicom_io.levels import SpineStructure
 
-__all__ = ["HeightLine", "StructureMeasurements"]
+__all__ = ["HeightLine", "StructureMeasurements", "TaskLoadReport", "LoadReport"]
 
 
 @dataclass(frozen=True)
@@ -60,3 +60,43 @@ class StructureMeasurements:
             raise ValueError(f"negative size for {self.structure.name}: {self.volume_cm3} cm3, {self.height_mm} mm")
         if np.asarray(self.centroid_lps_mm).shape != (3,):
             raise ValueError(f"'centroid_lps_mm' needs 3 values, got {np.asarray(self.centroid_lps_mm).shape}")
+
+
+@dataclass(frozen=True)
+class TaskLoadReport:
+    """Spinal loads of one static task, as the SR reports them.
+
+    ``discs``: (disc, compression N, anterior shear N); ``bodies``:
+    (vertebral body, compression N).
+    """
+
+    task_name: str
+    description: str
+    discs: tuple[tuple[SpineStructure, float, float], ...]
+    bodies: tuple[tuple[SpineStructure, float], ...]
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """The biomechanical model's inputs and results for the SR.
+
+    ``tasks`` is empty when the model could not be built; ``flags`` then say
+    why. ``lordosis_deg``/``sacral_slope_deg`` are None in that case.
+    """
+
+    height_m: float
+    mass_kg: float
+    sex: str
+    tasks: tuple[TaskLoadReport, ...]
+    flags: tuple[str, ...] = ()
+    lordosis_deg: float | None = None
+    sacral_slope_deg: float | None = None
+    model_name: str = "spinegate trunk model"
+    model_version: str = "unversioned"
+
+    def __post_init__(self) -> None:
+        if self.sex not in ("M", "F"):
+            raise ValueError(f"'sex' must be 'M' or 'F', got {self.sex!r}")
+        if self.height_m <= 0 or self.mass_kg <= 0:
+            raise ValueError(f"'height_m' and 'mass_kg' must be > 0, got {self.height_m}, {self.mass_kg}")

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from dicom_io import codes as sg_codes
-from dicom_io.measurements import StructureMeasurements
+from dicom_io.measurements import LoadReport, StructureMeasurements
 from dicom_io.seg import AlgorithmInfo
 from dicom_io.uids import derive_uid
 from dicom_io.volume import SeriesVolume
@@ -117,6 +117,59 @@ def _groups(
     return [volumetric, planar]
 
 
+def _reason_codes(flags: Sequence[str]) -> list[hd.sr.QualitativeEvaluation]:
+    found = []
+    for flag in flags:
+        for prefix, code in sg_codes.REASON.items():
+            if flag.startswith(prefix) and code not in found:
+                found.append(code)
+    return [hd.sr.QualitativeEvaluation(sg_codes.REVIEW_REASON, c) for c in found]
+
+
+def _load_groups(loads: LoadReport, uid_seed: str) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """One group with the model's inputs and flags, then per task one group
+    per disc (compression, shear) and per vertebral body (compression)."""
+    algo = hd.sr.AlgorithmIdentification(name=loads.model_name, version=loads.model_version)
+    inputs = [
+        hd.sr.Measurement(sg_codes.BODY_HEIGHT, round(loads.height_m, 3), sg_codes.UCUM_METRE),
+        hd.sr.Measurement(sg_codes.BODY_WEIGHT, round(loads.mass_kg, 2), sg_codes.UCUM_KILOGRAM),
+    ]
+    if loads.lordosis_deg is not None and loads.sacral_slope_deg is not None:
+        inputs += [hd.sr.Measurement(sg_codes.LUMBAR_LORDOSIS, round(loads.lordosis_deg, 1), sg_codes.UCUM_DEGREE),
+                   hd.sr.Measurement(sg_codes.SACRAL_SLOPE, round(loads.sacral_slope_deg, 1), sg_codes.UCUM_DEGREE)]
+    evaluations = [hd.sr.QualitativeEvaluation(sg_codes.SUBJECT_SEX, sg_codes.SEX[loads.sex])]
+    evaluations += _review(loads.flags) + _reason_codes(loads.flags)
+    groups = [hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(derive_uid(uid_seed, "loads", "inputs")),
+                                                     identifier="Spinal load model inputs"),
+        finding_type=sg_codes.SPINAL_LOAD, algorithm_id=algo, measurements=inputs,
+        qualitative_evaluations=evaluations,
+    )]
+    for task in loads.tasks:
+        method = sg_codes.TASK[task.task_name]
+        review = _review(task.flags) + _reason_codes(task.flags)
+
+        def group(structure, measurements, what: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+            return hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=hd.UID(derive_uid(uid_seed, "loads", task.task_name, structure.name)),
+                    identifier=f"{structure.display_name} {what}, {task.description}"),
+                finding_type=sg_codes.SPINAL_LOAD, method=method, algorithm_id=algo,
+                finding_sites=[hd.sr.FindingSite(anatomic_location=structure.property_type)],
+                measurements=measurements, qualitative_evaluations=review,
+            )
+
+        for disc, compression, shear in task.discs:
+            groups.append(group(disc, [
+                hd.sr.Measurement(sg_codes.DISC_COMPRESSION, round(compression, 1), sg_codes.UCUM_NEWTON, method=method),
+                hd.sr.Measurement(sg_codes.DISC_ANTERIOR_SHEAR, round(shear, 1), sg_codes.UCUM_NEWTON, method=method),
+            ], "load"))
+        for body, compression in task.bodies:
+            groups.append(group(body, [hd.sr.Measurement(sg_codes.VERTEBRAL_BODY_COMPRESSION, round(compression, 1),
+                                                         sg_codes.UCUM_NEWTON, method=method)], "load"))
+    return groups
+
+
 def build_measurement_report(
     reports: Sequence[SeriesReport],
     algorithm: AlgorithmInfo,
@@ -124,8 +177,10 @@ def build_measurement_report(
     sop_instance_uid: str,
     series_number: int,
     software_version: str,
+    loads: LoadReport | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """Build the study's Comprehensive 3D SR holding every measurement.
+    """Build the study's Comprehensive 3D SR holding every measurement, and
+    the spinal loads when ``loads`` is given.
 
     Raises
     ------
@@ -147,6 +202,8 @@ def build_measurement_report(
         ),
     )
     groups = [g for r in reports for m in r.measurements for g in _groups(r, m, algorithm, sop_instance_uid)]
+    if loads is not None:
+        groups += _load_groups(loads, sop_instance_uid)
     content = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.LN.MRISpineReport,

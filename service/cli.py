@@ -32,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="phantom study through a real 'spinegate serve' and back")
     d.add_argument("--work-dir", type=Path)
     d.add_argument("--seed", type=int, default=7)
+    lo = sub.add_parser("loads", help="spinal loads (OpenSim) from a measurements.json alone")
+    lo.add_argument("measurements", type=Path, help="measurements.json written by analyze/serve")
+    lo.add_argument("--out", type=Path, help="folder for loads.json and the OpenSim files "
+                    "(default: biomech/ beside the measurements)")
+    lo.add_argument("--height-m", type=float, help="stature, overrides the recorded one")
+    lo.add_argument("--weight-kg", type=float, help="body mass, overrides the recorded one")
+    lo.add_argument("--sex", choices=("M", "F"), help="overrides the recorded one")
     ph = sub.add_parser("phantom", help="write the synthetic sagittal phantom study as DICOM")
     ph.add_argument("out_dir", type=Path)
     ph.add_argument("--seed", type=int, default=7)
@@ -71,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "analyze":
         return _analyze(config, args.dicom_dir, args.out)
+    if args.command == "loads":
+        return _loads(args)
     if args.command == "demo":
         from service.demo import run_demo
 
@@ -96,13 +105,42 @@ def _analyze(config, dicom_dir: Path, out: Path) -> int:  # type: ignore[no-unty
         print(f"spinegate: {e}", file=sys.stderr)
         return EXIT_NO_MODEL
     try:
-        result = analyze_study(paths, engine, config.routing, out)
+        result = analyze_study(paths, engine, config.routing, out, config.biomechanics.enabled)
     except StudyFailed as e:
         print(f"spinegate: study not analysed: {e.reason}: {e}", file=sys.stderr)
         return EXIT_STUDY_FAILED
     print(structure_table(json.loads(result.measurements_path.read_text())))
     print(f"\nwrote {', '.join(p.name for p in result.outputs)} and measurements.json to {out}")
     return EXIT_OK
+
+
+def _loads(args: argparse.Namespace) -> int:
+    from biomech.anthropometry import Subject
+    from service.biomech_stage import centroids_from_document, loads_table, run_stage, subject_from_document
+
+    try:
+        doc = json.loads(args.measurements.read_text())
+    except (OSError, ValueError) as e:
+        print(f"spinegate: cannot read {args.measurements}: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    recorded = subject_from_document(doc)
+    try:
+        subject = Subject.from_dicom_values(
+            args.height_m or (None if "default_height_used" in recorded.defaults_used else recorded.height_m),
+            args.weight_kg or (None if "default_weight_used" in recorded.defaults_used else recorded.mass_kg),
+            args.sex or (None if "default_sex_used" in recorded.defaults_used else recorded.sex.value),
+        )
+    except ValueError as e:
+        print(f"spinegate: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    out = args.out or args.measurements.parent / "biomech"
+    result = run_stage(centroids_from_document(doc), subject, out)
+    block = result.document()
+    (out / "loads.json").parent.mkdir(parents=True, exist_ok=True)
+    (out / "loads.json").write_text(json.dumps(block, indent=1))
+    print(loads_table(block))
+    print(f"\nwrote loads.json and the OpenSim models and results to {out}")
+    return EXIT_STUDY_FAILED if result.error else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -111,6 +111,13 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class BiomechanicsConfig:
+    """Subject-specific OpenSim loads after the sagittal measurements."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class SpinegateConfig:
     """Every setting of a spinegate process, grouped by section."""
 
@@ -119,6 +126,7 @@ class SpinegateConfig:
     assembly: AssemblyConfig = field(default_factory=AssemblyConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    biomechanics: BiomechanicsConfig = field(default_factory=BiomechanicsConfig)
     routing: tuple[RoutingRule, ...] = (
         RoutingRule("sag_t1", "sagittal_spine", ("sagittal",), ("T1",)),
         RoutingRule("sag_t2", "sagittal_spine", ("sagittal",), ("T2",)),
@@ -154,6 +162,7 @@ _SECTIONS = {
     "assembly": AssemblyConfig,
     "inference": InferenceConfig,
     "export": ExportConfig,
+    "biomechanics": BiomechanicsConfig,
 }
 
 

@@ -29,6 +29,7 @@ from dicom_io.sr import SeriesReport, build_measurement_report
 from dicom_io.uids import derive_uid
 from dicom_io.volume import SeriesError, read_series
 from inference.engine import SagittalSpineEngine
+from service.biomech_stage import choose_centroids, load_report, run_stage, subject_from_header
 from service.config import RoutingRule
 from service.routing import RoutingDecision, route
 from service.version import __version__
@@ -73,6 +74,7 @@ class StudyResult:
     measurements_path: Path
     outputs: list[Path]
     timings_s: dict[str, float]
+    biomechanics: dict[str, Any] | None = None
 
 
 def _read_headers(paths: Sequence[Path]) -> dict[str, list[tuple[Path, Dataset]]]:
@@ -98,8 +100,10 @@ def analyze_study(
     engine: SagittalSpineEngine,
     rules: tuple[RoutingRule, ...],
     out_dir: Path,
+    biomechanics: bool = True,
 ) -> StudyResult:
-    """Run the whole pipeline on the files of one study.
+    """Run the whole pipeline on the files of one study; with
+    ``biomechanics`` the spinal loads too (files under ``out_dir/biomech``).
 
     Raises
     ------
@@ -142,22 +146,32 @@ def analyze_study(
             reports.append(report)
             outputs.append(outcome.seg_path)  # type: ignore[arg-type]
     sr_path = None
+    timings: dict[str, float] = {}
+    loads = None
+    if reports and biomechanics:
+        t0 = time.perf_counter()
+        header = next(r.source_images[0] for r in reports)
+        bio = run_stage(choose_centroids([r.measurements for r in reports]), subject_from_header(header),
+                        out_dir / "biomech")
+        loads = load_report(bio)
+        biomech_doc = bio.document()
+        timings["biomechanics"] = time.perf_counter() - t0
+    else:
+        biomech_doc = None
     if reports:
         t0 = time.perf_counter()
         sr = build_measurement_report(
             reports, algorithm, derive_uid(digest, "sr-series"), derive_uid(digest, "sr"), SR_SERIES_NUMBER,
-            __version__,
+            __version__, loads,
         )
         sr_path = out_dir / "sr.dcm"
         sr.save_as(sr_path, enforce_file_format=True)
         outputs.append(sr_path)
         log.info("sr written study_uid=%s sop_instance_uid=%s groups=%d", study_uid, sr.SOPInstanceUID,
                  sum(len(r.measurements) for r in reports))
-        timings = {"sr": time.perf_counter() - t0}
-    else:
-        timings = {}
+        timings["sr"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
-    result = StudyResult(study_uid, outcomes, sr_path, out_dir / "measurements.json", outputs, timings)
+    result = StudyResult(study_uid, outcomes, sr_path, out_dir / "measurements.json", outputs, timings, biomech_doc)
     result.measurements_path.write_text(json.dumps(measurements_document(result, algorithm), indent=1))
     if not reports:
         reasons = sorted({o.error or o.decision.skipped_reason for o in outcomes})
@@ -235,6 +249,7 @@ def measurements_document(result: StudyResult, algorithm: AlgorithmInfo) -> dict
         "software_version": __version__,
         "model": {"name": algorithm.name, "version": algorithm.version, "sha256": algorithm.model_sha256},
         "series": series,
+        "biomechanics": result.biomechanics,
         "outputs": [p.name for p in result.outputs],
         "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
     }

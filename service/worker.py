@@ -117,7 +117,7 @@ class StudyWorker:
         paths = [i.path for i in self.store.instances(study_uid)]
         detail: dict[str, Any] = {"started": started}
         try:
-            result = analyze_study(paths, self.engine, self.config.routing, out_dir)
+            result = analyze_study(paths, self.engine, self.config.routing, out_dir, self.config.biomechanics.enabled)
         except StudyFailed as e:
             self._finish(study_uid, StudyState.FAILED, e.reason + ": " + str(e), {**detail, "reason": e.reason},
                          version)

@@ -1,0 +1,103 @@
+"""The biomechanics stage: measured centroids + patient size → spinal loads.
+
+Shared by the pipeline (after segmentation) and ``spinegate loads`` (from a
+``measurements.json`` alone). Chooses the sagittal series with the most
+spine levels, reads height/weight/sex from the DICOM header (defaults are
+flagged), runs `biomech.study.run_biomechanics` and converts the result for
+the SR writer.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from biomech.anthropometry import Subject
+from biomech.spine_geometry import CHAIN, JOINTS, LUMBAR
+from biomech.study import StudyBiomechanics, run_biomechanics
+from biomech.trunk_model import MODEL_NAME, MODEL_VERSION
+from dicom_io.levels import structure_by_name
+from dicom_io.measurements import LoadReport, StructureMeasurements, TaskLoadReport
+
+__all__ = ["subject_from_header", "subject_from_document", "centroids_from_document", "choose_centroids",
+           "run_stage", "load_report", "loads_table"]
+
+log = logging.getLogger(__name__)
+
+
+def subject_from_header(ds: Dataset) -> Subject:
+    """Height (PatientSize, m), weight (PatientWeight, kg), sex (PatientSex)."""
+    return Subject.from_dicom_values(ds.get("PatientSize"), ds.get("PatientWeight"), ds.get("PatientSex"))
+
+
+def subject_from_document(doc: Mapping[str, Any]) -> Subject:
+    """The subject recorded in a measurements.json, defaults re-flagged."""
+    recorded = (doc.get("biomechanics") or {}).get("subject") or {}
+    defaults = set(recorded.get("defaults_used") or ())
+    return Subject.from_dicom_values(
+        None if "default_height_used" in defaults else recorded.get("height_m"),
+        None if "default_weight_used" in defaults else recorded.get("mass_kg"),
+        None if "default_sex_used" in defaults else recorded.get("sex"),
+    )
+
+
+def choose_centroids(series_measurements: Sequence[Sequence[StructureMeasurements]]) -> dict[str, np.ndarray]:
+    """Centroids of the series covering most of the modelled spine."""
+    best: dict[str, np.ndarray] = {}
+    for measurements in series_measurements:
+        found = {m.structure.name: np.asarray(m.centroid_lps_mm, float) for m in measurements
+                 if m.structure.name in CHAIN}
+        if len(found) > len(best):
+            best = found
+    return best
+
+
+def centroids_from_document(doc: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Centroids from a measurements.json (schema spinegate.measurements/1)."""
+    per_series = []
+    for series in doc.get("series") or ():
+        per_series.append({s["level"]: np.asarray(s["centroid_lps_mm"], float) for s in series.get("structures") or ()
+                           if s.get("level") in CHAIN})
+    return max(per_series, key=len, default={})
+
+
+def run_stage(centroids: Mapping[str, np.ndarray], subject: Subject, out_dir: Path) -> StudyBiomechanics:
+    result = run_biomechanics(centroids, subject, out_dir)
+    log.info("biomechanics done tasks=%d flags=%s solve_s=%.2f", len(result.tasks), ",".join(result.flags),
+             result.solve_s)
+    return result
+
+
+def load_report(result: StudyBiomechanics) -> LoadReport:
+    """The SR's view of the biomechanics result."""
+    tasks = []
+    for t in result.tasks:
+        discs = tuple((structure_by_name(j), t.joints[j].compression_n, t.joints[j].anterior_shear_n) for j in JOINTS)
+        bodies = tuple((structure_by_name(b), t.vertebral_body_compression_n[b]) for b in reversed(LUMBAR))
+        tasks.append(TaskLoadReport(t.task.name, t.task.description, discs, bodies, t.flags))
+    g = result.geometry
+    s = result.subject
+    return LoadReport(s.height_m, s.mass_kg, s.sex.value, tuple(tasks), result.flags,
+                      g.lordosis_deg if g else None, g.sacral_slope_deg if g else None, MODEL_NAME, MODEL_VERSION)
+
+
+def loads_table(block: Mapping[str, Any]) -> str:
+    """Plain-text table of a ``biomechanics`` block (for the CLI)."""
+    subject = block["subject"]
+    lines = [f"subject: {subject['height_m']} m, {subject['mass_kg']} kg, sex {subject['sex']}"
+             + (f" (defaults: {', '.join(subject['defaults_used'])})" if subject["defaults_used"] else "")]
+    if block.get("error"):
+        lines.append(f"biomechanics not run: {block['error']}")
+    for task in block.get("tasks") or ():
+        lines.append(f"\n{task['description']}" + ("" if task["feasible"] else "  ** INFEASIBLE: muscles too weak **"))
+        lines.append(f"  {'joint':<6} {'compression N':>13} {'ant. shear N':>12}")
+        for joint, v in task["joints"].items():
+            lines.append(f"  {joint:<6} {v['compression_n']:>13.0f} {v['anterior_shear_n']:>12.0f}")
+        bodies = ", ".join(f"{b} {v:.0f}" for b, v in task["vertebral_body_compression_n"].items())
+        lines.append(f"  vertebral bodies (N): {bodies}")
+    if block.get("flags"):
+        lines.append(f"\nflags: {', '.join(block['flags'])}")
+    return "\n".join(lines)
