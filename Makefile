@@ -39,3 +39,4 @@ test-quick: $(VENV)/.testdeps
 
 bench: $(VENV)/.runtime
 	$(VENV)/bin/python bench/turnaround.py
+	$(VENV)/bin/python bench/biomech_solve.py

@@ -13,9 +13,11 @@ body's frame has its origin at the joint below it and is parallel to the
 ground in upright stance, so coordinates read as angles from upright;
 positive = extension (right-hand rule about +z), flexion is negative.
 
-Muscles (`biomech.muscles`) are Thelen 2003 fascicles whose optimal fibre
-length is 90 % and tendon slack length 10 % of their upright path length
-(fibres at optimal length standing). Each spine coordinate also carries a
+Muscles (`biomech.muscles`) are DeGroote-Fregly 2016 fascicles with rigid
+tendons whose optimal fibre length is 90 % and tendon slack length 10 % of
+their upright path length (fibres at optimal length standing). Their lower
+activation bound is 0.001: Thelen's fixed 0.01 floor would add ~400 N of
+co-contraction to every joint on 60-odd trunk fascicles. Each spine coordinate also carries a
 weak reserve actuator (1 N·m at full activation): a pose the muscles can
 hold needs almost none, so a large reserve torque reports a pose the
 muscles are too weak for instead of hiding it.

@@ -18,3 +18,13 @@ def test_turnaround_benchmark_short_mode():
     assert record["mode"] == "short"
     assert record["turnaround"]["median_s"] > record["turnaround"]["quiet_period_s"]
     assert record["inference_onnxruntime_cpu"]["per_slice_ms"] > 0
+
+
+def test_biomechanics_benchmark_short_mode():
+    proc = subprocess.run([sys.executable, "bench/biomech_solve.py", "--short"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout.strip().splitlines()[-1].removeprefix("wrote ")
+    record = json.loads(open(out).read())
+    assert record["kind"] == "short" and record["median_s"] > 0
+    assert len(record["compression_n"]["flexion_60deg_5kg_each_hand"]) == 6

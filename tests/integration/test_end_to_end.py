@@ -15,6 +15,7 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from conftest import dciodvfy_errors
+from dicom_io import codes as sg_codes
 from dicom_io.mr_writer import StudyInfo
 from dicom_io.phantom_study import write_phantom_study
 from peers import Spinegate, StoreSCP, compress, storescu
@@ -99,6 +100,11 @@ def test_phantom_study_round_trip(tmp_path, pacs, spinegate, syntax, codec, prop
         for level in ("L2", "L3", "L4"):
             got = values[(series, f"{level} vertebral body")]
             assert got["volume_cm3"] == pytest.approx(truth["structures"][level]["volume_cm3"], rel=BODY_VOLUME_TOL)
+    # The spinal loads ride in the same SR: 6 discs + 5 bodies per task, plus the inputs group.
+    load_groups = hd.sr.srread(objs["SR"][0]).content.get_image_measurement_groups(finding_type=sg_codes.SPINAL_LOAD)
+    assert len(load_groups) == 1 + 2 * 11
+    l5s1 = [g for g in load_groups if g.tracking_identifier.startswith("L5-S1") and "60" in g.tracking_identifier][0]
+    assert 2000 < float(l5s1.get_measurements(name=sg_codes.DISC_COMPRESSION)[0].value) < 4500
 
 
 def test_study_interrupted_by_restart_is_processed_after_restart(tmp_path, pacs):
