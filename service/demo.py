@@ -152,6 +152,11 @@ def _print_results(work: Path, truth: dict[str, Any], receiver: LocalReceiver) -
             t = truth["structures"].get(m["level"], {})
             print(f"{s['description'][:12]:<12} {m['label']:<28} {m['height_mm']:>9.1f} "
                   f"{t.get('height_mm', float('nan')):>6.1f} {m['volume_cm3']:>10.2f} {t.get('volume_cm3', float('nan')):>6.2f}")
+    if doc.get("biomechanics"):
+        from service.biomech_stage import loads_table
+
+        print("\n[demo] spinal loads (OpenSim, subject model from the measured spine):")
+        print(loads_table(doc["biomechanics"]))
     print(f"\n[demo] outputs and measurements.json: {work / 'var' / 'outputs' / truth['study_instance_uid']}")
 
 

@@ -21,3 +21,7 @@ def test_demo_prints_measurements_beside_truth(tmp_path):
         if any(level in row for level in ("L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")):
             height, truth = (float(v) for v in row.split()[-4:-2])
             assert abs(height - truth) <= 3.0, row
+    # The spinal loads of the demo subject follow the measurements.
+    assert "spinal loads" in out and "60° trunk flexion holding 5 kg in each hand" in out
+    l5s1 = [line.split() for line in out.splitlines() if line.strip().startswith("L5S1")]
+    assert len(l5s1) == 2 and 2000 < float(l5s1[1][1]) < 4500  # flexion L5S1 compression, N
