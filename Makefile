@@ -16,10 +16,11 @@ $(VENV)/.testdeps: $(VENV)/.runtime
 	$(PIP) install -q -e '.[train,test]'
 	touch $@
 
-# Debian peers the tests drive: dcmtk (storescu/storescp/dcmcjpeg/dcmcjpls) and dicom3tools (dciodvfy).
+# Debian peers the tests drive: dcmtk (storescu/storescp/dcmcjpeg/dcmcjpls), dicom3tools (dciodvfy),
+# prometheus (+ promtool: scrapes spinegate, checks the alert rules).
 peers:
-	@command -v storescp >/dev/null && command -v dciodvfy >/dev/null || \
-	  ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q dcmtk dicom3tools)
+	@command -v storescp >/dev/null && command -v dciodvfy >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null || \
+	  ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dcmtk dicom3tools prometheus)
 
 demo: $(VENV)/.runtime
 	$(VENV)/bin/spinegate demo

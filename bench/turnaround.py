@@ -59,7 +59,7 @@ def turnaround(size: int, runs: int, quiet_s: float) -> dict[str, object]:
     receiver = LocalReceiver(work / "received")
     (work / "received").mkdir(parents=True, exist_ok=True)
     port = free_port()
-    cfg = {"network": {"port": port}, "storage": {"root": str(work / "var")},
+    cfg = {"network": {"port": port}, "http": {"port": free_port()}, "storage": {"root": str(work / "var")},
            "assembly": {"quiet_period_s": quiet_s},
            "export": {"destinations": [{"ae_title": receiver.ae_title, "host": "127.0.0.1", "port": receiver.port}]}}
     (work / "c.yaml").write_text(yaml.safe_dump(cfg))

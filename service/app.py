@@ -1,44 +1,89 @@
-"""The long-running service: SCP + queue consumer, with a clean lifecycle.
+"""The long-running service: SCP + queue consumer + HTTP, with a clean lifecycle.
 
-``run(config)`` starts the SCP (non-blocking), re-queues interrupted work,
-loads the model, then runs the Huey consumer in the main thread: SIGINT
-drains the running job, SIGTERM stops at once (the job is re-queued at the
-next start). The SCP is shut down on the way out.
+``run(config)`` loads the model, starts the SCP and the HTTP endpoint
+(non-blocking), re-queues interrupted work, then runs the Huey consumer in
+the main thread: SIGINT drains the running job, SIGTERM stops at once (the
+job is re-queued at the next start). SCP and HTTP are shut down on the way
+out.
 """
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 from service.config import SpinegateConfig
+from service.http_api import ReadinessProbe, StatusApi, start_http
+from service.metrics import Metrics, StateCollector
 from service.scp import Receiver, start_scp
-from service.store import StateStore
+from service.store import StateStore, StudyState
 from service.worker import StudyWorker, build_queue
 
-__all__ = ["run", "build_worker"]
+__all__ = ["run", "build_worker", "start_service", "Service", "queue_depth"]
 
 log = logging.getLogger(__name__)
 
 
-def build_worker(config: SpinegateConfig) -> tuple[StateStore, StudyWorker]:
+def build_worker(config: SpinegateConfig, metrics: Metrics | None = None) -> tuple[StateStore, StudyWorker]:
     store = StateStore(config.storage.state_db)
-    return store, StudyWorker(config, store, build_queue(config))
+    return store, StudyWorker(config, store, build_queue(config), metrics)
+
+
+def queue_depth(worker: StudyWorker) -> int:
+    return int(worker.huey.pending_count()) + int(worker.huey.scheduled_count())
+
+
+@dataclass
+class Service:
+    """The running parts of one spinegate process (the consumer aside)."""
+
+    config: SpinegateConfig
+    metrics: Metrics
+    store: StateStore
+    worker: StudyWorker
+    scp: Any
+    probe: ReadinessProbe
+    http: Any
+
+    def shutdown(self) -> None:
+        if self.http is not None:
+            self.http.shutdown()
+        self.scp.shutdown()
+        self.store.close()
+
+
+def start_service(config: SpinegateConfig, load_model: bool = True) -> Service:
+    """Metrics, store, worker, then the SCP and the HTTP endpoint.
+
+    With ``load_model`` the model is loaded before the SCP listens, so a
+    missing model stops start-up (`inference.engine.EngineError`).
+    """
+    metrics = Metrics()
+    store, worker = build_worker(config, metrics)
+    if load_model:
+        _ = worker.engine
+    scp = start_scp(config, Receiver(config, store, worker.on_instance_stored, metrics))
+    probe = ReadinessProbe(config, lambda: scp.server_address[1], lambda: queue_depth(worker),
+                           lambda: worker.engine_loaded)
+    metrics.registry.register(StateCollector(store.count_by_state, lambda: queue_depth(worker),
+                                             store.oldest_waiting_s, [s.value for s in StudyState],
+                                             probe.free_bytes, probe.ready))
+    http = start_http(config, StatusApi(store, metrics, probe, worker.request_processing,
+                                        config.storage.outputs)) if config.http.enabled else None
+    return Service(config, metrics, store, worker, scp, probe, http)
 
 
 def run(config: SpinegateConfig) -> int:
     log.info("effective configuration %s", json.dumps(config.redacted(), sort_keys=True))
-    store, worker = build_worker(config)
-    _ = worker.engine  # load the model before accepting work
-    receiver = Receiver(config, store, worker.on_instance_stored)
-    server = start_scp(config, receiver)
+    service = start_service(config)
     try:
-        worker.recover()
-        consumer = worker.huey.create_consumer(workers=1, worker_type="thread", periodic=False,
-                                               initial_delay=0.05, max_delay=0.5, backoff=1.3,
-                                               check_worker_health=False)
+        service.worker.recover()
+        consumer = service.worker.huey.create_consumer(workers=1, worker_type="thread", periodic=False,
+                                                       initial_delay=0.05, max_delay=0.5, backoff=1.3,
+                                                       check_worker_health=False)
         consumer.run()
     finally:
-        server.shutdown()
-        store.close()
+        service.shutdown()
         log.info("stopped")
     return 0

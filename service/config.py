@@ -111,6 +111,16 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP endpoint: /metrics, /healthz, /readyz and the status API."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+    min_free_disk_bytes: int = 1_000_000_000  # /readyz fails below this on the storage volume
+
+
+@dataclass(frozen=True)
 class BiomechanicsConfig:
     """Subject-specific OpenSim loads after the sagittal measurements."""
 
@@ -127,6 +137,7 @@ class SpinegateConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     biomechanics: BiomechanicsConfig = field(default_factory=BiomechanicsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     routing: tuple[RoutingRule, ...] = (
         RoutingRule("sag_t1", "sagittal_spine", ("sagittal",), ("T1",)),
         RoutingRule("sag_t2", "sagittal_spine", ("sagittal",), ("T2",)),
@@ -138,6 +149,8 @@ class SpinegateConfig:
         if self.inference.backend not in ("onnxruntime", "auto"):
             raise ConfigError(f"Invalid 'inference.backend' value {self.inference.backend!r} - "
                               "must be 'onnxruntime' or 'auto'")
+        if not (0 <= int(self.http.port) < 65536):
+            raise ConfigError(f"Invalid 'http.port' value {self.http.port!r} - must be 0-65535")
         if self.export.attempts < 1:
             raise ConfigError(f"Invalid 'export.attempts' value {self.export.attempts!r} - must be >= 1")
 
@@ -163,6 +176,7 @@ _SECTIONS = {
     "inference": InferenceConfig,
     "export": ExportConfig,
     "biomechanics": BiomechanicsConfig,
+    "http": HttpConfig,
 }
 
 

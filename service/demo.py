@@ -109,6 +109,7 @@ def run_demo(work_dir: Path | None = None, seed: int = 7, timeout_s: float = 180
     port = free_port()
     config = {
         "network": {"ae_title": "SPINEGATE", "host": "127.0.0.1", "port": port},
+        "http": {"host": "127.0.0.1", "port": free_port()},
         "storage": {"root": str(work / "var")},
         "assembly": {"quiet_period_s": 2.0},
         "export": {"destinations": [{"ae_title": receiver.ae_title, "host": "127.0.0.1", "port": receiver.port}]},

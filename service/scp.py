@@ -20,6 +20,7 @@ from pynetdicom.sop_class import Verification
 from dicom_io.uids import ACCEPTED_TRANSFER_SYNTAXES, MR_STORAGE_SOP_CLASSES
 from dicom_io.validate import InstanceProblem, check_received_instance
 from service.config import SpinegateConfig
+from service.metrics import Metrics
 from service.spool import durable_write, quarantine_write, spool_path
 from service.store import InstanceRecord, StateStore
 
@@ -64,9 +65,29 @@ class Receiver:
     config: SpinegateConfig
     store: StateStore
     on_stored: Callable[[str], None]
+    metrics: Metrics | None = None
 
     def handle_store(self, event: Event) -> int:
         data = event.encoded_dataset(include_meta=True)
+        status, outcome = self._store(event, data)
+        if self.metrics:
+            self.metrics.received_bytes.inc(len(data))
+            self.metrics.instances.labels(str(event.context.abstract_syntax), str(event.context.transfer_syntax),
+                                          outcome).inc()
+        return status
+
+    def handle_accepted(self, event: Event) -> None:
+        if self.metrics:
+            self.metrics.associations.labels("accepted", "").inc()
+
+    def handle_rejected(self, event: Event) -> None:
+        if self.metrics:
+            # The A-ASSOCIATE-RJ primitive names the reason (e.g. "Local limit exceeded").
+            primitive = getattr(event.assoc.acceptor, "primitive", None)
+            reason = getattr(primitive, "reason_str", "") if primitive is not None else ""
+            self.metrics.associations.labels("rejected", str(reason or "unspecified")).inc()
+
+    def _store(self, event: Event, data: bytes) -> tuple[int, str]:
         ts = event.context.transfer_syntax
         peer = f"{event.assoc.requestor.ae_title}@{event.assoc.requestor.address}"
         try:
@@ -74,24 +95,24 @@ class Receiver:
             check_received_instance(ds, ts)
             path = spool_path(self.config.storage.spool, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
         except InstanceProblem as e:
-            return self._refuse(data, e.reason, str(e), peer)
+            return self._refuse(data, e.reason, str(e), peer), "refused"
         except ValueError as e:
-            return self._refuse(data, "invalid_uid", str(e), peer)
+            return self._refuse(data, "invalid_uid", str(e), peer), "refused"
         except Exception as e:  # pydicom raises many types for malformed input
-            return self._refuse(data, "undecodable_dataset", f"{type(e).__name__}: {e}", peer)
+            return self._refuse(data, "undecodable_dataset", f"{type(e).__name__}: {e}", peer), "refused"
         if self.store.has_instance(ds.SOPInstanceUID):
             log.info("duplicate instance acknowledged sop_instance_uid=%s peer=%s", ds.SOPInstanceUID, peer)
-            return Status.SUCCESS
+            return Status.SUCCESS, "duplicate"
         try:
             durable_write(path, data)
         except OSError as e:
             log.error("cannot store instance sop_instance_uid=%s: %s", ds.SOPInstanceUID, e)
-            return Status.OUT_OF_RESOURCES
+            return Status.OUT_OF_RESOURCES, "out_of_resources"
         rec = InstanceRecord(ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPClassUID, path)
         if self.store.record_instance(rec):
             self.on_stored(ds.StudyInstanceUID)
         log.debug("stored sop_instance_uid=%s series_uid=%s", ds.SOPInstanceUID, ds.SeriesInstanceUID)
-        return Status.SUCCESS
+        return Status.SUCCESS, "stored"
 
     def _refuse(self, data: bytes, reason: str, message: str, peer: str) -> int:
         try:
@@ -100,6 +121,8 @@ class Receiver:
         except OSError as e:
             log.error("cannot quarantine refused instance (%s): %s", reason, e)
             return Status.OUT_OF_RESOURCES
+        if self.metrics:
+            self.metrics.quarantined.labels(reason).inc()
         log.warning("refused instance reason=%s peer=%s quarantined=%s: %s", reason, peer, path.name, message)
         return _STATUS_BY_REASON.get(reason, Status.CANNOT_UNDERSTAND)
 
@@ -121,7 +144,8 @@ def start_scp(config: SpinegateConfig, receiver: Receiver):  # type: ignore[no-u
     """Start listening (non-blocking); returns the server (call ``shutdown()``)."""
     configure_pynetdicom()
     ae = build_ae(config)
-    handlers = [(evt.EVT_C_STORE, receiver.handle_store)]
+    handlers = [(evt.EVT_C_STORE, receiver.handle_store), (evt.EVT_ACCEPTED, receiver.handle_accepted),
+                (evt.EVT_REJECTED, receiver.handle_rejected)]
     server = ae.start_server((config.network.host, config.network.port), block=False, evt_handlers=handlers)
     log.info("listening ae_title=%s host=%s port=%d", config.network.ae_title, config.network.host,
              config.network.port)

@@ -140,6 +140,14 @@ class StateStore:
             if not states or rec.state in states:
                 yield rec
 
+    def count_by_state(self) -> dict[str, int]:
+        return {state: n for state, n in self._tx("SELECT state, COUNT(*) FROM studies GROUP BY state").fetchall()}
+
+    def oldest_waiting_s(self, now: float | None = None) -> float:
+        """Seconds since the oldest study became complete and still waits."""
+        row = self._tx("SELECT MIN(updated) FROM studies WHERE state=?", (StudyState.COMPLETE.value,)).fetchone()
+        return 0.0 if row[0] is None else max(0.0, (now or time.time()) - row[0])
+
     def transition(
         self, study_uid: str, to: StudyState, from_states: tuple[StudyState, ...] = (), reason: str = "",
         detail: dict[str, Any] | None = None, version: int | None = None,

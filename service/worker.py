@@ -21,12 +21,15 @@ from huey.api import Huey
 
 from service.config import SpinegateConfig
 from service.export import export_outputs
+from service.metrics import Metrics
 from service.pipeline import StudyFailed, analyze_study
 from service.store import StateStore, StudyState
 
 __all__ = ["StudyWorker", "build_queue"]
 
 log = logging.getLogger(__name__)
+
+BACKEND = "onnxruntime-cpu"
 
 
 def build_queue(config: SpinegateConfig) -> Huey:
@@ -45,6 +48,7 @@ class StudyWorker:
     config: SpinegateConfig
     store: StateStore
     huey: Huey
+    metrics: Metrics | None = None
     _engine: Any = None
     _pending: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -59,7 +63,14 @@ class StudyWorker:
             from inference.engine import SagittalSpineEngine
 
             self._engine = SagittalSpineEngine(self.config.inference.model_dir, self.config.inference.threads)
+            if self.metrics:
+                info = self._engine.info
+                self.metrics.model_info.labels(info.name, info.version, info.sha256, BACKEND).set(1)
         return self._engine
+
+    @property
+    def engine_loaded(self) -> bool:
+        return self._engine is not None
 
     # -- triggers ---------------------------------------------------------
     def on_instance_stored(self, study_uid: str) -> None:
@@ -116,6 +127,8 @@ class StudyWorker:
         out_dir = self.config.storage.outputs / study_uid
         paths = [i.path for i in self.store.instances(study_uid)]
         detail: dict[str, Any] = {"started": started}
+        if self.metrics:
+            self.metrics.observe_stage("assembly_wait", started - rec.last_received)
         try:
             result = analyze_study(paths, self.engine, self.config.routing, out_dir, self.config.biomechanics.enabled)
         except StudyFailed as e:
@@ -129,7 +142,17 @@ class StudyWorker:
         detail.update(outputs=[str(p) for p in result.outputs], timings_s=result.timings_s,
                       series=[{"series_uid": o.series_uid, "rule": o.decision.rule,
                                "skipped": o.decision.skipped_reason, "error": o.error} for o in result.series])
+        self._observe_pipeline(result)
+        t_export = time.time()
         outcomes = export_outputs(result.outputs, self.config.export)
+        if self.metrics:
+            self.metrics.observe_stage("export", time.time() - t_export)
+            for o in outcomes:
+                dest = o.destination.ae_title
+                self.metrics.export_attempts.labels(dest).inc(o.attempts)
+                self.metrics.export_retries.labels(dest).inc(o.attempts - 1)
+                if not o.confirmed:
+                    self.metrics.export_failures.labels(dest).inc()
         detail["exports"] = [{"destination": o.destination.ae_title, "confirmed": o.confirmed,
                               "attempts": o.attempts, "error": o.error} for o in outcomes]
         detail["finished"] = time.time()
@@ -138,15 +161,33 @@ class StudyWorker:
             self._finish(study_uid, StudyState.FAILED, "export_failed: " + "; ".join(o.error for o in failed),
                          detail, version)
             return
-        if self._finish(study_uid, StudyState.EXPORTED, "", detail, version) and \
-                self.config.storage.delete_inputs_after_export:
-            shutil.rmtree(self.config.storage.spool / study_uid, ignore_errors=True)
+        if self._finish(study_uid, StudyState.EXPORTED, "", detail, version):
+            if self.metrics:
+                self.metrics.turnaround_seconds.observe(detail["finished"] - rec.last_received)
+            if self.config.storage.delete_inputs_after_export:
+                shutil.rmtree(self.config.storage.spool / study_uid, ignore_errors=True)
+
+    def _observe_pipeline(self, result: Any) -> None:
+        if not self.metrics:
+            return
+        for o in result.series:
+            t = o.timings_s
+            if "segment" in t:
+                self.metrics.observe_stage("segmentation", t["segment"], o.decision.engine or "", BACKEND)
+                self.metrics.observe_stage("measurement", t.get("measure", 0.0))
+                self.metrics.observe_stage("report", t.get("seg_write", 0.0))
+        if "biomechanics" in result.timings_s:
+            self.metrics.observe_stage("biomechanics", result.timings_s["biomechanics"])
+        if "sr" in result.timings_s:
+            self.metrics.observe_stage("report", result.timings_s["sr"])
 
     def _finish(self, study_uid: str, state: StudyState, reason: str, detail: dict[str, Any], version: int) -> bool:
         """Record the outcome unless instances arrived meanwhile (then the
         study goes back to received and is assembled again)."""
         if self.store.transition(study_uid, state, (StudyState.PROCESSING,), reason, detail, version=version):
             log.info("study %s study_uid=%s %s", state.value, study_uid, reason)
+            if self.metrics:
+                self.metrics.studies_finished.labels(state.value, reason.split(":", 1)[0]).inc()
             return True
         self.store.transition(study_uid, StudyState.RECEIVED, (StudyState.PROCESSING,), "", detail)
         log.info("study changed while processing, re-assembling study_uid=%s", study_uid)

@@ -68,14 +68,17 @@ class Spinegate:
     port: int
     proc: subprocess.Popen
     config_path: Path
+    http_port: int
 
     @classmethod
     def start(cls, root: Path, destination_port: int, quiet_period_s: float = 2.0, attempts: int = 3,
               port: int | None = None) -> "Spinegate":
         root.mkdir(parents=True, exist_ok=True)
         port = port or free_port()
+        http_port = free_port()
         cfg = {
             "network": {"ae_title": "SPINEGATE", "host": "127.0.0.1", "port": port},
+            "http": {"host": "127.0.0.1", "port": http_port},
             "storage": {"root": str(root / "var")},
             "assembly": {"quiet_period_s": quiet_period_s},
             "export": {"destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": destination_port}],
@@ -91,7 +94,7 @@ class Spinegate:
         except (TimeoutError, RuntimeError):
             proc.kill()
             raise
-        return cls(root, port, proc, config_path)
+        return cls(root, port, proc, config_path, http_port)
 
     def log_text(self) -> str:
         return (self.root / "serve.log").read_text()
@@ -125,3 +128,69 @@ def compress(files: list[Path], out: Path, tool: str, *options: str) -> list[Pat
         subprocess.run([exe, *options, str(f), str(target)], check=True, capture_output=True, timeout=60)
         result.append(target)
     return result
+
+
+@dataclass
+class Prometheus:
+    """The Debian prometheus server scraping spinegate every second, with
+    spinegate's alert rules loaded."""
+
+    port: int
+    proc: subprocess.Popen
+    log_path: Path
+
+    @classmethod
+    def start(cls, folder: Path, target_port: int) -> "Prometheus":
+        import shutil
+
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "deploy" / "prometheus" / "spinegate-alerts.yml", folder / "spinegate-alerts.yml")
+        cfg = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+               "rule_files": ["spinegate-alerts.yml"],
+               "scrape_configs": [{"job_name": "spinegate",
+                                   "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}]}
+        (folder / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+        port = free_port()
+        log_path = folder / "prometheus.log"
+        proc = subprocess.Popen([require_tool("prometheus"), f"--config.file={folder / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+        prom = cls(port, proc, log_path)
+        prom.wait_until(lambda: prom.api("/-/ready", raw=True) is not None, 60, "prometheus ready")
+        return prom
+
+    def api(self, path: str, raw: bool = False):  # type: ignore[no-untyped-def]
+        import json
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                body = r.read().decode()
+        except (urllib.error.URLError, OSError):
+            return None
+        return body if raw else json.loads(body)
+
+    def query(self, promql: str) -> list[dict]:
+        import urllib.parse
+
+        result = self.api("/api/v1/query?query=" + urllib.parse.quote(promql))
+        return result["data"]["result"] if result and result.get("status") == "success" else []
+
+    def wait_until(self, predicate, timeout_s: float, what: str):  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited: {self.log_path.read_text()[-2000:]}")
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.5)
+        raise TimeoutError(f"{what} not reached within {timeout_s} s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
