@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,7 @@ from service.scp import Receiver, start_scp
 from service.store import StateStore, StudyState
 from service.worker import StudyWorker, build_queue
 
-__all__ = ["run", "build_worker", "start_service", "Service", "queue_depth"]
+__all__ = ["run", "run_worker", "build_worker", "start_service", "Service", "queue_depth"]
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +76,48 @@ def start_service(config: SpinegateConfig, load_model: bool = True) -> Service:
     return Service(config, metrics, store, worker, scp, probe, http)
 
 
+def _consume(worker: StudyWorker) -> None:
+    """Run the Huey consumer in this thread until SIGINT/SIGTERM."""
+    worker.recover()
+    consumer = worker.huey.create_consumer(workers=1, worker_type="thread", periodic=False, initial_delay=0.05,
+                                           max_delay=0.5, backoff=1.3, check_worker_health=False)
+    consumer.run()
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+
+
 def run(config: SpinegateConfig) -> int:
+    """``spinegate serve``: receive (SCP + HTTP) and, unless
+    ``queue.consume_in_serve`` is off, process in this process too."""
     log.info("effective configuration %s", json.dumps(config.redacted(), sort_keys=True))
-    service = start_service(config)
+    service = start_service(config, load_model=config.queue.consume_in_serve)
     try:
-        service.worker.recover()
-        consumer = service.worker.huey.create_consumer(workers=1, worker_type="thread", periodic=False,
-                                                       initial_delay=0.05, max_delay=0.5, backoff=1.3,
-                                                       check_worker_health=False)
-        consumer.run()
+        if config.queue.consume_in_serve:
+            _consume(service.worker)
+        else:
+            log.info("receive-only: studies are processed by 'spinegate worker' processes")
+            _wait_for_signal()
     finally:
         service.shutdown()
         log.info("stopped")
+    return 0
+
+
+def run_worker(config: SpinegateConfig) -> int:
+    """``spinegate worker``: process studies from the shared queue (no SCP,
+    no HTTP); the spool and state store are the receivers'."""
+    log.info("effective configuration %s", json.dumps(config.redacted(), sort_keys=True))
+    store, worker = build_worker(config)
+    _ = worker.engine
+    try:
+        _consume(worker)
+    finally:
+        store.close()
+        log.info("worker stopped")
     return 0

@@ -24,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the DICOM SCP and the study worker")
     s.add_argument("--port", type=int, help="listening port (overrides network.port)")
     s.add_argument("--ae-title", help="our AE title (overrides network.ae_title)")
+    sub.add_parser("worker", help="process studies from the shared (Redis) queue; no SCP")
     pr = sub.add_parser("process", help="queue a received study now, skipping the quiet period")
     pr.add_argument("study_uid")
     a = sub.add_parser("analyze", help="run the pipeline on DICOM files, no networking")
@@ -62,6 +63,18 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             return run(config)
+        except EngineError as e:
+            print(f"spinegate: {e}", file=sys.stderr)
+            return EXIT_NO_MODEL
+    if args.command == "worker":
+        from inference.engine import EngineError
+        from service.app import run_worker
+
+        if config.queue.backend == "sqlite":
+            print("spinegate: 'worker' needs a shared queue: set queue.backend to redis", file=sys.stderr)
+            return EXIT_CONFIG
+        try:
+            return run_worker(config)
         except EngineError as e:
             print(f"spinegate: {e}", file=sys.stderr)
             return EXIT_NO_MODEL

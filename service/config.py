@@ -111,6 +111,18 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class QueueConfig:
+    """The task queue: embedded SQLite (one process) or Redis (scale-out:
+    receivers and ``spinegate worker`` processes share it)."""
+
+    backend: str = "sqlite"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    name: str = "spinegate"
+    consume_in_serve: bool = True  # false: 'serve' only receives; 'spinegate worker' processes
+    processing_lease_s: float = 900.0  # Redis mode: a study 'processing' longer than this is re-queued
+
+
+@dataclass(frozen=True)
 class HttpConfig:
     """The HTTP endpoint: /metrics, /healthz, /readyz and the status API."""
 
@@ -138,6 +150,7 @@ class SpinegateConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     biomechanics: BiomechanicsConfig = field(default_factory=BiomechanicsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     routing: tuple[RoutingRule, ...] = (
         RoutingRule("sag_t1", "sagittal_spine", ("sagittal",), ("T1",)),
         RoutingRule("sag_t2", "sagittal_spine", ("sagittal",), ("T2",)),
@@ -151,6 +164,8 @@ class SpinegateConfig:
                               "must be 'onnxruntime' or 'auto'")
         if not (0 <= int(self.http.port) < 65536):
             raise ConfigError(f"Invalid 'http.port' value {self.http.port!r} - must be 0-65535")
+        if self.queue.backend not in ("sqlite", "redis"):
+            raise ConfigError(f"Invalid 'queue.backend' value {self.queue.backend!r} - must be 'sqlite' or 'redis'")
         if self.export.attempts < 1:
             raise ConfigError(f"Invalid 'export.attempts' value {self.export.attempts!r} - must be >= 1")
 
@@ -177,6 +192,7 @@ _SECTIONS = {
     "export": ExportConfig,
     "biomechanics": BiomechanicsConfig,
     "http": HttpConfig,
+    "queue": QueueConfig,
 }
 
 

@@ -33,9 +33,14 @@ BACKEND = "onnxruntime-cpu"
 
 
 def build_queue(config: SpinegateConfig) -> Huey:
-    """The embedded durable queue (one SQLite file beside the state store)."""
+    """The queue: embedded SQLite beside the state store, or Redis shared by
+    receivers and workers (``queue.backend``)."""
     config.storage.root.mkdir(parents=True, exist_ok=True)
-    return SqliteHuey("spinegate", filename=str(config.storage.queue_db), results=False, utc=True)
+    if config.queue.backend == "redis":
+        from huey import RedisHuey
+
+        return RedisHuey(config.queue.name, url=config.queue.redis_url, results=False, utc=True)
+    return SqliteHuey(config.queue.name, filename=str(config.storage.queue_db), results=False, utc=True)
 
 
 @dataclass
@@ -90,11 +95,21 @@ class StudyWorker:
         return ok
 
     def recover(self) -> None:
-        """Re-queue studies a restart interrupted."""
+        """Re-queue studies a restart interrupted.
+
+        With the embedded queue this process is the only worker, so every
+        study left 'processing' was interrupted. With a shared queue other
+        workers may be busy with theirs: only studies processing for longer
+        than ``queue.processing_lease_s`` are taken back.
+        """
+        shared = self.config.queue.backend != "sqlite"
         for rec in self.store.studies((StudyState.PROCESSING,)):
-            self.store.transition(rec.study_uid, StudyState.COMPLETE, (StudyState.PROCESSING,))
-            log.info("re-queued interrupted study study_uid=%s", rec.study_uid)
-            self.process_task(rec.study_uid)
+            if shared and time.time() - rec.updated < self.config.queue.processing_lease_s:
+                continue
+            if self.store.transition(rec.study_uid, StudyState.COMPLETE, (StudyState.PROCESSING,),
+                                     version=rec.version):
+                log.info("re-queued interrupted study study_uid=%s", rec.study_uid)
+                self.process_task(rec.study_uid)
         for rec in self.store.studies((StudyState.COMPLETE,)):
             self.process_task(rec.study_uid)
         for rec in self.store.studies((StudyState.RECEIVED,)):

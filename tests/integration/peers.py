@@ -72,7 +72,7 @@ class Spinegate:
 
     @classmethod
     def start(cls, root: Path, destination_port: int, quiet_period_s: float = 2.0, attempts: int = 3,
-              port: int | None = None) -> "Spinegate":
+              port: int | None = None, extra: dict | None = None) -> "Spinegate":
         root.mkdir(parents=True, exist_ok=True)
         port = port or free_port()
         http_port = free_port()
@@ -84,6 +84,8 @@ class Spinegate:
             "export": {"destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": destination_port}],
                        "attempts": attempts, "backoff_initial_s": 0.2, "backoff_max_s": 1.0},
         }
+        for section, values in (extra or {}).items():
+            cfg.setdefault(section, {}).update(values)
         config_path = root / "spinegate.yaml"
         config_path.write_text(yaml.safe_dump(cfg))
         log = open(root / "serve.log", "a")
@@ -194,3 +196,46 @@ class Prometheus:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+@dataclass
+class RedisServer:
+    """The Debian redis-server on a free loopback port, nothing persisted."""
+
+    port: int
+    proc: subprocess.Popen
+
+    @classmethod
+    def start(cls, folder: Path) -> "RedisServer":
+        import socket
+
+        folder.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        proc = subprocess.Popen([require_tool("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+                                 "--save", "", "--appendonly", "no", "--dir", str(folder)],
+                                stdout=open(folder / "redis.log", "w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return cls(port, proc)
+            except OSError:
+                time.sleep(0.2)
+        proc.kill()
+        raise TimeoutError("redis-server did not answer PING")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def start_worker(config_path: Path, log_path: Path) -> subprocess.Popen:
+    """A ``spinegate worker`` process on the configuration of a receiver."""
+    return subprocess.Popen([sys.executable, "-m", "service.cli", "--config", str(config_path), "worker"],
+                            cwd=REPO, stdout=open(log_path, "a"), stderr=subprocess.STDOUT)
