@@ -17,10 +17,13 @@ $(VENV)/.testdeps: $(VENV)/.runtime
 	touch $@
 
 # Debian peers the tests drive: dcmtk (storescu/storescp/dcmcjpeg/dcmcjpls), dicom3tools (dciodvfy),
-# prometheus (+ promtool: scrapes spinegate, checks the alert rules).
+# prometheus (+ promtool: scrapes spinegate, checks the alert rules), redis-server (scale-out),
+# orthanc (the PACS of the auto-forward test), docker-compose (validates deploy/docker-compose.yml).
 peers:
-	@command -v storescp >/dev/null && command -v dciodvfy >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null || \
-	  ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends dcmtk dicom3tools prometheus)
+	@command -v storescp >/dev/null && command -v dciodvfy >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null \
+	  && command -v redis-server >/dev/null && command -v Orthanc >/dev/null && command -v docker-compose >/dev/null || \
+	  ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	     dcmtk dicom3tools prometheus redis-server orthanc docker-compose)
 
 demo: $(VENV)/.runtime
 	$(VENV)/bin/spinegate demo
