@@ -16,6 +16,9 @@ import yaml
 from conftest import REPO, require_tool
 from service.demo import free_port, wait_for_echo
 
+__all__ = ["StoreSCP", "Spinegate", "Prometheus", "RedisServer", "Orthanc", "storescu", "storescu_to",
+           "start_worker", "compress", "free_port"]
+
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk 3.6.7 stalls ~45 ms/instance without it
 
 
@@ -112,8 +115,13 @@ class Spinegate:
 
 
 def storescu(files: list[Path], port: int, proposal: list[str] | None = None) -> None:
-    """Send with dcmtk storescu over one association; raises on failure."""
-    cmd = [require_tool("storescu"), "-aet", "SCANNER", "-aec", "SPINEGATE", *(proposal or []), "127.0.0.1",
+    """Send to spinegate with dcmtk storescu over one association; raises on failure."""
+    storescu_to(files, port, "SPINEGATE", proposal)
+
+
+def storescu_to(files: list[Path], port: int, called_ae: str, proposal: list[str] | None = None) -> None:
+    """Send with dcmtk storescu to ``called_ae`` on 127.0.0.1:``port``."""
+    cmd = [require_tool("storescu"), "-aet", "SCANNER", "-aec", called_ae, *(proposal or []), "127.0.0.1",
            str(port), *map(str, files)]
     proc = subprocess.run(cmd, env=DCMTK_ENV, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
@@ -239,3 +247,62 @@ def start_worker(config_path: Path, log_path: Path) -> subprocess.Popen:
     """A ``spinegate worker`` process on the configuration of a receiver."""
     return subprocess.Popen([sys.executable, "-m", "service.cli", "--config", str(config_path), "worker"],
                             cwd=REPO, stdout=open(log_path, "a"), stderr=subprocess.STDOUT)
+
+
+@dataclass
+class Orthanc:
+    """The Debian Orthanc as the PACS, with spinegate's auto-forward Lua
+    script (deploy/orthanc/autoforward.lua) and no system plugins."""
+
+    dicom_port: int
+    http_port: int
+    proc: subprocess.Popen
+    log_path: Path
+
+    @classmethod
+    def start(cls, folder: Path, spinegate_port: int, stable_age_s: int = 2) -> "Orthanc":
+        import json
+        import shutil
+
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "deploy" / "orthanc" / "autoforward.lua", folder / "autoforward.lua")
+        dicom_port, http_port = free_port(), free_port()
+        cfg = {"Name": "PACS", "DicomAet": "PACS", "DicomPort": dicom_port, "HttpPort": http_port,
+               "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
+               "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "StableAge": stable_age_s,
+               "DicomModalities": {"spinegate": ["SPINEGATE", "127.0.0.1", spinegate_port]},
+               "LuaScripts": [str(folder / "autoforward.lua")], "Plugins": [], "HttpServerEnabled": True}
+        (folder / "orthanc.json").write_text(json.dumps(cfg, indent=1))
+        log_path = folder / "orthanc.log"
+        proc = subprocess.Popen([require_tool("Orthanc"), str(folder / "orthanc.json")],
+                                stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+        orthanc = cls(dicom_port, http_port, proc, log_path)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited: {log_path.read_text()[-2000:]}")
+            if orthanc.rest("/system") is not None:
+                return orthanc
+            time.sleep(0.3)
+        proc.kill()
+        raise TimeoutError("Orthanc did not start")
+
+    def rest(self, path: str, data: bytes | None = None):  # type: ignore[no-untyped-def]
+        import json
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data,
+                                     method="POST" if data is not None else "GET")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.loads(r.read().decode() or "null")
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
