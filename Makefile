@@ -18,19 +18,29 @@ $(VENV)/.testdeps: $(VENV)/.runtime
 
 # Debian peers the tests drive: dcmtk (storescu/storescp/dcmcjpeg/dcmcjpls), dicom3tools (dciodvfy),
 # prometheus (+ promtool: scrapes spinegate, checks the alert rules), redis-server (scale-out),
-# orthanc (the PACS of the auto-forward test), docker-compose (validates deploy/docker-compose.yml).
+# orthanc + orthanc-dicomweb (the PACS of the auto-forward and viewer tests), docker-compose (validates
+# deploy/docker-compose.yml), chromium (headless, for the OHIF overlay test).
 peers:
 	@command -v storescp >/dev/null && command -v dciodvfy >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null \
-	  && command -v redis-server >/dev/null && command -v Orthanc >/dev/null && command -v docker-compose >/dev/null || \
+	  && command -v redis-server >/dev/null && command -v Orthanc >/dev/null && command -v docker-compose >/dev/null \
+	  && command -v chromium >/dev/null && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || \
 	  ($(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	     dcmtk dicom3tools prometheus redis-server orthanc docker-compose)
+	     dcmtk dicom3tools prometheus redis-server orthanc orthanc-dicomweb docker-compose chromium)
+
+# The prebuilt OHIF viewer (npm @ohif/app, its dist/) and playwright-core, from the npm registry.
+VIEWER := .cache/viewer
+$(VIEWER)/.ready:
+	mkdir -p $(VIEWER)
+	cd $(VIEWER) && npm pack -q @ohif/app@3.13.2 >/dev/null && tar xzf ohif-app-3.13.2.tgz && rm ohif-app-3.13.2.tgz
+	npm install -q --prefix $(VIEWER) --no-save --no-audit --no-fund playwright-core@1.65.1 >/dev/null
+	touch $@
 
 demo: $(VENV)/.runtime
 	$(VENV)/bin/spinegate demo
 
 # The whole suite runs in a private network namespace holding only loopback,
 # so no peer started by a test is reachable from outside this machine.
-test: $(VENV)/.testdeps peers
+test: $(VENV)/.testdeps peers $(VIEWER)/.ready
 	@if unshare -n true 2>/dev/null; then \
 	  unshare -n sh -c 'ip link set lo up && exec $(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)'; \
 	else \

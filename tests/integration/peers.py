@@ -19,6 +19,7 @@ from service.demo import free_port, wait_for_echo
 __all__ = ["StoreSCP", "Spinegate", "Prometheus", "RedisServer", "Orthanc", "storescu", "storescu_to",
            "start_worker", "compress", "free_port"]
 
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk 3.6.7 stalls ~45 ms/instance without it
 
 
@@ -260,7 +261,7 @@ class Orthanc:
     log_path: Path
 
     @classmethod
-    def start(cls, folder: Path, spinegate_port: int, stable_age_s: int = 2) -> "Orthanc":
+    def start(cls, folder: Path, spinegate_port: int, stable_age_s: int = 2, dicomweb: bool = False) -> "Orthanc":
         import json
         import shutil
 
@@ -283,6 +284,10 @@ class Orthanc:
                "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "StableAge": stable_age_s,
                "DicomModalities": {"spinegate": ["SPINEGATE", "127.0.0.1", spinegate_port]},
                "LuaScripts": [str(folder / "autoforward.lua")], "Plugins": [], "HttpServerEnabled": True}
+        if dicomweb:
+            cfg["Plugins"] = [DICOMWEB_PLUGIN]
+            cfg["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "StudiesMetadata": "Full",
+                               "SeriesMetadata": "Full"}
         (folder / "orthanc.json").write_text(json.dumps(cfg, indent=1))
         log_path = folder / "orthanc.log"
         proc = subprocess.Popen([require_tool("Orthanc"), str(folder / "orthanc.json")],
@@ -297,6 +302,13 @@ class Orthanc:
             time.sleep(0.3)
         proc.kill()
         raise TimeoutError("Orthanc did not start")
+
+    def upload(self, path: Path) -> str:
+        """POST one DICOM file to /instances; returns Orthanc's instance ID."""
+        answer = self.rest("/instances", path.read_bytes())
+        if not answer or "ID" not in answer:
+            raise RuntimeError(f"Orthanc refused {path.name}: {answer}")
+        return answer["ID"]
 
     def rest(self, path: str, data: bytes | None = None):  # type: ignore[no-untyped-def]
         import json

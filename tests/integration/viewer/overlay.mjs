@@ -1,0 +1,66 @@
+// Open a study in the OHIF viewer with headless Chromium (playwright-core,
+// the Debian browser: never a downloaded one), screenshot the viewport
+// before and after loading the SEG, and report console errors as JSON.
+// usage: node overlay.mjs BASE_URL STUDY_UID OUT_DIR
+import { chromium } from 'playwright-core';
+
+const [, , base, study, out] = process.argv;
+const browser = await chromium.launch({
+  executablePath: '/usr/bin/chromium',
+  args: ['--no-sandbox', '--use-angle=swiftshader', '--enable-unsafe-swiftshader'],
+});
+const result = { errors: [], steps: [] };
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.on('console', (m) => { if (m.type() === 'error') result.errors.push(m.text()); });
+  page.on('pageerror', (e) => result.errors.push(String(e)));
+  await page.goto(`${base}/viewer?StudyInstanceUIDs=${study}`, { waitUntil: 'domcontentloaded' });
+  await page.waitForSelector('[data-cy="viewport-pane"] canvas', { timeout: 120000 });
+  result.steps.push('viewport');
+  await page.waitForTimeout(4000);
+  try {
+    await page.getByText('Confirm and hide').click({ timeout: 5000 });  // "investigational use" banner
+  } catch (e) {}
+  const viewport = page.locator('[data-cy="viewport-pane"]').first();
+  const canvas = page.locator('[data-cy="viewport-pane"] canvas').first();
+  // Scroll to the central slice (the stack opens on its first, lateral one).
+  const box = await canvas.boundingBox();
+  await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+  for (let i = 0; i < 7; i++) {
+    await page.mouse.wheel(0, 100);
+    await page.waitForTimeout(400);
+  }
+  await page.waitForTimeout(2000);
+  await canvas.screenshot({ path: `${out}/before.png` });
+  const seg = page.locator('[data-cy="study-browser-thumbnail-no-image"]', { hasText: 'SEG' }).first();
+  await seg.dblclick({ timeout: 60000 });
+  result.steps.push('seg-opened');
+  try {
+    await page.locator('[data-cy="yes-hydrate-btn"]').click({ timeout: 20000 });
+    result.steps.push('hydrated');
+  } catch (e) {
+    result.steps.push('no-hydrate-prompt');
+  }
+  await page.waitForTimeout(8000);
+  // Loading the SEG jumps to its first segmented slice; go back to the centre.
+  const shown = await page.locator('[data-cy="viewport-overlay-bottom-right"]').first().innerText().catch(() => '');
+  const m = shown.match(/\((\d+)\/(\d+)\)/);
+  if (m) {
+    const steps = Math.round(Number(m[2]) / 2) - Number(m[1]);
+    await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+    for (let i = 0; i < Math.abs(steps); i++) {
+      await page.mouse.wheel(0, steps > 0 ? 100 : -100);
+      await page.waitForTimeout(400);
+    }
+    await page.waitForTimeout(2000);
+  }
+  result.steps.push(`slice ${shown.trim()}`);
+  await canvas.screenshot({ path: `${out}/after.png` });
+  await page.screenshot({ path: `${out}/viewer.png` });
+  result.steps.push('screenshots');
+} catch (e) {
+  result.errors.push(`driver: ${e}`);
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));
