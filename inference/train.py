@@ -40,6 +40,35 @@ log = logging.getLogger("inference.train")
 PATCH = (192, 160)  # rows × columns at the training spacing (240 × 200 mm)
 
 
+def slab_targets(planes: np.ndarray, centre: int, rule: str) -> np.ndarray:
+    """Allowed-class mask of a thick slab from its planes' masks.
+
+    ``centre``: the centre plane's mask. ``union``: where the planes
+    disagree (partial volume at a structure's lateral edge), every class any
+    plane allows. ``majority``: a class known in at least half of the planes
+    is the slab's class, one known in fewer is excluded (how a thick slice
+    is read, and how the validation labels are made); the rest allows the
+    union.
+    """
+    mask = planes[centre]
+    if rule == "centre" or len(planes) == 1:
+        return mask
+    union = np.bitwise_or.reduce(planes, axis=0)
+    out = np.where((planes == mask).all(axis=0), mask, union).astype(np.uint8)
+    if rule == "majority":
+        minority = np.zeros_like(out)
+        for bit in (1, 2, 4, 8):
+            count = (planes == bit).sum(axis=0)
+            minority |= np.where((count > 0) & (count * 2 < len(planes)), bit, 0).astype(np.uint8)
+        # A class known in fewer than half of the planes is not the slab's
+        # (unless nothing else would be left).
+        narrowed = out & ~minority
+        out = np.where(narrowed > 0, narrowed, out).astype(np.uint8)
+        for bit in (1, 2, 4, 8):
+            out[(planes == bit).sum(axis=0) * 2 >= len(planes)] = bit
+    return out
+
+
 def _slab(case: TrainingCase, centre: int, half: int) -> np.ndarray:
     lo, hi = max(0, centre - half), min(case.image.shape[0], centre + half + 1)
     return case.image[lo:hi].mean(axis=0)
@@ -66,13 +95,7 @@ def _sample(case: TrainingCase, rng: np.random.Generator, augment: bool, slab_la
             offsets = offsets[::-1]  # left/right order carries no meaning
     image = np.stack([_slab(case, int(np.clip(centre + o, 0, n_planes - 1)), half) for o in offsets])
     lo, hi = max(0, centre - half), min(n_planes, centre + half + 1)
-    # Where the slab's planes disagree (partial volume at a structure's
-    # lateral edge), allow every class any plane allows instead of forcing
-    # the centre plane's answer.
-    allowed = case.allowed[centre]
-    if slab_labels == "union" and hi - lo > 1:
-        union = np.bitwise_or.reduce(case.allowed[lo:hi], axis=0)
-        allowed = np.where((case.allowed[lo:hi] == allowed).all(axis=0), allowed, union).astype(np.uint8)
+    allowed = slab_targets(case.allowed[lo:hi], centre - lo, slab_labels)
     pr, pc = PATCH
     if augment:
         angle = np.deg2rad(rng.uniform(-12, 12))
@@ -148,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init", type=Path, help="start from this saved state dict (fine-tuning stage)")
     ap.add_argument("--context", type=int, default=0,
                     help="neighbouring slices on each side given as extra input channels (0: plain 2D)")
-    ap.add_argument("--slab-labels", choices=("union", "centre"), default="union",
-                    help="thick-slab targets: centre plane's classes, or the union where the slab's planes disagree")
+    ap.add_argument("--slab-labels", choices=("union", "centre", "majority"), default="union",
+                    help="thick-slab targets: the centre plane's classes, the union where the slab's planes "
+                         "disagree, or the class of at least half of the planes (see slab_targets)")
     args = ap.parse_args(argv)
     if args.export_checkpoint:
         model = ResidualUNet2D(len(CLASS_NAMES), in_channels=1 + 2 * args.context)

@@ -102,3 +102,19 @@ def test_widened_network_computes_the_single_slice_function_until_trained():
     torch.testing.assert_close(net(neighbours), before)
     with pytest.raises(ValueError, match="1-channel"):
         net.widen_input(5)
+
+
+def test_majority_slab_targets_follow_at_least_half_of_the_planes():
+    from inference.train import slab_targets
+
+    # One pixel column per case, 4 planes each.
+    planes = np.array([
+        [VB, VB, VB, BG | DISC],            # 3 of 4 body → body
+        [VB, VB, BG | DISC, BG | DISC],     # 2 of 4 (half) → body
+        [VB, BG | DISC, BG | DISC, BG | DISC],  # 1 of 4 → not body
+        [VB, DISC, BG, S1],                 # no majority, all single → union kept
+    ], np.uint8).T[:, :, None]
+    out = slab_targets(planes, 1, "majority")[:, 0]
+    assert out.tolist() == [VB, VB, BG | DISC, VB | DISC | BG | S1]
+    assert slab_targets(planes, 1, "centre")[:, 0].tolist() == [VB, VB, BG | DISC, DISC]
+    assert slab_targets(planes, 1, "union")[:, 0].tolist()[2] == VB | BG | DISC
