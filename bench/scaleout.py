@@ -19,7 +19,6 @@ import argparse
 import json
 import platform
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from dicom_io.mr_writer import StudyInfo  # noqa: E402
 from dicom_io.phantom_study import write_phantom_study  # noqa: E402
 from dicom_io.send import send_files  # noqa: E402
-from service.demo import LocalReceiver, free_port, wait_for_echo  # noqa: E402
+from service.demo import LocalReceiver, free_port, stop_process, wait_for_echo  # noqa: E402
 
 
 def _redis(folder: Path) -> tuple[subprocess.Popen, int]:
@@ -80,13 +79,7 @@ def batch(n_workers: int, studies: list[dict], work: Path) -> float:
             time.sleep(0.2)
         return time.time() - t0
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_process(*procs)
         receiver.shutdown()
         redis.terminate()
 

@@ -237,7 +237,6 @@ def _tissue_signal(p: np.ndarray, ph: SpinePhantom, weighting: Weighting) -> tup
     # Paraspinal muscle block behind the spine, fat rim beneath the skin.
     muscle = inner & (y > 10) & (y < 62) & (np.abs(x) < 80)
     sig[muscle] = s["muscle"]
-    e_by = {e.name: e for e in ph.elements}
     bodies = [e for e in ph.elements if e.name in VERTEBRAL_BODY_LEVELS]
     for b in bodies:
         # Posterior elements (arch + spinous process) as an ellipsoid blob.

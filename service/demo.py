@@ -31,6 +31,20 @@ from dicom_io.uids import COMPREHENSIVE_3D_SR_SOP_CLASS, SEG_SOP_CLASS
 __all__ = ["LocalReceiver", "free_port", "run_demo", "wait_for_echo"]
 
 
+def stop_process(*procs: subprocess.Popen, sig: int = signal.SIGINT, timeout_s: float = 30.0) -> None:
+    """Signal child processes (all at once, so they stop in parallel) and
+    wait for each; kill any that does not stop in time."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -127,11 +141,7 @@ def run_demo(work_dir: Path | None = None, seed: int = 7, timeout_s: float = 180
         print(f"[demo] SEG+SR received {arrived - sent:.1f} s after the last instance was sent "
               f"(includes the 2 s quiet period)")
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         receiver.shutdown()
         log.close()
     _print_results(work, truth, receiver)

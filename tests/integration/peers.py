@@ -14,10 +14,10 @@ import pydicom
 import yaml
 
 from conftest import REPO, require_tool
-from service.demo import free_port, wait_for_echo
+from service.demo import free_port, stop_process, wait_for_echo
 
 __all__ = ["StoreSCP", "Spinegate", "Prometheus", "RedisServer", "Orthanc", "storescu", "storescu_to",
-           "start_worker", "compress", "free_port"]
+           "start_worker", "compress", "free_port", "stop_process"]
 
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk 3.6.7 stalls ~45 ms/instance without it
@@ -106,13 +106,7 @@ class Spinegate:
         return (self.root / "serve.log").read_text()
 
     def stop(self, sig: int = signal.SIGINT) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, sig=sig)
 
 
 def storescu(files: list[Path], port: int, proposal: list[str] | None = None) -> None:
@@ -200,11 +194,7 @@ class Prometheus:
         raise TimeoutError(f"{what} not reached within {timeout_s} s")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, sig=signal.SIGTERM, timeout_s=20)
 
 
 @dataclass
@@ -324,8 +314,4 @@ class Orthanc:
             return None
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, sig=signal.SIGTERM, timeout_s=20)

@@ -5,14 +5,13 @@ and none processed twice."""
 from __future__ import annotations
 
 import re
-import signal
 import time
 
 import pytest
 
 from dicom_io.mr_writer import StudyInfo
 from dicom_io.phantom_study import write_phantom_study
-from peers import RedisServer, Spinegate, StoreSCP, start_worker, storescu
+from peers import RedisServer, Spinegate, StoreSCP, start_worker, stop_process, storescu
 
 pytestmark = pytest.mark.integration
 
@@ -36,22 +35,26 @@ def test_two_workers_process_a_batch_once_each(tmp_path):
         for uid in studies:
             objs = pacs.wait_for(uid, n_seg=2, timeout_s=300)
             assert len(objs["SR"]) == 1
-        time.sleep(1.0)  # let the last 'exported' log lines flush
-        exported: dict[str, list[int]] = {uid: [] for uid in studies}
-        for i, log in enumerate(logs):
-            for uid in re.findall(r"study exported study_uid=([0-9.]+)", log.read_text()):
-                exported[uid].append(i)
+        def exported_by_worker() -> dict[str, list[int]]:
+            found: dict[str, list[int]] = {uid: [] for uid in studies}
+            for i, log in enumerate(logs):
+                for uid in re.findall(r"study exported study_uid=([0-9.]+)", log.read_text()):
+                    found[uid].append(i)
+            return found
+
+        # A worker logs "exported" just after the PACS confirmed the SR: wait for every line.
+        deadline = time.monotonic() + 30
+        exported = exported_by_worker()
+        while any(not w for w in exported.values()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            exported = exported_by_worker()
+        time.sleep(2.0)  # a second export of a study, if any, would show up here
+        exported = exported_by_worker()
         assert all(len(w) == 1 for w in exported.values()), exported  # each exactly once
         assert "study exported" not in sg.log_text()  # the receiver only receives
         assert all(w.poll() is None for w in workers)
     finally:
-        for w in workers:
-            w.send_signal(signal.SIGINT)
-        for w in workers:
-            try:
-                w.wait(timeout=30)
-            except Exception:
-                w.kill()
+        stop_process(*workers)
         sg.stop()
         pacs.stop()
         redis.stop()

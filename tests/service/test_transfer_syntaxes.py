@@ -9,7 +9,6 @@ import pydicom
 import pytest
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000,
     JPEG2000Lossless,
