@@ -22,13 +22,23 @@ from service.scp import Receiver, start_scp
 from service.store import StateStore, StudyState
 from service.worker import StudyWorker, build_queue
 
-__all__ = ["run", "run_worker", "build_worker", "start_service", "Service", "queue_depth"]
+__all__ = ["run", "run_worker", "open_store", "build_worker", "start_service", "Service", "queue_depth"]
 
 log = logging.getLogger(__name__)
 
 
+def open_store(config: SpinegateConfig) -> StateStore:
+    """SQLite under the storage root, or Redis beside the queue (scale-out:
+    receivers then keep nothing but the spool)."""
+    if config.queue.backend == "redis":
+        from service.store_redis import RedisStateStore
+
+        return RedisStateStore(config.queue.redis_url, config.queue.name)  # type: ignore[return-value]
+    return StateStore(config.storage.state_db)
+
+
 def build_worker(config: SpinegateConfig, metrics: Metrics | None = None) -> tuple[StateStore, StudyWorker]:
-    store = StateStore(config.storage.state_db)
+    store = open_store(config)
     return store, StudyWorker(config, store, build_queue(config), metrics)
 
 

@@ -46,8 +46,22 @@ def _rec(sop: str, study: str = "1.2.3") -> InstanceRecord:
     return InstanceRecord(sop, study, "1.2.3.4", "1.2.840.10008.5.1.4.1.1.4", Path(f"/x/{sop}.dcm"))
 
 
-def test_store_tracks_state_versions_and_duplicates(tmp_path):
-    store = StateStore(tmp_path / "s.sqlite")
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
+def open_store(request, tmp_path):
+    """A factory reopening the same store: SQLite, or a real redis-server."""
+    if request.param == "sqlite":
+        yield lambda: StateStore(tmp_path / "s.sqlite")
+        return
+    from peers import RedisServer
+    from service.store_redis import RedisStateStore
+
+    server = RedisServer.start(tmp_path / "redis")
+    yield lambda: RedisStateStore(server.url, "test")
+    server.stop()
+
+
+def test_store_tracks_state_versions_and_duplicates(open_store):
+    store = open_store()
     assert store.record_instance(_rec("1.1"), now=100.0)
     assert not store.record_instance(_rec("1.1"), now=101.0)  # duplicate: not stored twice
     assert store.record_instance(_rec("1.2"), now=102.0)
@@ -63,6 +77,11 @@ def test_store_tracks_state_versions_and_duplicates(tmp_path):
     store.record_instance(_rec("1.4"), now=time.time())  # late series re-triggers the study
     assert store.study("1.2.3").state is StudyState.RECEIVED
     assert len(store.instances("1.2.3")) == 4
+    store.quarantine(Path("/q/1"), "wrong_modality")
+    assert store.count_by_state() == {"received": 1}
+    assert [r.study_uid for r in store.studies((StudyState.RECEIVED,))] == ["1.2.3"]
     store.close()
-    reopened = StateStore(tmp_path / "s.sqlite")
+    reopened = open_store()
     assert reopened.study("1.2.3").n_instances == 4  # durable
+    assert reopened.quarantined() == [(Path("/q/1"), "wrong_modality")]
+    assert reopened.study("9.9") is None and not reopened.transition("9.9", StudyState.COMPLETE)
