@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from dicom_io.levels import DISC_LEVELS, VERTEBRAL_BODY_LEVELS, structure_by_name
 
+# Points (..., 3) LPS mm → (muscle label, fat fraction); see dicom_io.paraspinal.
+MuscleField = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
 __all__ = [
+    "MuscleField",
     "Weighting",
     "SliceGrid",
     "PhantomElement",
@@ -217,8 +222,15 @@ def _ellipsoid(p: np.ndarray, centre: np.ndarray, radii: tuple[float, float, flo
     return (d**2).sum(axis=-1) <= 1.0
 
 
-def _tissue_signal(p: np.ndarray, ph: SpinePhantom, weighting: Weighting) -> tuple[np.ndarray, np.ndarray]:
-    """Signal and label at points ``p`` (..., 3) in LPS mm."""
+def _tissue_signal(p: np.ndarray, ph: SpinePhantom, weighting: Weighting,
+                   muscles: MuscleField | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Signal and label at points ``p`` (..., 3) in LPS mm.
+
+    ``muscles`` replaces the plain paraspinal block by separate muscles:
+    it returns (label, fat fraction) per point; a muscle's signal mixes lean
+    muscle and fat by its fat fraction, and its label (41-48) stays where no
+    bone, canal or posterior element is painted over it.
+    """
     s = _SIGNAL[weighting]
     sig = np.zeros(p.shape[:-1], np.float32)
     lab = np.zeros(p.shape[:-1], np.uint8)
@@ -235,13 +247,21 @@ def _tissue_signal(p: np.ndarray, ph: SpinePhantom, weighting: Weighting) -> tup
     abdomen = inner & (y < -25)
     sig[abdomen] += tex[abdomen]
     # Paraspinal muscle block behind the spine, fat rim beneath the skin.
-    muscle = inner & (y > 10) & (y < 62) & (np.abs(x) < 80)
-    sig[muscle] = s["muscle"]
+    if muscles is None:
+        muscle = inner & (y > 10) & (y < 62) & (np.abs(x) < 80)
+        sig[muscle] = s["muscle"]
+    else:
+        m_label, m_ff = muscles(p)
+        m = inner & (m_label > 0)
+        sig[m] = ((1.0 - m_ff) * s["muscle"] + m_ff * s["fat"])[m]
+        lab[m] = m_label[m]
     bodies = [e for e in ph.elements if e.name in VERTEBRAL_BODY_LEVELS]
     for b in bodies:
         # Posterior elements (arch + spinous process) as an ellipsoid blob.
         c = b.centre_lps + b.ap_axis * (b.radius_ap_mm + 30.0)
-        sig[_ellipsoid(p, c, (12.0, 12.0, b.height_mm * 0.45))] = s["posterior"]
+        arch = _ellipsoid(p, c, (12.0, 12.0, b.height_mm * 0.45))
+        sig[arch] = s["posterior"]
+        lab[arch] = 0
     # Canal: CSF tube following the bodies' posterior walls.
     for b in bodies:
         c = b.centre_lps + b.ap_axis * (b.radius_ap_mm + 9.0)
@@ -250,14 +270,19 @@ def _tissue_signal(p: np.ndarray, ph: SpinePhantom, weighting: Weighting) -> tup
         ap = d @ b.ap_axis
         tube = (np.abs(along) <= b.height_mm / 2 + 8) & ((ap / 7.5) ** 2 + (x / 10.0) ** 2 <= 1.0)
         sig[tube] = s["csf"]
+        lab[tube] = 0
     for c in ph.sacrum_centres:
-        sig[_ellipsoid(p, c, (40.0, 14.0, 12.0))] = s["marrow"] * 0.9
+        sacrum = _ellipsoid(p, c, (40.0, 14.0, 12.0))
+        sig[sacrum] = s["marrow"] * 0.9
+        lab[sacrum] = 0
     for e in ph.elements:
         # A slightly larger dark shell is the cortical bone / endplate.
         if e.name in VERTEBRAL_BODY_LEVELS:
             shell = PhantomElement(e.name, 0, e.centre_lps, e.axis, e.ap_axis, e.height_mm + 1.0,
                                    e.radius_ap_mm + 0.8, e.radius_lr_mm + 0.8)
-            sig[_inside_cylinder(p, shell)] = s["bone"]
+            cortex = _inside_cylinder(p, shell)
+            sig[cortex] = s["bone"]
+            lab[cortex] = 0
     for e in ph.elements:
         inside = _inside_cylinder(p, e)
         lab[inside] = e.label
@@ -283,6 +308,7 @@ def render_phantom(
     subplanes: int = 4,
     max_value: int = 2000,
     seed: int | None = None,
+    muscles: MuscleField | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render the phantom on ``grid``.
 
@@ -306,11 +332,11 @@ def render_phantom(
     for k in range(n):
         base = (grid.affine[:3, :3] @ np.stack([np.full_like(ii, k), ii, jj]).reshape(3, -1)).T + grid.affine[:3, 3]
         base = base.reshape(r, c, 3)
-        _, labels[k] = _tissue_signal(base, phantom, weighting)
+        _, labels[k] = _tissue_signal(base, phantom, weighting, muscles)
         acc = np.zeros((r, c), np.float32)
         for s in range(subplanes):
             offset = ((s + 0.5) / subplanes - 0.5) * grid.slice_thickness_mm
-            sig, _ = _tissue_signal(base + normal * offset, phantom, weighting)
+            sig, _ = _tissue_signal(base + normal * offset, phantom, weighting, muscles)
             acc += sig
         image[k] = acc / subplanes
     # Smooth multiplicative bias field (low-order in patient y/z).

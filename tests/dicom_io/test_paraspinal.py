@@ -1,0 +1,88 @@
+"""The phantom's paraspinal muscles: level-dependent sizes as anatomy has
+them, left/right asymmetry, exact fat truth, and an unchanged sagittal
+rendering when no muscles are asked for."""
+import numpy as np
+import pytest
+
+from dicom_io.paraspinal import (
+    BLOB_FAT_FRACTION,
+    LEAN_FAT_FRACTION,
+    MUSCLE_LABELS,
+    axial_grid,
+    make_paraspinal_anatomy,
+    muscle_field,
+)
+from dicom_io.phantom import Weighting, make_spine_phantom, render_phantom
+
+
+@pytest.fixture(scope="module")
+def subject():
+    ph = make_spine_phantom(3)
+    an = make_paraspinal_anatomy(3)
+    return ph, an, muscle_field(ph, an)
+
+
+def _area_mm2(field, z, label, spacing=0.5):
+    xs = np.arange(-120, 120, spacing)
+    ys = np.arange(-80, 140, spacing)
+    xx, yy = np.meshgrid(xs, ys, indexing="ij")
+    p = np.stack([xx, yy, np.full_like(xx, z)], -1)
+    lab, _ = field(p)
+    return float((lab == label).sum()) * spacing**2
+
+
+def test_muscle_sizes_change_with_level_like_anatomy(subject):
+    ph, an, field = subject
+    z = {n: ph.element(n).centre_lps[2] for n in ("L1", "L3", "L5", "S1")}
+    for side in "RL":
+        pm = [_area_mm2(field, z[n], MUSCLE_LABELS[("PM", side)]) for n in ("L1", "L3", "L5")]
+        mf = [_area_mm2(field, z[n], MUSCLE_LABELS[("MF", side)]) for n in ("L1", "L3", "L5")]
+        es = [_area_mm2(field, z[n], MUSCLE_LABELS[("ES", side)]) for n in ("L1", "L3", "L5", "S1")]
+        assert pm[0] < pm[1] < pm[2] and mf[0] < mf[1] < mf[2]  # grow caudally
+        assert es[1] > es[2] > es[3]  # shrink toward S1
+        assert _area_mm2(field, z["L3"], MUSCLE_LABELS[("QL", side)]) > 100
+        assert _area_mm2(field, z["S1"], MUSCLE_LABELS[("QL", side)]) == 0  # no QL below L5
+    right = _area_mm2(field, z["L3"], MUSCLE_LABELS[("ES", "R")])
+    left = _area_mm2(field, z["L3"], MUSCLE_LABELS[("ES", "L")])
+    # Asymmetry as drawn (area ∝ size²; the multifidus overlaps the erector's medial edge a little).
+    assert right / left == pytest.approx(an.size[("ES", "R")] ** 2 / an.size[("ES", "L")] ** 2, rel=0.06)
+
+
+def test_fat_fraction_truth_is_the_blob_mixture(subject):
+    ph, an, field = subject
+    z = ph.element("L3").centre_lps[2]
+    xs, ys = np.meshgrid(np.arange(-120, 120, 0.5), np.arange(-80, 140, 0.5), indexing="ij")
+    lab, ff = field(np.stack([xs, ys, np.full_like(xs, z)], -1))
+    for key, label in MUSCLE_LABELS.items():
+        inside = lab == label
+        if inside.sum() < 400:
+            continue
+        assert set(np.unique(ff[inside])) <= {np.float32(LEAN_FAT_FRACTION), np.float32(BLOB_FAT_FRACTION)}
+        # One slice holds only part of the blob pattern: its share is near the subject's.
+        share = float((ff[inside] == np.float32(BLOB_FAT_FRACTION)).mean())
+        assert share == pytest.approx(an.blob_share[key], abs=0.15), key
+
+
+def test_axial_render_holds_every_muscle_and_sagittal_render_is_unchanged(subject):
+    ph, an, field = subject
+    z3 = ph.element("L3").centre_lps[2]
+    grid = axial_grid(z3 + 2, z3 - 2, 4.0, 160, 160, 1.2)
+    img, lab = render_phantom(ph, grid, Weighting.T1, subplanes=1, muscles=field)
+    assert set(MUSCLE_LABELS.values()) <= set(np.unique(lab).tolist())
+    from dicom_io.levels import structure_by_name
+
+    assert structure_by_name("L3").label in np.unique(lab)  # the L3 body
+    from dicom_io.phantom import sagittal_grid
+
+    sag = sagittal_grid(3, 64, 64, 4.0, 4.0)
+    a, la = render_phantom(ph, sag, Weighting.T2, subplanes=1)
+    b, lb = render_phantom(ph, sag, Weighting.T2, subplanes=1, muscles=None)
+    assert np.array_equal(a, b) and np.array_equal(la, lb) and la.max() < 41
+
+
+def test_axial_grid_runs_superior_to_inferior():
+    g = axial_grid(10.0, -10.0, 4.0, 8, 8, 1.0)
+    assert g.shape == (6, 8, 8)
+    assert g.affine[2, 0] == -4.0 and g.affine[2, 3] == 10.0
+    with pytest.raises(ValueError, match="above"):
+        axial_grid(-10.0, 10.0)
