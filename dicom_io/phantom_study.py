@@ -1,14 +1,17 @@
 """A synthetic lumbar MR study on disk: sagittal T1 and T2 series of one
-phantom subject, plus the exact truth of every structure."""
+phantom subject (and, for the axial path, axial T1 and T2 series in the same
+frame of reference), plus the exact truth of every structure."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
 from dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagittal_grid
 
-__all__ = ["write_phantom_study"]
+__all__ = ["write_phantom_study", "write_axial_phantom_study"]
 
 
 def write_phantom_study(
@@ -36,3 +39,54 @@ def write_phantom_study(
         "files": files,
         "structures": {e.name: {"height_mm": e.height_mm, "volume_cm3": e.volume_cm3} for e in phantom.elements},
     }
+
+
+def write_axial_phantom_study(
+    out_dir: Path, seed: int = 7, rows: int = 320, columns: int = 320, pixel_spacing_mm: float = 0.6,
+    slice_spacing_mm: float = 4.0, study: StudyInfo | None = None, sagittal: bool = True,
+) -> dict[str, Any]:
+    """Axial T1 (series 4) and T2 (series 5) from above L1 down to S1, plus
+    (with ``sagittal``) the sagittal T1/T2 of `write_phantom_study`, all in
+    one frame of reference; return the truth.
+
+    Returns
+    -------
+    dict
+        ``study_instance_uid``, ``files``, ``structures`` (sagittal truth) and
+        ``axial``: per slice its ``z_mm`` and, per muscle (``"MF_R"`` …), the
+        exact ``csa_cm2`` of the label map, the mean ``fat_fraction`` and the
+        ``fat_area_share`` (blob pixels / muscle pixels) at voxel centres.
+    """
+    from dicom_io.paraspinal import BLOB_FAT_FRACTION, MUSCLE_NAMES, axial_grid, make_paraspinal_anatomy, muscle_field
+
+    study = study or StudyInfo(uid_seed=f"spinegate-axial-phantom-{seed}")
+    truth = write_phantom_study(out_dir, seed=seed, study=study) if sagittal else {
+        "study_instance_uid": study.study_instance_uid, "files": [], "structures": {}}
+    phantom = make_spine_phantom(seed)
+    field = muscle_field(phantom, make_paraspinal_anatomy(seed))
+    z_top = phantom.element("L1").centre_lps[2] + phantom.element("L1").height_mm / 2
+    grid = axial_grid(z_top, phantom.element("S1").centre_lps[2], slice_spacing_mm, rows, columns, pixel_spacing_mm)
+    files = list(truth["files"])
+    labels = None
+    for number, weighting, desc, tr, te in ((4, Weighting.T1, "AX T1 TSE", 600, 12),
+                                            (5, Weighting.T2, "AX T2 TSE", 3800, 110)):
+        image, labels = render_phantom(phantom, grid, weighting, subplanes=3, muscles=field)
+        files += write_mr_series(image, grid.affine, study, SeriesSpec(number, desc, tr, te, slice_spacing_mm), out_dir)
+    assert labels is not None
+    n, r, c = grid.shape
+    ii, jj = np.meshgrid(np.arange(r), np.arange(c), indexing="ij")
+    area_cm2 = pixel_spacing_mm**2 / 100.0
+    slices = []
+    for k in range(n):
+        centres = (grid.affine[:3, :3] @ np.stack([np.full_like(ii, k), ii, jj]).reshape(3, -1)).T + grid.affine[:3, 3]
+        _, ff = field(centres.reshape(r, c, 3))
+        entry: dict[str, Any] = {"z_mm": float(grid.affine[2, 3] + grid.affine[2, 0] * k), "muscles": {}}
+        for value, name in MUSCLE_NAMES.items():
+            inside = labels[k] == value
+            if inside.any():
+                entry["muscles"][name] = {"csa_cm2": float(inside.sum() * area_cm2),
+                                          "fat_fraction": float(ff[inside].mean()),
+                                          "fat_area_share": float((ff[inside] == np.float32(BLOB_FAT_FRACTION)).mean())}
+        slices.append(entry)
+    truth.update(files=files, axial=slices, axial_grid_affine=grid.affine.tolist())
+    return truth

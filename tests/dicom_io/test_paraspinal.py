@@ -86,3 +86,24 @@ def test_axial_grid_runs_superior_to_inferior():
     assert g.affine[2, 0] == -4.0 and g.affine[2, 3] == 10.0
     with pytest.raises(ValueError, match="above"):
         axial_grid(-10.0, 10.0)
+
+
+def test_axial_phantom_study_shares_the_frame_of_reference_and_carries_truth(tmp_path):
+    import pydicom
+
+    from dicom_io.phantom_study import write_axial_phantom_study
+
+    truth = write_axial_phantom_study(tmp_path, seed=5, rows=96, columns=96, pixel_spacing_mm=2.0,
+                                      slice_spacing_mm=8.0, sagittal=True)
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in truth["files"]]
+    assert {h.FrameOfReferenceUID for h in headers} == {headers[0].FrameOfReferenceUID}
+    assert {h.SeriesDescription for h in headers} == {"SAG T1 TSE", "SAG T2 TSE", "AX T1 TSE", "AX T2 TSE"}
+    axial = [h for h in headers if h.SeriesDescription.startswith("AX")]
+    assert [round(float(v), 6) for v in axial[0].ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+    slices = truth["axial"]
+    assert len(slices) * 2 == len(axial)
+    mid = slices[len(slices) // 2]["muscles"]
+    assert {"MF_R", "MF_L", "ES_R", "ES_L", "PM_R", "PM_L"} <= set(mid)
+    for m in mid.values():
+        assert m["csa_cm2"] > 0 and 0.02 - 1e-6 <= m["fat_fraction"] <= 0.9 + 1e-6
+        assert m["fat_fraction"] == pytest.approx(0.02 + 0.88 * m["fat_area_share"], abs=1e-5)
