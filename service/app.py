@@ -77,7 +77,7 @@ def start_service(config: SpinegateConfig, load_model: bool = True) -> Service:
         _ = worker.engine
     scp = start_scp(config, Receiver(config, store, worker.on_instance_stored, metrics))
     probe = ReadinessProbe(config, lambda: scp.server_address[1], lambda: queue_depth(worker),
-                           lambda: worker.engine_loaded)
+                           lambda: worker.engine_loaded, needs_model=config.queue.consume_in_serve)
     metrics.registry.register(StateCollector(store.count_by_state, lambda: queue_depth(worker),
                                              store.oldest_waiting_s, [s.value for s in StudyState],
                                              probe.free_bytes, probe.ready))

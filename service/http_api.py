@@ -47,6 +47,7 @@ class ReadinessProbe:
     scp_port: Callable[[], int]
     queue_depth: Callable[[], int]
     model_loaded: Callable[[], bool]
+    needs_model: bool = True  # false in a receive-only process (workers load the models)
 
     def ready(self) -> bool:
         return all(c["ok"] for c in self.checks().values())
@@ -75,6 +76,8 @@ class ReadinessProbe:
             return False, f"{type(e).__name__}: {e}"
 
     def _model(self) -> tuple[bool, str]:
+        if not self.needs_model:
+            return True, "receive-only: the workers load the models"
         return (True, "loaded") if self.model_loaded() else (False, "not loaded")
 
     def _spool(self) -> tuple[bool, str]:

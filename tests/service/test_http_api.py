@@ -117,3 +117,16 @@ def test_health_readiness_and_study_api(service, tmp_path):
     assert s[("spinegate_queue_depth", ())] >= 1
     info = [k for k in s if k[0] == "spinegate_model_info"]
     assert info and dict(info[0][1])["backend"] == "onnxruntime-cpu"
+
+
+def test_receive_only_process_is_ready_without_a_model(tmp_path):
+    cfg = load_config(overrides={"network": {"port": free_port()}, "http": {"port": free_port()},
+                                 "storage": {"root": tmp_path / "var"}, "queue": {"consume_in_serve": False}},
+                      environ={})
+    svc = start_service(cfg, load_model=False)
+    try:
+        status, body = _get(cfg, "/readyz")
+        assert status == 200, body
+        assert "receive-only" in json.loads(body)["checks"]["model_loaded"]["detail"]
+    finally:
+        svc.shutdown()
