@@ -134,7 +134,10 @@ def height_on_centroid_slice(mask: np.ndarray, pixel_spacing_mm: tuple[float, fl
 
     Take the slice through the 3D centroid, fit the minimum-area rectangle to
     the structure on it (pixel spacing applied), return its shorter side in mm
-    and the line across the rectangle's centre along that side.
+    and the line across the rectangle's centre along that side. Only the
+    slice's largest connected region counts: a stray fragment (a few pixels
+    of a neighbour's corner joined to the structure on another slice) would
+    otherwise stretch the rectangle.
 
     Raises
     ------
@@ -148,6 +151,9 @@ def height_on_centroid_slice(mask: np.ndarray, pixel_spacing_mm: tuple[float, fl
         # fullest slice instead.
         k = int(np.argmax(mask.reshape(mask.shape[0], -1).sum(axis=1)))
         plane = mask[k]
+    regions, n = ndimage.label(plane)
+    if n > 1:
+        plane = regions == 1 + int(np.argmax(ndimage.sum_labels(plane, regions, range(1, n + 1))))
     scale = np.asarray(pixel_spacing_mm, dtype=float)
     rect = min_area_rectangle(_outline_points(plane) * scale)
     half = rect.short_axis * rect.short_mm / 2

@@ -93,3 +93,14 @@ def test_measure_structure_on_phantom_disc_matches_truth():
         assert m.height_mm == pytest.approx(e.height_mm, abs=1.2)  # one pixel
         assert m.volume_cm3 == pytest.approx(e.volume_cm3, rel=0.08)
         assert m.centroid_lps_mm == pytest.approx(e.centre_lps, abs=2.0)
+
+
+def test_height_ignores_a_stray_fragment_on_the_centroid_slice():
+    from biomech.morphometry import height_on_centroid_slice
+
+    mask = np.zeros((3, 80, 80), bool)
+    mask[:, 20:40, 10:60] = True  # a 20 × 50 pixel box on every slice
+    clean, _ = height_on_centroid_slice(mask, (1.0, 1.0))
+    mask[1, 50:53, 30:33] = True  # a 3 × 3 fragment 10 pixels below it
+    with_fragment, line = height_on_centroid_slice(mask, (1.0, 1.0))
+    assert with_fragment == pytest.approx(clean) and line.slice_index == 1
