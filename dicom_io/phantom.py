@@ -37,10 +37,13 @@ __all__ = [
 
 
 class Weighting(str, enum.Enum):
-    """MR contrast weighting of a rendered series."""
+    """MR contrast of a rendered series: T1/T2-weighted, or the water or
+    fat image of a chemical-shift (Dixon) acquisition."""
 
     T1 = "T1"
     T2 = "T2"
+    DIXON_WATER = "WATER"
+    DIXON_FAT = "FAT"
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,15 @@ def make_spine_phantom(seed: int = 0) -> SpinePhantom:
 _SIGNAL = {
     Weighting.T1: dict(fat=0.95, marrow=0.62, disc=0.36, csf=0.14, muscle=0.38, bone=0.05, abdomen=0.45, posterior=0.55),
     Weighting.T2: dict(fat=0.75, marrow=0.45, disc=0.85, csf=1.0, muscle=0.28, bone=0.04, abdomen=0.40, posterior=0.40),
+    # Dixon: the water and the fat part of each tissue's proton density, so
+    # that fat / (water + fat) of a muscle pixel is exactly its fat fraction
+    # (the muscle mix (1 - ff)·muscle + ff·fat gives 1 - ff and ff).
+    Weighting.DIXON_WATER: dict(fat=0.0, marrow=0.5, disc=0.9, csf=1.0, muscle=1.0, bone=0.03, abdomen=0.7,
+                                posterior=0.5),
+    Weighting.DIXON_FAT: dict(fat=1.0, marrow=0.5, disc=0.02, csf=0.0, muscle=0.0, bone=0.01, abdomen=0.2,
+                              posterior=0.3),
 }
+_NOISE_STREAM = {Weighting.T1: 1, Weighting.T2: 2, Weighting.DIXON_WATER: 3, Weighting.DIXON_FAT: 4}
 
 
 def _inside_cylinder(p: np.ndarray, e: PhantomElement) -> np.ndarray:
@@ -323,7 +334,7 @@ def render_phantom(
     weighting = Weighting(weighting)
     if subplanes < 1:
         raise ValueError(f"'subplanes' must be >= 1, got {subplanes}")
-    rng = np.random.default_rng(phantom.seed * 7919 + (seed or 0) + (1 if weighting is Weighting.T1 else 2))
+    rng = np.random.default_rng(phantom.seed * 7919 + (seed or 0) + _NOISE_STREAM[weighting])
     n, r, c = grid.shape
     ii, jj = np.meshgrid(np.arange(r, dtype=np.float32), np.arange(c, dtype=np.float32), indexing="ij")
     normal = grid.affine[:3, 0] / np.linalg.norm(grid.affine[:3, 0])

@@ -43,11 +43,12 @@ def write_phantom_study(
 
 def write_axial_phantom_study(
     out_dir: Path, seed: int = 7, rows: int = 320, columns: int = 320, pixel_spacing_mm: float = 0.6,
-    slice_spacing_mm: float = 4.0, study: StudyInfo | None = None, sagittal: bool = True,
+    slice_spacing_mm: float = 4.0, study: StudyInfo | None = None, sagittal: bool = True, dixon: bool = False,
 ) -> dict[str, Any]:
-    """Axial T1 (series 4) and T2 (series 5) from above L1 down to S1, plus
-    (with ``sagittal``) the sagittal T1/T2 of `write_phantom_study`, all in
-    one frame of reference; return the truth.
+    """Axial T1 (series 4) and T2 (series 5) from above L1 down to S1, with
+    ``dixon`` also the Dixon water (6) and fat (7) images, plus (with
+    ``sagittal``) the sagittal T1/T2 of `write_phantom_study`, all in one
+    frame of reference; return the truth.
 
     Returns
     -------
@@ -68,8 +69,10 @@ def write_axial_phantom_study(
     grid = axial_grid(z_top, phantom.element("S1").centre_lps[2], slice_spacing_mm, rows, columns, pixel_spacing_mm)
     files = list(truth["files"])
     labels = None
-    for number, weighting, desc, tr, te in ((4, Weighting.T1, "AX T1 TSE", 600, 12),
-                                            (5, Weighting.T2, "AX T2 TSE", 3800, 110)):
+    series = [(4, Weighting.T1, "AX T1 TSE", 600, 12), (5, Weighting.T2, "AX T2 TSE", 3800, 110)]
+    if dixon:
+        series += [(6, Weighting.DIXON_WATER, "AX DIXON W", 6, 2), (7, Weighting.DIXON_FAT, "AX DIXON F", 6, 2)]
+    for number, weighting, desc, tr, te in series:
         image, labels = render_phantom(phantom, grid, weighting, subplanes=3, muscles=field)
         files += write_mr_series(image, grid.affine, study, SeriesSpec(number, desc, tr, te, slice_spacing_mm), out_dir)
     assert labels is not None

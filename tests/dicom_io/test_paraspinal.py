@@ -94,11 +94,12 @@ def test_axial_phantom_study_shares_the_frame_of_reference_and_carries_truth(tmp
     from dicom_io.phantom_study import write_axial_phantom_study
 
     truth = write_axial_phantom_study(tmp_path, seed=5, rows=96, columns=96, pixel_spacing_mm=2.0,
-                                      slice_spacing_mm=8.0, sagittal=True)
+                                      slice_spacing_mm=8.0, sagittal=True, dixon=True)
     headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in truth["files"]]
     assert {h.FrameOfReferenceUID for h in headers} == {headers[0].FrameOfReferenceUID}
-    assert {h.SeriesDescription for h in headers} == {"SAG T1 TSE", "SAG T2 TSE", "AX T1 TSE", "AX T2 TSE"}
-    axial = [h for h in headers if h.SeriesDescription.startswith("AX")]
+    assert {h.SeriesDescription for h in headers} == {"SAG T1 TSE", "SAG T2 TSE", "AX T1 TSE", "AX T2 TSE",
+                                                      "AX DIXON W", "AX DIXON F"}
+    axial = [h for h in headers if h.SeriesDescription.startswith("AX T")]
     assert [round(float(v), 6) for v in axial[0].ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
     slices = truth["axial"]
     assert len(slices) * 2 == len(axial)
@@ -107,3 +108,25 @@ def test_axial_phantom_study_shares_the_frame_of_reference_and_carries_truth(tmp
     for m in mid.values():
         assert m["csa_cm2"] > 0 and 0.02 - 1e-6 <= m["fat_fraction"] <= 0.9 + 1e-6
         assert m["fat_fraction"] == pytest.approx(0.02 + 0.88 * m["fat_area_share"], abs=1e-5)
+
+
+def test_dixon_water_and_fat_images_give_the_true_fat_fraction(subject):
+    from biomech.muscle_morphometry import fat_fraction
+
+    ph, an, field = subject
+    z3 = ph.element("L3").centre_lps[2]
+    grid = axial_grid(z3 + 1, z3 - 1, 2.0, 160, 160, 1.2, slice_thickness_mm=0.5)
+    water, lab = render_phantom(ph, grid, Weighting.DIXON_WATER, subplanes=1, muscles=field, noise_fraction=1e-4,
+                                bias_fraction=0.0)
+    fat, _ = render_phantom(ph, grid, Weighting.DIXON_FAT, subplanes=1, muscles=field, noise_fraction=1e-4,
+                            bias_fraction=0.0)
+    n, r, c = grid.shape
+    ii, jj = np.meshgrid(np.arange(r), np.arange(c), indexing="ij")
+    centres = (grid.affine[:3, :3] @ np.stack([np.zeros_like(ii), ii, jj]).reshape(3, -1)).T + grid.affine[:3, 3]
+    _, ff = field(centres.reshape(r, c, 3))
+    for key, label in MUSCLE_LABELS.items():
+        inside = lab[0] == label
+        if inside.sum() < 50:
+            continue
+        truth = float(ff[inside].mean())
+        assert fat_fraction(water[0].astype(float), fat[0].astype(float), inside) == pytest.approx(truth, abs=0.005), key
