@@ -57,24 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"spinegate: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.command == "serve":
+    if args.command in ("serve", "worker"):
         from inference.engine import EngineError
-        from service.app import run
+        from service.app import run, run_worker
 
-        try:
-            return run(config)
-        except EngineError as e:
-            print(f"spinegate: {e}", file=sys.stderr)
-            return EXIT_NO_MODEL
-    if args.command == "worker":
-        from inference.engine import EngineError
-        from service.app import run_worker
-
-        if config.queue.backend == "sqlite":
+        if args.command == "worker" and config.queue.backend == "sqlite":
             print("spinegate: 'worker' needs a shared queue: set queue.backend to redis", file=sys.stderr)
             return EXIT_CONFIG
         try:
-            return run_worker(config)
+            return (run if args.command == "serve" else run_worker)(config)
         except EngineError as e:
             print(f"spinegate: {e}", file=sys.stderr)
             return EXIT_NO_MODEL

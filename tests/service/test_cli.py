@@ -42,3 +42,12 @@ def test_process_of_unknown_study_is_refused(tmp_path):
     proc = _cli("process", "1.2.3.4", env=env)
     assert proc.returncode == 3
     assert "state: unknown" in proc.stderr
+
+
+def test_worker_without_a_shared_queue_exits_2(tmp_path):
+    import os
+
+    env = {**os.environ, "SPINEGATE_STORAGE__ROOT": str(tmp_path / "var")}
+    proc = _cli("worker", env=env)
+    assert proc.returncode == 2
+    assert "queue.backend" in proc.stderr
