@@ -128,7 +128,10 @@ class StatusApi:
             return ("200 OK" if ready else "503 Service Unavailable"), _json({"ready": ready, "checks": checks}), \
                 "application/json"
         if path == "/api/studies" and method == "GET":
-            return "200 OK", _json({"studies": self._list(query)}), "application/json"
+            try:
+                return "200 OK", _json({"studies": self._list(query)}), "application/json"
+            except ValueError as e:
+                return "400 Bad Request", _json({"error": str(e)}), "application/json"
         m = _STUDY.match(path)
         if m and m.group(2) and method == "POST":
             uid = m.group(1)
@@ -147,7 +150,13 @@ class StatusApi:
 
     def _list(self, query: str) -> list[dict[str, Any]]:
         params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
-        states = tuple(StudyState(s) for s in params.get("state", "").split(",") if s)
+        known = {s.value for s in StudyState}
+        wanted = [s for s in params.get("state", "").split(",") if s]
+        if set(wanted) - known:
+            raise ValueError(f"unknown state(s) {sorted(set(wanted) - known)}; states: {sorted(known)}")
+        if not params.get("limit", "100").isdigit():
+            raise ValueError(f"'limit' must be a non-negative integer, got {params['limit']!r}")
+        states = tuple(StudyState(s) for s in wanted)
         limit = int(params.get("limit", "100"))
         studies = sorted(self.store.studies(states), key=lambda r: r.updated, reverse=True)[:limit]
         return [_summary(r) for r in studies]

@@ -106,6 +106,9 @@ def test_health_readiness_and_study_api(service, tmp_path):
     assert status == 200 and [x["study_uid"] for x in listed] == [uid] and listed[0]["state"] == "received"
     assert "Doe" not in body and "PID-4711" not in body
     assert json.loads(_get(cfg, "/api/studies?state=exported")[1])["studies"] == []
+    status, body = _get(cfg, "/api/studies?state=bogus")
+    assert status == 400 and "unknown state" in body
+    assert _get(cfg, "/api/studies?limit=ten")[0] == 400
     status, body = _get(cfg, f"/api/studies/{uid}")
     assert status == 200 and json.loads(body)["instances"] == 3
     assert _get(cfg, f"/api/studies/{uid}/reprocess", "POST")[0] == 202
