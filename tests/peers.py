@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
+import pydicom.errors
 import yaml
 
 from conftest import REPO, require_tool
@@ -45,7 +46,10 @@ class StoreSCP:
         for p in self.folder.iterdir():
             if p.name.startswith("."):
                 continue
-            ds = pydicom.dcmread(p, stop_before_pixels=True)
+            try:
+                ds = pydicom.dcmread(p, stop_before_pixels=True)
+            except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError):
+                continue  # storescp is still writing it: read it on the next poll
             if ds.StudyInstanceUID == study_uid and ds.Modality in found:
                 found[ds.Modality].append(p)
         return found
