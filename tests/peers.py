@@ -59,7 +59,13 @@ class StoreSCP:
         while time.monotonic() < deadline:
             objs = self.objects(study_uid)
             if len(objs["SR"]) >= 1 and len(objs["SEG"]) >= n_seg:
-                return objs
+                # Complete once no file grows between two polls (storescp
+                # writes in place, not by rename).
+                sizes = {p: p.stat().st_size for paths in objs.values() for p in paths}
+                time.sleep(0.5)
+                if all(p.stat().st_size == n for p, n in sizes.items()):
+                    return objs
+                continue
             time.sleep(0.5)
         raise TimeoutError(f"PACS did not receive SEG+SR for {study_uid} within {timeout_s} s")
 
