@@ -28,3 +28,13 @@ def test_biomechanics_benchmark_short_mode():
     record = json.loads(open(out).read())
     assert record["kind"] == "short" and record["median_s"] > 0
     assert len(record["compression_n"]["flexion_60deg_5kg_each_hand"]) == 6
+
+
+def test_ingest_benchmark_short_mode():
+    proc = subprocess.run([sys.executable, "bench/ingest.py", "--short"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout.strip().splitlines()[-1].removeprefix("wrote ")
+    record = json.loads(open(out).read())
+    assert set(record["results"]) == {f"{k}/{a}" for k in ("spinegate", "storescp", "orthanc") for a in (1, 4)}
+    assert all(r["instances_per_s"]["median"] > 0 for r in record["results"].values())

@@ -1,0 +1,161 @@
+"""Benchmark: DICOM ingest rate of spinegate beside dcmtk storescp and Orthanc.
+
+The same MR instances (512×512×16 bit, uncompressed) are sent by dcmtk
+`storescu` over one association and over four in parallel to:
+`spinegate serve` (durable: temp file, fsync, rename before the response),
+dcmtk `storescp` (+xa, not durable) and Orthanc 1.10 (durable by default).
+Reported per receiver: instances/s (min/median/max over the passes) and the
+receiver's CPU time per instance (from /proc), plus spinegate's ratio to
+each peer, all measured in one run (PERFORMANCE.md: the machine is noisy).
+
+TCP_NODELAY=1 is set for the dcmtk tools and Orthanc (Debian's dcmtk 3.6.7
+otherwise stalls ~45 ms per instance). storescp and Orthanc cannot bind to
+one address, so the script re-runs itself in a private network namespace
+holding only loopback (`unshare -n`).
+
+    .venv/bin/python bench/ingest.py                 # 200 instances, 3 passes
+    .venv/bin/python bench/ingest.py --short         # CI: 40 instances, 1 pass
+
+Writes a JSON record to bench/results/ and prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series  # noqa: E402
+from dicom_io.phantom import sagittal_grid  # noqa: E402
+from service.demo import free_port, stop_process, wait_for_echo  # noqa: E402
+
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def _only_loopback() -> bool:
+    lines = Path("/proc/self/net/dev").read_text().splitlines()[2:]
+    return {line.split(":")[0].strip() for line in lines} == {"lo"}
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _instances(n: int, folder: Path) -> list[Path]:
+    rng = np.random.default_rng(0)
+    grid = sagittal_grid(n, 512, 512, 0.5, 4.0)
+    pixels = rng.integers(0, 4000, (n, 512, 512), dtype=np.uint16)
+    return write_mr_series(pixels, grid.affine, StudyInfo(uid_seed=f"ingest-{time.time()}"),
+                           SeriesSpec(2, "SAG T2 TSE", 3500, 100, 4.0), folder)
+
+
+def _send(files: list[Path], port: int, called: str, associations: int) -> float:
+    """Seconds to send every file, split over parallel storescu processes."""
+    chunks = [files[i::associations] for i in range(associations)]
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([shutil.which("storescu") or "storescu", "-aet", "BENCH", "-aec", called, "127.0.0.1",
+                               str(port), *map(str, chunk)], env=ENV, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for chunk in chunks]
+    for p in procs:
+        if p.wait(timeout=600) != 0:
+            raise RuntimeError(f"storescu failed sending to {called}")
+    return time.perf_counter() - t0
+
+
+def _start(kind: str, work: Path) -> tuple[subprocess.Popen, int, str]:
+    port = free_port()
+    work.mkdir(parents=True)
+    if kind == "spinegate":
+        cfg = {"network": {"port": port}, "http": {"enabled": False}, "storage": {"root": str(work / "var")},
+               "assembly": {"quiet_period_s": 3600}}
+        (work / "c.yaml").write_text(yaml.safe_dump(cfg))
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--log-level", "WARNING", "--config",
+                                 str(work / "c.yaml"), "serve"], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        return proc, port, "SPINEGATE"
+    if kind == "storescp":
+        proc = subprocess.Popen([shutil.which("storescp") or "storescp", "-aet", "PACS", "+xa", "-od", str(work),
+                                 str(port)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return proc, port, "PACS"
+    cfg = {"Name": "PACS", "DicomAet": "PACS", "DicomPort": port, "HttpPort": free_port(),
+           "StorageDirectory": str(work / "db"), "IndexDirectory": str(work / "db"), "Plugins": [],
+           "RemoteAccessAllowed": False, "AuthenticationEnabled": False}
+    (work / "orthanc.json").write_text(json.dumps(cfg))
+    proc = subprocess.Popen([shutil.which("Orthanc") or "/usr/sbin/Orthanc", str(work / "orthanc.json")], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, port, "PACS"
+
+
+def measure(kind: str, files: list[Path], associations: int, passes: int, work: Path) -> dict[str, object]:
+    rates, cpu = [], []
+    for i in range(passes):
+        proc, port, called = _start(kind, work / f"{kind}-{associations}-{i}")
+        try:
+            wait_for_echo("127.0.0.1", port, called, 90, proc)
+            c0 = _cpu_s(proc.pid)
+            seconds = _send(files, port, called, associations)
+            rates.append(len(files) / seconds)
+            cpu.append(1000 * (_cpu_s(proc.pid) - c0) / len(files))
+        finally:
+            stop_process(proc, timeout_s=30)
+    return {"instances_per_s": {"min": round(min(rates), 1), "median": round(statistics.median(rates), 1),
+                                "max": round(max(rates), 1)},
+            "receiver_cpu_ms_per_instance": round(statistics.median(cpu), 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--short", action="store_true", help="40 instances, one pass (CI)")
+    ap.add_argument("--instances", type=int, default=200)
+    ap.add_argument("--passes", type=int, default=3)
+    args = ap.parse_args(argv)
+    if not _only_loopback():
+        if shutil.which("unshare") is None:
+            raise SystemExit("needs a loopback-only network namespace: run it under 'unshare -n'")
+        cmd = f"ip link set lo up && exec {sys.executable} {' '.join(map(str, [Path(__file__).resolve(), *sys.argv[1:]]))}"
+        return subprocess.run(["unshare", "-n", "sh", "-c", cmd]).returncode
+    n, passes = (40, 1) if args.short else (args.instances, args.passes)
+    work = Path(tempfile.mkdtemp(prefix="spinegate-ingest-"))
+    files = _instances(n, work / "instances")
+    results: dict[str, dict[str, object]] = {}
+    for associations in (1, 4):
+        for kind in ("spinegate", "storescp", "orthanc"):
+            results[f"{kind}/{associations}"] = measure(kind, files, associations, passes, work)
+    shutil.rmtree(work, ignore_errors=True)
+    record = {"kind": "short" if args.short else "full", "instances": n, "passes": passes,
+              "instance": "MR 512x512x16 bit, Explicit VR Little Endian", "results": results}
+    for associations in (1, 4):
+        ours = results[f"spinegate/{associations}"]["instances_per_s"]["median"]  # type: ignore[index]
+        for peer in ("storescp", "orthanc"):
+            theirs = results[f"{peer}/{associations}"]["instances_per_s"]["median"]  # type: ignore[index]
+            record[f"ratio_spinegate_to_{peer}_{associations}_assoc"] = round(ours / theirs, 2)
+    out = REPO / "bench" / "results" / f"ingest_{record['kind']}_{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(record, indent=1))
+    print("| receiver | durable | associations | instances/s median (min–max) | receiver CPU ms/instance |")
+    print("|---|---|---|---|---|")
+    for key, r in results.items():
+        kind, assoc = key.split("/")
+        rate = r["instances_per_s"]
+        print(f"| {kind} | {'no' if kind == 'storescp' else 'yes'} | {assoc} | {rate['median']} "  # type: ignore[index]
+              f"({rate['min']}–{rate['max']}) | {r['receiver_cpu_ms_per_instance']} |")  # type: ignore[index]
+    print("\n" + ", ".join(f"{k}: {v}" for k, v in record.items() if k.startswith("ratio")))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
