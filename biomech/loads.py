@@ -30,7 +30,7 @@ import numpy as np
 
 from biomech.anthropometry import Subject
 from biomech.spine_geometry import JOINTS, LUMBAR, SpineGeometry
-from biomech.trunk_model import BODY_BELOW, COORDINATES, build_trunk_model
+from biomech.trunk_model import BODY_ABOVE, BODY_BELOW, COORDINATES, PARENT, build_trunk_model
 
 __all__ = [
     "Task",
@@ -125,10 +125,8 @@ def _pose_deg(task: Task) -> dict[str, float]:
 def _body_angles_rad(pose_deg: Mapping[str, float]) -> dict[str, float]:
     """Rotation of each trunk body from upright (rad, + extension)."""
     angles = {"pelvis": np.radians(pose_deg["pelvis_tilt"])}
-    below = "pelvis"
-    for body, joint in BODY_BELOW.items():
-        angles[body] = angles[below] + np.radians(pose_deg[f"{joint}_flex_ext"])
-        below = body
+    for body, joint in BODY_BELOW.items():  # bottom up: the parent's angle is known
+        angles[body] = angles[PARENT[body]] + np.radians(pose_deg[f"{joint}_flex_ext"])
     return angles
 
 
@@ -168,7 +166,8 @@ def _quiet_opensim():
 
 
 def _analyze(model_path: Path, motion: Path, out_dir: Path, name: str, analysis, t_end: float) -> None:
-    osim = _quiet_opensim()
+    import opensim as osim
+
     tool = osim.AnalyzeTool()
     tool.setName(name)
     tool.setModelFilename(str(model_path))
@@ -239,12 +238,11 @@ def solve_task(subject: Subject, geometry: SpineGeometry, task: Task, out_dir: P
     angles = _body_angles_rad(pose)
     joints: dict[str, JointLoad] = {}
     for j in JOINTS:
-        child = {v: k for k, v in BODY_BELOW.items()}[j]
+        child = BODY_ABOVE[j]
         prefix = f"{j}_on_{child}_in_ground_"
         f = np.array([reactions[prefix + "fx"], reactions[prefix + "fy"]])
         # The disc turns with the mean of the two bodies it joins.
-        parent = "pelvis" if j == "L5S1" else {v: k for k, v in BODY_BELOW.items()}[JOINTS[JOINTS.index(j) - 1]]
-        axis = _rotate(geometry.disc_axis(j), (angles[parent] + angles[child]) / 2)
+        axis = _rotate(geometry.disc_axis(j), (angles[PARENT[child]] + angles[child]) / 2)
         anterior = np.array([axis[1], -axis[0]])
         joints[j] = JointLoad(j, float(f @ axis), float(f @ anterior), float(forces.get(f"{j}_reserve", 0.0)))
     bodies: dict[str, float] = {}

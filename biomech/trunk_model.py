@@ -41,14 +41,17 @@ from biomech.anthropometry import (
 from biomech.muscles import LATERAL_M, MOMENT_ARM_MM, Fascicle, MuscleGroup, fascicles
 from biomech.spine_geometry import JOINTS, LUMBAR, SpineGeometry
 
-__all__ = ["MODEL_NAME", "MODEL_VERSION", "BODY_BELOW", "COORDINATES", "RESERVE_OPTIMAL_FORCE_NM", "TrunkModel", "build_trunk_model"]
+__all__ = ["MODEL_NAME", "MODEL_VERSION", "STACK", "BODY_BELOW", "BODY_ABOVE", "PARENT", "COORDINATES", "RESERVE_OPTIMAL_FORCE_NM", "TrunkModel", "build_trunk_model"]
 
 MODEL_NAME = "spinegate_trunk"
 MODEL_VERSION = "2026.11.21 (OpenSim 4.6)"
 
-# Each spine body and the joint under it (the body's frame origin).
-BODY_BELOW = {"L5": "L5S1", "L4": "L4L5", "L3": "L3L4", "L2": "L2L3", "L1": "L1L2", "thorax": "T12L1"}
-_PARENT = {"L5": "pelvis", "L4": "L5", "L3": "L4", "L2": "L3", "L1": "L2", "thorax": "L1"}
+# The spine's bodies from the bottom up; each body above the pelvis hangs
+# on the joint under it (its frame origin), whose parent is the body below.
+STACK = ("pelvis", "L5", "L4", "L3", "L2", "L1", "thorax")
+BODY_BELOW = dict(zip(STACK[1:], JOINTS))  # body → joint under it
+BODY_ABOVE = {j: body for body, j in BODY_BELOW.items()}  # joint → body on it
+PARENT = dict(zip(STACK[1:], STACK[:-1]))  # body → body below
 COORDINATES = ("pelvis_tilt",) + tuple(f"{j}_flex_ext" for j in JOINTS) + ("shoulder_r_flex", "shoulder_l_flex")
 RESERVE_OPTIMAL_FORCE_NM = 1.0
 MIN_ACTIVATION = 0.001
@@ -152,7 +155,7 @@ def build_trunk_model(subject: Subject, geometry: SpineGeometry, hand_load_kg: f
     for body, joint_name in BODY_BELOW.items():
         mass = masses.lumbar_kg[body] if body in LUMBAR else masses.upper_body_kg
         bodies[body] = add_body(body, mass, _com(body, geometry, subject), 0.05 if body in LUMBAR else 0.15)
-        parent = _PARENT[body]
+        parent = PARENT[body]
         joint = osim.PinJoint(joint_name, bodies[parent], _vec3(origins[body] - origins[parent]), osim.Vec3(0),
                               bodies[body], osim.Vec3(0), osim.Vec3(0))
         joint.updCoordinate().setName(f"{joint_name}_flex_ext")
@@ -201,17 +204,14 @@ def _add_actuators(model) -> None:
         actuator(f"{j}_flex_ext", RESERVE_OPTIMAL_FORCE_NM, f"{j}_reserve")
 
 
-# Bodies from the bottom up, and the joint above each.
-_STACK = ("pelvis", "L5", "L4", "L3", "L2", "L1", "thorax")
-_JOINT_ABOVE = dict(zip(_STACK, JOINTS))
-_BODY_ABOVE = {j: body for body, j in BODY_BELOW.items()}
+_JOINT_ABOVE = dict(zip(STACK, JOINTS))  # body → joint on top of it
 
 
 def _crossed_joints(f: Fascicle) -> list[str]:
-    lo, hi = _STACK.index(f.origin_body), _STACK.index(f.insertion_body)
+    lo, hi = STACK.index(f.origin_body), STACK.index(f.insertion_body)
     if hi <= lo:
         raise ValueError(f"fascicle {f.name} must insert above its origin")
-    return [_JOINT_ABOVE[b] for b in _STACK[lo:hi]]
+    return [_JOINT_ABOVE[b] for b in STACK[lo:hi]]
 
 
 def _add_fascicle(model, bodies, origins, geometry: SpineGeometry, f: Fascicle, k: float) -> None:
@@ -241,7 +241,7 @@ def _add_fascicle(model, bodies, origins, geometry: SpineGeometry, f: Fascicle, 
     muscle.setMaxControl(1.0)
     muscle.addNewPathPoint(f"{f.name}_origin", bodies[f.origin_body], _vec3(origin - origins[f.origin_body], z))
     for j in joints:
-        body = _BODY_ABOVE[j]
+        body = BODY_ABOVE[j]
         p = geometry.point(j) + _posterior(geometry.disc_axis(j)) * arms_m[JOINTS.index(j)]
         muscle.addNewPathPoint(f"{f.name}_{j}", bodies[body], _vec3(p - origins[body], z))
     last_arm = arms_m[JOINTS.index(joints[-1])]
