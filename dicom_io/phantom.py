@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from dicom_io.levels import DISC_LEVELS, VERTEBRAL_BODY_LEVELS, structure_by_name
+from dicom_io.volume import index_to_lps
 
 # Points (..., 3) LPS mm → (muscle label, fat fraction); see dicom_io.paraspinal.
 MuscleField = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -71,6 +72,12 @@ class SliceGrid:
             raise ValueError(f"'affine' must be 4x4, got {np.asarray(self.affine).shape}")
         if self.slice_thickness_mm <= 0:
             raise ValueError(f"'slice_thickness_mm' must be > 0, got {self.slice_thickness_mm}")
+
+    def slice_centres_lps(self, k: int) -> np.ndarray:
+        """(rows, columns, 3) patient coordinates of slice ``k``'s voxel centres."""
+        _, rows, cols = self.shape
+        ii, jj = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+        return index_to_lps(self.affine, np.stack([np.full_like(ii, k), ii, jj], axis=-1))
 
 
 def sagittal_grid(

@@ -76,13 +76,10 @@ def write_axial_phantom_study(
         image, labels = render_phantom(phantom, grid, weighting, subplanes=3, muscles=field)
         files += write_mr_series(image, grid.affine, study, SeriesSpec(number, desc, tr, te, slice_spacing_mm), out_dir)
     assert labels is not None
-    n, r, c = grid.shape
-    ii, jj = np.meshgrid(np.arange(r), np.arange(c), indexing="ij")
     area_cm2 = pixel_spacing_mm**2 / 100.0
     slices = []
-    for k in range(n):
-        centres = (grid.affine[:3, :3] @ np.stack([np.full_like(ii, k), ii, jj]).reshape(3, -1)).T + grid.affine[:3, 3]
-        _, ff = field(centres.reshape(r, c, 3))
+    for k in range(grid.shape[0]):
+        _, ff = field(grid.slice_centres_lps(k))
         entry: dict[str, Any] = {"z_mm": float(grid.affine[2, 3] + grid.affine[2, 0] * k), "muscles": {}}
         for value, name in MUSCLE_NAMES.items():
             inside = labels[k] == value

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -33,35 +33,37 @@ def subject_from_header(ds: Dataset) -> Subject:
     return Subject.from_dicom_values(ds.get("PatientSize"), ds.get("PatientWeight"), ds.get("PatientSex"))
 
 
-def subject_from_document(doc: Mapping[str, Any]) -> Subject:
-    """The subject recorded in a measurements.json, defaults re-flagged."""
+def subject_from_document(doc: Mapping[str, Any], height_m: float | None = None, mass_kg: float | None = None,
+                          sex: str | None = None) -> Subject:
+    """The subject recorded in a measurements.json (recorded defaults count
+    as absent, so they are flagged again), with the given values overriding
+    it."""
     recorded = (doc.get("biomechanics") or {}).get("subject") or {}
     defaults = set(recorded.get("defaults_used") or ())
-    return Subject.from_dicom_values(
-        None if "default_height_used" in defaults else recorded.get("height_m"),
-        None if "default_weight_used" in defaults else recorded.get("mass_kg"),
-        None if "default_sex_used" in defaults else recorded.get("sex"),
-    )
+
+    def pick(override: Any, key: str, flag: str) -> Any:
+        return override if override is not None else None if flag in defaults else recorded.get(key)
+
+    return Subject.from_dicom_values(pick(height_m, "height_m", "default_height_used"),
+                                     pick(mass_kg, "mass_kg", "default_weight_used"),
+                                     pick(sex, "sex", "default_sex_used"))
+
+
+def _richest(per_series: Iterable[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """The series' centroids covering most of the modelled spine."""
+    chains = [{name: np.asarray(c, float) for name, c in cents.items() if name in CHAIN} for cents in per_series]
+    return max(chains, key=len, default={})
 
 
 def choose_centroids(series_measurements: Sequence[Sequence[StructureMeasurements]]) -> dict[str, np.ndarray]:
-    """Centroids of the series covering most of the modelled spine."""
-    best: dict[str, np.ndarray] = {}
-    for measurements in series_measurements:
-        found = {m.structure.name: np.asarray(m.centroid_lps_mm, float) for m in measurements
-                 if m.structure.name in CHAIN}
-        if len(found) > len(best):
-            best = found
-    return best
+    """Centroids of the analysed series covering most of the modelled spine."""
+    return _richest({m.structure.name: m.centroid_lps_mm for m in ms} for ms in series_measurements)
 
 
 def centroids_from_document(doc: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Centroids from a measurements.json (schema spinegate.measurements/1)."""
-    per_series = []
-    for series in doc.get("series") or ():
-        per_series.append({s["level"]: np.asarray(s["centroid_lps_mm"], float) for s in series.get("structures") or ()
-                           if s.get("level") in CHAIN})
-    return max(per_series, key=len, default={})
+    """The same from a measurements.json (schema spinegate.measurements/1)."""
+    return _richest({s["level"]: s["centroid_lps_mm"] for s in series.get("structures") or ()}
+                    for series in doc.get("series") or ())
 
 
 def run_stage(centroids: Mapping[str, np.ndarray], subject: Subject, out_dir: Path) -> StudyBiomechanics:

@@ -119,7 +119,6 @@ def _analyze(config, dicom_dir: Path, out: Path) -> int:  # type: ignore[no-unty
 
 
 def _loads(args: argparse.Namespace) -> int:
-    from biomech.anthropometry import Subject
     from service.biomech_stage import centroids_from_document, loads_table, run_stage, subject_from_document
 
     try:
@@ -127,16 +126,11 @@ def _loads(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"spinegate: cannot read {args.measurements}: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    recorded = subject_from_document(doc)
-    try:
-        subject = Subject.from_dicom_values(
-            args.height_m or (None if "default_height_used" in recorded.defaults_used else recorded.height_m),
-            args.weight_kg or (None if "default_weight_used" in recorded.defaults_used else recorded.mass_kg),
-            args.sex or (None if "default_sex_used" in recorded.defaults_used else recorded.sex.value),
-        )
-    except ValueError as e:
-        print(f"spinegate: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+    subject = subject_from_document(doc, args.height_m, args.weight_kg, args.sex)
+    for given, flag in ((args.height_m, "default_height_used"), (args.weight_kg, "default_weight_used")):
+        if given is not None and flag in subject.defaults_used:
+            print(f"spinegate: implausible value {given} (height 1.0-2.5 m, weight 25-250 kg)", file=sys.stderr)
+            return EXIT_CONFIG
     out = args.out or args.measurements.parent / "biomech"
     result = run_stage(centroids_from_document(doc), subject, out)
     block = result.document()

@@ -150,9 +150,8 @@ def analyze_study(
     loads = None
     if reports and biomechanics:
         t0 = time.perf_counter()
-        header = next(r.source_images[0] for r in reports)
-        bio = run_stage(choose_centroids([r.measurements for r in reports]), subject_from_header(header),
-                        out_dir / "biomech")
+        bio = run_stage(choose_centroids([r.measurements for r in reports]),
+                        subject_from_header(reports[0].source_images[0]), out_dir / "biomech")
         loads = load_report(bio)
         biomech_doc = bio.document()
         timings["biomechanics"] = time.perf_counter() - t0

@@ -102,11 +102,17 @@ class RedisStateStore:
     def quarantined(self) -> list[tuple[Path, str]]:
         return [(Path(d["path"]), d["reason"]) for d in map(json.loads, self._redis.lrange(f"{self._p}quarantine", 0, -1))]
 
+    def _hashes(self, keys: list[str]) -> list[dict[str, str]]:
+        """HGETALL of many keys in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        return pipe.execute()
+
     def instances(self, study_uid: str) -> list[InstanceRecord]:
-        out = []
-        for sop in self._redis.smembers(f"{self._study_key(study_uid)}:instances"):
-            h = self._redis.hgetall(f"{self._p}instance:{sop}")
-            out.append(InstanceRecord(sop, h["study"], h["series"], h["sop_class"], Path(h["path"])))
+        sops = sorted(self._redis.smembers(f"{self._study_key(study_uid)}:instances"))
+        out = [InstanceRecord(sop, h["study"], h["series"], h["sop_class"], Path(h["path"]))
+               for sop, h in zip(sops, self._hashes([f"{self._p}instance:{sop}" for sop in sops]))]
         return sorted(out, key=lambda r: (r.series_uid, str(r.path)))
 
     def study(self, study_uid: str) -> StudyRecord | None:
@@ -114,8 +120,9 @@ class RedisStateStore:
         return _record(study_uid, h) if h else None
 
     def studies(self, states: tuple[StudyState, ...] = ()) -> Iterator[StudyRecord]:
-        for uid in self._redis.zrange(f"{self._p}studies", 0, -1):
-            rec = self.study(uid)
+        uids = self._redis.zrange(f"{self._p}studies", 0, -1)
+        for uid, h in zip(uids, self._hashes([self._study_key(u) for u in uids])):
+            rec = _record(uid, h) if h else None
             if rec is not None and (not states or rec.state in states):
                 yield rec
 

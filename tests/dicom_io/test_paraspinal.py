@@ -120,10 +120,7 @@ def test_dixon_water_and_fat_images_give_the_true_fat_fraction(subject):
                                 bias_fraction=0.0)
     fat, _ = render_phantom(ph, grid, Weighting.DIXON_FAT, subplanes=1, muscles=field, noise_fraction=1e-4,
                             bias_fraction=0.0)
-    n, r, c = grid.shape
-    ii, jj = np.meshgrid(np.arange(r), np.arange(c), indexing="ij")
-    centres = (grid.affine[:3, :3] @ np.stack([np.zeros_like(ii), ii, jj]).reshape(3, -1)).T + grid.affine[:3, 3]
-    _, ff = field(centres.reshape(r, c, 3))
+    _, ff = field(grid.slice_centres_lps(0))
     for key, label in MUSCLE_LABELS.items():
         inside = lab[0] == label
         if inside.sum() < 50:

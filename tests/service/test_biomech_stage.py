@@ -165,3 +165,11 @@ def test_loads_command_reports_unusable_anatomy_with_exit_3(tmp_path):
     proc = _loads_cli(str(m), "--out", str(tmp_path / "o"))
     assert proc.returncode == 3
     assert "too_few_levels" in proc.stdout
+
+
+def test_loads_command_refuses_an_implausible_override(tmp_path):
+    m = tmp_path / "measurements.json"
+    measurements_json(m, phantom_centroids())
+    proc = _loads_cli(str(m), "--weight-kg", "500", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert "implausible" in proc.stderr
