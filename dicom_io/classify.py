@@ -25,6 +25,8 @@ class Plane(str, enum.Enum):
 class Weighting(str, enum.Enum):
     T1 = "T1"
     T2 = "T2"
+    WATER = "water"  # Dixon water image
+    FAT = "fat"  # Dixon fat image
     OTHER = "other"
 
 
@@ -43,6 +45,10 @@ _AXIS_COS = float(np.cos(np.deg2rad(20)))
 _LOCALISER = re.compile(r"\b(loc|locali[sz]er|scout|survey|3[- ]?plane|tri[- ]?pilot)\b", re.I)
 _T1_WORDS = re.compile(r"t1", re.I)
 _T2_WORDS = re.compile(r"t2", re.I)
+# Dixon images: Siemens and GE put WATER/FAT in ImageType (DERIVED\PRIMARY\
+# DIXON\WATER), Philips W/F; descriptions vary ("DIXON W", "t1_vibe_W").
+_WATER_WORDS = re.compile(r"\bwater\b|dixon[ _-]?w\b|[ _]w$", re.I)
+_FAT_WORDS = re.compile(r"(?<!no )\bfat\b(?![ _-]?(sat|supp))|dixon[ _-]?f\b|[ _]f$", re.I)
 _OTHER_WORDS = re.compile(r"stir|tirm|flair|dwi|diffusion|adc|dixon|fat|water|t2\*|swi|pd\b", re.I)
 
 
@@ -56,7 +62,20 @@ def plane_from_orientation(iop: np.ndarray) -> Plane:
     return (Plane.SAGITTAL, Plane.CORONAL, Plane.AXIAL)[axis]
 
 
+def _dixon(ds: Dataset) -> Weighting | None:
+    tokens = {str(v).upper() for v in (ds.get("ImageType") or [])[2:]}
+    desc = str(ds.get("SeriesDescription", "") or "")
+    if tokens & {"WATER", "W"} or _WATER_WORDS.search(desc):
+        return Weighting.WATER
+    if tokens & {"FAT", "F"} or _FAT_WORDS.search(desc):
+        return Weighting.FAT
+    return None
+
+
 def _weighting(ds: Dataset) -> Weighting:
+    dixon = _dixon(ds)
+    if dixon is not None:
+        return dixon
     desc = str(ds.get("SeriesDescription", "") or "")
     tr = ds.get("RepetitionTime")
     te = ds.get("EchoTime")
@@ -88,7 +107,7 @@ def classify_series(headers: list[Dataset]) -> SeriesClass:
     weighting = _weighting(first)
     if "LOCALIZER" in image_type or _LOCALISER.search(desc):
         return SeriesClass(plane, weighting, "localiser")
-    if image_type and image_type[0] == "DERIVED":
+    if image_type and image_type[0] == "DERIVED" and weighting not in (Weighting.WATER, Weighting.FAT):
         return SeriesClass(plane, weighting, "derived_image")
     if first.get("Modality") != "MR":
         return SeriesClass(plane, weighting, "not_mr")

@@ -12,7 +12,8 @@ __all__ = [
     "SCHEME", "CENTROID_L", "CENTROID_P", "CENTROID_S", "NEEDS_REVIEW", "REVIEW_REASON", "UCUM_NEWTON",
     "UCUM_NEWTON_METRE", "UCUM_KILOGRAM", "UCUM_DEGREE", "UCUM_METRE", "BODY_HEIGHT", "BODY_WEIGHT", "SUBJECT_SEX",
     "SEX", "SPINAL_LOAD", "DISC_COMPRESSION", "DISC_ANTERIOR_SHEAR", "VERTEBRAL_BODY_COMPRESSION",
-    "LUMBAR_LORDOSIS", "SACRAL_SLOPE", "TASK", "REASON",
+    "LUMBAR_LORDOSIS", "SACRAL_SLOPE", "TASK", "REASON", "UCUM_SQUARE_CENTIMETRE", "UCUM_MILLILITRE", "UCUM_PERCENT",
+    "UCUM_RATIO", "RELATIVE_CSA", "FAT_INFILTRATION", "FAT_FRACTION", "CSA_ASYMMETRY", "PARASPINAL_MUSCLE",
 ]
 
 SCHEME = "99SPINEGATE"
@@ -29,6 +30,18 @@ UCUM_NEWTON_METRE = Code("N.m", "UCUM", "newton meter")
 UCUM_KILOGRAM = Code("kg", "UCUM", "kilogram")
 UCUM_DEGREE = Code("deg", "UCUM", "degree")
 UCUM_METRE = Code("m", "UCUM", "meter")
+UCUM_SQUARE_CENTIMETRE = Code("cm2", "UCUM", "square centimeter")
+UCUM_MILLILITRE = Code("mL", "UCUM", "milliliter")
+UCUM_PERCENT = Code("%", "UCUM", "percent")
+UCUM_RATIO = Code("{ratio}", "UCUM", "ratio")
+
+# Paraspinal-muscle measurements (DOMAIN.md §6). CSA and volume use SNOMED
+# CT Area / Volume; these have no standard code.
+PARASPINAL_MUSCLE = Code("SG0060", SCHEME, "Paraspinal muscle measurements")
+RELATIVE_CSA = Code("SG0061", SCHEME, "Muscle CSA / disc CSA at the same level")
+FAT_INFILTRATION = Code("SG0062", SCHEME, "Fat infiltration, thresholded area fraction")
+FAT_FRACTION = Code("SG0063", SCHEME, "Fat fraction, Dixon fat/(water+fat)")
+CSA_ASYMMETRY = Code("SG0064", SCHEME, "CSA asymmetry, (right-left)/mean")
 
 # Biomechanical model inputs (LOINC / DCM / SNOMED CT).
 BODY_HEIGHT = Code("8302-2", "LN", "Body height")
@@ -61,4 +74,8 @@ REASON = {
     "implausible_centroids": Code("SG0048", SCHEME, "Implausible vertebral centroids"),
     "too_few_levels": Code("SG0049", SCHEME, "Too few spine levels in view"),
     "solver_failed": Code("SG0050", SCHEME, "Musculoskeletal solver failed"),
+    "levels_from_axial_disc_order": Code("SG0051", SCHEME, "Levels from axial disc order, lowest assumed L5S1"),
+    "no_slice_at_disc_midplane": Code("SG0052", SCHEME, "No axial slice at the disc mid-plane"),
+    "no_disc_on_midplane_slice": Code("SG0053", SCHEME, "No disc on the mid-plane slice"),
+    "dixon_fat_geometry_mismatch": Code("SG0054", SCHEME, "Dixon fat image geometry mismatch"),
 }

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from dicom_io.levels import SpineStructure
+from dicom_io.muscles import MuscleStructure
 
-__all__ = ["HeightLine", "StructureMeasurements", "TaskLoadReport", "LoadReport"]
+__all__ = ["HeightLine", "StructureMeasurements", "MuscleLevelMeasurements", "TaskLoadReport", "LoadReport"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,66 @@ class StructureMeasurements:
             raise ValueError(f"negative size for {self.structure.name}: {self.volume_cm3} cm3, {self.height_mm} mm")
         if np.asarray(self.centroid_lps_mm).shape != (3,):
             raise ValueError(f"'centroid_lps_mm' needs 3 values, got {np.asarray(self.centroid_lps_mm).shape}")
+
+
+@dataclass(frozen=True)
+class MuscleLevelMeasurements:
+    """One muscle of one side at one disc level of one axial series
+    (DOMAIN.md §6). Optional values are None where they cannot be measured
+    (the reason is in ``flags``).
+
+    Parameters
+    ----------
+    muscle : MuscleStructure
+        Muscle and side.
+    level : SpineStructure
+        The disc level (slices nearer this disc's mid-plane than any other).
+    csa_midplane_cm2 : float or None
+        CSA on the slice nearest the disc mid-plane (within one slice spacing).
+    csa_mean_cm2 : float
+        Mean CSA over the level's slices that show the muscle.
+    n_slices : int
+        Slices of the level that show the muscle.
+    rcsa : float or None
+        ``csa_midplane_cm2`` / disc CSA on the same slice.
+    fat_infiltration : float or None
+        Fat area / muscle area by per-muscle Otsu thresholding (T1/T2).
+    fat_fraction : float or None
+        Mean Dixon fat / (water + fat) over the muscle's pixels of the level.
+    volume_ml : float or None
+        Σ CSA × slice spacing over the level's slices, when contiguous.
+    asymmetry : float or None
+        (right − left) / mean of ``csa_mean_cm2``, the same for both sides.
+    centroid_lps_mm : numpy.ndarray
+        2D centre of mass on the reference slice, in patient coordinates.
+    slice_index : int
+        The reference slice (mid-plane slice, else the level's middle one).
+    per_slice : tuple
+        ``(slice index, csa_cm2, centroid_lps_mm)`` for every slice of the level.
+    """
+
+    muscle: MuscleStructure
+    level: SpineStructure
+    csa_midplane_cm2: float | None
+    csa_mean_cm2: float
+    n_slices: int
+    rcsa: float | None
+    fat_infiltration: float | None
+    fat_fraction: float | None
+    volume_ml: float | None
+    asymmetry: float | None
+    centroid_lps_mm: np.ndarray
+    slice_index: int
+    per_slice: tuple[tuple[int, float, tuple[float, float, float]], ...] = ()
+    flags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.csa_mean_cm2 < 0 or (self.csa_midplane_cm2 is not None and self.csa_midplane_cm2 < 0):
+            raise ValueError(f"negative CSA for {self.muscle.name} at {self.level.name}")
+        for name in ("fat_infiltration", "fat_fraction"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise ValueError(f"'{name}' must lie in [0, 1], got {v}")
 
 
 @dataclass(frozen=True)

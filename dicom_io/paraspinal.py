@@ -16,14 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dicom_io.muscles import MUSCLE_LABELS
 from dicom_io.phantom import MuscleField, SliceGrid, SpinePhantom
 
 __all__ = ["MUSCLE_LABELS", "MUSCLE_NAMES", "ParaspinalAnatomy", "make_paraspinal_anatomy", "muscle_field",
            "axial_grid", "BLOB_FAT_FRACTION", "LEAN_FAT_FRACTION"]
 
-# (muscle, side) → label value in the phantom's label maps.
-MUSCLE_LABELS = {("MF", "R"): 41, ("MF", "L"): 42, ("ES", "R"): 43, ("ES", "L"): 44, ("PM", "R"): 45,
-                 ("PM", "L"): 46, ("QL", "R"): 47, ("QL", "L"): 48}
 MUSCLE_NAMES = {v: f"{m}_{s}" for (m, s), v in MUSCLE_LABELS.items()}
 LEAN_FAT_FRACTION = 0.02
 BLOB_FAT_FRACTION = 0.9

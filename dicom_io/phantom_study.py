@@ -69,12 +69,15 @@ def write_axial_phantom_study(
     grid = axial_grid(z_top, phantom.element("S1").centre_lps[2], slice_spacing_mm, rows, columns, pixel_spacing_mm)
     files = list(truth["files"])
     labels = None
-    series = [(4, Weighting.T1, "AX T1 TSE", 600, 12), (5, Weighting.T2, "AX T2 TSE", 3800, 110)]
-    if dixon:
-        series += [(6, Weighting.DIXON_WATER, "AX DIXON W", 6, 2), (7, Weighting.DIXON_FAT, "AX DIXON F", 6, 2)]
-    for number, weighting, desc, tr, te in series:
+    plain = ("ORIGINAL", "PRIMARY", "OTHER")
+    series = [(4, Weighting.T1, "AX T1 TSE", 600, 12, plain), (5, Weighting.T2, "AX T2 TSE", 3800, 110, plain)]
+    if dixon:  # ImageType as Siemens writes Dixon images
+        series += [(6, Weighting.DIXON_WATER, "AX DIXON W", 6, 2, ("DERIVED", "PRIMARY", "DIXON", "WATER")),
+                   (7, Weighting.DIXON_FAT, "AX DIXON F", 6, 2, ("DERIVED", "PRIMARY", "DIXON", "FAT"))]
+    for number, weighting, desc, tr, te, image_type in series:
         image, labels = render_phantom(phantom, grid, weighting, subplanes=3, muscles=field)
-        files += write_mr_series(image, grid.affine, study, SeriesSpec(number, desc, tr, te, slice_spacing_mm), out_dir)
+        spec = SeriesSpec(number, desc, tr, te, slice_spacing_mm, image_type=image_type)
+        files += write_mr_series(image, grid.affine, study, spec, out_dir)
     assert labels is not None
     area_cm2 = pixel_spacing_mm**2 / 100.0
     slices = []

@@ -17,10 +17,11 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from dicom_io.levels import SpineStructure, structure_by_label
+from dicom_io.muscles import MuscleStructure, muscle_by_label
 from dicom_io.uids import derive_uid
 from dicom_io.volume import SeriesVolume
 
-__all__ = ["AlgorithmInfo", "build_segmentation", "segment_numbers"]
+__all__ = ["AlgorithmInfo", "build_segmentation", "segment_numbers", "structure_of_label"]
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,45 @@ class AlgorithmInfo:
         )
 
 
-def segment_numbers(label_map: np.ndarray) -> list[SpineStructure]:
+def structure_of_label(label: int) -> SpineStructure | MuscleStructure:
+    """The spine structure or muscle a label value stands for.
+
+    Raises
+    ------
+    ValueError
+        If the value is neither.
+    """
+    try:
+        return structure_by_label(label)
+    except ValueError:
+        return muscle_by_label(label)
+
+
+def segment_numbers(label_map: np.ndarray) -> list[SpineStructure | MuscleStructure]:
     """Structures present in ``label_map``, in SEG segment order (1..N)."""
-    return [structure_by_label(int(v)) for v in np.unique(label_map) if v != 0]
+    return [structure_of_label(int(v)) for v in np.unique(label_map) if v != 0]
+
+
+def _segment(number: int, s: SpineStructure | MuscleStructure, algorithm: AlgorithmInfo,
+             sop_instance_uid: str) -> hd.seg.SegmentDescription:
+    description = hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=s.display_name,
+        segmented_property_category=codes.SCT.AnatomicalStructure,
+        segmented_property_type=s.property_type,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm.identification(),
+        tracking_uid=hd.UID(derive_uid(sop_instance_uid, s.name)),
+        tracking_id=s.display_name,
+        anatomic_regions=[codes.SCT.LumbarSpine],
+        display_color=hd.color.CIELabColor.from_rgb(*s.colour_rgb),
+    )
+    if isinstance(s, MuscleStructure):
+        # Laterality is a modifier of the property type (PS3.3 C.8.20.2,
+        # CID 244); highdicom's constructor has no argument for it.
+        description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+            hd.sr.CodedConcept.from_code(s.laterality)]
+    return description
 
 
 def _order_like_source(volume: SeriesVolume, source_images: Sequence[Dataset], label_map: np.ndarray) -> np.ndarray:
@@ -81,7 +118,8 @@ def build_segmentation(
     source_images : sequence of pydicom.Dataset
         The source instances (headers suffice).
     label_map : numpy.ndarray
-        uint8 (slices, rows, columns) spinegate label values.
+        uint8 (slices, rows, columns) spinegate label values (spine
+        structures of `dicom_io.levels`, muscles of `dicom_io.muscles`).
 
     Raises
     ------
@@ -98,20 +136,7 @@ def build_segmentation(
     descriptions = []
     for number, s in enumerate(structures, start=1):
         remap[s.label] = number
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=number,
-                segment_label=s.display_name,
-                segmented_property_category=codes.SCT.AnatomicalStructure,
-                segmented_property_type=s.property_type,
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=algorithm.identification(),
-                tracking_uid=hd.UID(derive_uid(sop_instance_uid, s.name)),
-                tracking_id=s.display_name,
-                anatomic_regions=[codes.SCT.LumbarSpine],
-                display_color=hd.color.CIELabColor.from_rgb(*s.colour_rgb),
-            )
-        )
+        descriptions.append(_segment(number, s, algorithm, sop_instance_uid))
     frames = _order_like_source(volume, source_images, remap[label_map])
     return hd.seg.Segmentation(
         source_images=list(source_images),

@@ -17,7 +17,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from dicom_io import codes as sg_codes
-from dicom_io.measurements import LoadReport, StructureMeasurements
+from dicom_io.levels import structure_by_name
+from dicom_io.measurements import LoadReport, MuscleLevelMeasurements, StructureMeasurements
 from dicom_io.seg import AlgorithmInfo
 from dicom_io.uids import derive_uid
 from dicom_io.volume import SeriesVolume
@@ -41,6 +42,8 @@ class SeriesReport:
     measurements: Sequence[StructureMeasurements]
     description: str
     flags: tuple[str, ...] = field(default_factory=tuple)
+    muscles: Sequence[MuscleLevelMeasurements] = ()
+    algorithm: AlgorithmInfo | None = None
 
 
 def _algorithm_id(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
@@ -115,6 +118,45 @@ def _groups(
         qualitative_evaluations=review,
     )
     return [volumetric, planar]
+
+
+def _muscle_group(report: SeriesReport, m: MuscleLevelMeasurements, algorithm: AlgorithmInfo,
+                  uid_seed: str) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """One group per muscle, side and level: finding sites are the muscle
+    with its laterality and the disc level; the group references the
+    muscle's SEG segment."""
+    algo = _algorithm_id(algorithm)
+    level = structure_by_name(m.level.name)
+    sites = [hd.sr.FindingSite(anatomic_location=m.muscle.property_type, laterality=m.muscle.laterality),
+             hd.sr.FindingSite(anatomic_location=level.property_type)]
+
+    def measure(name, value: float, unit, derivation=None) -> hd.sr.Measurement:
+        return hd.sr.Measurement(name, value, unit, algorithm_id=algo, derivation=derivation)
+
+    values = [measure(codes.SCT.Area, round(m.csa_mean_cm2, 3), sg_codes.UCUM_SQUARE_CENTIMETRE, codes.SCT.Mean)]
+    if m.csa_midplane_cm2 is not None:
+        values.append(measure(codes.SCT.Area, round(m.csa_midplane_cm2, 3), sg_codes.UCUM_SQUARE_CENTIMETRE))
+    optional = [(sg_codes.RELATIVE_CSA, m.rcsa, sg_codes.UCUM_RATIO, 1.0, 4),
+                (sg_codes.FAT_INFILTRATION, m.fat_infiltration, sg_codes.UCUM_PERCENT, 100.0, 2),
+                (sg_codes.FAT_FRACTION, m.fat_fraction, sg_codes.UCUM_PERCENT, 100.0, 2),
+                (codes.SCT.Volume, m.volume_ml, sg_codes.UCUM_MILLILITRE, 1.0, 2),
+                (sg_codes.CSA_ASYMMETRY, m.asymmetry, sg_codes.UCUM_PERCENT, 100.0, 2)]
+    values += [measure(name, round(v * scale, digits), unit) for name, v, unit, scale, digits in optional
+               if v is not None]
+    lps = m.centroid_lps_mm
+    values += [measure(c, round(float(v), 2), codes.UCUM.Millimeter)
+               for c, v in zip((sg_codes.CENTROID_L, sg_codes.CENTROID_P, sg_codes.CENTROID_S), lps)]
+    flags = tuple(report.flags) + tuple(m.flags)
+    label = f"{m.muscle.display_name}, {level.display_name.replace(' intervertebral disc', '')} level ({report.description})"
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=hd.UID(derive_uid(uid_seed, report.volume.series_instance_uid, m.muscle.name, m.level.name)),
+            identifier=label[:64]),
+        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(
+            report.segmentation, segment_number=report.segment_numbers[m.muscle.label]),
+        finding_type=m.muscle.property_type, finding_category=sg_codes.PARASPINAL_MUSCLE, finding_sites=sites,
+        algorithm_id=algo, measurements=values, qualitative_evaluations=_review(flags) + _reason_codes(flags),
+    )
 
 
 def _reason_codes(flags: Sequence[str]) -> list[hd.sr.QualitativeEvaluation]:
@@ -202,6 +244,7 @@ def build_measurement_report(
         ),
     )
     groups = [g for r in reports for m in r.measurements for g in _groups(r, m, algorithm, sop_instance_uid)]
+    groups += [_muscle_group(r, m, r.algorithm or algorithm, sop_instance_uid) for r in reports for m in r.muscles]
     if loads is not None:
         groups += _load_groups(loads, sop_instance_uid)
     content = hd.sr.MeasurementReport(

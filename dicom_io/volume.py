@@ -57,6 +57,10 @@ class SeriesVolume:
         Source instance (and frame) of each slice, in array order.
     slice_thickness_mm : float
         Nominal SliceThickness (or the slice spacing when absent).
+    slice_positions_lps : numpy.ndarray, optional
+        (slices, 3) ImagePositionPatient of each slice; differs from the
+        affine's regular steps only in a series with gaps (axial series
+        read with ``allow_gaps``).
     """
 
     array: np.ndarray
@@ -66,6 +70,7 @@ class SeriesVolume:
     series_instance_uid: str
     study_instance_uid: str
     frame_of_reference_uid: str
+    slice_positions_lps: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3:
@@ -93,6 +98,18 @@ class SeriesVolume:
     def index_to_lps(self, index: np.ndarray) -> np.ndarray:
         """Map (..., 3) fractional indices to LPS mm."""
         return index_to_lps(self.affine, index)
+
+    @property
+    def positions_lps(self) -> np.ndarray:
+        """(slices, 3) position of each slice's first pixel (LPS mm)."""
+        if self.slice_positions_lps is not None:
+            return np.asarray(self.slice_positions_lps, float)
+        k = np.arange(self.array.shape[0])
+        return self.affine[:3, 3][None, :] + k[:, None] * self.affine[:3, 0][None, :]
+
+    def slice_affine(self, k: int) -> np.ndarray:
+        """3×3 map (row, column, 1) → LPS mm of slice ``k``."""
+        return np.column_stack([self.affine[:3, 1], self.affine[:3, 2], self.positions_lps[k]])
 
 
 def _require(ds: Dataset, keyword: str, where: str) -> object:
@@ -148,7 +165,8 @@ def _frames(ds: Dataset) -> np.ndarray:
     return pixels * slope + intercept
 
 
-def read_series(datasets: Sequence[Dataset], min_slices: int = 3, orientation_tol: float = 1e-3) -> SeriesVolume:
+def read_series(datasets: Sequence[Dataset], min_slices: int = 3, orientation_tol: float = 1e-3,
+                allow_gaps: bool = False) -> SeriesVolume:
     """Build a `SeriesVolume` from the datasets of one series.
 
     Parameters
@@ -159,14 +177,18 @@ def read_series(datasets: Sequence[Dataset], min_slices: int = 3, orientation_to
         Fewer slices than this cannot be segmented in 3D.
     orientation_tol : float
         Allowed difference between ImageOrientationPatient vectors.
+    allow_gaps : bool
+        Accept irregular slice spacing (2D analysis of each slice, e.g. an
+        axial series with one slice per disc level); the volume then keeps
+        every slice's own position in ``slice_positions_lps``.
 
     Raises
     ------
     SeriesError
         ``empty``, ``too_few_slices``, ``mixed_series``, ``mixed_size``,
         ``mixed_orientation``, ``mixed_spacing``, ``duplicate_position``,
-        ``missing_attribute`` or ``undecodable_pixel_data``; the message says
-        which value differs.
+        ``irregular_spacing``, ``gantry_tilt``, ``missing_attribute`` or
+        ``undecodable_pixel_data``; the message says which value differs.
     """
     if not datasets:
         raise SeriesError("empty", "series has no instances")
@@ -200,9 +222,19 @@ def read_series(datasets: Sequence[Dataset], min_slices: int = 3, orientation_to
     steps = np.diff(dist)
     if np.any(steps < 1e-3):
         raise SeriesError("duplicate_position", "two slices share one position; the series mixes stacks")
+    # Slices must stack along their normal: a sheared stack (CT-style gantry
+    # tilt, or positions edited by hand) has no single index→patient map.
+    in_plane = np.diff(positions, axis=0) - steps[:, None] * normal[None, :]
+    drift = np.linalg.norm(in_plane, axis=1) if len(in_plane) else np.zeros(0)
+    if drift.size and drift.max() > 0.1 * steps.min() + 0.05:
+        raise SeriesError("gantry_tilt", f"slice positions shift {drift.max():.2f} mm in-plane between slices: the "
+                                         "stack is sheared (gantry tilt); resample it to an orthogonal grid")
     spacing = float(np.median(steps))
     if np.max(np.abs(steps - spacing)) > max(0.05 * spacing, 0.05):
-        raise SeriesError("irregular_spacing", f"slice spacing varies from {steps.min():.2f} to {steps.max():.2f} mm")
+        if not allow_gaps:
+            raise SeriesError("irregular_spacing",
+                              f"slice spacing varies from {steps.min():.2f} to {steps.max():.2f} mm")
+        spacing = float(steps.min())
     affine = np.eye(4)
     affine[:3, 0] = normal * spacing
     affine[:3, 1] = col_dir * ps0[0]
@@ -221,5 +253,6 @@ def read_series(datasets: Sequence[Dataset], min_slices: int = 3, orientation_to
     return SeriesVolume(
         np.stack(slices).astype(np.float32), affine, tuple(refs), thickness,
         str(first.SeriesInstanceUID), str(first.StudyInstanceUID), str(first.get("FrameOfReferenceUID", "")),
+        positions,
     )
 

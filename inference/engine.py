@@ -21,7 +21,7 @@ from dicom_io.volume import SeriesVolume
 from inference.postprocess import NamedLabels, name_levels
 from inference.preprocessing import from_training_grid, normalise_intensity, to_training_grid
 
-__all__ = ["ModelInfo", "SagittalSpineEngine", "EngineError", "load_model_info", "with_neighbours"]
+__all__ = ["ModelInfo", "SagittalSpineEngine", "EngineError", "load_model_info", "onnx_session", "with_neighbours"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,19 @@ def load_model_info(model_dir: Path, name: str = MODEL_NAME) -> ModelInfo:
         record = json.loads(record_path.read_text())
         version = str(record.get("version", f"seed{record.get('seed', '?')}"))
     return ModelInfo(name, version, path, sha)
+
+
+def onnx_session(path: Path, threads: int):
+    """A CPU ONNX Runtime session with every graph optimisation, ``threads``
+    intra-op threads and one inter-op thread (the pipeline runs one series
+    at a time)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 @dataclass
@@ -127,14 +140,8 @@ class SagittalSpineEngine:
     """
 
     def __init__(self, model_dir: Path, threads: int = 2, batch_slices: int = 8) -> None:
-        import onnxruntime as ort
-
         self.info = load_model_info(model_dir)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(str(self.info.path), opts, providers=["CPUExecutionProvider"])
+        self._session = onnx_session(self.info.path, threads)
         self._batch = batch_slices
         # 1: single slices; 3: each slice with its two neighbours (2.5D).
         self.input_slices = int(self._session.get_inputs()[0].shape[1])

@@ -26,13 +26,15 @@ def normalise_intensity(volume: np.ndarray, low_pct: float = 1.0, high_pct: floa
     return np.clip((v - lo) / (hi - lo), 0.0, 1.0)
 
 
-def to_training_grid(planes: np.ndarray, pixel_spacing_mm: tuple[float, float]) -> tuple[np.ndarray, tuple[int, int]]:
-    """Resample (n, rows, cols) planes to ``TRAINING_SPACING_MM`` and pad to a
+def to_training_grid(planes: np.ndarray, pixel_spacing_mm: tuple[float, float],
+                     training_spacing_mm: float = TRAINING_SPACING_MM) -> tuple[np.ndarray, tuple[int, int]]:
+    """Resample (n, rows, cols) planes to ``training_spacing_mm`` (the
+    sagittal model's ``TRAINING_SPACING_MM`` unless given) and pad to a
     multiple of ``SIZE_MULTIPLE``.
 
     Returns the padded array and the unpadded resampled (rows, cols).
     """
-    zoom = (1.0, pixel_spacing_mm[0] / TRAINING_SPACING_MM, pixel_spacing_mm[1] / TRAINING_SPACING_MM)
+    zoom = (1.0, pixel_spacing_mm[0] / training_spacing_mm, pixel_spacing_mm[1] / training_spacing_mm)
     resampled = ndimage.zoom(planes.astype(np.float32), zoom, order=1, prefilter=False, grid_mode=True, mode="nearest")
     n, r, c = resampled.shape
     pr = (-r) % SIZE_MULTIPLE

@@ -74,7 +74,7 @@ def start_service(config: SpinegateConfig, load_model: bool = True) -> Service:
     metrics = Metrics()
     store, worker = build_worker(config, metrics)
     if load_model:
-        _ = worker.engine
+        worker.load_engines()
     scp = start_scp(config, Receiver(config, store, worker.on_instance_stored, metrics))
     probe = ReadinessProbe(config, lambda: scp.server_address[1], lambda: queue_depth(worker),
                            lambda: worker.engine_loaded, needs_model=config.queue.consume_in_serve)
@@ -124,7 +124,7 @@ def run_worker(config: SpinegateConfig) -> int:
     no HTTP); the spool and state store are the receivers'."""
     log.info("effective configuration %s", json.dumps(config.redacted(), sort_keys=True))
     store, worker = build_worker(config)
-    _ = worker.engine
+    worker.load_engines()
     try:
         _consume(worker)
     finally:

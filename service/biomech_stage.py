@@ -66,8 +66,9 @@ def centroids_from_document(doc: Mapping[str, Any]) -> dict[str, np.ndarray]:
                     for series in doc.get("series") or ())
 
 
-def run_stage(centroids: Mapping[str, np.ndarray], subject: Subject, out_dir: Path) -> StudyBiomechanics:
-    result = run_biomechanics(centroids, subject, out_dir)
+def run_stage(centroids: Mapping[str, np.ndarray], subject: Subject, out_dir: Path,
+              measured_acsa_cm2: Mapping[tuple[str, str], float] | None = None) -> StudyBiomechanics:
+    result = run_biomechanics(centroids, subject, out_dir, measured_acsa_cm2)
     log.info("biomechanics done tasks=%d flags=%s solve_s=%.2f", len(result.tasks), ",".join(result.flags),
              result.solve_s)
     return result

@@ -99,17 +99,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _analyze(config, dicom_dir: Path, out: Path) -> int:  # type: ignore[no-untyped-def]
-    from inference.engine import EngineError, SagittalSpineEngine
+    from inference.engine import EngineError
+    from service.engines import Engines
     from service.pipeline import StudyFailed, analyze_study, structure_table
 
     paths = sorted(p for p in dicom_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+    engines = Engines(config.inference.model_dir, config.inference.threads)
     try:
-        engine = SagittalSpineEngine(config.inference.model_dir, config.inference.threads)
+        for rule in config.routing:
+            engines.model_info(rule.engine)
     except EngineError as e:
         print(f"spinegate: {e}", file=sys.stderr)
         return EXIT_NO_MODEL
     try:
-        result = analyze_study(paths, engine, config.routing, out, config.biomechanics.enabled)
+        result = analyze_study(paths, engines, config.routing, out, config.biomechanics.enabled)
     except StudyFailed as e:
         print(f"spinegate: study not analysed: {e.reason}: {e}", file=sys.stderr)
         return EXIT_STUDY_FAILED

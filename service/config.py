@@ -154,6 +154,8 @@ class SpinegateConfig:
     routing: tuple[RoutingRule, ...] = (
         RoutingRule("sag_t1", "sagittal_spine", ("sagittal",), ("T1",)),
         RoutingRule("sag_t2", "sagittal_spine", ("sagittal",), ("T2",)),
+        RoutingRule("ax_t1_t2", "axial_muscle", ("axial",), ("T1", "T2")),
+        RoutingRule("ax_dixon_water", "axial_muscle", ("axial",), ("water",)),
     )
 
     def __post_init__(self) -> None:

@@ -20,17 +20,19 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from biomech.axial_measurements import model_acsa_cm2
 from biomech.morphometry import measure_structure
-from dicom_io.classify import SeriesClass, classify_series
+from dicom_io.classify import Plane, SeriesClass, Weighting, classify_series
 from dicom_io.levels import StructureKind
-from dicom_io.measurements import StructureMeasurements
+from dicom_io.measurements import MuscleLevelMeasurements, StructureMeasurements
 from dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
 from dicom_io.sr import SeriesReport, build_measurement_report
 from dicom_io.uids import derive_uid
-from dicom_io.volume import SeriesError, read_series
-from inference.engine import SagittalSpineEngine
+from dicom_io.volume import SeriesError, SeriesVolume, read_series
+from service.axial_stage import analyse_axial_series, dixon_partner, sagittal_disc_centroids
 from service.biomech_stage import choose_centroids, load_report, run_stage, subject_from_header
 from service.config import RoutingRule
+from service.engines import Engines
 from service.routing import RoutingDecision, route
 from service.version import __version__
 
@@ -60,6 +62,7 @@ class SeriesOutcome:
     decision: RoutingDecision
     error: str = ""
     measurements: list[StructureMeasurements] = field(default_factory=list)
+    muscles: list[MuscleLevelMeasurements] = field(default_factory=list)
     flags: tuple[str, ...] = ()
     seg_path: Path | None = None
     seg_sop_instance_uid: str = ""
@@ -90,20 +93,28 @@ def _read_headers(paths: Sequence[Path]) -> dict[str, list[tuple[Path, Dataset]]
     return by_series
 
 
-def _input_digest(by_series: dict[str, list[tuple[Path, Dataset]]], model_sha: str) -> str:
+def _input_digest(by_series: dict[str, list[tuple[Path, Dataset]]], model_shas: Sequence[str]) -> str:
     uids = sorted(str(ds.SOPInstanceUID) for items in by_series.values() for _, ds in items)
-    return hashlib.sha256(("\n".join(uids) + model_sha).encode()).hexdigest()[:32]
+    return hashlib.sha256(("\n".join(uids + sorted(model_shas))).encode()).hexdigest()[:32]
+
+
+def _algorithm(engine: Any) -> AlgorithmInfo:
+    return AlgorithmInfo(engine.info.name, engine.info.version, engine.info.sha256)
 
 
 def analyze_study(
     paths: Sequence[Path],
-    engine: SagittalSpineEngine,
+    engines: Engines,
     rules: tuple[RoutingRule, ...],
     out_dir: Path,
     biomechanics: bool = True,
 ) -> StudyResult:
     """Run the whole pipeline on the files of one study; with
     ``biomechanics`` the spinal loads too (files under ``out_dir/biomech``).
+
+    Sagittal series run first: their disc centroids name the levels of the
+    axial series in the same frame of reference, and the axial muscle
+    areas set the strength of the biomechanical model.
 
     Raises
     ------
@@ -119,45 +130,69 @@ def analyze_study(
     if len(studies) != 1:
         raise StudyFailed("multiple_studies", f"inputs hold {len(studies)} studies")
     study_uid = studies.pop()
-    digest = _input_digest(by_series, engine.info.sha256)
-    algorithm = AlgorithmInfo(engine.info.name, engine.info.version, engine.info.sha256)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    outcomes: list[SeriesOutcome] = []
-    reports: list[SeriesReport] = []
-    outputs: list[Path] = []
+    routed = []
     for series_uid, items in sorted(by_series.items(), key=lambda kv: int(kv[1][0][1].get("SeriesNumber") or 0)):
         headers = [ds for _, ds in items]
         cls = classify_series(headers)
-        decision = route(cls, rules)
         desc = str(headers[0].get("SeriesDescription", "") or f"series {headers[0].get('SeriesNumber', '')}")
-        outcome = SeriesOutcome(series_uid, desc, cls, decision)
-        outcomes.append(outcome)
-        log.info("series routed series_uid=%s plane=%s weighting=%s rule=%s engine=%s skipped=%s", series_uid,
+        routed.append(SeriesOutcome(series_uid, desc, cls, route(cls, rules)))
+    headers_of = {uid: [ds for _, ds in items] for uid, items in by_series.items()}
+    engine_names = sorted({o.decision.engine for o in routed if o.decision.engine})
+    digest = _input_digest(by_series, [engines.model_info(n).sha256 for n in engine_names])
+    fat_series = {o.series_uid: headers_of[o.series_uid] for o in routed
+                  if o.series_class.plane is Plane.AXIAL and o.series_class.weighting is Weighting.FAT}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reports: list[SeriesReport] = []
+    outputs: list[Path] = []
+    sagittal: list[tuple[SeriesVolume, list[StructureMeasurements]]] = []
+    # Sagittal before axial (stable within each group: series number order).
+    for outcome in sorted(routed, key=lambda o: o.decision.engine == "axial_muscle"):
+        cls, decision = outcome.series_class, outcome.decision
+        log.info("series routed series_uid=%s plane=%s weighting=%s rule=%s engine=%s skipped=%s", outcome.series_uid,
                  cls.plane.value, cls.weighting.value, decision.rule, decision.engine, decision.skipped_reason)
         if decision.engine is None:
             continue
+        engine = engines.get(decision.engine)
+        headers = headers_of[outcome.series_uid]
         try:
-            report = _analyse_series(outcome, headers, engine, algorithm, digest, out_dir)
+            if decision.engine == "axial_muscle":
+                partner = dixon_partner(headers, fat_series) if cls.weighting is Weighting.WATER else None
+                if partner is not None:
+                    _mark_fat_partner(routed, partner[0], outcome.series_uid)
+                report = _analyse_axial(outcome, headers, engine, digest, out_dir, sagittal_disc_centroids(sagittal),
+                                        partner[1] if partner else None)
+            else:
+                report = _analyse_series(outcome, headers, engine, _algorithm(engine), digest, out_dir)
+                if report is not None:
+                    sagittal.append((report.volume, outcome.measurements))
         except SeriesError as e:
             outcome.error = f"{e.reason}: {e}"
-            log.warning("series failed series_uid=%s reason=%s", series_uid, e.reason)
+            log.warning("series failed series_uid=%s reason=%s", outcome.series_uid, e.reason)
             continue
         if report is not None:
             reports.append(report)
             outputs.append(outcome.seg_path)  # type: ignore[arg-type]
+    outcomes = routed
+    sagittal_reports = [r for r in reports if r.measurements]
+    primary = "sagittal_spine" if "sagittal_spine" in engine_names else (engine_names or [None])[0]
+    algorithm = _algorithm(engines.get(primary)) if primary else None
     sr_path = None
     timings: dict[str, float] = {}
     loads = None
-    if reports and biomechanics:
+    if sagittal_reports and biomechanics:
         t0 = time.perf_counter()
-        bio = run_stage(choose_centroids([r.measurements for r in reports]),
-                        subject_from_header(reports[0].source_images[0]), out_dir / "biomech")
+        axial = max(([o.muscles for o in outcomes if o.muscles]), key=lambda ms: len({m.level.name for m in ms}),
+                    default=[])
+        bio = run_stage(choose_centroids([r.measurements for r in sagittal_reports]),
+                        subject_from_header(reports[0].source_images[0]), out_dir / "biomech",
+                        model_acsa_cm2(axial) or None)
         loads = load_report(bio)
         biomech_doc = bio.document()
         timings["biomechanics"] = time.perf_counter() - t0
     else:
         biomech_doc = None
     if reports:
+        assert algorithm is not None
         t0 = time.perf_counter()
         sr = build_measurement_report(
             reports, algorithm, derive_uid(digest, "sr-series"), derive_uid(digest, "sr"), SR_SERIES_NUMBER,
@@ -167,19 +202,53 @@ def analyze_study(
         sr.save_as(sr_path, enforce_file_format=True)
         outputs.append(sr_path)
         log.info("sr written study_uid=%s sop_instance_uid=%s groups=%d", study_uid, sr.SOPInstanceUID,
-                 sum(len(r.measurements) for r in reports))
+                 sum(len(r.measurements) + len(r.muscles) for r in reports))
         timings["sr"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
     result = StudyResult(study_uid, outcomes, sr_path, out_dir / "measurements.json", outputs, timings, biomech_doc)
-    result.measurements_path.write_text(json.dumps(measurements_document(result, algorithm), indent=1))
+    models = [engines.model_info(n) for n in sorted(engine_names, key=lambda n: n != primary)]
+    result.measurements_path.write_text(json.dumps(measurements_document(result, models), indent=1))
     if not reports:
         reasons = sorted({o.error or o.decision.skipped_reason for o in outcomes})
         raise StudyFailed("no_analysable_series", f"no series could be analysed ({', '.join(reasons)})")
     return result
 
 
+def _mark_fat_partner(outcomes: list[SeriesOutcome], fat_uid: str, water_uid: str) -> None:
+    for o in outcomes:
+        if o.series_uid == fat_uid:
+            o.decision = RoutingDecision(None, None, f"dixon_fat_image_measured_with_water_series_{water_uid}")
+
+
+def _write_seg(outcome: SeriesOutcome, volume: SeriesVolume, datasets: list[Dataset], label_map: np.ndarray,
+               algorithm: AlgorithmInfo, digest: str, out_dir: Path) -> Dataset:
+    series_number = SEG_SERIES_NUMBER_OFFSET + int(datasets[0].get("SeriesNumber") or 0)
+    seg_ds = build_segmentation(
+        volume, datasets, label_map, algorithm, derive_uid(digest, outcome.series_uid, "seg-series"),
+        derive_uid(digest, outcome.series_uid, "seg"), series_number, __version__,
+    )
+    outcome.seg_sop_instance_uid = str(seg_ds.SOPInstanceUID)
+    outcome.seg_path = out_dir / f"seg_{outcome.series_uid}.dcm"
+    seg_ds.save_as(outcome.seg_path, enforce_file_format=True)
+    return seg_ds
+
+
+def _analyse_axial(outcome: SeriesOutcome, datasets: list[Dataset], engine: Any, digest: str, out_dir: Path,
+                   disc_centroids: dict[str, dict[str, np.ndarray]], fat: list[Dataset] | None) -> SeriesReport:
+    res = analyse_axial_series(datasets, outcome.series_class.weighting, engine, disc_centroids, fat)
+    outcome.muscles = res.measurements
+    outcome.flags = res.flags
+    t0 = time.perf_counter()
+    algorithm = _algorithm(engine)
+    seg_ds = _write_seg(outcome, res.volume, datasets, res.label_map, algorithm, digest, out_dir)
+    outcome.timings_s = {**res.timings_s, "seg_write": time.perf_counter() - t0}
+    numbers = {s.label: i + 1 for i, s in enumerate(segment_numbers(res.label_map))}
+    return SeriesReport(res.volume, datasets, seg_ds, numbers, [], outcome.description, outcome.flags,
+                        muscles=res.measurements, algorithm=algorithm)
+
+
 def _analyse_series(
-    outcome: SeriesOutcome, datasets: list[Dataset], engine: SagittalSpineEngine, algorithm: AlgorithmInfo,
+    outcome: SeriesOutcome, datasets: list[Dataset], engine: Any, algorithm: AlgorithmInfo,
     digest: str, out_dir: Path,
 ) -> SeriesReport | None:
     t0 = time.perf_counter()
@@ -198,22 +267,42 @@ def _analyse_series(
         for s in present
     ]
     t3 = time.perf_counter()
-    series_number = SEG_SERIES_NUMBER_OFFSET + int(datasets[0].get("SeriesNumber") or 0)
-    seg_ds = build_segmentation(
-        volume, datasets, label_map, algorithm, derive_uid(digest, outcome.series_uid, "seg-series"),
-        derive_uid(digest, outcome.series_uid, "seg"), series_number, __version__,
-    )
-    outcome.seg_sop_instance_uid = str(seg_ds.SOPInstanceUID)
-    outcome.seg_path = out_dir / f"seg_{outcome.series_uid}.dcm"
-    seg_ds.save_as(outcome.seg_path, enforce_file_format=True)
+    seg_ds = _write_seg(outcome, volume, datasets, label_map, algorithm, digest, out_dir)
     t4 = time.perf_counter()
     outcome.timings_s = {"load": t1 - t0, "segment": t2 - t1, "measure": t3 - t2, "seg_write": t4 - t3}
     numbers = {s.label: i + 1 for i, s in enumerate(present)}
     return SeriesReport(volume, datasets, seg_ds, numbers, outcome.measurements, outcome.description, outcome.flags)
 
 
-def measurements_document(result: StudyResult, algorithm: AlgorithmInfo) -> dict[str, Any]:
-    """The documented ``measurements.json`` (see README, "measurements.json")."""
+def _rounded(v: float | None, digits: int) -> float | None:
+    return None if v is None else round(float(v), digits)
+
+
+def _muscle_entry(m: MuscleLevelMeasurements) -> dict[str, Any]:
+    return {
+        "muscle": m.muscle.name,
+        "label": m.muscle.display_name,
+        "level": m.level.name,
+        "csa_midplane_cm2": _rounded(m.csa_midplane_cm2, 3),
+        "csa_mean_cm2": round(m.csa_mean_cm2, 3),
+        "n_slices": m.n_slices,
+        "rcsa": _rounded(m.rcsa, 3),
+        "fat_infiltration": _rounded(m.fat_infiltration, 4),
+        "fat_fraction": _rounded(m.fat_fraction, 4),
+        "volume_ml": _rounded(m.volume_ml, 2),
+        "asymmetry": _rounded(m.asymmetry, 4),
+        "centroid_lps_mm": [round(float(v), 2) for v in np.asarray(m.centroid_lps_mm)],
+        "reference_slice_index": m.slice_index,
+        "slices": [{"index": k, "csa_cm2": round(a, 3), "centroid_lps_mm": [round(v, 2) for v in c]}
+                   for k, a, c in m.per_slice],
+        "flags": list(m.flags),
+    }
+
+
+def measurements_document(result: StudyResult, models: Sequence[Any]) -> dict[str, Any]:
+    """The documented ``measurements.json`` (see README, "measurements.json");
+    ``models`` are the `ModelInfo` of the engines used, the study's main one
+    first."""
     series = []
     for o in result.series:
         entry: dict[str, Any] = {
@@ -240,13 +329,16 @@ def measurements_document(result: StudyResult, algorithm: AlgorithmInfo) -> dict
                 }
                 for m in o.measurements
             ],
+            "muscles": [_muscle_entry(m) for m in o.muscles],
         }
         series.append(entry)
     return {
         "schema": "spinegate.measurements/1",
         "study_instance_uid": result.study_uid,
         "software_version": __version__,
-        "model": {"name": algorithm.name, "version": algorithm.version, "sha256": algorithm.model_sha256},
+        "model": ({"name": models[0].name, "version": models[0].version, "sha256": models[0].sha256}
+                  if models else None),
+        "models": [{"name": m.name, "version": m.version, "sha256": m.sha256} for m in models],
         "series": series,
         "biomechanics": result.biomechanics,
         "outputs": [p.name for p in result.outputs],
@@ -263,4 +355,16 @@ def structure_table(doc: dict[str, Any]) -> str:
             lines.append(f"{s['description'][:22]:<22} {m['label']:<28} {m['height_mm']:>9.1f} {m['volume_cm3']:>10.2f}  ({c})")
         if s["skipped_reason"] or s["error"]:
             lines.append(f"{s['description'][:22]:<22} skipped: {s['skipped_reason'] or s['error']}")
+    muscles = [(s["description"], m) for s in doc["series"] for m in s.get("muscles") or ()]
+    if muscles:
+        lines.append(f"\n{'series':<22} {'muscle':<26} {'level':<6} {'CSA mid':>7} {'CSA mean':>8} {'rCSA':>5} "
+                     f"{'FI %':>5} {'FF %':>5}")
+
+        def fmt(v: float | None, scale: float = 1.0, spec: str = ".2f") -> str:
+            return "-" if v is None else format(v * scale, spec)
+
+        for desc, m in muscles:
+            lines.append(f"{desc[:22]:<22} {m['label']:<26} {m['level']:<6} {fmt(m['csa_midplane_cm2']):>7} "
+                         f"{fmt(m['csa_mean_cm2']):>8} {fmt(m['rcsa']):>5} {fmt(m['fat_infiltration'], 100, '.1f'):>5} "
+                         f"{fmt(m['fat_fraction'], 100, '.1f'):>5}")
     return "\n".join(lines)

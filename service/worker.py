@@ -22,6 +22,7 @@ from huey.api import Huey
 from service.config import SpinegateConfig
 from service.export import export_outputs
 from service.metrics import Metrics
+from service.engines import Engines
 from service.pipeline import StudyFailed, analyze_study
 from service.store import StateStore, StudyState
 
@@ -47,14 +48,14 @@ def build_queue(config: SpinegateConfig) -> Huey:
 class StudyWorker:
     """Registers the study tasks on ``huey`` and runs them.
 
-    The engine is loaded once per process, on first use, and reused.
+    Each engine is loaded once per process, on first use, and reused.
     """
 
     config: SpinegateConfig
     store: StateStore
     huey: Huey
     metrics: Metrics | None = None
-    _engine: Any = None
+    _engines: Any = None
     _pending: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -63,19 +64,22 @@ class StudyWorker:
         self.process_task = self.huey.task(name="process_study")(self.process_study)
 
     @property
-    def engine(self) -> Any:
-        if self._engine is None:
-            from inference.engine import SagittalSpineEngine
+    def engines(self) -> Engines:
+        if self._engines is None:
+            def on_load(info: Any) -> None:
+                if self.metrics:
+                    self.metrics.model_info.labels(info.name, info.version, info.sha256, BACKEND).set(1)
 
-            self._engine = SagittalSpineEngine(self.config.inference.model_dir, self.config.inference.threads)
-            if self.metrics:
-                info = self._engine.info
-                self.metrics.model_info.labels(info.name, info.version, info.sha256, BACKEND).set(1)
-        return self._engine
+            self._engines = Engines(self.config.inference.model_dir, self.config.inference.threads, on_load)
+        return self._engines
+
+    def load_engines(self) -> None:
+        """Load every engine the routing rules name (start-up model check)."""
+        self.engines.load([r.engine for r in self.config.routing])
 
     @property
     def engine_loaded(self) -> bool:
-        return self._engine is not None
+        return self._engines is not None and self._engines.loaded
 
     # -- triggers ---------------------------------------------------------
     def on_instance_stored(self, study_uid: str) -> None:
@@ -145,7 +149,7 @@ class StudyWorker:
         if self.metrics:
             self.metrics.observe_stage("assembly_wait", started - rec.last_received)
         try:
-            result = analyze_study(paths, self.engine, self.config.routing, out_dir, self.config.biomechanics.enabled)
+            result = analyze_study(paths, self.engines, self.config.routing, out_dir, self.config.biomechanics.enabled)
         except StudyFailed as e:
             self._finish(study_uid, StudyState.FAILED, e.reason + ": " + str(e), {**detail, "reason": e.reason},
                          version)

@@ -42,6 +42,13 @@ def engine():
     return SagittalSpineEngine(MODEL_DIR)
 
 
+@pytest.fixture(scope="session")
+def engines():
+    from service.engines import Engines
+
+    return Engines(MODEL_DIR)
+
+
 def dciodvfy_errors(path: Path) -> list[str]:
     """Error lines dciodvfy reports for ``path`` (warnings are not errors)."""
     import subprocess

@@ -96,7 +96,7 @@ def test_health_readiness_and_study_api(service, tmp_path):
     checks = json.loads(body)["checks"]
     assert status == 503 and checks["model_loaded"]["ok"] is False  # not loaded yet
     assert checks["scp_listening"]["ok"] and checks["spool_writable"]["ok"] and checks["queue_reachable"]["ok"]
-    _ = worker.engine
+    worker.load_engines()
     status, body = _get(cfg, "/readyz")
     assert status == 200, body
     datasets = _send_series(cfg, tmp_path)

@@ -38,17 +38,17 @@ def _write(tmp_path, kind: str, number: int, n_slices: int | None = None):
                            tmp_path / "in")
 
 
-def test_coronal_and_oblique_series_are_skipped_with_reason(tmp_path, engine):
+def test_coronal_and_oblique_series_are_skipped_with_reason(tmp_path, engines):
     files = _write(tmp_path, "coronal", 4) + _write(tmp_path, "oblique", 5)
     with pytest.raises(StudyFailed) as e:
-        analyze_study(files, engine, RULES, tmp_path / "out")
+        analyze_study(files, engines, RULES, tmp_path / "out")
     assert e.value.reason == "no_analysable_series"
     doc = json.loads((tmp_path / "out" / "measurements.json").read_text())
     reasons = {s["description"]: s["skipped_reason"] for s in doc["series"]}
     assert reasons == {"coronal T2": "no_rule_for_coronal_T2", "oblique T2": "no_rule_for_oblique_T2"}
 
 
-def test_one_slice_and_mixed_size_series_fail_alone(tmp_path, engine, phantom_study):
+def test_one_slice_and_mixed_size_series_fail_alone(tmp_path, engines, phantom_study):
     one = _write(tmp_path, "sagittal", 6, n_slices=1)
     mixed = _write(tmp_path, "sagittal", 7)
     ds = pydicom.dcmread(mixed[2])
@@ -60,7 +60,7 @@ def test_one_slice_and_mixed_size_series_fail_alone(tmp_path, engine, phantom_st
         d = pydicom.dcmread(f)
         d.StudyInstanceUID = phantom_study["study_instance_uid"]
         d.save_as(f)
-    result = analyze_study(phantom_study["files"] + one + mixed, engine, RULES, tmp_path / "out")
+    result = analyze_study(phantom_study["files"] + one + mixed, engines, RULES, tmp_path / "out")
     errors = {o.description: o.error for o in result.series}
     assert errors["sagittal T2"].startswith(("too_few_slices", "mixed_size"))
     by_number = {o.description: o for o in result.series}
@@ -70,29 +70,29 @@ def test_one_slice_and_mixed_size_series_fail_alone(tmp_path, engine, phantom_st
     assert result.sr_path is not None
 
 
-def test_study_without_sagittal_series_fails_clearly(tmp_path, engine):
+def test_study_without_sagittal_series_fails_clearly(tmp_path, engines):
     files = _write(tmp_path, "coronal", 8)
     with pytest.raises(StudyFailed, match="no_rule_for_coronal_T2"):
-        analyze_study(files, engine, RULES, tmp_path / "out")
+        analyze_study(files, engines, RULES, tmp_path / "out")
 
 
-def test_unreadable_files_are_reported_not_fatal(tmp_path, engine, phantom_study):
+def test_unreadable_files_are_reported_not_fatal(tmp_path, engines, phantom_study):
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"not dicom at all")
     truncated = tmp_path / "truncated.dcm"
     truncated.write_bytes(phantom_study["files"][0].read_bytes()[:300])
-    result = analyze_study(phantom_study["files"] + [junk, truncated], engine, RULES, tmp_path / "out")
+    result = analyze_study(phantom_study["files"] + [junk, truncated], engines, RULES, tmp_path / "out")
     assert result.sr_path is not None and len(result.outputs) >= 2
     with pytest.raises(StudyFailed) as e:
-        analyze_study([junk], engine, RULES, tmp_path / "out2")
+        analyze_study([junk], engines, RULES, tmp_path / "out2")
     assert e.value.reason == "no_readable_instances"
 
 
-def test_reprocessing_same_input_gives_same_uids_new_input_new_uids(tmp_path, engine, phantom_study):
-    first = analyze_study(phantom_study["files"], engine, RULES, tmp_path / "a")
-    again = analyze_study(phantom_study["files"], engine, RULES, tmp_path / "b")
+def test_reprocessing_same_input_gives_same_uids_new_input_new_uids(tmp_path, engines, phantom_study):
+    first = analyze_study(phantom_study["files"], engines, RULES, tmp_path / "a")
+    again = analyze_study(phantom_study["files"], engines, RULES, tmp_path / "b")
     uid = lambda r: pydicom.dcmread(r.sr_path, stop_before_pixels=True).SOPInstanceUID  # noqa: E731
     assert uid(first) == uid(again)
-    fewer = analyze_study([f for f in phantom_study["files"] if f.name.startswith("003_")], engine, RULES,
+    fewer = analyze_study([f for f in phantom_study["files"] if f.name.startswith("003_")], engines, RULES,
                           tmp_path / "c")
     assert uid(fewer) != uid(first)

@@ -1,0 +1,141 @@
+"""The axial paraspinal-muscle engine on ONNX Runtime.
+
+Each axial slice is segmented on its own (2D): series with gaps, or one
+slice per disc level, are as good as contiguous stacks. Pre-processing is
+`inference.preprocessing` with the axial network's pixel spacing; slices
+are turned to the training orientation (rows anterior→posterior, columns
+patient right→left), so laterality is read from the image grid, never
+guessed. Post-processing per slice: each muscle keeps its largest
+connected component with holes filled (intramuscular fat belongs to the
+muscle's area), vertebral body and disc their largest component.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from dicom_io.volume import SeriesVolume
+from inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM
+from inference.engine import EngineError, load_model_info, onnx_session
+from inference.preprocessing import from_training_grid, normalise_intensity, to_training_grid
+
+__all__ = ["AxialMuscleEngine", "AxialSegmentation", "MODEL_NAME", "axial_canonical_axes", "clean_axial_classes"]
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "axial_muscle"
+
+
+@dataclass
+class AxialSegmentation:
+    """Result of the axial engine for one series: per-slice network classes
+    (`inference.axial_classes` order) after post-processing."""
+
+    classes: np.ndarray
+    inference_s: float
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def axial_canonical_axes(affine: np.ndarray) -> tuple[bool, bool, bool]:
+    """(transpose, flip_rows, flip_cols) turning axial slices into training
+    orientation: rows toward posterior (+y), columns toward patient left (+x).
+
+    Raises
+    ------
+    EngineError
+        If the in-plane axes are not close to x and y (not an axial stack).
+    """
+    row_step, col_step = affine[:3, 1], affine[:3, 2]
+    transpose = abs(row_step[0]) > abs(row_step[1])
+    if transpose:
+        row_step, col_step = col_step, row_step
+    if abs(row_step[1]) < 0.5 * np.linalg.norm(row_step) or abs(col_step[0]) < 0.5 * np.linalg.norm(col_step):
+        raise EngineError("the series' in-plane axes are not patient x and y; it is not an axial stack")
+    return transpose, bool(row_step[1] < 0), bool(col_step[0] < 0)
+
+
+def _apply(a: np.ndarray, axes: tuple[bool, bool, bool], inverse: bool = False) -> np.ndarray:
+    transpose, fr, fc = axes
+    if transpose and not inverse:
+        a = np.swapaxes(a, -1, -2)
+    if fr:
+        a = a[..., ::-1, :]
+    if fc:
+        a = a[..., ::-1]
+    if transpose and inverse:
+        a = np.swapaxes(a, -1, -2)
+    return np.ascontiguousarray(a)
+
+
+def clean_axial_classes(classes: np.ndarray) -> np.ndarray:
+    """Per slice and class: the largest 2D connected component, holes
+    filled. Returns a new class map (uint8)."""
+    out = np.zeros_like(classes, dtype=np.uint8)
+    for k in range(classes.shape[0]):
+        for c in range(1, len(AXIAL_CLASS_NAMES)):
+            mask = classes[k] == c
+            if not mask.any():
+                continue
+            comps, n = ndimage.label(mask)
+            if n > 1:
+                sizes = ndimage.sum(mask, comps, index=np.arange(1, n + 1))
+                mask = comps == (1 + int(np.argmax(sizes)))
+            mask = ndimage.binary_fill_holes(mask)
+            # Filling never takes pixels already given to another class.
+            out[k][mask & ((out[k] == 0) | (classes[k] == c))] = c
+    return out
+
+
+class AxialMuscleEngine:
+    """Segments paraspinal muscles, vertebral body and disc on axial slices.
+
+    Parameters
+    ----------
+    model_dir : pathlib.Path
+        Folder holding ``axial_muscle.onnx``.
+    threads : int
+        ONNX Runtime intra-op threads.
+    batch_slices : int
+        Slices per inference call.
+    model_name : str
+        Model file stem (the cross-validation folds use others).
+    """
+
+    def __init__(self, model_dir: Path, threads: int = 2, batch_slices: int = 4, model_name: str = MODEL_NAME) -> None:
+        self.info = load_model_info(model_dir, model_name)
+        self._session = onnx_session(self.info.path, threads)
+        self._batch = batch_slices
+        outputs = int(self._session.get_outputs()[0].shape[1])
+        if outputs != len(AXIAL_CLASS_NAMES):
+            raise EngineError(f"{self.info.path} has {outputs} output classes, the axial engine needs "
+                              f"{len(AXIAL_CLASS_NAMES)}")
+        log.info("loaded model name=%s version=%s sha256=%s", self.info.name, self.info.version, self.info.sha256[:12])
+
+    def scores(self, volume: SeriesVolume) -> np.ndarray:
+        """Softmax class scores (slices, classes, rows, cols) on the native grid."""
+        axes = axial_canonical_axes(volume.affine)
+        planes = _apply(volume.array, axes)
+        spacing = volume.spacing_mm
+        ps = (spacing[2], spacing[1]) if axes[0] else (spacing[1], spacing[2])
+        x, valid = to_training_grid(normalise_intensity(planes), ps, AXIAL_SPACING_MM)
+        outs = []
+        for i in range(0, len(x), self._batch):
+            logits = self._session.run(None, {"image": x[i : i + self._batch, None].astype(np.float32)})[0]
+            e = np.exp(logits - logits.max(axis=1, keepdims=True))
+            outs.append(e / e.sum(axis=1, keepdims=True))
+        probs = from_training_grid(np.concatenate(outs), valid, planes.shape[1:])
+        return _apply(probs, axes, inverse=True)
+
+    def segment(self, volume: SeriesVolume) -> AxialSegmentation:
+        """Network classes per slice, post-processed."""
+        t0 = time.perf_counter()
+        probs = self.scores(volume)
+        t1 = time.perf_counter()
+        classes = clean_axial_classes(probs.argmax(axis=1).astype(np.uint8))
+        t2 = time.perf_counter()
+        return AxialSegmentation(classes, t1 - t0, {"inference": t1 - t0, "postprocess": t2 - t1})

@@ -1,0 +1,278 @@
+"""Train the axial paraspinal-muscle network and export it to ONNX.
+
+Data: axial phantoms (every class: vertebral body, disc, left/right MF, ES,
+PM, QL; T1, T2 and Dixon-water contrast, 0.5-0.8 mm pixels, 3-5 mm slices)
+and the real labelled subject TUM01 (Dixon water image; erector spinae and
+multifidus only, so its unlabelled pixels allow background, vertebral body,
+disc, psoas and quadratus lumborum: `inference.train.partial_label_loss`).
+
+The committed model and its cross-validation come from one command
+(README, "The axial model")::
+
+    python -m inference.train_axial --data ../shared/data/axial_muscle --out inference/models --all
+
+which trains a phantom-only base, then fine-tunes it once per held-out block
+of TUM01 slices (``axial_muscle.fold{k}.onnx``, scored in
+`inference.axial_validation`) and once on every slice (``axial_muscle.onnx``).
+Reproducible: one seed drives numpy, torch and the sampler; torch runs
+deterministic algorithms on 2 CPU threads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from dicom_io.levels import StructureKind, structure_by_label
+from dicom_io.paraspinal import MUSCLE_LABELS, axial_grid, make_paraspinal_anatomy, muscle_field
+from dicom_io.phantom import Weighting, make_spine_phantom, render_phantom
+from inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM, DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
+from inference.network import ResidualUNet2D
+from inference.preprocessing import normalise_intensity, to_training_grid
+from inference.train import export_onnx, partial_label_loss
+
+log = logging.getLogger("inference.train_axial")
+
+MODEL_NAME = "axial_muscle"
+CHANNELS = (16, 32, 64, 128)
+PATCH = (192, 192)  # 192 mm at AXIAL_SPACING_MM
+# Contiguous blocks of TUM01's 29 slices held out in turn (cross-validation).
+REAL_FOLDS = ((0, 10), (10, 20), (20, 29))
+TRAINING_PHANTOM_SEEDS = tuple(range(8))
+VALIDATION_PHANTOM_SEEDS = (1000, 1001, 1002, 1003)
+CONTRASTS = (Weighting.T1, Weighting.T2, Weighting.DIXON_WATER)
+# TUM01 label values (../shared/data/axial_muscle/README.md).
+TUM_LABELS = {1: ("ES", "R"), 2: ("MF", "R"), 3: ("MF", "L"), 4: ("ES", "L")}
+ALL_BITS = (1 << len(AXIAL_CLASS_NAMES)) - 1
+
+
+@dataclass(frozen=True)
+class AxialCase:
+    """Axial slices at ``AXIAL_SPACING_MM`` in canonical orientation (rows
+    anterior→posterior, columns patient right→left), intensities normalised
+    per series, with per-pixel allowed-class bitmasks."""
+
+    name: str
+    image: np.ndarray  # float32 (n, rows, cols)
+    allowed: np.ndarray  # int32 (n, rows, cols)
+
+
+def class_map_of_phantom_labels(labels: np.ndarray) -> np.ndarray:
+    """Phantom label values → network classes (0 background)."""
+    lut = np.zeros(256, np.uint8)
+    for value in range(1, 256):
+        if value in MUSCLE_LABELS.values():
+            key = next(k for k, v in MUSCLE_LABELS.items() if v == value)
+            lut[value] = MUSCLE_CLASSES[key]
+            continue
+        try:
+            s = structure_by_label(value)
+        except (KeyError, ValueError):
+            continue
+        lut[value] = DISC_CLASS if s.kind is StructureKind.DISC else VB_CLASS
+    return lut[labels]
+
+
+def phantom_axial_series(seed: int, weighting: Weighting) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """Render one axial phantom series (L1 top to S1) on a per-seed random
+    grid. Returns image (n, rows, cols), class map and pixel spacing."""
+    rng = np.random.default_rng(50_000 + seed)
+    spacing = float(rng.uniform(0.5, 0.8))
+    size = int(round(rng.uniform(200, 250) / spacing))
+    slice_mm = float(rng.uniform(3.0, 5.0))
+    ph = make_spine_phantom(seed)
+    field = muscle_field(ph, make_paraspinal_anatomy(seed))
+    z_top = ph.element("L1").centre_lps[2] + ph.element("L1").height_mm / 2
+    grid = axial_grid(z_top, ph.element("S1").centre_lps[2], slice_mm, size, size, spacing,
+                      centre_xy_mm=(rng.uniform(-10, 10), rng.uniform(0, 20)))
+    image, labels = render_phantom(ph, grid, weighting, noise_fraction=float(rng.uniform(0.01, 0.05)), subplanes=3,
+                                   muscles=field, seed=seed)
+    return image, class_map_of_phantom_labels(labels), (spacing, spacing)
+
+
+def _to_case(name: str, image: np.ndarray, classes: np.ndarray, allowed_unlabelled: int,
+             spacing: tuple[float, float]) -> AxialCase:
+    x, (r, c) = to_training_grid(normalise_intensity(image), spacing, AXIAL_SPACING_MM)
+    zoom = (1.0, r / classes.shape[1], c / classes.shape[2])
+    cls = ndimage.zoom(classes, zoom, order=0, grid_mode=True, mode="nearest")[:, :r, :c]
+    allowed = np.where(cls > 0, 1 << cls.astype(np.int32), allowed_unlabelled).astype(np.int32)
+    return AxialCase(name, x[:, :r, :c].astype(np.float32), allowed)
+
+
+def make_phantom_case(seed: int, weighting: Weighting, cache_dir: Path | None = None) -> AxialCase:
+    """A fully labelled phantom series as a training case (cached as .npz)."""
+    path = cache_dir / f"axial_phantom_{seed}_{weighting.value}.npz" if cache_dir else None
+    if path is not None and path.exists():
+        z = np.load(path)
+        return AxialCase(path.stem, z["image"], z["allowed"])
+    image, classes, spacing = phantom_axial_series(seed, weighting)
+    case = _to_case(f"phantom_{seed}_{weighting.value}", image, classes, 1, spacing)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, image=case.image, allowed=case.allowed)
+    return case
+
+
+def load_tum_planes(data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """TUM01 water and fat images and the manual labels as canonical axial
+    planes (n, rows A→P, cols R→L), with the pixel spacing (mm)."""
+    import nibabel as nib  # training-only dependency
+
+    def planes(name: str) -> tuple[np.ndarray, np.ndarray]:
+        img = nib.load(str(data_dir / f"TUM01_{name}.nii.gz"))
+        # File axes: i toward the subject's left, j toward posterior, k slices.
+        return np.ascontiguousarray(np.transpose(np.asarray(img.dataobj), (2, 1, 0))), img.affine
+
+    water, affine = planes("water_image")
+    fat, _ = planes("fat_image")
+    labels, _ = planes("label")
+    return water.astype(np.float32), fat.astype(np.float32), labels.astype(np.uint8), float(abs(affine[0, 0]))
+
+
+def tum_classes(labels: np.ndarray) -> np.ndarray:
+    """TUM01 label values → network classes."""
+    out = np.zeros(labels.shape, np.uint8)
+    for value, key in TUM_LABELS.items():
+        out[labels == value] = MUSCLE_CLASSES[key]
+    return out
+
+
+def load_real_case(data_dir: Path, slices: np.ndarray) -> AxialCase:
+    """TUM01's water image, the given slices. Unlabelled pixels may be any
+    class the labels do not cover (not erector spinae, not multifidus)."""
+    water, _, labels, spacing = load_tum_planes(data_dir)
+    covered = sum(1 << MUSCLE_CLASSES[k] for k in TUM_LABELS.values())
+    # Intensity scaling over the whole series, as inference sees it.
+    image = normalise_intensity(water)[slices]
+    x, (r, c) = to_training_grid(image, (spacing, spacing), AXIAL_SPACING_MM)
+    cls = tum_classes(labels[slices])
+    zoom = (1.0, r / cls.shape[1], c / cls.shape[2])
+    cls = ndimage.zoom(cls, zoom, order=0, grid_mode=True, mode="nearest")[:, :r, :c]
+    allowed = np.where(cls > 0, 1 << cls.astype(np.int32), ALL_BITS & ~covered).astype(np.int32)
+    return AxialCase("TUM01", x[:, :r, :c].astype(np.float32), allowed)
+
+
+def sample(case: AxialCase, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented (1, rows, cols) image and its allowed mask: rotation
+    ±10°, scale 0.85-1.15, crop centred near a muscle, gamma, gain, noise,
+    sometimes blur (in-plane resampling from coarser pixels). No left/right
+    flip: laterality is what the classes encode."""
+    k = int(rng.integers(case.image.shape[0]))
+    image, allowed = case.image[k], case.allowed[k]
+    angle = np.deg2rad(rng.uniform(-10, 10))
+    scale = rng.uniform(0.85, 1.15)
+    single = (allowed & (allowed - 1)) == 0  # exactly one class allowed
+    fg = np.argwhere(single & (allowed > 1))
+    anchor = (fg[rng.integers(len(fg))] if len(fg) else np.array(image.shape) / 2) + rng.normal(0, 15, 2)
+    c, s = np.cos(angle), np.sin(angle)
+    mat = np.array([[c, -s], [s, c]]) / scale
+    offset = anchor - mat @ (np.array(PATCH) / 2)
+    img = ndimage.affine_transform(image, mat, offset, output_shape=PATCH, order=1, mode="constant", cval=0.0)
+    alw = ndimage.affine_transform(allowed, mat, offset, output_shape=PATCH, order=0, mode="constant", cval=1)
+    if rng.random() < 0.3:
+        img = ndimage.gaussian_filter(img, rng.uniform(0.3, 0.9))
+    img = np.clip(img, 0, 1) ** rng.uniform(0.7, 1.4)
+    img = img * rng.uniform(0.85, 1.15) + rng.normal(0, rng.uniform(0, 0.03), img.shape)
+    return img[None].astype(np.float32), alw.astype(np.int32)
+
+
+def train(cases: list[tuple[list[AxialCase], float]], iterations: int, batch: int, lr: float, seed: int,
+          init: Path | None, checkpoint: Path) -> tuple[ResidualUNet2D, list[float]]:
+    """Train (or fine-tune from ``init``) on pools of cases with sampling
+    weights; returns the model and the loss per iteration."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = ResidualUNet2D(len(AXIAL_CLASS_NAMES), channels=CHANNELS)
+    if init is not None:
+        model.load_state_dict(torch.load(init))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=iterations, pct_start=0.05)
+    weights = np.array([w for _, w in cases]) / sum(w for _, w in cases)
+    curve: list[float] = []
+    t0 = time.time()
+    model.train()
+    for it in range(1, iterations + 1):
+        xs, als = [], []
+        for _ in range(batch):
+            pool = cases[rng.choice(len(cases), p=weights)][0]
+            x, a = sample(pool[rng.integers(len(pool))], rng)
+            xs.append(x)
+            als.append(a)
+        loss = partial_label_loss(model(torch.from_numpy(np.stack(xs))), torch.from_numpy(np.stack(als)).long())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        curve.append(float(loss.detach()))
+        if it % 50 == 0:
+            log.info("%s iteration %d loss %.4f (%.0f s)", checkpoint.stem, it, np.mean(curve[-50:]), time.time() - t0)
+        if it % 250 == 0 or it == iterations:
+            torch.save(model.state_dict(), checkpoint)
+    return model, curve
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="folder with the shared axial_muscle NIfTI files")
+    ap.add_argument("--out", type=Path, default=Path("inference/models"))
+    ap.add_argument("--cache", type=Path, default=Path(".cache/axial_training"), help="rendered phantom cache")
+    ap.add_argument("--base-iterations", type=int, default=1200)
+    ap.add_argument("--tune-iterations", type=int, default=500)
+    ap.add_argument("--batch", type=int, default=6)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=20261121)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--step", choices=("cache", "base", "fold0", "fold1", "fold2", "final", "all"), default="all")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    phantoms = [make_phantom_case(s, w, args.cache) for s in TRAINING_PHANTOM_SEEDS for w in CONTRASTS]
+    log.info("%d phantom series ready (%.0f s)", len(phantoms), time.time() - t0)
+    if args.step == "cache":
+        return 0
+    base_pt = args.out / f"{MODEL_NAME}.base.pt"
+    record_path = args.out / f"{MODEL_NAME}.training.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    record.update({
+        "seed": args.seed, "batch": args.batch, "lr": args.lr, "channels": CHANNELS, "patch_rows_cols": PATCH,
+        "spacing_mm": AXIAL_SPACING_MM, "classes": AXIAL_CLASS_NAMES, "phantom_seeds": TRAINING_PHANTOM_SEEDS,
+        "version": "2026.11.21-ax1", "phantom_contrasts": [w.value for w in CONTRASTS], "real_folds_slices": REAL_FOLDS, "torch": torch.__version__,
+    })
+    if args.step in ("base", "all"):
+        _, curve = train([(phantoms, 1.0)], args.base_iterations, args.batch, args.lr, args.seed, None, base_pt)
+        record["base"] = {"iterations": args.base_iterations, "loss_every_50": _every_50(curve)}
+    steps = [f"fold{k}" for k in range(len(REAL_FOLDS))] + ["final"] if args.step == "all" else [args.step]
+    for step in (s for s in steps if s != "base"):
+        n_real = 29
+        held = np.arange(*REAL_FOLDS[int(step[-1])]) if step.startswith("fold") else np.array([], int)
+        train_slices = np.setdiff1d(np.arange(n_real), held)
+        real = load_real_case(args.data, train_slices)
+        name = MODEL_NAME if step == "final" else f"{MODEL_NAME}.{step}"
+        model, curve = train([(phantoms, 0.6), ([real], 0.4)], args.tune_iterations, args.batch, args.lr / 2,
+                             args.seed + 1, base_pt, args.out / f"{name}.pt")
+        export_onnx(model, args.out / f"{name}.onnx")
+        record[step] = {"iterations": args.tune_iterations, "init": base_pt.name, "real_slices": train_slices.tolist(),
+                        "held_out_real_slices": held.tolist(), "loss_every_50": _every_50(curve)}
+        record_path.write_text(json.dumps(record, indent=1))
+        log.info("wrote %s", args.out / f"{name}.onnx")
+    record["seconds_last_run"] = time.time() - t0
+    record_path.write_text(json.dumps(record, indent=1))
+    return 0
+
+
+def _every_50(curve: list[float]) -> list[float]:
+    return [round(float(np.mean(curve[i : i + 50])), 4) for i in range(0, len(curve), 50)]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""The axial path of one series: segment → assign levels → measure → SEG.
+
+Levels come from the sagittal series' disc centroids when one shares the
+axial series' frame of reference, else from the order of the axial disc
+sections (flagged for review). A Dixon water series is measured with its
+fat partner (same grid) for fat fraction; T1/T2 series get fat
+infiltration by thresholding.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from biomech.axial_measurements import (
+    FLAG_LEVELS_FROM_AXIAL,
+    AxialGeometry,
+    axial_spine_labels,
+    disc_centroids_from_axial,
+    measure_muscles,
+    nearest_disc_levels,
+)
+from dicom_io.classify import Weighting
+from dicom_io.levels import StructureKind
+from dicom_io.muscles import MUSCLE_LABELS
+from dicom_io.volume import SeriesError, SeriesVolume, read_series
+from inference.axial_classes import DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
+
+__all__ = ["AxialResult", "analyse_axial_series", "dixon_partner", "sagittal_disc_centroids", "FLAG_DIXON_MISMATCH"]
+
+log = logging.getLogger(__name__)
+
+FLAG_DIXON_MISMATCH = "dixon_fat_geometry_mismatch"
+
+
+class AxialResult:
+    """Everything the pipeline keeps from one axial series."""
+
+    def __init__(self, volume: SeriesVolume, label_map: np.ndarray, measurements: list, flags: tuple[str, ...],
+                 timings_s: dict[str, float]) -> None:
+        self.volume = volume
+        self.label_map = label_map
+        self.measurements = measurements
+        self.flags = flags
+        self.timings_s = timings_s
+
+
+def _same_grid(a: SeriesVolume, b: SeriesVolume) -> str:
+    """Why two volumes are not on one grid ('' when they are)."""
+    if a.array.shape != b.array.shape:
+        return f"shape {a.array.shape} vs {b.array.shape}"
+    if a.frame_of_reference_uid != b.frame_of_reference_uid:
+        return "different frames of reference"
+    if not np.allclose(a.affine[:3, 1:3], b.affine[:3, 1:3], atol=1e-3):
+        return "different orientation or pixel spacing"
+    if not np.allclose(a.positions_lps, b.positions_lps, atol=0.05):
+        return "different slice positions"
+    return ""
+
+
+def dixon_partner(water: Sequence[Dataset], fat_series: Mapping[str, Sequence[Dataset]]) -> tuple[str, Sequence[Dataset]] | None:
+    """The fat series acquired with a water series: same frame of reference
+    and acquisition (same slice count, nearest series number)."""
+    w = water[0]
+    candidates = [(uid, items) for uid, items in fat_series.items()
+                  if str(items[0].get("FrameOfReferenceUID", "")) == str(w.get("FrameOfReferenceUID", ""))]
+    if not candidates:
+        return None
+    number = int(w.get("SeriesNumber") or 0)
+    return min(candidates, key=lambda c: (len(c[1]) != len(water), abs(int(c[1][0].get("SeriesNumber") or 0) - number)))
+
+
+def analyse_axial_series(
+    datasets: Sequence[Dataset], weighting: Weighting, engine: Any, sagittal_disc_centroids: Mapping[str, Mapping[str, Any]],
+    fat_datasets: Sequence[Dataset] | None = None,
+) -> AxialResult:
+    """Segment and measure one axial series.
+
+    Parameters
+    ----------
+    sagittal_disc_centroids : mapping
+        Frame of reference UID → {disc level → centroid} from the sagittal
+        series of the study.
+    fat_datasets : sequence, optional
+        The Dixon fat partner of a water series.
+
+    Raises
+    ------
+    SeriesError
+        From `read_series`, or ``not_axial_grid`` when the in-plane axes are
+        not patient x/y, or ``nothing_segmented``.
+    """
+    from inference.engine import EngineError
+
+    t0 = time.perf_counter()
+    volume = read_series(datasets, min_slices=1, allow_gaps=True)
+    t1 = time.perf_counter()
+    try:
+        seg = engine.segment(volume)
+    except EngineError as e:
+        raise SeriesError("not_axial_grid", str(e)) from e
+    t2 = time.perf_counter()
+    geometry = AxialGeometry(volume.positions_lps, volume.affine[:3, 1], volume.affine[:3, 2])
+    classes = seg.classes
+    muscles = {f"{m}_{s}": classes == c for (m, s), c in MUSCLE_CLASSES.items()}
+    disc = classes == DISC_CLASS
+    flags: list[str] = []
+    centroids = dict(sagittal_disc_centroids.get(volume.frame_of_reference_uid) or {})
+    if not centroids:
+        centroids = disc_centroids_from_axial(geometry, disc)
+        flags.append(FLAG_LEVELS_FROM_AXIAL)
+    if not any(m.any() for m in muscles.values()):
+        raise SeriesError("nothing_segmented", "the axial model found no paraspinal muscle")
+    water = fat = None
+    image = volume.array if weighting in (Weighting.T1, Weighting.T2) else None
+    if fat_datasets is not None:
+        fat_volume = read_series(fat_datasets, min_slices=1, allow_gaps=True)
+        mismatch = _same_grid(volume, fat_volume)
+        if mismatch:
+            flags.append(f"{FLAG_DIXON_MISMATCH}: {mismatch}")
+            log.warning("dixon pair not measured series_uid=%s reason=%s", volume.series_instance_uid, mismatch)
+        else:
+            water, fat = volume.array, fat_volume.array
+    measurements = measure_muscles(geometry, muscles, disc, centroids, image=image, water=water, fat=fat,
+                                   flags=tuple(f for f in flags if not f.startswith(FLAG_DIXON_MISMATCH)))
+    levels = nearest_disc_levels(geometry, centroids)
+    label_map = axial_spine_labels(geometry, classes == VB_CLASS, disc, levels)
+    for key, value in MUSCLE_LABELS.items():
+        label_map[muscles[f"{key[0]}_{key[1]}"]] = value
+    t3 = time.perf_counter()
+    return AxialResult(volume, label_map, measurements, tuple(flags),
+                       {"load": t1 - t0, "segment": t2 - t1, "measure": t3 - t2})
+
+
+def sagittal_disc_centroids(volumes_and_measurements: Sequence[tuple[SeriesVolume, Sequence[Any]]]
+                            ) -> dict[str, dict[str, np.ndarray]]:
+    """Frame of reference → disc centroids of the sagittal series naming the
+    most discs in it."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for volume, measurements in volumes_and_measurements:
+        discs = {m.structure.name: np.asarray(m.centroid_lps_mm) for m in measurements
+                 if m.structure.kind is StructureKind.DISC}
+        key = volume.frame_of_reference_uid
+        if key and len(discs) > len(out.get(key, {})):
+            out[key] = discs
+    return out
+

@@ -1,0 +1,83 @@
+"""The engines a process runs, by the names routing rules use.
+
+Each engine is loaded on first use and kept for the life of the process
+(loading a model per study would dominate turnaround).
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from inference.engine import EngineError, ModelInfo, load_model_info
+
+__all__ = ["Engines", "ENGINE_MODELS"]
+
+# Routing engine name → model file stem in the model folder.
+ENGINE_MODELS = {"sagittal_spine": "sagittal_spine", "axial_muscle": "axial_muscle"}
+
+
+def _construct(name: str, model_dir: Path, threads: int) -> Any:
+    if name == "sagittal_spine":
+        from inference.engine import SagittalSpineEngine
+
+        return SagittalSpineEngine(model_dir, threads)
+    from inference.axial_engine import AxialMuscleEngine
+
+    return AxialMuscleEngine(model_dir, threads)
+
+
+class Engines:
+    """Lazily loaded engines.
+
+    Parameters
+    ----------
+    model_dir : pathlib.Path
+        Folder of the committed ONNX models.
+    threads : int
+        ONNX Runtime intra-op threads per engine.
+    on_load : callable, optional
+        Called with each engine's `ModelInfo` once it is loaded (metrics).
+    """
+
+    def __init__(self, model_dir: Path, threads: int = 2, on_load: Callable[[ModelInfo], None] | None = None) -> None:
+        self.model_dir = Path(model_dir)
+        self.threads = threads
+        self._on_load = on_load
+        self._loaded: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> Any:
+        """The engine called ``name`` (loaded now if needed).
+
+        Raises
+        ------
+        EngineError
+            If no engine has that name or its model is missing.
+        """
+        if name not in ENGINE_MODELS:
+            raise EngineError(f"no engine named {name!r}; known engines: {', '.join(ENGINE_MODELS)}")
+        with self._lock:
+            if name not in self._loaded:
+                engine = _construct(name, self.model_dir, self.threads)
+                self._loaded[name] = engine
+                if self._on_load:
+                    self._on_load(engine.info)
+            return self._loaded[name]
+
+    def load(self, names: list[str] | tuple[str, ...]) -> None:
+        """Load every named engine now (start-up check of the models)."""
+        for name in dict.fromkeys(names):
+            self.get(name)
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self._loaded)
+
+    def model_info(self, name: str) -> ModelInfo:
+        """Identity of an engine's model without loading it."""
+        if name in self._loaded:
+            return self._loaded[name].info
+        if name not in ENGINE_MODELS:
+            raise EngineError(f"no engine named {name!r}; known engines: {', '.join(ENGINE_MODELS)}")
+        return load_model_info(self.model_dir, ENGINE_MODELS[name])
