@@ -151,7 +151,7 @@ def _muscle_group(report: SeriesReport, m: MuscleLevelMeasurements, algorithm: A
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=hd.UID(derive_uid(uid_seed, report.volume.series_instance_uid, m.muscle.name, m.level.name)),
-            identifier=label[:64]),
+            identifier=label),
         referenced_segment=hd.sr.ReferencedSegment.from_segmentation(
             report.segmentation, segment_number=report.segment_numbers[m.muscle.label]),
         finding_type=m.muscle.property_type, finding_category=sg_codes.PARASPINAL_MUSCLE, finding_sites=sites,

@@ -24,7 +24,7 @@ import yaml
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
-from dicom_io.phantom_study import write_phantom_study
+from dicom_io.phantom_study import write_axial_phantom_study
 from dicom_io.send import send_files
 from dicom_io.uids import COMPREHENSIVE_3D_SR_SOP_CLASS, SEG_SOP_CLASS
 
@@ -117,8 +117,9 @@ def run_demo(work_dir: Path | None = None, seed: int = 7, timeout_s: float = 180
     work = Path(work_dir or tempfile.mkdtemp(prefix="spinegate-demo-"))
     (work / "received").mkdir(parents=True, exist_ok=True)
     print(f"[demo] working folder {work}")
-    truth = write_phantom_study(work / "study", seed=seed)
-    print(f"[demo] phantom study: {len(truth['files'])} instances (sagittal T1 + T2, 15 x 384x384, 4 mm slices)")
+    truth = write_axial_phantom_study(work / "study", seed=seed, rows=256, columns=256, pixel_spacing_mm=0.8)
+    print(f"[demo] phantom study: {len(truth['files'])} instances (sagittal T1 + T2, 15 x 384x384, 4 mm slices; "
+          f"axial T1 + T2, {len(truth['axial'])} x 256x256, 0.8 mm pixels, 4 mm slices)")
     receiver = LocalReceiver(work / "received")
     port = free_port()
     config = {
@@ -163,12 +164,30 @@ def _print_results(work: Path, truth: dict[str, Any], receiver: LocalReceiver) -
             t = truth["structures"].get(m["level"], {})
             print(f"{s['description'][:12]:<12} {m['label']:<28} {m['height_mm']:>9.1f} "
                   f"{t.get('height_mm', float('nan')):>6.1f} {m['volume_cm3']:>10.2f} {t.get('volume_cm3', float('nan')):>6.2f}")
+    _print_muscles(doc, truth)
     if doc.get("biomechanics"):
         from service.biomech_stage import loads_table
 
         print("\n[demo] spinal loads (OpenSim, subject model from the measured spine):")
         print(loads_table(doc["biomechanics"]))
     print(f"\n[demo] outputs and measurements.json: {work / 'var' / 'outputs' / truth['study_instance_uid']}")
+
+
+def _print_muscles(doc: dict[str, Any], truth: dict[str, Any]) -> None:
+    """Axial T2 muscles per level: CSA (level mean) and fat infiltration
+    beside the truth over the same slices."""
+    series = [s for s in doc["series"] if s["description"] == "AX T2 TSE" and s["muscles"]]
+    if not series:
+        return
+    print(f"\n{'muscle (AX T2)':<26} {'level':<6} {'CSA cm2':>7} {'truth':>6} {'fat infiltr. %':>14} {'truth':>6}")
+    for m in series[0]["muscles"]:
+        rows = [truth["axial"][x["index"]]["muscles"].get(m["muscle"], {}) for x in m["slices"]]
+        csa = sum(r.get("csa_cm2", 0.0) for r in rows) / len(rows)
+        area = sum(r.get("csa_cm2", 0.0) for r in rows)
+        share = sum(r.get("csa_cm2", 0.0) * r.get("fat_area_share", 0.0) for r in rows) / area if area else 0.0
+        fi = m["fat_infiltration"]
+        print(f"{m['label']:<26} {m['level']:<6} {m['csa_mean_cm2']:>7.2f} {csa:>6.2f} "
+              f"{'-' if fi is None else format(100 * fi, '.1f'):>14} {100 * share:>6.1f}")
 
 
 if __name__ == "__main__":

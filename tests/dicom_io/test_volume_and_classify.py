@@ -120,3 +120,40 @@ def test_localisers_and_derived_images_are_excluded(series):
     ds = copy.deepcopy(series[2][0])
     ds.ImageType = ["DERIVED", "SECONDARY"]
     assert classify_series([ds]).excluded == "derived_image"
+
+
+@pytest.mark.parametrize(
+    "image_type, desc, weighting",
+    [
+        (["DERIVED", "PRIMARY", "DIXON", "WATER"], "t1_vibe_dixon", Weighting.WATER),  # Siemens: not excluded
+        (["DERIVED", "PRIMARY", "DIXON", "FAT"], "t1_vibe_dixon", Weighting.FAT),
+        (["ORIGINAL", "PRIMARY", "W", "W"], "mDIXON", Weighting.WATER),  # Philips
+        (["ORIGINAL", "PRIMARY", "OTHER"], "AX DIXON F", Weighting.FAT),
+        (["ORIGINAL", "PRIMARY", "OTHER"], "WATER: AX LAVA", Weighting.WATER),  # GE
+        (["ORIGINAL", "PRIMARY", "OTHER"], "AX T2 FAT SAT", Weighting.OTHER),  # fat-suppressed: not a fat image
+    ],
+)
+def test_dixon_water_and_fat_images(series, image_type, desc, weighting):
+    ds = copy.deepcopy(series[2][0])
+    ds.ImageType = image_type
+    ds.SeriesDescription = desc
+    ds.RepetitionTime, ds.EchoTime = (3500, 100) if weighting is Weighting.OTHER else (6, 2)
+    cls = classify_series([ds])
+    assert cls.weighting is weighting and cls.excluded == ""
+
+
+def test_sheared_stack_is_refused_and_gaps_are_kept_when_allowed(series):
+    datasets = [copy.deepcopy(d) for d in series[2]]
+    for k, ds in enumerate(datasets):
+        ipp = [float(v) for v in ds.ImagePositionPatient]
+        ds.ImagePositionPatient = [ipp[0], ipp[1] + 1.5 * k, ipp[2]]
+    with pytest.raises(SeriesError) as e:
+        read_series(datasets)
+    assert e.value.reason == "gantry_tilt"
+    gapped = [series[2][k] for k in (0, 1, 4, 5)]
+    with pytest.raises(SeriesError) as e:
+        read_series(gapped)
+    assert e.value.reason == "irregular_spacing"
+    volume = read_series(gapped, allow_gaps=True)
+    expected = np.array([[float(v) for v in series[2][k].ImagePositionPatient] for k in (0, 1, 4, 5)])
+    assert np.allclose(np.sort(volume.positions_lps, axis=0), np.sort(expected, axis=0))

@@ -14,13 +14,19 @@ def test_demo_prints_measurements_beside_truth(tmp_path):
                            str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert "received SR" in out and out.count("received SEG") == 2
+    assert "received SR" in out and out.count("received SEG") == 4  # sagittal T1, T2; axial T1, T2
     rows = [line for line in out.splitlines() if "intervertebral disc" in line]
     assert any("L4-L5" in r for r in rows) and any("L5-S1" in r for r in rows)
     for row in rows:
         if any(level in row for level in ("L1-L2", "L2-L3", "L3-L4", "L4-L5", "L5-S1")):
             height, truth = (float(v) for v in row.split()[-4:-2])
             assert abs(height - truth) <= 3.0, row
+    muscles = [line.split() for line in out.splitlines() if line.startswith(("Right ", "Left "))]
+    assert len(muscles) >= 35  # 8 muscles x 5 levels, QL absent at L5S1
+    for row in muscles:
+        csa, truth = float(row[-4]), float(row[-3])
+        if truth >= 2.0:
+            assert abs(csa - truth) <= 0.1 * truth, row
     # The spinal loads of the demo subject follow the measurements.
     assert "spinal loads" in out and "60° trunk flexion holding 5 kg in each hand" in out
     l5s1 = [line.split() for line in out.splitlines() if line.strip().startswith("L5S1")]

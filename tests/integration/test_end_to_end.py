@@ -41,6 +41,8 @@ def _sr_values(sr_path) -> dict[tuple[str, str], dict[str, float]]:
     sr = hd.sr.srread(sr_path)
     values: dict[tuple[str, str], dict[str, float]] = {}
     for g in sr.content.get_volumetric_roi_measurement_groups():
+        if g.finding_category is not None and g.finding_category.value == sg_codes.PARASPINAL_MUSCLE.value:
+            continue  # muscle groups: see test_sagittal_and_axial_study_round_trip
         label, series = g.tracking_identifier.rsplit(" (", 1)
         values.setdefault((series.rstrip(")"), label), {})["volume_cm3"] = float(
             g.get_measurements(name=codes.SCT.Volume)[0].value)
@@ -105,6 +107,29 @@ def test_phantom_study_round_trip(tmp_path, pacs, spinegate, syntax, codec, prop
     assert len(load_groups) == 1 + 2 * 11
     l5s1 = [g for g in load_groups if g.tracking_identifier.startswith("L5-S1") and "60" in g.tracking_identifier][0]
     assert 2000 < float(l5s1.get_measurements(name=sg_codes.DISC_COMPRESSION)[0].value) < 4500
+
+
+def test_sagittal_and_axial_study_round_trip(tmp_path, pacs, spinegate):
+    """Sagittal T1/T2 and axial T1/T2 of one phantom (one frame of
+    reference): a SEG per series and one SR holding both sets of
+    measurements arrive at the PACS; all pass dciodvfy."""
+    from dicom_io.phantom_study import write_axial_phantom_study
+
+    truth = write_axial_phantom_study(tmp_path / "axial", seed=1002, rows=256, columns=256, pixel_spacing_mm=0.8,
+                                      study=StudyInfo(uid_seed="e2e-axial-1002"))
+    storescu(truth["files"], spinegate.port)
+    objs = pacs.wait_for(truth["study_instance_uid"], n_seg=4)
+    assert len(objs["SR"]) == 1 and len(objs["SEG"]) == 4
+    for path in objs["SEG"] + objs["SR"]:
+        assert dciodvfy_errors(path) == [], path.name
+    sr = hd.sr.srread(objs["SR"][0])
+    muscle_groups = [g for g in sr.content.get_volumetric_roi_measurement_groups()
+                     if g.finding_category is not None and g.finding_category.value == sg_codes.PARASPINAL_MUSCLE.value]
+    described = {g.tracking_identifier.rsplit(" (", 1)[1].rstrip(")") for g in muscle_groups}
+    assert described == {"AX T1 TSE", "AX T2 TSE"}
+    assert len(muscle_groups) >= 2 * 5 * 7  # two series, five levels, QL absent at L5S1
+    values = _sr_values(objs["SR"][0])
+    assert values[("SAG T2 TSE", _disc_label("L4L5"))]["volume_cm3"] > 0
 
 
 def test_study_interrupted_by_restart_is_processed_after_restart(tmp_path, pacs):

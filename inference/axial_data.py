@@ -1,0 +1,78 @@
+"""Axial training and validation data without torch: the held-out blocks
+of the real subject, its loader, and the axial phantom series renderer."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dicom_io.levels import StructureKind, structure_by_label
+from dicom_io.paraspinal import MUSCLE_LABELS, axial_grid, make_paraspinal_anatomy, muscle_field
+from dicom_io.phantom import Weighting, make_spine_phantom, render_phantom
+from inference.axial_classes import DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
+
+__all__ = ["REAL_FOLDS", "VALIDATION_PHANTOM_SEEDS", "TUM_LABELS", "class_map_of_phantom_labels",
+           "phantom_axial_series", "load_tum_planes", "tum_classes"]
+
+# Contiguous blocks of TUM01's 29 slices held out in turn (cross-validation).
+REAL_FOLDS = ((0, 10), (10, 20), (20, 29))
+VALIDATION_PHANTOM_SEEDS = (1000, 1001, 1002, 1003)
+# TUM01 label values (../shared/data/axial_muscle/README.md).
+TUM_LABELS = {1: ("ES", "R"), 2: ("MF", "R"), 3: ("MF", "L"), 4: ("ES", "L")}
+
+
+def class_map_of_phantom_labels(labels: np.ndarray) -> np.ndarray:
+    """Phantom label values → network classes (0 background)."""
+    lut = np.zeros(256, np.uint8)
+    for value in range(1, 256):
+        if value in MUSCLE_LABELS.values():
+            key = next(k for k, v in MUSCLE_LABELS.items() if v == value)
+            lut[value] = MUSCLE_CLASSES[key]
+            continue
+        try:
+            s = structure_by_label(value)
+        except (KeyError, ValueError):
+            continue
+        lut[value] = DISC_CLASS if s.kind is StructureKind.DISC else VB_CLASS
+    return lut[labels]
+
+
+def phantom_axial_series(seed: int, weighting: Weighting) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """Render one axial phantom series (L1 top to S1) on a per-seed random
+    grid. Returns image (n, rows, cols), class map and pixel spacing."""
+    rng = np.random.default_rng(50_000 + seed)
+    spacing = float(rng.uniform(0.5, 0.8))
+    size = int(round(rng.uniform(200, 250) / spacing))
+    slice_mm = float(rng.uniform(3.0, 5.0))
+    ph = make_spine_phantom(seed)
+    field = muscle_field(ph, make_paraspinal_anatomy(seed))
+    z_top = ph.element("L1").centre_lps[2] + ph.element("L1").height_mm / 2
+    grid = axial_grid(z_top, ph.element("S1").centre_lps[2], slice_mm, size, size, spacing,
+                      centre_xy_mm=(rng.uniform(-10, 10), rng.uniform(0, 20)))
+    image, labels = render_phantom(ph, grid, weighting, noise_fraction=float(rng.uniform(0.01, 0.05)), subplanes=3,
+                                   muscles=field, seed=seed)
+    return image, class_map_of_phantom_labels(labels), (spacing, spacing)
+
+
+def load_tum_planes(data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """TUM01 water and fat images and the manual labels as canonical axial
+    planes (n, rows A→P, cols R→L), with the pixel spacing (mm)."""
+    import nibabel as nib  # training-only dependency
+
+    def planes(name: str) -> tuple[np.ndarray, np.ndarray]:
+        img = nib.load(str(data_dir / f"TUM01_{name}.nii.gz"))
+        # File axes: i toward the subject's left, j toward posterior, k slices.
+        return np.ascontiguousarray(np.transpose(np.asarray(img.dataobj), (2, 1, 0))), img.affine
+
+    water, affine = planes("water_image")
+    fat, _ = planes("fat_image")
+    labels, _ = planes("label")
+    return water.astype(np.float32), fat.astype(np.float32), labels.astype(np.uint8), float(abs(affine[0, 0]))
+
+
+def tum_classes(labels: np.ndarray) -> np.ndarray:
+    """TUM01 label values → network classes."""
+    out = np.zeros(labels.shape, np.uint8)
+    for value, key in TUM_LABELS.items():
+        out[labels == value] = MUSCLE_CLASSES[key]
+    return out
