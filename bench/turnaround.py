@@ -1,13 +1,15 @@
 """Benchmark: study turnaround and ONNX Runtime inference time on this CPU.
 
 Turnaround = last instance acknowledged by spinegate → SR acknowledged by
-the receiving PACS (a pynetdicom storage SCP), for the demo phantom study
-(sagittal T1 + T2, 15 slices each), through a real ``spinegate serve`` with
-the embedded SQLite queue. The configured quiet period (the "study
-complete" guess) is part of the turnaround and reported separately.
+the receiving PACS (a pynetdicom storage SCP), for the issue-6 standard
+study (phantom: sagittal T1 + T2, 15 slices each, 512²; axial T2 from L1 to
+S1, 4 mm slices, 256²), through a real ``spinegate serve`` with the
+embedded SQLite queue. The configured quiet period (the "study complete"
+guess) is part of the turnaround and reported separately; per-stage times
+come from each study's measurements.json.
 
-    .venv/bin/python bench/turnaround.py            # full: 384², 5 runs
-    .venv/bin/python bench/turnaround.py --short    # CI: 192², 1 run
+    .venv/bin/python bench/turnaround.py            # full: 512² / 256², 5 runs
+    .venv/bin/python bench/turnaround.py --short    # CI: 192² / 160², 1 run
 
 Writes a JSON record to bench/results/ and prints a Markdown table row.
 """
@@ -31,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from dicom_io.mr_writer import StudyInfo  # noqa: E402
 from dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagittal_grid  # noqa: E402
-from dicom_io.phantom_study import write_phantom_study  # noqa: E402
+from dicom_io.phantom_study import write_axial_phantom_study  # noqa: E402
 from dicom_io.send import send_files  # noqa: E402
 from dicom_io.volume import SeriesVolume  # noqa: E402
 from inference.engine import SagittalSpineEngine  # noqa: E402
@@ -53,7 +55,18 @@ def inference_per_slice(size: int, repeats: int) -> dict[str, float]:
     return {"series_15_slices_s": round(series_s, 3), "per_slice_ms": round(1000 * series_s / 15, 1)}
 
 
-def turnaround(size: int, runs: int, quiet_s: float) -> dict[str, object]:
+def _stage_times(doc: dict) -> dict[str, float]:
+    """Seconds per stage of one study, summed over its series."""
+    stages: dict[str, float] = {}
+    for s in doc["series"]:
+        for k, v in s["timings_s"].items():
+            key = f"{s['engine']}:{k}"
+            stages[key] = round(stages.get(key, 0.0) + v, 3)
+    stages.update({k: v for k, v in doc["timings_s"].items()})
+    return stages
+
+
+def turnaround(size: int, axial_size: int, runs: int, quiet_s: float) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="spinegate-bench-"))
     receiver = LocalReceiver(work / "received")
     (work / "received").mkdir(parents=True, exist_ok=True)
@@ -66,16 +79,21 @@ def turnaround(size: int, runs: int, quiet_s: float) -> dict[str, object]:
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--config", str(work / "c.yaml"), "serve"], cwd=REPO,
                             stdout=log, stderr=subprocess.STDOUT)
     results = []
+    stages: list[dict[str, float]] = []
     try:
         wait_for_echo("127.0.0.1", port, "SPINEGATE", 90)
         for run in range(runs):
-            study = write_phantom_study(work / f"study{run}", seed=300 + run, rows=size, columns=size,
-                                        pixel_spacing_mm=300.0 / size, study=StudyInfo(uid_seed=f"bench-{run}-{time.time()}"))
+            study = write_axial_phantom_study(
+                work / f"study{run}", seed=300 + run, rows=axial_size, columns=axial_size,
+                pixel_spacing_mm=205.0 / axial_size, axial_weightings=("T2",), sagittal_size=(size, 300.0 / size),
+                study=StudyInfo(uid_seed=f"bench-{run}-{time.time()}"))
             receiver.received.clear()
             send_files(study["files"], "SPINEGATE", "127.0.0.1", port, calling_ae_title="BENCH")
             last_ack = time.time()
             arrived = receiver.wait_for_sr(300)
             results.append(arrived - last_ack)
+            doc = json.loads((work / "var" / "outputs" / study["study_instance_uid"] / "measurements.json").read_text())
+            stages.append(_stage_times(doc))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -83,7 +101,8 @@ def turnaround(size: int, runs: int, quiet_s: float) -> dict[str, object]:
         log.close()
     return {"runs_s": [round(r, 2) for r in results], "median_s": round(statistics.median(results), 2),
             "min_s": round(min(results), 2), "max_s": round(max(results), 2), "quiet_period_s": quiet_s,
-            "median_minus_quiet_s": round(statistics.median(results) - quiet_s, 2)}
+            "median_minus_quiet_s": round(statistics.median(results) - quiet_s, 2),
+            "stage_median_s": {k: round(statistics.median(st.get(k, 0.0) for st in stages), 3) for k in stages[0]}}
 
 
 def main() -> int:
@@ -91,13 +110,13 @@ def main() -> int:
     ap.add_argument("--short", action="store_true", help="small inputs, one run (CI)")
     ap.add_argument("--quiet-period", type=float, default=1.0)
     args = ap.parse_args()
-    size, runs = (192, 1) if args.short else (384, 5)
+    size, axial_size, runs = (192, 160, 1) if args.short else (512, 256, 5)
     record = {
         "mode": "short" if args.short else "full",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-        "study": f"sagittal T1 + T2, 15 slices each, {size}x{size}",
+        "study": f"sagittal T1 + T2, 15 slices each, {size}x{size}; axial T2 L1-S1 (4 mm), {axial_size}x{axial_size}",
         "inference_onnxruntime_cpu": inference_per_slice(size, 1 if args.short else 5),
-        "turnaround": turnaround(size, runs, args.quiet_period),
+        "turnaround": turnaround(size, axial_size, runs, args.quiet_period),
     }
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)

@@ -44,11 +44,13 @@ def write_phantom_study(
 def write_axial_phantom_study(
     out_dir: Path, seed: int = 7, rows: int = 320, columns: int = 320, pixel_spacing_mm: float = 0.6,
     slice_spacing_mm: float = 4.0, study: StudyInfo | None = None, sagittal: bool = True, dixon: bool = False,
+    axial_weightings: tuple[str, ...] = ("T1", "T2"), sagittal_size: tuple[int, float] = (384, 0.8),
 ) -> dict[str, Any]:
-    """Axial T1 (series 4) and T2 (series 5) from above L1 down to S1, with
-    ``dixon`` also the Dixon water (6) and fat (7) images, plus (with
-    ``sagittal``) the sagittal T1/T2 of `write_phantom_study`, all in one
-    frame of reference; return the truth.
+    """Axial T1 (series 4) and T2 (series 5) from above L1 down to S1 (those
+    of ``axial_weightings``), with ``dixon`` also the Dixon water (6) and
+    fat (7) images, plus (with ``sagittal``) the sagittal T1/T2 of
+    `write_phantom_study` (``sagittal_size``: rows = columns, pixel mm), all
+    in one frame of reference; return the truth.
 
     Returns
     -------
@@ -60,17 +62,22 @@ def write_axial_phantom_study(
     """
     from dicom_io.paraspinal import BLOB_FAT_FRACTION, MUSCLE_NAMES, axial_grid, make_paraspinal_anatomy, muscle_field
 
+    if not dixon and not set(axial_weightings) & {"T1", "T2"}:
+        raise ValueError(f"no axial series to write: 'axial_weightings' is {axial_weightings!r} and 'dixon' is off")
+
     study = study or StudyInfo(uid_seed=f"spinegate-axial-phantom-{seed}")
-    truth = write_phantom_study(out_dir, seed=seed, study=study) if sagittal else {
+    truth = write_phantom_study(out_dir, seed=seed, study=study, rows=sagittal_size[0], columns=sagittal_size[0],
+                                pixel_spacing_mm=sagittal_size[1]) if sagittal else {
         "study_instance_uid": study.study_instance_uid, "files": [], "structures": {}}
     phantom = make_spine_phantom(seed)
     field = muscle_field(phantom, make_paraspinal_anatomy(seed))
     z_top = phantom.element("L1").centre_lps[2] + phantom.element("L1").height_mm / 2
     grid = axial_grid(z_top, phantom.element("S1").centre_lps[2], slice_spacing_mm, rows, columns, pixel_spacing_mm)
     files = list(truth["files"])
-    labels = None
+    labels = np.zeros(0)
     plain = ("ORIGINAL", "PRIMARY", "OTHER")
-    series = [(4, Weighting.T1, "AX T1 TSE", 600, 12, plain), (5, Weighting.T2, "AX T2 TSE", 3800, 110, plain)]
+    series = [spec for spec in ((4, Weighting.T1, "AX T1 TSE", 600, 12, plain),
+                                (5, Weighting.T2, "AX T2 TSE", 3800, 110, plain)) if spec[1].value in axial_weightings]
     if dixon:  # ImageType as Siemens writes Dixon images
         series += [(6, Weighting.DIXON_WATER, "AX DIXON W", 6, 2, ("DERIVED", "PRIMARY", "DIXON", "WATER")),
                    (7, Weighting.DIXON_FAT, "AX DIXON F", 6, 2, ("DERIVED", "PRIMARY", "DIXON", "FAT"))]
@@ -78,7 +85,6 @@ def write_axial_phantom_study(
         image, labels = render_phantom(phantom, grid, weighting, subplanes=3, muscles=field)
         spec = SeriesSpec(number, desc, tr, te, slice_spacing_mm, image_type=image_type)
         files += write_mr_series(image, grid.affine, study, spec, out_dir)
-    assert labels is not None
     area_cm2 = pixel_spacing_mm**2 / 100.0
     slices = []
     for k in range(grid.shape[0]):

@@ -21,7 +21,8 @@ from scipy import ndimage
 
 from dicom_io.volume import SeriesVolume
 from inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM
-from inference.engine import EngineError, load_model_info, onnx_session
+from inference.backends import make_backend
+from inference.engine import EngineError, load_model_info
 from inference.preprocessing import from_training_grid, normalise_intensity, to_training_grid
 
 __all__ = ["AxialMuscleEngine", "AxialSegmentation", "MODEL_NAME", "axial_canonical_axes", "clean_axial_classes"]
@@ -72,9 +73,11 @@ def _apply(a: np.ndarray, axes: tuple[bool, bool, bool], inverse: bool = False) 
     return np.ascontiguousarray(a)
 
 
-def clean_axial_classes(classes: np.ndarray) -> np.ndarray:
+def clean_axial_classes(classes: np.ndarray, pixel_area_mm2: float = 1.0, min_area_mm2: float = 15.0) -> np.ndarray:
     """Per slice and class: the largest 2D connected component, holes
-    filled. Returns a new class map (uint8)."""
+    filled; a largest component under ``min_area_mm2`` is dropped (a muscle
+    tapering out of the slice is not measured from a few stray pixels).
+    Returns a new class map (uint8)."""
     out = np.zeros_like(classes, dtype=np.uint8)
     for k in range(classes.shape[0]):
         for c in range(1, len(AXIAL_CLASS_NAMES)):
@@ -82,9 +85,10 @@ def clean_axial_classes(classes: np.ndarray) -> np.ndarray:
             if not mask.any():
                 continue
             comps, n = ndimage.label(mask)
-            if n > 1:
-                sizes = ndimage.sum(mask, comps, index=np.arange(1, n + 1))
-                mask = comps == (1 + int(np.argmax(sizes)))
+            sizes = ndimage.sum(mask, comps, index=np.arange(1, n + 1))
+            if sizes.max() * pixel_area_mm2 < min_area_mm2:
+                continue
+            mask = comps == (1 + int(np.argmax(sizes)))
             mask = ndimage.binary_fill_holes(mask)
             # Filling never takes pixels already given to another class.
             out[k][mask & ((out[k] == 0) | (classes[k] == c))] = c
@@ -104,13 +108,16 @@ class AxialMuscleEngine:
         Slices per inference call.
     model_name : str
         Model file stem (the cross-validation folds use others).
+    backend : str
+        ``"onnxruntime"`` (the product) or ``"torch"`` (reference, parity tests).
     """
 
-    def __init__(self, model_dir: Path, threads: int = 2, batch_slices: int = 4, model_name: str = MODEL_NAME) -> None:
+    def __init__(self, model_dir: Path, threads: int = 2, batch_slices: int = 4, model_name: str = MODEL_NAME,
+                 backend: str = "onnxruntime") -> None:
         self.info = load_model_info(model_dir, model_name)
-        self._session = onnx_session(self.info.path, threads)
+        self.backend = make_backend(backend, self.info.path, threads)
         self._batch = batch_slices
-        outputs = int(self._session.get_outputs()[0].shape[1])
+        outputs = self.backend.output_classes
         if outputs != len(AXIAL_CLASS_NAMES):
             raise EngineError(f"{self.info.path} has {outputs} output classes, the axial engine needs "
                               f"{len(AXIAL_CLASS_NAMES)}")
@@ -125,7 +132,7 @@ class AxialMuscleEngine:
         x, valid = to_training_grid(normalise_intensity(planes), ps, AXIAL_SPACING_MM)
         outs = []
         for i in range(0, len(x), self._batch):
-            logits = self._session.run(None, {"image": x[i : i + self._batch, None].astype(np.float32)})[0]
+            logits = self.backend.run(x[i : i + self._batch, None])
             e = np.exp(logits - logits.max(axis=1, keepdims=True))
             outs.append(e / e.sum(axis=1, keepdims=True))
         probs = from_training_grid(np.concatenate(outs), valid, planes.shape[1:])
@@ -136,6 +143,7 @@ class AxialMuscleEngine:
         t0 = time.perf_counter()
         probs = self.scores(volume)
         t1 = time.perf_counter()
-        classes = clean_axial_classes(probs.argmax(axis=1).astype(np.uint8))
+        spacing = volume.spacing_mm
+        classes = clean_axial_classes(probs.argmax(axis=1).astype(np.uint8), spacing[1] * spacing[2])
         t2 = time.perf_counter()
         return AxialSegmentation(classes, t1 - t0, {"inference": t1 - t0, "postprocess": t2 - t1})

@@ -57,7 +57,7 @@ def real_fold_dice(data_dir: Path, model_dir: Path) -> dict:
         engine = AxialMuscleEngine(model_dir, model_name=f"{MODEL_NAME}.fold{k}")
         # Intensity scaling over the whole series, as for any series at inference.
         probs = engine.scores(tum_volume(water, spacing))[lo:hi]
-        pred = clean_axial_classes(probs.argmax(axis=1).astype(np.uint8))
+        pred = clean_axial_classes(probs.argmax(axis=1).astype(np.uint8), spacing * spacing)
         per = {}
         for name in REAL_MUSCLES:
             c = MUSCLE_CLASSES[(name[:2], name[3])]

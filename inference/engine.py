@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from dicom_io.volume import SeriesVolume
+from inference.backends import make_backend
 from inference.postprocess import NamedLabels, name_levels
 from inference.preprocessing import from_training_grid, normalise_intensity, to_training_grid
 
-__all__ = ["ModelInfo", "SagittalSpineEngine", "EngineError", "load_model_info", "onnx_session", "with_neighbours"]
+__all__ = ["ModelInfo", "SagittalSpineEngine", "EngineError", "load_model_info", "with_neighbours"]
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +61,6 @@ def load_model_info(model_dir: Path, name: str = MODEL_NAME) -> ModelInfo:
         record = json.loads(record_path.read_text())
         version = str(record.get("version", f"seed{record.get('seed', '?')}"))
     return ModelInfo(name, version, path, sha)
-
-
-def onnx_session(path: Path, threads: int):
-    """A CPU ONNX Runtime session with every graph optimisation, ``threads``
-    intra-op threads and one inter-op thread (the pipeline runs one series
-    at a time)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 @dataclass
@@ -137,14 +125,16 @@ class SagittalSpineEngine:
         ONNX Runtime intra-op threads.
     batch_slices : int
         Slices per inference call.
+    backend : str
+        ``"onnxruntime"`` (the product) or ``"torch"`` (reference, parity tests).
     """
 
-    def __init__(self, model_dir: Path, threads: int = 2, batch_slices: int = 8) -> None:
+    def __init__(self, model_dir: Path, threads: int = 2, batch_slices: int = 8, backend: str = "onnxruntime") -> None:
         self.info = load_model_info(model_dir)
-        self._session = onnx_session(self.info.path, threads)
+        self.backend = make_backend(backend, self.info.path, threads)
         self._batch = batch_slices
         # 1: single slices; 3: each slice with its two neighbours (2.5D).
-        self.input_slices = int(self._session.get_inputs()[0].shape[1])
+        self.input_slices = self.backend.input_channels
         log.info("loaded model name=%s version=%s sha256=%s", self.info.name, self.info.version, self.info.sha256[:12])
 
     def scores(self, volume: SeriesVolume) -> np.ndarray:
@@ -158,7 +148,7 @@ class SagittalSpineEngine:
         outs = []
         for i in range(0, len(x), self._batch):
             batch = x[stacks[i : i + self._batch]].astype(np.float32)
-            logits = self._session.run(None, {"image": batch})[0]
+            logits = self.backend.run(batch)
             e = np.exp(logits - logits.max(axis=1, keepdims=True))
             outs.append(e / e.sum(axis=1, keepdims=True))
         probs = from_training_grid(np.concatenate(outs), valid, planes.shape[1:])

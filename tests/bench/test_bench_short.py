@@ -38,3 +38,14 @@ def test_ingest_benchmark_short_mode():
     record = json.loads(open(out).read())
     assert set(record["results"]) == {f"{k}/{a}" for k in ("spinegate", "storescp", "orthanc") for a in (1, 4)}
     assert all(r["instances_per_s"]["median"] > 0 for r in record["results"].values())
+
+
+def test_inference_backends_benchmark_short_mode():
+    proc = subprocess.run([sys.executable, "bench/inference_backends.py", "--short"], cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout.strip().splitlines()[-1].removeprefix("wrote ")
+    record = json.loads(open(out).read())
+    assert {(r["engine"], r["backend"]) for r in record["results"]} == {
+        (e, b) for e in ("sagittal_spine", "axial_muscle") for b in ("onnxruntime-cpu", "torch-cpu")}
+    assert all(r["per_slice_ms"] > 0 and r["peak_rss_mb"] > 50 for r in record["results"])

@@ -1,0 +1,73 @@
+"""ONNX Runtime (the product backend) against PyTorch (the reference) on the
+same committed models: every structure's Dice ≥ 0.99 between the two, on a
+held-out phantom and, when the shared data is present, a real volume.
+
+TensorRT parity needs a CUDA GPU; this machine has none (see bench/README.md
+for what was measured where one was lent)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import MODEL_DIR, require_shared_data
+from dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagittal_grid
+from dicom_io.volume import SeriesVolume
+from inference.validation import dice
+
+pytest.importorskip("torch", reason="torch is the training extra: pip install '.[train]'")
+
+MIN_DICE = 0.99
+
+
+def _pair(engine_cls, **kwargs):
+    return engine_cls(MODEL_DIR, backend="onnxruntime", **kwargs), engine_cls(MODEL_DIR, backend="torch", **kwargs)
+
+
+def _assert_parity(a: np.ndarray, b: np.ndarray) -> None:
+    for value in np.unique(np.concatenate([np.unique(a), np.unique(b)])):
+        if value == 0:
+            continue
+        assert dice(a == value, b == value) >= MIN_DICE, f"label {value}"
+
+
+def _sagittal_labels(engine, volume):
+    return engine.segment(volume).named.label_map
+
+
+def test_sagittal_onnxruntime_matches_torch_on_a_held_out_phantom():
+    from inference.engine import SagittalSpineEngine
+
+    ort_engine, torch_engine = _pair(SagittalSpineEngine)
+    grid = sagittal_grid(12, 256, 256, 1.2, 4.0)
+    image, _ = render_phantom(make_spine_phantom(1003), grid, Weighting.T1, subplanes=2)
+    volume = SeriesVolume.from_array(image.astype(np.float32), grid.affine, 4.0)
+    scores_ort, scores_torch = ort_engine.scores(volume), torch_engine.scores(volume)
+    assert np.abs(scores_ort - scores_torch).max() < 1e-3
+    _assert_parity(_sagittal_labels(ort_engine, volume), _sagittal_labels(torch_engine, volume))
+
+
+def test_axial_onnxruntime_matches_torch_on_a_held_out_phantom():
+    from inference.axial_data import phantom_axial_series
+    from inference.axial_engine import AxialMuscleEngine
+
+    ort_engine, torch_engine = _pair(AxialMuscleEngine)
+    image, _, spacing = phantom_axial_series(1002, Weighting.T2)
+    aff = np.eye(4)
+    aff[:3, 0], aff[:3, 1], aff[:3, 2] = (0, 0, -4.0), (0, spacing[0], 0), (spacing[1], 0, 0)
+    volume = SeriesVolume.from_array(image[::4].astype(np.float32), aff, 4.0)
+    _assert_parity(ort_engine.segment(volume).classes, torch_engine.segment(volume).classes)
+
+
+@pytest.mark.shared_data
+def test_sagittal_onnxruntime_matches_torch_on_a_real_volume():
+    import nibabel as nib
+
+    from inference.engine import SagittalSpineEngine
+    from inference.validation import thick_slice_series
+
+    data = require_shared_data()
+    img = nib.load(str(data / "VB3_05_image.nii.gz"))
+    pixels, affine, _ = thick_slice_series(np.asarray(img.dataobj), img.affine)
+    volume = SeriesVolume.from_array(pixels.astype(np.float32), affine, 4.0)
+    ort_engine, torch_engine = _pair(SagittalSpineEngine)
+    _assert_parity(_sagittal_labels(ort_engine, volume), _sagittal_labels(torch_engine, volume))
