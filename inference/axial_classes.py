@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dicom_io.paraspinal import MUSCLE_LABELS
 
-__all__ = ["AXIAL_CLASS_NAMES", "AXIAL_SPACING_MM", "MUSCLE_CLASSES", "VB_CLASS", "DISC_CLASS"]
+__all__ = ["AXIAL_CLASS_NAMES", "AXIAL_SPACING_MM", "AXIAL_TILE", "MUSCLE_CLASSES", "VB_CLASS", "DISC_CLASS"]
 
 VB_CLASS, DISC_CLASS = 1, 2
 # (muscle, side) → output class, in MUSCLE_LABELS order after background,
@@ -17,3 +17,5 @@ AXIAL_CLASS_NAMES = ("background", "vertebral_body", "disc") + tuple(f"{m}_{s}" 
 # In-plane pixel spacing of the network's input (mm). Axial series come at
 # 0.3-1.0 mm; 1 mm keeps a 400 mm field of view within 400 pixels.
 AXIAL_SPACING_MM = 1.0
+# Training patch = inference tile (rows, columns) at AXIAL_SPACING_MM.
+AXIAL_TILE = (192, 192)

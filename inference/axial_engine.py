@@ -5,7 +5,8 @@ slice per disc level, are as good as contiguous stacks. Pre-processing is
 `inference.preprocessing` with the axial network's pixel spacing; slices
 are turned to the training orientation (rows anterior→posterior, columns
 patient right→left), so laterality is read from the image grid, never
-guessed. Post-processing per slice: each muscle keeps its largest
+guessed. The network runs on overlapping tiles of its training patch size
+(`inference.tiling`). Post-processing per slice: each muscle keeps its largest
 connected component with holes filled (intramuscular fat belongs to the
 muscle's area), vertebral body and disc their largest component.
 """
@@ -20,10 +21,11 @@ import numpy as np
 from scipy import ndimage
 
 from dicom_io.volume import SeriesVolume
-from inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM
+from inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM, AXIAL_TILE
 from inference.backends import make_backend
 from inference.engine import EngineError, load_model_info
 from inference.preprocessing import from_training_grid, normalise_intensity, to_training_grid
+from inference.tiling import sliding_window_softmax
 
 __all__ = ["AxialMuscleEngine", "AxialSegmentation", "MODEL_NAME", "axial_canonical_axes", "clean_axial_classes"]
 
@@ -112,7 +114,7 @@ class AxialMuscleEngine:
         ``"onnxruntime"`` (the product) or ``"torch"`` (reference, parity tests).
     """
 
-    def __init__(self, model_dir: Path, threads: int = 2, batch_slices: int = 4, model_name: str = MODEL_NAME,
+    def __init__(self, model_dir: Path, threads: int = 2, batch_slices: int = 8, model_name: str = MODEL_NAME,
                  backend: str = "onnxruntime") -> None:
         self.info = load_model_info(model_dir, model_name)
         self.backend = make_backend(backend, self.info.path, threads)
@@ -130,12 +132,8 @@ class AxialMuscleEngine:
         spacing = volume.spacing_mm
         ps = (spacing[2], spacing[1]) if axes[0] else (spacing[1], spacing[2])
         x, valid = to_training_grid(normalise_intensity(planes), ps, AXIAL_SPACING_MM)
-        outs = []
-        for i in range(0, len(x), self._batch):
-            logits = self.backend.run(x[i : i + self._batch, None])
-            e = np.exp(logits - logits.max(axis=1, keepdims=True))
-            outs.append(e / e.sum(axis=1, keepdims=True))
-        probs = from_training_grid(np.concatenate(outs), valid, planes.shape[1:])
+        probs = sliding_window_softmax(self.backend.run, x[:, None], AXIAL_TILE, batch=self._batch)
+        probs = from_training_grid(probs, valid, planes.shape[1:])
         return _apply(probs, axes, inverse=True)
 
     def segment(self, volume: SeriesVolume) -> AxialSegmentation:

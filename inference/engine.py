@@ -53,7 +53,7 @@ def load_model_info(model_dir: Path, name: str = MODEL_NAME) -> ModelInfo:
     """
     path = model_dir / f"{name}.onnx"
     if not path.exists():
-        raise EngineError(f"model file {path} is missing; train it with 'python -m inference.train'")
+        raise EngineError(f"model file {path} is missing; the README's model sections say how to train it")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     version = "unversioned"
     record_path = model_dir / f"{name}.training.json"

@@ -31,7 +31,7 @@ import torch
 from scipy import ndimage
 
 from dicom_io.phantom import Weighting
-from inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM, MUSCLE_CLASSES
+from inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM, AXIAL_TILE, MUSCLE_CLASSES
 from inference.axial_data import REAL_FOLDS, TUM_LABELS, load_tum_planes, phantom_axial_series, tum_classes
 from inference.network import ResidualUNet2D
 from inference.preprocessing import normalise_intensity, to_training_grid
@@ -41,7 +41,7 @@ log = logging.getLogger("inference.train_axial")
 
 MODEL_NAME = "axial_muscle"
 CHANNELS = (16, 32, 64, 128)
-PATCH = (192, 192)  # 192 mm at AXIAL_SPACING_MM
+PATCH = AXIAL_TILE  # 192 mm at AXIAL_SPACING_MM; inference tiles are the same size
 TRAINING_PHANTOM_SEEDS = tuple(range(8))
 CONTRASTS = (Weighting.T1, Weighting.T2, Weighting.DIXON_WATER)
 ALL_BITS = (1 << len(AXIAL_CLASS_NAMES)) - 1
