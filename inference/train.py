@@ -145,6 +145,17 @@ def partial_label_loss(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Ten
     return ce + dice
 
 
+def optimisation_step(model: ResidualUNet2D, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                      x: torch.Tensor, allowed: torch.Tensor) -> float:
+    """One step on a batch with partial-label targets; returns the loss."""
+    loss = partial_label_loss(model(x), allowed)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
 def export_onnx(model: ResidualUNet2D, path: Path) -> None:
     """Export with dynamic batch and spatial size (multiples of 16); the
     input's channel count (slices per example) is fixed by the model."""
@@ -223,12 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             alws.append(alw)
         x = torch.from_numpy(np.stack(imgs))
         a = torch.from_numpy(np.stack(alws).astype(np.int64))
-        loss = partial_label_loss(model(x), a)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        curve.append(float(loss.detach()))
+        curve.append(optimisation_step(model, opt, sched, x, a))
         if it % 50 == 0:
             log.info("iteration %d loss %.4f (%.0f s)", it, float(np.mean(curve[-50:])), time.time() - t0)
         if it % 500 == 0 or it == args.iterations:

@@ -35,7 +35,7 @@ from inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM, AXIAL_T
 from inference.axial_data import REAL_FOLDS, TUM_LABELS, load_tum_planes, phantom_axial_series, tum_classes
 from inference.network import ResidualUNet2D
 from inference.preprocessing import normalise_intensity, to_training_grid
-from inference.train import export_onnx, partial_label_loss
+from inference.train import export_onnx, optimisation_step
 
 log = logging.getLogger("inference.train_axial")
 
@@ -142,12 +142,8 @@ def train(cases: list[tuple[list[AxialCase], float]], iterations: int, batch: in
             x, a = sample(pool[rng.integers(len(pool))], rng)
             xs.append(x)
             als.append(a)
-        loss = partial_label_loss(model(torch.from_numpy(np.stack(xs))), torch.from_numpy(np.stack(als)).long())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        curve.append(float(loss.detach()))
+        curve.append(optimisation_step(model, opt, sched, torch.from_numpy(np.stack(xs)),
+                                       torch.from_numpy(np.stack(als)).long()))
         if it % 50 == 0:
             log.info("%s iteration %d loss %.4f (%.0f s)", checkpoint.stem, it, np.mean(curve[-50:]), time.time() - t0)
         if it % 250 == 0 or it == iterations:
