@@ -32,6 +32,8 @@ __all__ = ["AxialGeometry", "nearest_disc_levels", "disc_centroids_from_axial", 
 FLAG_LEVELS_FROM_AXIAL = "levels_from_axial_disc_order_lowest_assumed_L5S1"
 FLAG_NO_MIDPLANE = "no_slice_at_disc_midplane"
 FLAG_NO_DISC_ON_MIDPLANE = "no_disc_on_midplane_slice"
+# No lumbar disc is taller: two disc sections farther apart are two discs.
+_DISC_HEIGHT_MAX_MM = 15.0
 
 
 class AxialGeometry:
@@ -85,12 +87,27 @@ def nearest_disc_levels(geometry: AxialGeometry, disc_centroids: Mapping[str, Se
 def disc_centroids_from_axial(geometry: AxialGeometry, disc_mask: np.ndarray) -> dict[str, np.ndarray]:
     """Fallback without a sagittal series: discs named from the order of the
     axial disc cross-sections (`levels_from_disc_order`, lowest = L5S1),
-    each placed at the 2D centroid of its mid-run slice."""
-    present = [bool(m.any()) for m in disc_mask]
-    order = np.argsort(-(geometry.positions @ geometry.normal))  # superior → inferior
-    named = levels_from_disc_order([present[i] for i in order])
-    return {name: centroid_2d_lps_mm(disc_mask[order[i]], geometry.slice_affine(int(order[i])))
-            for i, name in named.items()}
+    each placed at the 2D centroid of its mid-run slice. A gap in the stack
+    (more than 1.5 slice spacings, or more than a disc is tall) ends a run,
+    so a series with one slice per disc level names every disc."""
+    height = geometry.positions @ geometry.normal
+    order = [int(i) for i in np.argsort(-height)]  # superior → inferior
+    present: list[bool] = []
+    slice_of: list[int | None] = []
+    for n, i in enumerate(order):
+        step = height[order[n - 1]] - height[i] if n else 0.0
+        if n and (step > 1.5 * geometry.slice_spacing_mm or step > _DISC_HEIGHT_MAX_MM):
+            present.append(False)
+            slice_of.append(None)
+        present.append(bool(disc_mask[i].any()))
+        slice_of.append(i)
+    named = levels_from_disc_order(present)
+    out = {}
+    for j, name in named.items():
+        k = slice_of[j]
+        assert k is not None  # runs hold only real slices
+        out[name] = centroid_2d_lps_mm(disc_mask[k], geometry.slice_affine(k))
+    return out
 
 
 def _split(disc: str) -> tuple[str, str]:

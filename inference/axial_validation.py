@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="folder with the shared axial_muscle NIfTI files")
     ap.add_argument("--out", type=Path, default=Path("inference/models"))
-    ap.add_argument("--phantom-seeds", type=int, nargs="*", default=[1000, 1001, 1002, 1003])
+    ap.add_argument("--phantom-seeds", type=int, nargs="*", default=[1000, 1001])
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     record = {"real_subject_cross_validation": real_fold_dice(args.data, args.out),

