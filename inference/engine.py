@@ -53,7 +53,9 @@ def load_model_info(model_dir: Path, name: str = MODEL_NAME) -> ModelInfo:
     """
     path = model_dir / f"{name}.onnx"
     if not path.exists():
-        raise EngineError(f"model file {path} is missing; the README's model sections say how to train it")
+        command = {"sagittal_spine": "python -m inference.train", "axial_muscle": "python -m inference.train_axial"}
+        how = command.get(name.split(".")[0], "the training command in the README")
+        raise EngineError(f"model file {path} is missing; train it with '{how}' (README, the model sections)")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     version = "unversioned"
     record_path = model_dir / f"{name}.training.json"
