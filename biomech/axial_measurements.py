@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from biomech.axial_levels import disc_midplane_slices, levels_from_disc_order
+from biomech.axial_levels import disc_midplane_slices, levels_from_centroids, levels_from_disc_order
 from biomech.muscle_morphometry import (
     asymmetry,
     centroid_2d_lps_mm,
@@ -69,18 +69,21 @@ class AxialGeometry:
 
 def nearest_disc_levels(geometry: AxialGeometry, disc_centroids: Mapping[str, Sequence[float]],
                         max_distance_mm: float = 25.0) -> list[tuple[str, float] | None]:
-    """Per slice, the disc whose centroid lies nearest its plane and the
-    signed distance (mm, positive when the slice lies above the disc);
-    None beyond ``max_distance_mm`` of every disc."""
-    names = [k for k in disc_centroids if structure_by_name(k).kind is StructureKind.DISC]
-    if not names:
+    """Per slice, the disc whose centroid lies nearest its plane
+    (`levels_from_centroids` over the discs) and the signed distance (mm,
+    positive when the slice lies above the disc); None beyond
+    ``max_distance_mm`` of every disc."""
+    discs = {k: np.asarray(v, float) for k, v in disc_centroids.items()
+             if structure_by_name(k).kind is StructureKind.DISC}
+    if not discs:
         return [None] * len(geometry.positions)
-    c = np.array([disc_centroids[k] for k in names], float)
-    signed = (geometry.positions[:, None, :] - c[None, :, :]) @ geometry.normal
     out: list[tuple[str, float] | None] = []
-    for row in signed:
-        j = int(np.argmin(np.abs(row)))
-        out.append((names[j], float(row[j])) if abs(row[j]) <= max_distance_mm else None)
+    for lv in levels_from_centroids(geometry.positions, geometry.normal, discs, max_distance_mm):
+        if lv is None:
+            out.append(None)
+            continue
+        signed = float((geometry.positions[lv.slice_index] - discs[lv.structure]) @ geometry.normal)
+        out.append((lv.structure, signed))
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ from biomech.axial_measurements import (
 )
 from dicom_io.classify import Weighting
 from dicom_io.levels import StructureKind
+from dicom_io.measurements import MuscleLevelMeasurements
 from dicom_io.muscles import MUSCLE_LABELS
 from dicom_io.volume import SeriesError, SeriesVolume, read_series
 from inference.axial_classes import DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
@@ -36,16 +38,17 @@ log = logging.getLogger(__name__)
 FLAG_DIXON_MISMATCH = "dixon_fat_geometry_mismatch"
 
 
+@dataclass(frozen=True)
 class AxialResult:
-    """Everything the pipeline keeps from one axial series."""
+    """Everything the pipeline keeps from one axial series: the volume, its
+    spinegate label map (muscles and named levels), the measurements, the
+    series' review flags and per-stage seconds."""
 
-    def __init__(self, volume: SeriesVolume, label_map: np.ndarray, measurements: list, flags: tuple[str, ...],
-                 timings_s: dict[str, float]) -> None:
-        self.volume = volume
-        self.label_map = label_map
-        self.measurements = measurements
-        self.flags = flags
-        self.timings_s = timings_s
+    volume: SeriesVolume
+    label_map: np.ndarray
+    measurements: list[MuscleLevelMeasurements]
+    flags: tuple[str, ...]
+    timings_s: dict[str, float]
 
 
 def _same_grid(a: SeriesVolume, b: SeriesVolume) -> str:
