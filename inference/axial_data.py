@@ -9,10 +9,11 @@ import numpy as np
 from dicom_io.levels import StructureKind, structure_by_label
 from dicom_io.paraspinal import MUSCLE_LABELS, axial_grid, make_paraspinal_anatomy, muscle_field
 from dicom_io.phantom import Weighting, make_spine_phantom, render_phantom
+from dicom_io.volume import SeriesVolume
 from inference.axial_classes import DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
 
 __all__ = ["REAL_FOLDS", "VALIDATION_PHANTOM_SEEDS", "TUM_LABELS", "class_map_of_phantom_labels",
-           "phantom_axial_series", "load_tum_planes", "tum_classes"]
+           "phantom_axial_series", "load_tum_planes", "tum_classes", "canonical_axial_volume"]
 
 # Contiguous blocks of TUM01's 29 slices held out in turn (cross-validation).
 REAL_FOLDS = ((0, 10), (10, 20), (20, 29))
@@ -76,3 +77,15 @@ def tum_classes(labels: np.ndarray) -> np.ndarray:
     for value, key in TUM_LABELS.items():
         out[labels == value] = MUSCLE_CLASSES[key]
     return out
+
+
+def canonical_axial_volume(planes: np.ndarray, pixel_spacing_mm: tuple[float, float],
+                           slice_mm: float = 4.0) -> SeriesVolume:
+    """Planes already in training orientation (rows anterior→posterior,
+    columns patient right→left, slices superior→inferior) as an in-memory
+    axial volume: the phantom series and TUM01 as the engine sees them."""
+    aff = np.eye(4)
+    aff[:3, 0] = (0.0, 0.0, -slice_mm)
+    aff[:3, 1] = (0.0, pixel_spacing_mm[0], 0.0)
+    aff[:3, 2] = (pixel_spacing_mm[1], 0.0, 0.0)
+    return SeriesVolume.from_array(np.asarray(planes, np.float32), aff, slice_mm)

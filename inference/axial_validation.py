@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dicom_io.volume import SeriesVolume
 from inference.axial_classes import AXIAL_CLASS_NAMES, MUSCLE_CLASSES
-from inference.axial_data import REAL_FOLDS, load_tum_planes, phantom_axial_series, tum_classes
+from inference.axial_data import REAL_FOLDS, canonical_axial_volume, load_tum_planes, phantom_axial_series, tum_classes
 from inference.axial_engine import MODEL_NAME, AxialMuscleEngine, clean_axial_classes
 
-__all__ = ["dice", "real_fold_dice", "phantom_scores", "tum_volume"]
+__all__ = ["dice", "real_fold_dice", "phantom_scores"]
 
 log = logging.getLogger("inference.axial_validation")
 
@@ -37,15 +36,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
 
 
-def tum_volume(water: np.ndarray, spacing_mm: float, slice_mm: float = 4.0) -> SeriesVolume:
-    """Canonical TUM01 planes (rows A→P, columns R→L) as an axial volume."""
-    aff = np.eye(4)
-    aff[:3, 0] = (0.0, 0.0, -slice_mm)
-    aff[:3, 1] = (0.0, spacing_mm, 0.0)
-    aff[:3, 2] = (spacing_mm, 0.0, 0.0)
-    return SeriesVolume.from_array(water, aff, slice_mm)
-
-
 def real_fold_dice(data_dir: Path, model_dir: Path) -> dict:
     """Dice per labelled muscle on held-out TUM01 slice blocks, per fold and
     pooled (sums of overlaps and sizes over the folds)."""
@@ -56,7 +46,7 @@ def real_fold_dice(data_dir: Path, model_dir: Path) -> dict:
     for k, (lo, hi) in enumerate(REAL_FOLDS):
         engine = AxialMuscleEngine(model_dir, model_name=f"{MODEL_NAME}.fold{k}")
         # Intensity scaling over the whole series, as for any series at inference.
-        probs = engine.scores(tum_volume(water, spacing))[lo:hi]
+        probs = engine.scores(canonical_axial_volume(water, (spacing, spacing)))[lo:hi]
         pred = clean_axial_classes(probs.argmax(axis=1).astype(np.uint8), spacing * spacing)
         per = {}
         for name in REAL_MUSCLES:
@@ -80,9 +70,7 @@ def phantom_scores(model_dir: Path, seeds: tuple[int, ...]) -> dict:
     for seed in seeds:
         for weighting in (Weighting.T1, Weighting.T2, Weighting.DIXON_WATER):
             image, classes, spacing = phantom_axial_series(seed, weighting)
-            aff = np.eye(4)
-            aff[:3, 0], aff[:3, 1], aff[:3, 2] = (0, 0, -4.0), (0, spacing[0], 0), (spacing[1], 0, 0)
-            pred = engine.segment(SeriesVolume.from_array(image.astype(np.float32), aff, 4.0)).classes
+            pred = engine.segment(canonical_axial_volume(image, spacing)).classes
             d = {AXIAL_CLASS_NAMES[c]: round(dice(pred == c, classes == c), 4) for c in range(1, len(AXIAL_CLASS_NAMES))}
             csa_err = {}
             for (m, s), c in MUSCLE_CLASSES.items():

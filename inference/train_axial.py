@@ -58,9 +58,11 @@ class AxialCase:
     allowed: np.ndarray  # int32 (n, rows, cols)
 
 
-def _to_case(name: str, image: np.ndarray, classes: np.ndarray, allowed_unlabelled: int,
+def _to_case(name: str, normalised: np.ndarray, classes: np.ndarray, allowed_unlabelled: int,
              spacing: tuple[float, float]) -> AxialCase:
-    x, (r, c) = to_training_grid(normalise_intensity(image), spacing, AXIAL_SPACING_MM)
+    """Normalised planes and their class map (0 = unlabelled) on the
+    training grid, with allowed-class masks."""
+    x, (r, c) = to_training_grid(normalised, spacing, AXIAL_SPACING_MM)
     zoom = (1.0, r / classes.shape[1], c / classes.shape[2])
     cls = ndimage.zoom(classes, zoom, order=0, grid_mode=True, mode="nearest")[:, :r, :c]
     allowed = np.where(cls > 0, 1 << cls.astype(np.int32), allowed_unlabelled).astype(np.int32)
@@ -74,7 +76,7 @@ def make_phantom_case(seed: int, weighting: Weighting, cache_dir: Path | None = 
         z = np.load(path)
         return AxialCase(path.stem, z["image"], z["allowed"])
     image, classes, spacing = phantom_axial_series(seed, weighting)
-    case = _to_case(f"phantom_{seed}_{weighting.value}", image, classes, 1, spacing)
+    case = _to_case(f"phantom_{seed}_{weighting.value}", normalise_intensity(image), classes, 1, spacing)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(path, image=case.image, allowed=case.allowed)
@@ -87,13 +89,8 @@ def load_real_case(data_dir: Path, slices: np.ndarray) -> AxialCase:
     water, _, labels, spacing = load_tum_planes(data_dir)
     covered = sum(1 << MUSCLE_CLASSES[k] for k in TUM_LABELS.values())
     # Intensity scaling over the whole series, as inference sees it.
-    image = normalise_intensity(water)[slices]
-    x, (r, c) = to_training_grid(image, (spacing, spacing), AXIAL_SPACING_MM)
-    cls = tum_classes(labels[slices])
-    zoom = (1.0, r / cls.shape[1], c / cls.shape[2])
-    cls = ndimage.zoom(cls, zoom, order=0, grid_mode=True, mode="nearest")[:, :r, :c]
-    allowed = np.where(cls > 0, 1 << cls.astype(np.int32), ALL_BITS & ~covered).astype(np.int32)
-    return AxialCase("TUM01", x[:, :r, :c].astype(np.float32), allowed)
+    return _to_case("TUM01", normalise_intensity(water)[slices], tum_classes(labels[slices]), ALL_BITS & ~covered,
+                    (spacing, spacing))
 
 
 def sample(case: AxialCase, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ from conftest import MODEL_DIR, require_shared_data
 from dicom_io.phantom import Weighting
 from dicom_io.volume import SeriesVolume
 from inference.axial_classes import AXIAL_CLASS_NAMES, MUSCLE_CLASSES
-from inference.axial_data import phantom_axial_series
+from inference.axial_data import canonical_axial_volume, phantom_axial_series
 from inference.axial_validation import dice, real_fold_dice
 
 RECORD = json.loads((MODEL_DIR / "axial_muscle.validation.json").read_text())
@@ -28,9 +28,7 @@ def axial_engine():
 @pytest.fixture(scope="module")
 def held_out():
     image, classes, spacing = phantom_axial_series(1001, Weighting.T2)
-    aff = np.eye(4)
-    aff[:3, 0], aff[:3, 1], aff[:3, 2] = (0, 0, -4.0), (0, spacing[0], 0), (spacing[1], 0, 0)
-    return image[::3].astype(np.float32), classes[::3], aff
+    return image[::3].astype(np.float32), classes[::3], canonical_axial_volume(image[:1], spacing).affine
 
 
 def test_held_out_phantom_classes_are_segmented(axial_engine, held_out):

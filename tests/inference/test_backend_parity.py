@@ -47,14 +47,12 @@ def test_sagittal_onnxruntime_matches_torch_on_a_held_out_phantom():
 
 
 def test_axial_onnxruntime_matches_torch_on_a_held_out_phantom():
-    from inference.axial_data import phantom_axial_series
+    from inference.axial_data import canonical_axial_volume, phantom_axial_series
     from inference.axial_engine import AxialMuscleEngine
 
     ort_engine, torch_engine = _pair(AxialMuscleEngine)
     image, _, spacing = phantom_axial_series(1002, Weighting.T2)
-    aff = np.eye(4)
-    aff[:3, 0], aff[:3, 1], aff[:3, 2] = (0, 0, -4.0), (0, spacing[0], 0), (spacing[1], 0, 0)
-    volume = SeriesVolume.from_array(image[::4].astype(np.float32), aff, 4.0)
+    volume = canonical_axial_volume(image[::4], spacing)
     _assert_parity(ort_engine.segment(volume).classes, torch_engine.segment(volume).classes)
 
 
