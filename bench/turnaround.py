@@ -32,27 +32,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from dicom_io.mr_writer import StudyInfo  # noqa: E402
-from dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagittal_grid  # noqa: E402
 from dicom_io.phantom_study import write_axial_phantom_study  # noqa: E402
 from dicom_io.send import send_files  # noqa: E402
-from dicom_io.volume import SeriesVolume  # noqa: E402
-from inference.engine import SagittalSpineEngine  # noqa: E402
+from inference_backends import measure_one  # noqa: E402  (bench/ is this script's folder)
 from service.demo import LocalReceiver, free_port, wait_for_echo  # noqa: E402
-
-
-def inference_per_slice(size: int, repeats: int) -> dict[str, float]:
-    engine = SagittalSpineEngine(REPO / "inference" / "models")
-    grid = sagittal_grid(15, size, size, 300.0 / size, 4.0)
-    image, _ = render_phantom(make_spine_phantom(5), grid, Weighting.T2, subplanes=1)
-    volume = SeriesVolume.from_array(image, grid.affine, 4.0)
-    engine.scores(volume)  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        engine.scores(volume)
-        times.append(time.perf_counter() - t0)
-    series_s = statistics.median(times)
-    return {"series_15_slices_s": round(series_s, 3), "per_slice_ms": round(1000 * series_s / 15, 1)}
 
 
 def _stage_times(doc: dict) -> dict[str, float]:
@@ -115,7 +98,7 @@ def main() -> int:
         "mode": "short" if args.short else "full",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "study": f"sagittal T1 + T2, 15 slices each, {size}x{size}; axial T2 L1-S1 (4 mm), {axial_size}x{axial_size}",
-        "inference_onnxruntime_cpu": inference_per_slice(size, 1 if args.short else 5),
+        "inference_onnxruntime_cpu": measure_one("sagittal_spine", "onnxruntime", 1 if args.short else 5, args.short),
         "turnaround": turnaround(size, axial_size, runs, args.quiet_period),
     }
     out = REPO / "bench" / "results"
@@ -125,7 +108,7 @@ def main() -> int:
     t, inf = record["turnaround"], record["inference_onnxruntime_cpu"]
     print(json.dumps(record, indent=1))
     print(f"| {record['study']} | {t['median_s']} ({t['min_s']}–{t['max_s']}) | {t['quiet_period_s']} | "
-          f"{t['median_minus_quiet_s']} | {inf['per_slice_ms']} | {inf['series_15_slices_s']} |")
+          f"{t['median_minus_quiet_s']} | {inf['per_slice_ms']} | {inf['per_series_s']['median']} |")
     return 0
 
 
