@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from dicom_io.volume import SeriesVolume
+from inference.axial_calibration import load_class_offsets
 from inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM, AXIAL_TILE
 from inference.backends import make_backend
 from inference.engine import EngineError, load_model_info
@@ -112,11 +113,21 @@ class AxialMuscleEngine:
         Model file stem (the cross-validation folds use others).
     backend : str
         ``"onnxruntime"`` (the product) or ``"torch"`` (reference, parity tests).
+    calibrated : bool
+        Apply the area calibration written beside the model
+        (`inference.axial_calibration`), when there is one; its checksum
+        joins the model version.
     """
 
     def __init__(self, model_dir: Path, threads: int = 2, batch_slices: int = 8, model_name: str = MODEL_NAME,
-                 backend: str = "onnxruntime") -> None:
+                 backend: str = "onnxruntime", calibrated: bool = True) -> None:
         self.info = load_model_info(model_dir, model_name)
+        try:
+            self.offsets = load_class_offsets(model_dir, model_name, self.info.sha256) if calibrated else None
+        except ValueError as exc:
+            raise EngineError(str(exc)) from exc
+        if self.offsets is not None:
+            self.info = replace(self.info, version=f"{self.info.version}+{self.offsets.tag}")
         self.backend = make_backend(backend, self.info.path, threads)
         self._batch = batch_slices
         outputs = self.backend.output_classes
@@ -142,6 +153,7 @@ class AxialMuscleEngine:
         probs = self.scores(volume)
         t1 = time.perf_counter()
         spacing = volume.spacing_mm
-        classes = clean_axial_classes(probs.argmax(axis=1).astype(np.uint8), spacing[1] * spacing[2])
+        raw = self.offsets.classes(probs) if self.offsets is not None else probs.argmax(axis=1).astype(np.uint8)
+        classes = clean_axial_classes(raw, spacing[1] * spacing[2])
         t2 = time.perf_counter()
         return AxialSegmentation(classes, t1 - t0, {"inference": t1 - t0, "postprocess": t2 - t1})

@@ -134,6 +134,7 @@ def build_ae(config: SpinegateConfig) -> AE:
     ae.dimse_timeout = config.network.dimse_timeout_s
     ae.network_timeout = config.network.network_timeout_s
     ae.maximum_associations = config.network.maximum_associations
+    ae.maximum_pdu_size = config.network.maximum_pdu_bytes
     ae.add_supported_context(Verification)
     for sop_class in MR_STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)

@@ -65,11 +65,13 @@ def _truth_mean(truth, name, slices, key):
 def test_network_csa_and_fat_fraction_against_the_truth(analysed, axial_study):
     """Level-mean CSA of every muscle of >= 2 cm² per level, Dixon fat
     fraction and thresholded fat infiltration, against the exact truth over
-    the same slices. What is asserted is what the model reaches (README,
-    "The axial model"): the issue's ≤ 5 % per muscle and level is met on
-    average, not for every muscle-level (small muscles come out larger)."""
+    the same slices. What is asserted is what the calibrated model reaches
+    (README, "The axial model"): the issue's ≤ 5 % is met on average and
+    for 7 of the 8 muscles (mean over levels and contrasts), not for every
+    muscle-level."""
     _, doc = analysed
     csa_errors, ff_errors, fi_errors = [], [], []
+    by_muscle: dict[str, list[float]] = {}
     for description in ("AX T1 TSE", "AX T2 TSE", "AX DIXON W"):
         s = _series(doc, description)
         assert s["error"] is None and s["muscles"], s
@@ -80,6 +82,7 @@ def test_network_csa_and_fat_fraction_against_the_truth(analysed, axial_study):
             truth = _truth_mean(axial_study, m["muscle"], slices, "csa_cm2")
             if truth >= 2.0:
                 series_errors.append(abs(m["csa_mean_cm2"] - truth) / truth)
+                by_muscle.setdefault(m["muscle"], []).append(series_errors[-1])
             if description == "AX DIXON W":
                 ff_errors.append(abs(m["fat_fraction"] - _truth_mean(axial_study, m["muscle"], slices, "fat_fraction")))
             else:
@@ -90,11 +93,17 @@ def test_network_csa_and_fat_fraction_against_the_truth(analysed, axial_study):
         assert len(series_errors) >= 25
         assert np.median(series_errors) <= CSA_TOL and max(series_errors) <= 0.25, (description, series_errors)
         csa_errors += series_errors
-    assert np.mean(csa_errors) <= CSA_TOL
+    per_muscle = {name: float(np.mean(e)) for name, e in sorted(by_muscle.items())}
+    print(f"CSA: mean {np.mean(csa_errors):.3f}, median {np.median(csa_errors):.3f}, max {max(csa_errors):.3f}, "
+          f"within 5 %: {np.mean(np.array(csa_errors) <= CSA_TOL):.2f}; per muscle "
+          f"{ {k: round(v, 3) for k, v in per_muscle.items()} }; FF: mean {np.mean(ff_errors):.3f}, "
+          f"within 0.03: {np.mean(np.array(ff_errors) <= FF_TOL):.2f}, max {max(ff_errors):.3f}; "
+          f"FI: median {np.median(fi_errors):.3f}")
+    assert np.mean(csa_errors) <= 0.04 and np.mean(np.array(csa_errors) <= CSA_TOL) >= 0.75
+    # Right multifidus is the exception (7.4 % on this subject).
+    assert sorted(per_muscle.values())[-2] <= CSA_TOL and max(per_muscle.values()) <= 0.08, per_muscle
     assert np.mean(ff_errors) <= FF_TOL and max(ff_errors) <= 0.08
     assert np.median(fi_errors) <= 0.02 and np.mean(fi_errors) <= 0.05
-    print(f"CSA: mean {np.mean(csa_errors):.3f}, within 5 %: {np.mean(np.array(csa_errors) <= CSA_TOL):.2f}; "
-          f"FF: mean {np.mean(ff_errors):.3f}, max {max(ff_errors):.3f}; FI: median {np.median(fi_errors):.3f}")
 
 
 def test_fat_image_is_paired_and_levels_come_from_the_sagittal_series(analysed):

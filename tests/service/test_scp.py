@@ -54,6 +54,8 @@ def _associate(cfg, contexts=(MRImageStorage, Verification)):
 def test_echo_store_and_duplicate(scp, instances):
     cfg, store, stored = scp
     assoc = _associate(cfg)
+    # Peers may send an image in one PDU of up to the configured size.
+    assert assoc.acceptor.maximum_length == cfg.network.maximum_pdu_bytes == 1_048_576
     assert assoc.send_c_echo().Status == Status.SUCCESS
     for ds in instances:
         assert assoc.send_c_store(ds).Status == Status.SUCCESS

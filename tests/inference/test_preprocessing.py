@@ -1,0 +1,49 @@
+"""Pre-processing shared by training and inference: the resampling to the
+training grid and back is scipy's linear zoom, exactly."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from inference.preprocessing import SIZE_MULTIPLE, from_training_grid, normalise_intensity, to_training_grid
+
+
+def _scipy_zoom(a: np.ndarray, zr: float, zc: float) -> np.ndarray:
+    zoom = (1.0,) * (a.ndim - 2) + (zr, zc)
+    return ndimage.zoom(a.astype(np.float32), zoom, order=1, prefilter=False, grid_mode=True, mode="nearest")
+
+
+@pytest.mark.parametrize("shape, spacing", [((3, 97, 130), (0.6, 0.6)), ((2, 64, 64), (1.5, 0.8)),
+                                            ((1, 40, 41), (1.25, 1.25))])
+def test_to_training_grid_is_scipy_linear_zoom_then_padding(shape, spacing):
+    planes = np.random.default_rng(0).random(shape, dtype=np.float32)
+    padded, (r, c) = to_training_grid(planes, spacing, 1.25)
+    expected = _scipy_zoom(planes, spacing[0] / 1.25, spacing[1] / 1.25)
+    assert (r, c) == expected.shape[1:]
+    assert padded.shape[1] % SIZE_MULTIPLE == 0 and padded.shape[2] % SIZE_MULTIPLE == 0
+    np.testing.assert_allclose(padded[:, :r, :c], expected, atol=1e-6)
+    assert not padded[:, r:, :].any() and not padded[:, :, c:].any()
+
+
+def test_from_training_grid_is_scipy_linear_zoom_onto_the_native_grid():
+    scores = np.random.default_rng(1).random((2, 4, 80, 96), dtype=np.float32)
+    out = from_training_grid(scores, (75, 90), (128, 150))
+    assert out.shape == (2, 4, 128, 150)
+    np.testing.assert_allclose(out, _scipy_zoom(scores[:, :, :75, :90], 128 / 75, 150 / 90)[:, :, :128, :150], atol=1e-6)
+    # Linear interpolation of a probability field keeps it a probability field.
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_a_constant_image_stays_constant_after_resampling():
+    planes = np.full((1, 50, 70), 0.25, np.float32)
+    padded, (r, c) = to_training_grid(planes, (0.7, 0.9), 1.0)
+    np.testing.assert_allclose(padded[:, :r, :c], 0.25, atol=1e-6)
+
+
+def test_normalise_intensity_scales_by_volume_percentiles():
+    v = np.arange(101, dtype=np.float32).reshape(1, 1, 101)
+    out = normalise_intensity(v)
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert out[0, 0, 50] == pytest.approx(0.5)
+    assert not normalise_intensity(np.ones((2, 3, 3))).any()
