@@ -13,7 +13,7 @@ $(VENV)/.runtime: pyproject.toml
 	touch $@
 
 $(VENV)/.testdeps: $(VENV)/.runtime
-	$(PIP) install -q -e '.[train,test]'
+	$(PIP) install -q -e '.[train,test,bench]'
 	touch $@
 
 # Debian peers the tests drive: dcmtk (storescu/storescp/dcmcjpeg/dcmcjpls), dicom3tools (dciodvfy),
@@ -51,6 +51,7 @@ test: $(VENV)/.testdeps peers $(VIEWER)/.ready
 test-quick: $(VENV)/.testdeps
 	$(VENV)/bin/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
-bench: $(VENV)/.runtime
+bench: $(VENV)/.testdeps
 	$(VENV)/bin/python bench/turnaround.py
+	$(VENV)/bin/python bench/turnaround_scaling.py
 	$(VENV)/bin/python bench/biomech_solve.py

@@ -49,3 +49,18 @@ def test_inference_backends_benchmark_short_mode():
     assert {(r["engine"], r["backend"]) for r in record["results"]} == {
         (e, b) for e in ("sagittal_spine", "axial_muscle") for b in ("onnxruntime-cpu", "torch-cpu")}
     assert all(r["per_slice_ms"] > 0 and r["peak_rss_mb"] > 50 for r in record["results"])
+
+
+def test_turnaround_scaling_benchmark_short_mode():
+    proc = subprocess.run([sys.executable, "bench/turnaround_scaling.py", "--short"], cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout.strip().splitlines()[-1].removeprefix("wrote ")
+    record = json.loads(open(out).read())
+    slices, series = record["by_sagittal_slices"], record["by_series"]
+    assert [p["sagittal_slices_per_series"] for p in slices] == [9, 15]
+    assert [p["analysed_series"] for p in series] == [2, 3]
+    assert all(p["median_s"] > 0 for p in slices + series)
+    # A third series (axial, ~45 slices in tiles) is seconds more work, well above the noise.
+    assert series[1]["median_s"] > series[0]["median_s"]
+    assert (REPO / "bench" / "results" / "turnaround_scaling_short.png").stat().st_size > 5000
