@@ -57,7 +57,7 @@ def _time(files: list[Path], engines: Engines, runs: int, work: Path) -> dict[st
         t0 = time.perf_counter()
         result = analyze_study(files, engines, rules, out)
         times.append(time.perf_counter() - t0)
-        analysed = sum(bool(o.timings_s) for o in result.outcomes)
+        analysed = sum(bool(o.timings_s) for o in result.series)
         shutil.rmtree(out)
     return {"instances": len(files), "analysed_series": analysed, "runs_s": [round(t, 2) for t in times],
             "median_s": round(statistics.median(times), 2)}
@@ -119,6 +119,7 @@ def _plot(record: dict, path: Path) -> None:
         b.annotate(p["series"], (p["instances"], p["median_s"]), textcoords="offset points", xytext=(4, -10),
                    fontsize=8)
     b.set(xlabel="instances in the study", title="more series", ylim=(0, None))
+    b.margins(x=0.2)
     fig.suptitle(f"spinegate processing time ({record['machine']}, {record['mode']})", fontsize=9)
     fig.savefig(path, dpi=110)
     plt.close(fig)

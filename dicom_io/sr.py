@@ -105,10 +105,10 @@ def _groups(
         finding_sites=finding_sites,
         algorithm_id=algo,
         measurements=[
-            hd.sr.Measurement(codes.SCT.Volume, round(m.volume_cm3, 3), codes.UCUM.CubicCentimeter, algorithm_id=algo),
-            hd.sr.Measurement(sg_codes.CENTROID_L, round(float(lps[0]), 2), codes.UCUM.Millimeter, algorithm_id=algo),
-            hd.sr.Measurement(sg_codes.CENTROID_P, round(float(lps[1]), 2), codes.UCUM.Millimeter, algorithm_id=algo),
-            hd.sr.Measurement(sg_codes.CENTROID_S, round(float(lps[2]), 2), codes.UCUM.Millimeter, algorithm_id=algo),
+            hd.sr.Measurement(codes.SCT.Volume, round(m.volume_cm3, 3), codes.UCUM.CubicCentimeter),
+            hd.sr.Measurement(sg_codes.CENTROID_L, round(float(lps[0]), 2), codes.UCUM.Millimeter),
+            hd.sr.Measurement(sg_codes.CENTROID_P, round(float(lps[1]), 2), codes.UCUM.Millimeter),
+            hd.sr.Measurement(sg_codes.CENTROID_S, round(float(lps[2]), 2), codes.UCUM.Millimeter),
         ],
         qualitative_evaluations=review,
     )
@@ -122,7 +122,7 @@ def _groups(
         finding_sites=finding_sites,
         algorithm_id=algo,
         measurements=[
-            hd.sr.Measurement(codes.DCM.Height, round(m.height_mm, 2), codes.UCUM.Millimeter, algorithm_id=algo)
+            hd.sr.Measurement(codes.DCM.Height, round(m.height_mm, 2), codes.UCUM.Millimeter)
         ],
         qualitative_evaluations=review,
     )
@@ -140,7 +140,7 @@ def _muscle_group(report: SeriesReport, m: MuscleLevelMeasurements, algorithm: A
              hd.sr.FindingSite(anatomic_location=level.property_type)]
 
     def measure(name, value: float, unit, derivation=None) -> hd.sr.Measurement:
-        return hd.sr.Measurement(name, value, unit, algorithm_id=algo, derivation=derivation)
+        return hd.sr.Measurement(name, value, unit, derivation=derivation)
 
     values = [measure(codes.SCT.Area, round(m.csa_mean_cm2, 3), sg_codes.UCUM_SQUARE_CENTIMETRE, codes.SCT.Mean)]
     if m.csa_midplane_cm2 is not None:

@@ -31,7 +31,8 @@ from dicom_io.muscles import MUSCLE_LABELS
 from dicom_io.volume import SeriesError, SeriesVolume, read_series
 from inference.axial_classes import DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
 
-__all__ = ["AxialResult", "analyse_axial_series", "dixon_partner", "sagittal_disc_centroids", "FLAG_DIXON_MISMATCH"]
+__all__ = ["AxialResult", "AxialSegmented", "dixon_partner", "measure_axial_series",
+           "sagittal_disc_centroids", "segment_axial_series", "FLAG_DIXON_MISMATCH"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,16 @@ class AxialResult:
     label_map: np.ndarray
     measurements: list[MuscleLevelMeasurements]
     flags: tuple[str, ...]
+    timings_s: dict[str, float]
+
+
+@dataclass(frozen=True)
+class AxialSegmented:
+    """The network half of an axial series (needs nothing from the other
+    series, so it may run beside the sagittal stage)."""
+
+    volume: SeriesVolume
+    classes: np.ndarray
     timings_s: dict[str, float]
 
 
@@ -76,11 +87,32 @@ def dixon_partner(water: Sequence[Dataset], fat_series: Mapping[str, Sequence[Da
     return min(candidates, key=lambda c: (len(c[1]) != len(water), abs(int(c[1][0].get("SeriesNumber") or 0) - number)))
 
 
-def analyse_axial_series(
-    datasets: Sequence[Dataset], weighting: Weighting, engine: Any, sagittal_disc_centroids: Mapping[str, Mapping[str, Any]],
+def segment_axial_series(datasets: Sequence[Dataset], engine: Any) -> AxialSegmented:
+    """Read an axial series and segment it.
+
+    Raises
+    ------
+    SeriesError
+        From `read_series`, or ``not_axial_grid`` when the in-plane axes are
+        not patient x/y.
+    """
+    from inference.engine import EngineError
+
+    t0 = time.perf_counter()
+    volume = read_series(datasets, min_slices=1, allow_gaps=True)
+    t1 = time.perf_counter()
+    try:
+        seg = engine.segment(volume)
+    except EngineError as e:
+        raise SeriesError("not_axial_grid", str(e)) from e
+    return AxialSegmented(volume, seg.classes, {"load": t1 - t0, "segment": time.perf_counter() - t1})
+
+
+def measure_axial_series(
+    segmented: AxialSegmented, weighting: Weighting, sagittal_disc_centroids: Mapping[str, Mapping[str, Any]],
     fat_datasets: Sequence[Dataset] | None = None,
 ) -> AxialResult:
-    """Segment and measure one axial series.
+    """Assign levels to a segmented axial series and measure its muscles.
 
     Parameters
     ----------
@@ -93,21 +125,12 @@ def analyse_axial_series(
     Raises
     ------
     SeriesError
-        From `read_series`, or ``not_axial_grid`` when the in-plane axes are
-        not patient x/y, or ``nothing_segmented``.
+        ``nothing_segmented`` (no muscle found), or from `read_series` on
+        the fat partner.
     """
-    from inference.engine import EngineError
-
-    t0 = time.perf_counter()
-    volume = read_series(datasets, min_slices=1, allow_gaps=True)
-    t1 = time.perf_counter()
-    try:
-        seg = engine.segment(volume)
-    except EngineError as e:
-        raise SeriesError("not_axial_grid", str(e)) from e
     t2 = time.perf_counter()
+    volume, classes = segmented.volume, segmented.classes
     geometry = AxialGeometry(volume.positions_lps, volume.affine[:3, 1], volume.affine[:3, 2])
-    classes = seg.classes
     muscles = {f"{m}_{s}": classes == c for (m, s), c in MUSCLE_CLASSES.items()}
     disc = classes == DISC_CLASS
     flags: list[str] = []
@@ -133,9 +156,8 @@ def analyse_axial_series(
     label_map = axial_spine_labels(geometry, classes == VB_CLASS, disc, levels)
     for key, value in MUSCLE_LABELS.items():
         label_map[muscles[f"{key[0]}_{key[1]}"]] = value
-    t3 = time.perf_counter()
     return AxialResult(volume, label_map, measurements, tuple(flags),
-                       {"load": t1 - t0, "segment": t2 - t1, "measure": t3 - t2})
+                       {**segmented.timings_s, "measure": time.perf_counter() - t2})
 
 
 def sagittal_disc_centroids(volumes_and_measurements: Sequence[tuple[SeriesVolume, Sequence[Any]]]

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,7 +30,7 @@ from dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
 from dicom_io.sr import SeriesReport, build_measurement_report
 from dicom_io.uids import derive_uid
 from dicom_io.volume import SeriesError, SeriesVolume, read_series
-from service.axial_stage import analyse_axial_series, dixon_partner, sagittal_disc_centroids
+from service.axial_stage import AxialSegmented, dixon_partner, measure_axial_series, sagittal_disc_centroids, segment_axial_series
 from service.biomech_stage import choose_centroids, load_report, run_stage, subject_from_header
 from service.config import RoutingRule
 from service.engines import Engines
@@ -145,33 +146,42 @@ def analyze_study(
     reports: list[SeriesReport] = []
     outputs: list[Path] = []
     sagittal: list[tuple[SeriesVolume, list[StructureMeasurements]]] = []
-    # Sagittal before axial (stable within each group: series number order).
-    for outcome in sorted(routed, key=lambda o: o.decision.engine == "axial_muscle"):
-        cls, decision = outcome.series_class, outcome.decision
-        log.info("series routed series_uid=%s plane=%s weighting=%s rule=%s engine=%s skipped=%s", outcome.series_uid,
-                 cls.plane.value, cls.weighting.value, decision.rule, decision.engine, decision.skipped_reason)
-        if decision.engine is None:
-            continue
-        engine = engines.get(decision.engine)
-        headers = headers_of[outcome.series_uid]
-        try:
-            if decision.engine == "axial_muscle":
-                partner = dixon_partner(headers, fat_series) if cls.weighting is Weighting.WATER else None
-                if partner is not None:
-                    _mark_fat_partner(routed, partner[0], outcome.series_uid)
-                report = _analyse_axial(outcome, headers, engine, digest, out_dir, sagittal_disc_centroids(sagittal),
-                                        partner[1] if partner else None)
-            else:
-                report = _analyse_series(outcome, headers, engine, _algorithm(engine), digest, out_dir)
-                if report is not None:
-                    sagittal.append((report.volume, outcome.measurements))
-        except SeriesError as e:
-            outcome.error = f"{e.reason}: {e}"
-            log.warning("series failed series_uid=%s reason=%s", outcome.series_uid, e.reason)
-            continue
-        if report is not None:
-            reports.append(report)
-            outputs.append(outcome.seg_path)  # type: ignore[arg-type]
+    # The axial network needs nothing from the sagittal series, so it runs in
+    # a second thread while this one post-processes, measures and writes the
+    # sagittal series (ONNX Runtime releases the GIL): on 2 cores that fills
+    # the core the single-threaded stages leave idle.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="axial-inference") as pool:
+        axial_jobs = {o.series_uid: pool.submit(segment_axial_series, headers_of[o.series_uid],
+                                                engines.get(o.decision.engine))
+                      for o in routed if o.decision.engine == "axial_muscle"}
+        # Sagittal before axial (stable within each group: series number order).
+        for outcome in sorted(routed, key=lambda o: o.decision.engine == "axial_muscle"):
+            cls, decision = outcome.series_class, outcome.decision
+            log.info("series routed series_uid=%s plane=%s weighting=%s rule=%s engine=%s skipped=%s",
+                     outcome.series_uid, cls.plane.value, cls.weighting.value, decision.rule, decision.engine,
+                     decision.skipped_reason)
+            if decision.engine is None:
+                continue
+            engine = engines.get(decision.engine)
+            headers = headers_of[outcome.series_uid]
+            try:
+                if decision.engine == "axial_muscle":
+                    partner = dixon_partner(headers, fat_series) if cls.weighting is Weighting.WATER else None
+                    if partner is not None:
+                        _mark_fat_partner(routed, partner[0], outcome.series_uid)
+                    report = _analyse_axial(outcome, headers, axial_jobs[outcome.series_uid].result(), engine, digest,
+                                            out_dir, sagittal_disc_centroids(sagittal), partner[1] if partner else None)
+                else:
+                    report = _analyse_series(outcome, headers, engine, _algorithm(engine), digest, out_dir)
+                    if report is not None:
+                        sagittal.append((report.volume, outcome.measurements))
+            except SeriesError as e:
+                outcome.error = f"{e.reason}: {e}"
+                log.warning("series failed series_uid=%s reason=%s", outcome.series_uid, e.reason)
+                continue
+            if report is not None:
+                reports.append(report)
+                outputs.append(outcome.seg_path)  # type: ignore[arg-type]
     outcomes = routed
     sagittal_reports = [r for r in reports if r.measurements]
     primary = "sagittal_spine" if "sagittal_spine" in engine_names else (engine_names or [None])[0]
@@ -233,9 +243,10 @@ def _write_seg(outcome: SeriesOutcome, volume: SeriesVolume, datasets: list[Data
     return seg_ds
 
 
-def _analyse_axial(outcome: SeriesOutcome, datasets: list[Dataset], engine: Any, digest: str, out_dir: Path,
-                   disc_centroids: dict[str, dict[str, np.ndarray]], fat: list[Dataset] | None) -> SeriesReport:
-    res = analyse_axial_series(datasets, outcome.series_class.weighting, engine, disc_centroids, fat)
+def _analyse_axial(outcome: SeriesOutcome, datasets: list[Dataset], segmented: AxialSegmented, engine: Any,
+                   digest: str, out_dir: Path, disc_centroids: dict[str, dict[str, np.ndarray]],
+                   fat: list[Dataset] | None) -> SeriesReport:
+    res = measure_axial_series(segmented, outcome.series_class.weighting, disc_centroids, fat)
     outcome.muscles = res.measurements
     outcome.flags = res.flags
     t0 = time.perf_counter()

@@ -77,6 +77,13 @@ def test_sr_is_tid1500_with_tracking_segments_and_polylines(written):
         assert group.tracking_uid and group.tracking_identifier
         seg_ref = group.referenced_segment
         assert seg_ref is not None
+        # The segment is referenced with its source series (TID 1411), not image by image.
+        assert not seg_ref.has_source_images()
+        assert seg_ref.source_series_for_segmentation.value == written["volume"].series_instance_uid
+        # Algorithm identification once per group: name, version, model checksum.
+        items = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in group[0].ContentSequence if "TextValue" in i}
+        assert items["Algorithm Name"].TextValue == ALGO.name and items["Algorithm Version"].TextValue == ALGO.version
+        assert items["Algorithm Parameters"].TextValue == f"model_sha256={ALGO.model_sha256}"
         vol = group.get_measurements(name=codes.SCT.Volume)[0]
         assert vol.unit.value == "cm3"
     for group in planar:

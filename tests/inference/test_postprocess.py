@@ -110,3 +110,23 @@ def test_off_column_components_are_not_bodies():
     keep = on_spinal_column(np.vstack([centroids, stray]), np.array([8000] * 6 + [1000]))
     assert keep.tolist() == [True] * 6 + [False]
 
+
+
+def test_clean_axial_classes_keeps_the_largest_component_and_fills_its_holes():
+    from inference.axial_engine import clean_axial_classes
+
+    classes = np.zeros((1, 40, 40), np.uint8)
+    classes[0, 5:20, 5:20] = 3  # a muscle with a hole ...
+    classes[0, 8:16, 8:16] = 0
+    classes[0, 10:14, 10:14] = 5  # ... and another structure of 16 px inside the hole
+    classes[0, 30:33, 30:33] = 3  # a smaller second piece of the same muscle
+    classes[0, 0:10, 30:40] = 4  # a muscle on the image corner with a notch open to the border
+    classes[0, 0:4, 34:36] = 0
+    classes[0, 36:39, 1:3] = 6  # 6 px: under the minimum area
+    out = clean_axial_classes(classes, pixel_area_mm2=1.0, min_area_mm2=15.0)
+    expected = np.zeros_like(classes)
+    expected[0, 5:20, 5:20] = 3  # the hole is muscle ...
+    expected[0, 10:14, 10:14] = 5  # ... but the other structure keeps its pixels
+    expected[0, 0:10, 30:40] = 4
+    expected[0, 0:4, 34:36] = 0  # a notch open to the border is not a hole
+    np.testing.assert_array_equal(out, expected)
