@@ -25,14 +25,28 @@ from inference.axial_calibration import load_class_offsets
 from inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM, AXIAL_TILE
 from inference.backends import make_backend
 from inference.engine import EngineError, load_model_info
+from inference.postprocess import fill_holes_2d
 from inference.preprocessing import from_training_grid, normalise_intensity, to_training_grid
 from inference.tiling import sliding_window_softmax
 
-__all__ = ["AxialMuscleEngine", "AxialSegmentation", "MODEL_NAME", "axial_canonical_axes", "clean_axial_classes"]
+__all__ = ["AxialMuscleEngine", "AxialSegmentation", "TrainingGridScores", "MODEL_NAME", "axial_canonical_axes", "clean_axial_classes"]
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "axial_muscle"
+
+
+@dataclass(frozen=True)
+class TrainingGridScores:
+    """Softmax scores of a series on the network's grid, with what maps them
+    back to the native grid."""
+
+    probs: np.ndarray
+    valid: tuple[int, int]
+    axes: tuple[bool, bool, bool]
+    canonical_shape: tuple[int, int]
+    pixel_area_mm2: float
+    inference_s: float
 
 
 @dataclass
@@ -91,16 +105,9 @@ def clean_axial_classes(classes: np.ndarray, pixel_area_mm2: float = 1.0, min_ar
             sizes = ndimage.sum(mask, comps, index=np.arange(1, n + 1))
             if sizes.max() * pixel_area_mm2 < min_area_mm2:
                 continue
-            keep = 1 + int(np.argmax(sizes))
-            # Holes are filled inside the component's box (one pixel wider, so
-            # the outside stays connected around it): the same result as on the
-            # whole slice, at a fraction of the cost.
-            box = ndimage.find_objects(comps, max_label=keep)[keep - 1]
-            box = tuple(slice(max(0, b.start - 1), b.stop + 1) for b in box)
-            filled = ndimage.binary_fill_holes(comps[box] == keep)
+            mask = fill_holes_2d(comps == (1 + int(np.argmax(sizes))))
             # Filling never takes pixels already given to another class.
-            region = out[k][box]
-            region[filled & ((region == 0) | (classes[k][box] == c))] = c
+            out[k][mask & ((out[k] == 0) | (classes[k] == c))] = c
     return out
 
 
@@ -142,24 +149,36 @@ class AxialMuscleEngine:
                               f"{len(AXIAL_CLASS_NAMES)}")
         log.info("loaded model name=%s version=%s sha256=%s", self.info.name, self.info.version, self.info.sha256[:12])
 
-    def scores(self, volume: SeriesVolume) -> np.ndarray:
-        """Softmax class scores (slices, classes, rows, cols) on the native grid."""
+    def network_scores(self, volume: SeriesVolume) -> TrainingGridScores:
+        """The network's softmax scores on the training grid (the heavy half
+        of `segment`; `classes_of` finishes it)."""
+        t0 = time.perf_counter()
         axes = axial_canonical_axes(volume.affine)
         planes = _apply(volume.array, axes)
         spacing = volume.spacing_mm
         ps = (spacing[2], spacing[1]) if axes[0] else (spacing[1], spacing[2])
         x, valid = to_training_grid(normalise_intensity(planes), ps, AXIAL_SPACING_MM)
         probs = sliding_window_softmax(self.backend.run, x[:, None], AXIAL_TILE, batch=self._batch)
-        probs = from_training_grid(probs, valid, planes.shape[1:])
-        return _apply(probs, axes, inverse=True)
+        return TrainingGridScores(probs, valid, axes, planes.shape[1:], spacing[1] * spacing[2],
+                                  time.perf_counter() - t0)
+
+    def native_scores(self, scores: TrainingGridScores) -> np.ndarray:
+        """Softmax scores (slices, classes, rows, cols) on the native grid."""
+        return _apply(from_training_grid(scores.probs, scores.valid, scores.canonical_shape), scores.axes, inverse=True)
+
+    def scores(self, volume: SeriesVolume) -> np.ndarray:
+        """Softmax class scores (slices, classes, rows, cols) on the native grid."""
+        return self.native_scores(self.network_scores(volume))
+
+    def classes_of(self, scores: TrainingGridScores) -> AxialSegmentation:
+        """Native-grid classes (area calibration applied), post-processed."""
+        t0 = time.perf_counter()
+        probs = self.native_scores(scores)
+        raw = self.offsets.classes(probs) if self.offsets is not None else probs.argmax(axis=1).astype(np.uint8)
+        classes = clean_axial_classes(raw, scores.pixel_area_mm2)
+        return AxialSegmentation(classes, scores.inference_s,
+                                 {"inference": scores.inference_s, "postprocess": time.perf_counter() - t0})
 
     def segment(self, volume: SeriesVolume) -> AxialSegmentation:
         """Network classes per slice, post-processed."""
-        t0 = time.perf_counter()
-        probs = self.scores(volume)
-        t1 = time.perf_counter()
-        spacing = volume.spacing_mm
-        raw = self.offsets.classes(probs) if self.offsets is not None else probs.argmax(axis=1).astype(np.uint8)
-        classes = clean_axial_classes(raw, spacing[1] * spacing[2])
-        t2 = time.perf_counter()
-        return AxialSegmentation(classes, t1 - t0, {"inference": t1 - t0, "postprocess": t2 - t1})
+        return self.classes_of(self.network_scores(volume))

@@ -31,8 +31,8 @@ from dicom_io.muscles import MUSCLE_LABELS
 from dicom_io.volume import SeriesError, SeriesVolume, read_series
 from inference.axial_classes import DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
 
-__all__ = ["AxialResult", "AxialSegmented", "dixon_partner", "measure_axial_series",
-           "sagittal_disc_centroids", "segment_axial_series", "FLAG_DIXON_MISMATCH"]
+__all__ = ["AxialResult", "AxialNetworkOutput", "dixon_partner", "measure_axial_series", "run_axial_network",
+           "sagittal_disc_centroids", "FLAG_DIXON_MISMATCH"]
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +53,13 @@ class AxialResult:
 
 
 @dataclass(frozen=True)
-class AxialSegmented:
-    """The network half of an axial series (needs nothing from the other
-    series, so it may run beside the sagittal stage)."""
+class AxialNetworkOutput:
+    """The network half of an axial series: it needs nothing from the other
+    series, so it runs beside the sagittal stage. ``scores`` are an
+    `inference.axial_engine.TrainingGridScores`."""
 
     volume: SeriesVolume
-    classes: np.ndarray
+    scores: Any
     timings_s: dict[str, float]
 
 
@@ -87,8 +88,9 @@ def dixon_partner(water: Sequence[Dataset], fat_series: Mapping[str, Sequence[Da
     return min(candidates, key=lambda c: (len(c[1]) != len(water), abs(int(c[1][0].get("SeriesNumber") or 0) - number)))
 
 
-def segment_axial_series(datasets: Sequence[Dataset], engine: Any) -> AxialSegmented:
-    """Read an axial series and segment it.
+def run_axial_network(datasets: Sequence[Dataset], engine: Any) -> AxialNetworkOutput:
+    """Read an axial series and run the network on it (the rest of the
+    segmentation, `measure_axial_series` does).
 
     Raises
     ------
@@ -102,17 +104,19 @@ def segment_axial_series(datasets: Sequence[Dataset], engine: Any) -> AxialSegme
     volume = read_series(datasets, min_slices=1, allow_gaps=True)
     t1 = time.perf_counter()
     try:
-        seg = engine.segment(volume)
+        scores = engine.network_scores(volume)
     except EngineError as e:
         raise SeriesError("not_axial_grid", str(e)) from e
-    return AxialSegmented(volume, seg.classes, {"load": t1 - t0, "segment": time.perf_counter() - t1})
+    return AxialNetworkOutput(volume, scores, {"load": t1 - t0, "segment": time.perf_counter() - t1})
 
 
 def measure_axial_series(
-    segmented: AxialSegmented, weighting: Weighting, sagittal_disc_centroids: Mapping[str, Mapping[str, Any]],
-    fat_datasets: Sequence[Dataset] | None = None,
+    network: AxialNetworkOutput, engine: Any, weighting: Weighting,
+    sagittal_disc_centroids: Mapping[str, Mapping[str, Any]], fat_datasets: Sequence[Dataset] | None = None,
 ) -> AxialResult:
-    """Assign levels to a segmented axial series and measure its muscles.
+    """Finish the segmentation of an axial series on its native grid
+    (``engine.classes_of``: calibration, post-processing), assign levels and
+    measure its muscles.
 
     Parameters
     ----------
@@ -129,7 +133,8 @@ def measure_axial_series(
         the fat partner.
     """
     t2 = time.perf_counter()
-    volume, classes = segmented.volume, segmented.classes
+    volume, classes = network.volume, engine.classes_of(network.scores).classes
+    t3 = time.perf_counter()
     geometry = AxialGeometry(volume.positions_lps, volume.affine[:3, 1], volume.affine[:3, 2])
     muscles = {f"{m}_{s}": classes == c for (m, s), c in MUSCLE_CLASSES.items()}
     disc = classes == DISC_CLASS
@@ -157,7 +162,7 @@ def measure_axial_series(
     for key, value in MUSCLE_LABELS.items():
         label_map[muscles[f"{key[0]}_{key[1]}"]] = value
     return AxialResult(volume, label_map, measurements, tuple(flags),
-                       {**segmented.timings_s, "measure": time.perf_counter() - t2})
+                       {**network.timings_s, "postprocess": t3 - t2, "measure": time.perf_counter() - t3})
 
 
 def sagittal_disc_centroids(volumes_and_measurements: Sequence[tuple[SeriesVolume, Sequence[Any]]]

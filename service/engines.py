@@ -24,7 +24,12 @@ def _construct(name: str, model_dir: Path, threads: int) -> Any:
         return SagittalSpineEngine(model_dir, threads)
     from inference.axial_engine import AxialMuscleEngine
 
-    return AxialMuscleEngine(model_dir, threads)
+    # The axial engine runs in the pipeline's second lane, beside the
+    # sagittal stage: half the threads, so the two lanes do not oversubscribe
+    # the cores. Measured on 2 cores, standard study, sagittal + axial
+    # threads: 2 + 2 14.2-15.3 s, 2 + 1 13.7-14.0 s, 1 + 1 13.0-13.3 s; a
+    # sagittal-only study takes 7.5 s with 2 threads, 8.0 s with 1.
+    return AxialMuscleEngine(model_dir, max(1, threads // 2))
 
 
 class Engines:
@@ -35,7 +40,9 @@ class Engines:
     model_dir : pathlib.Path
         Folder of the committed ONNX models.
     threads : int
-        ONNX Runtime intra-op threads per engine.
+        ONNX Runtime intra-op threads of the sagittal engine (the
+        pipeline's main lane); the axial engine, in the second lane, gets
+        half.
     on_load : callable, optional
         Called with each engine's `ModelInfo` once it is loaded (metrics).
     """

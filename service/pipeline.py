@@ -30,7 +30,8 @@ from dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
 from dicom_io.sr import SeriesReport, build_measurement_report
 from dicom_io.uids import derive_uid
 from dicom_io.volume import SeriesError, SeriesVolume, read_series
-from service.axial_stage import AxialSegmented, dixon_partner, measure_axial_series, sagittal_disc_centroids, segment_axial_series
+from service.axial_stage import (AxialNetworkOutput, dixon_partner, measure_axial_series, run_axial_network,
+                                 sagittal_disc_centroids)
 from service.biomech_stage import choose_centroids, load_report, run_stage, subject_from_header
 from service.config import RoutingRule
 from service.engines import Engines
@@ -149,9 +150,10 @@ def analyze_study(
     # The axial network needs nothing from the sagittal series, so it runs in
     # a second thread while this one post-processes, measures and writes the
     # sagittal series (ONNX Runtime releases the GIL): on 2 cores that fills
-    # the core the single-threaded stages leave idle.
+    # the core the single-threaded stages leave idle. The axial
+    # post-processing then runs here, which balances the two lanes.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="axial-inference") as pool:
-        axial_jobs = {o.series_uid: pool.submit(segment_axial_series, headers_of[o.series_uid],
+        axial_jobs = {o.series_uid: pool.submit(run_axial_network, headers_of[o.series_uid],
                                                 engines.get(o.decision.engine))
                       for o in routed if o.decision.engine == "axial_muscle"}
         # Sagittal before axial (stable within each group: series number order).
@@ -243,10 +245,10 @@ def _write_seg(outcome: SeriesOutcome, volume: SeriesVolume, datasets: list[Data
     return seg_ds
 
 
-def _analyse_axial(outcome: SeriesOutcome, datasets: list[Dataset], segmented: AxialSegmented, engine: Any,
+def _analyse_axial(outcome: SeriesOutcome, datasets: list[Dataset], network: AxialNetworkOutput, engine: Any,
                    digest: str, out_dir: Path, disc_centroids: dict[str, dict[str, np.ndarray]],
                    fat: list[Dataset] | None) -> SeriesReport:
-    res = measure_axial_series(segmented, outcome.series_class.weighting, disc_centroids, fat)
+    res = measure_axial_series(network, engine, outcome.series_class.weighting, disc_centroids, fat)
     outcome.muscles = res.measurements
     outcome.flags = res.flags
     t0 = time.perf_counter()

@@ -130,3 +130,19 @@ def test_clean_axial_classes_keeps_the_largest_component_and_fills_its_holes():
     expected[0, 0:10, 30:40] = 4
     expected[0, 0:4, 34:36] = 0  # a notch open to the border is not a hole
     np.testing.assert_array_equal(out, expected)
+
+
+def test_fill_holes_2d_is_scipys_fill_holes():
+    from scipy import ndimage
+
+    from inference.postprocess import fill_holes_2d
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        mask = ndimage.binary_opening(rng.random((40, 50)) > 0.45)
+        np.testing.assert_array_equal(fill_holes_2d(mask), ndimage.binary_fill_holes(mask))
+    assert not fill_holes_2d(np.zeros((5, 5), bool)).any()
+    ring = np.zeros((6, 6), bool)
+    ring[0:3, 0:3] = True  # a ring on the corner: its one-pixel hole is filled
+    ring[1, 1] = False
+    assert fill_holes_2d(ring)[1, 1]
