@@ -3,6 +3,7 @@
 The same MR instances (512×512×16 bit, uncompressed) are sent by dcmtk
 `storescu` over one association and over four in parallel to:
 `spinegate serve` (durable: temp file, fsync, rename before the response),
+in one process and with ``network.receiver_processes: 2``,
 dcmtk `storescp` (+xa, not durable) and Orthanc 1.10 (durable by default).
 Reported per receiver: instances/s (min/median/max over the passes) and the
 receiver's CPU time per instance (from /proc), plus spinegate's ratio to
@@ -42,6 +43,8 @@ from dicom_io.phantom import sagittal_grid  # noqa: E402
 from service.demo import free_port, stop_process, wait_for_echo  # noqa: E402
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
+# spinegate-2proc: network.receiver_processes 2 (two processes on the port).
+KINDS = ("spinegate", "spinegate-2proc", "storescp", "orthanc")
 
 
 def _only_loopback() -> bool:
@@ -50,8 +53,17 @@ def _only_loopback() -> bool:
 
 
 def _cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its live descendants (spinegate's extra
+    receiver processes)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                total += _cpu_s(int(child))
+            except FileNotFoundError:  # exited meanwhile
+                pass
+    return total
 
 
 def _instances(n: int, folder: Path) -> list[Path]:
@@ -78,9 +90,10 @@ def _send(files: list[Path], port: int, called: str, associations: int) -> float
 def _start(kind: str, work: Path) -> tuple[subprocess.Popen, int, str]:
     port = free_port()
     work.mkdir(parents=True)
-    if kind == "spinegate":
-        cfg = {"network": {"port": port}, "http": {"enabled": False}, "storage": {"root": str(work / "var")},
-               "assembly": {"quiet_period_s": 3600}}
+    if kind.startswith("spinegate"):
+        processes = 2 if kind == "spinegate-2proc" else 1
+        cfg = {"network": {"port": port, "receiver_processes": processes}, "http": {"enabled": False},
+               "storage": {"root": str(work / "var")}, "assembly": {"quiet_period_s": 3600}}
         (work / "c.yaml").write_text(yaml.safe_dump(cfg))
         proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--log-level", "WARNING", "--config",
                                  str(work / "c.yaml"), "serve"], cwd=REPO, stdout=subprocess.DEVNULL,
@@ -132,16 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     files = _instances(n, work / "instances")
     results: dict[str, dict[str, object]] = {}
     for associations in (1, 4):
-        for kind in ("spinegate", "storescp", "orthanc"):
+        for kind in KINDS:
             results[f"{kind}/{associations}"] = measure(kind, files, associations, passes, work)
     shutil.rmtree(work, ignore_errors=True)
     record = {"kind": "short" if args.short else "full", "instances": n, "passes": passes,
               "instance": "MR 512x512x16 bit, Explicit VR Little Endian", "results": results}
     for associations in (1, 4):
-        ours = results[f"spinegate/{associations}"]["instances_per_s"]["median"]  # type: ignore[index]
-        for peer in ("storescp", "orthanc"):
-            theirs = results[f"{peer}/{associations}"]["instances_per_s"]["median"]  # type: ignore[index]
-            record[f"ratio_spinegate_to_{peer}_{associations}_assoc"] = round(ours / theirs, 2)
+        for variant in ("spinegate", "spinegate-2proc"):
+            ours = results[f"{variant}/{associations}"]["instances_per_s"]["median"]  # type: ignore[index]
+            for peer in ("storescp", "orthanc"):
+                theirs = results[f"{peer}/{associations}"]["instances_per_s"]["median"]  # type: ignore[index]
+                record[f"ratio_{variant}_to_{peer}_{associations}_assoc"] = round(ours / theirs, 2)
     out = REPO / "bench" / "results" / f"ingest_{record['kind']}_{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(record, indent=1))

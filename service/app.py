@@ -1,7 +1,8 @@
 """The long-running service: SCP + queue consumer + HTTP, with a clean lifecycle.
 
 ``run(config)`` loads the model, starts the SCP and the HTTP endpoint
-(non-blocking), re-queues interrupted work, then runs the Huey consumer in
+(non-blocking) and any extra receiver processes (`service.receivers`),
+re-queues interrupted work, then runs the Huey consumer in
 the main thread: SIGINT drains the running job, SIGTERM stops at once (the
 job is re-queued at the next start). SCP and HTTP are shut down on the way
 out.
@@ -18,6 +19,7 @@ from typing import Any
 from service.config import SpinegateConfig
 from service.http_api import ReadinessProbe, StatusApi, start_http
 from service.metrics import Metrics, StateCollector
+from service.receivers import ReceiverProcesses
 from service.scp import Receiver, start_scp
 from service.store import StateStore, StudyState
 from service.worker import StudyWorker, build_queue
@@ -107,6 +109,11 @@ def run(config: SpinegateConfig) -> int:
     ``queue.consume_in_serve`` is off, process in this process too."""
     log.info("effective configuration %s", json.dumps(config.redacted(), sort_keys=True))
     service = start_service(config, load_model=config.queue.consume_in_serve)
+    receivers = None
+    if config.network.receiver_processes > 1:
+        receivers = ReceiverProcesses(config, service.metrics,
+                                      logging.getLevelName(logging.getLogger().getEffectiveLevel()))
+        receivers.start()
     try:
         if config.queue.consume_in_serve:
             _consume(service.worker)
@@ -114,6 +121,8 @@ def run(config: SpinegateConfig) -> int:
             log.info("receive-only: studies are processed by 'spinegate worker' processes")
             _wait_for_signal()
     finally:
+        if receivers is not None:
+            receivers.stop()
         service.shutdown()
         log.info("stopped")
     return 0

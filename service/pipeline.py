@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -152,10 +153,12 @@ def analyze_study(
     # sagittal series (ONNX Runtime releases the GIL): on 2 cores that fills
     # the core the single-threaded stages leave idle. The axial
     # post-processing then runs here, which balances the two lanes.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="axial-inference") as pool:
+    # Several axial series get a lane each, up to the core count.
+    axial_routed = [o for o in routed if o.decision.engine == "axial_muscle"]
+    lanes = max(1, min(len(axial_routed), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="axial-inference") as pool:
         axial_jobs = {o.series_uid: pool.submit(run_axial_network, headers_of[o.series_uid],
-                                                engines.get(o.decision.engine))
-                      for o in routed if o.decision.engine == "axial_muscle"}
+                                                engines.get(o.decision.engine)) for o in axial_routed}
         # Sagittal before axial (stable within each group: series number order).
         for outcome in sorted(routed, key=lambda o: o.decision.engine == "axial_muscle"):
             cls, decision = outcome.series_class, outcome.decision

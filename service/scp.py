@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import io
 import logging
+import socket
+import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import pydicom
 from pynetdicom import AE, _config, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_io.uids import ACCEPTED_TRANSFER_SYNTAXES, MR_STORAGE_SOP_CLASSES
 from dicom_io.validate import InstanceProblem, check_received_instance
@@ -24,7 +27,7 @@ from service.metrics import Metrics
 from service.spool import durable_write, quarantine_write, spool_path
 from service.store import InstanceRecord, StateStore
 
-__all__ = ["Status", "Receiver", "build_ae", "configure_pynetdicom"]
+__all__ = ["Status", "Receiver", "SharedPortServer", "build_ae", "configure_pynetdicom", "start_scp"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ class Receiver:
     config: SpinegateConfig
     store: StateStore
     on_stored: Callable[[str], None]
-    metrics: Metrics | None = None
+    metrics: Metrics | Any | None = None  # Metrics, or a MetricsRelay in a receiver process
 
     def handle_store(self, event: Event) -> int:
         data = event.encoded_dataset(include_meta=True)
@@ -141,13 +144,33 @@ def build_ae(config: SpinegateConfig) -> AE:
     return ae
 
 
+class SharedPortServer(ThreadedAssociationServer):
+    """An association server whose port other receiver processes share
+    (SO_REUSEPORT: the kernel hands each new connection to one of them)."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 def start_scp(config: SpinegateConfig, receiver: Receiver):  # type: ignore[no-untyped-def]
-    """Start listening (non-blocking); returns the server (call ``shutdown()``)."""
+    """Start listening (non-blocking); returns the server (call ``shutdown()``).
+
+    With ``network.receiver_processes`` > 1 the port is opened shared, so
+    the other receiver processes (`service.receivers`) can listen on it too.
+    """
     configure_pynetdicom()
     ae = build_ae(config)
     handlers = [(evt.EVT_C_STORE, receiver.handle_store), (evt.EVT_ACCEPTED, receiver.handle_accepted),
                 (evt.EVT_REJECTED, receiver.handle_rejected)]
-    server = ae.start_server((config.network.host, config.network.port), block=False, evt_handlers=handlers)
-    log.info("listening ae_title=%s host=%s port=%d", config.network.ae_title, config.network.host,
-             config.network.port)
+    address = (config.network.host, config.network.port)
+    if config.network.receiver_processes > 1:
+        server = ae.make_server(address, evt_handlers=handlers, server_class=SharedPortServer)
+        # As AE.start_server does: the AE tracks its servers (shutdown() removes it).
+        ae._servers.append(server)
+        threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
+    else:
+        server = ae.start_server(address, block=False, evt_handlers=handlers)
+    log.info("listening ae_title=%s host=%s port=%d shared=%s", config.network.ae_title, config.network.host,
+             config.network.port, config.network.receiver_processes > 1)
     return server

@@ -36,7 +36,8 @@ def test_ingest_benchmark_short_mode():
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout.strip().splitlines()[-1].removeprefix("wrote ")
     record = json.loads(open(out).read())
-    assert set(record["results"]) == {f"{k}/{a}" for k in ("spinegate", "storescp", "orthanc") for a in (1, 4)}
+    assert set(record["results"]) == {f"{k}/{a}" for k in ("spinegate", "spinegate-2proc", "storescp", "orthanc")
+                                      for a in (1, 4)}
     assert all(r["instances_per_s"]["median"] > 0 for r in record["results"].values())
 
 
