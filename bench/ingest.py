@@ -58,10 +58,14 @@ def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
+        try:  # a thread or a child may exit while we look
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue
+        for child in children:
             try:
                 total += _cpu_s(int(child))
-            except FileNotFoundError:  # exited meanwhile
+            except FileNotFoundError:
                 pass
     return total
 
@@ -112,12 +116,24 @@ def _start(kind: str, work: Path) -> tuple[subprocess.Popen, int, str]:
     return proc, port, "PACS"
 
 
+def _listeners(port: int) -> int:
+    """Sockets listening on 127.0.0.1:port (each receiver process has one)."""
+    local = f"0100007F:{port:04X}"
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if line.split()[1] == local and line.split()[3] == "0A")
+
+
 def measure(kind: str, files: list[Path], associations: int, passes: int, work: Path) -> dict[str, object]:
     rates, cpu = [], []
     for i in range(passes):
         proc, port, called = _start(kind, work / f"{kind}-{associations}-{i}")
         try:
             wait_for_echo("127.0.0.1", port, called, 90, proc)
+            # Every receiver process listening (and done starting) before the clock runs.
+            deadline = time.time() + 60
+            while kind == "spinegate-2proc" and _listeners(port) < 2 and time.time() < deadline:
+                time.sleep(0.2)
+            time.sleep(1.0)
             c0 = _cpu_s(proc.pid)
             seconds = _send(files, port, called, associations)
             rates.append(len(files) / seconds)

@@ -109,6 +109,7 @@ def main() -> int:
     print(json.dumps(record, indent=1))
     print(f"| {record['study']} | {t['median_s']} ({t['min_s']}–{t['max_s']}) | {t['quiet_period_s']} | "
           f"{t['median_minus_quiet_s']} | {inf['per_slice_ms']} | {inf['per_series_s']['median']} |")
+    print(f"wrote {path}")
     return 0
 
 

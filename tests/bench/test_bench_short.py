@@ -10,54 +10,44 @@ from conftest import REPO
 pytestmark = pytest.mark.integration
 
 
-def test_turnaround_benchmark_short_mode():
-    proc = subprocess.run([sys.executable, "bench/turnaround.py", "--short"], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+def _short_run(script: str, timeout_s: int = 600) -> dict:
+    """Run ``bench/<script> --short``; the JSON record it says it wrote."""
+    proc = subprocess.run([sys.executable, f"bench/{script}", "--short"], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout_s)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    record = json.loads(proc.stdout[: proc.stdout.rindex("}") + 1])
+    out = proc.stdout.strip().splitlines()[-1].removeprefix("wrote ")
+    return json.loads(open(out).read())
+
+
+def test_turnaround_benchmark_short_mode():
+    record = _short_run("turnaround.py")
     assert record["mode"] == "short"
     assert record["turnaround"]["median_s"] > record["turnaround"]["quiet_period_s"]
     assert record["inference_onnxruntime_cpu"]["per_slice_ms"] > 0
 
 
 def test_biomechanics_benchmark_short_mode():
-    proc = subprocess.run([sys.executable, "bench/biomech_solve.py", "--short"], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout.strip().splitlines()[-1].removeprefix("wrote ")
-    record = json.loads(open(out).read())
+    record = _short_run("biomech_solve.py")
     assert record["kind"] == "short" and record["median_s"] > 0
     assert len(record["compression_n"]["flexion_60deg_5kg_each_hand"]) == 6
 
 
 def test_ingest_benchmark_short_mode():
-    proc = subprocess.run([sys.executable, "bench/ingest.py", "--short"], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout.strip().splitlines()[-1].removeprefix("wrote ")
-    record = json.loads(open(out).read())
+    record = _short_run("ingest.py")
     assert set(record["results"]) == {f"{k}/{a}" for k in ("spinegate", "spinegate-2proc", "storescp", "orthanc")
                                       for a in (1, 4)}
     assert all(r["instances_per_s"]["median"] > 0 for r in record["results"].values())
 
 
 def test_inference_backends_benchmark_short_mode():
-    proc = subprocess.run([sys.executable, "bench/inference_backends.py", "--short"], cwd=REPO, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout.strip().splitlines()[-1].removeprefix("wrote ")
-    record = json.loads(open(out).read())
+    record = _short_run("inference_backends.py", 900)
     assert {(r["engine"], r["backend"]) for r in record["results"]} == {
         (e, b) for e in ("sagittal_spine", "axial_muscle") for b in ("onnxruntime-cpu", "torch-cpu")}
     assert all(r["per_slice_ms"] > 0 and r["peak_rss_mb"] > 50 for r in record["results"])
 
 
 def test_turnaround_scaling_benchmark_short_mode():
-    proc = subprocess.run([sys.executable, "bench/turnaround_scaling.py", "--short"], cwd=REPO, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout.strip().splitlines()[-1].removeprefix("wrote ")
-    record = json.loads(open(out).read())
+    record = _short_run("turnaround_scaling.py", 900)
     slices, series = record["by_sagittal_slices"], record["by_series"]
     assert [p["sagittal_slices_per_series"] for p in slices] == [9, 15]
     assert [p["analysed_series"] for p in series] == [2, 3]
