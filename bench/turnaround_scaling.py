@@ -81,7 +81,8 @@ def main() -> int:
         by_slices = []
         for n in slice_counts:
             study = write_phantom_study(work / f"sag{n}", seed=400 + n, rows=size, columns=size,
-                                        pixel_spacing_mm=300.0 / size, n_slices=n, study=StudyInfo(uid_seed=f"scale-{n}"))
+                                        pixel_spacing_mm=300.0 / size, n_slices=n,
+                                        study=StudyInfo(uid_seed=f"scale-{n}"))
             by_slices.append({"sagittal_slices_per_series": n, **_time(study["files"], engines, runs, work)})
             print(json.dumps(by_slices[-1]), flush=True)
         study = write_axial_phantom_study(work / "series", seed=450, rows=axial_size, columns=axial_size,

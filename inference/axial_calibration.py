@@ -25,7 +25,8 @@ import numpy as np
 
 from inference.axial_classes import AXIAL_CLASS_NAMES, MUSCLE_CLASSES
 
-__all__ = ["CALIBRATION_PHANTOM_SEEDS", "ClassOffsets", "fit_class_offsets", "calibrate", "load_class_offsets", "undecided_pixels"]
+__all__ = ["CALIBRATION_PHANTOM_SEEDS", "ClassOffsets", "calibrate", "fit_class_offsets", "load_class_offsets",
+           "undecided_pixels"]
 
 log = logging.getLogger("inference.axial_calibration")
 

@@ -8,7 +8,11 @@ patient right→left), so laterality is read from the image grid, never
 guessed. The network runs on overlapping tiles of its training patch size
 (`inference.tiling`). Post-processing per slice: each muscle keeps its largest
 connected component with holes filled (intramuscular fat belongs to the
-muscle's area), vertebral body and disc their largest component.
+muscle's area), vertebral body and disc their largest component. Before the
+arg-max the area calibration (`inference.axial_calibration`) shifts each
+muscle's log score, so CSAs come out unbiased on held-out phantoms.
+`network_scores` (the network) and `classes_of` (the rest) split the work so
+the pipeline can run the network beside other series.
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ from inference.postprocess import fill_holes_2d
 from inference.preprocessing import from_training_grid, normalise_intensity, to_training_grid
 from inference.tiling import sliding_window_softmax
 
-__all__ = ["AxialMuscleEngine", "AxialSegmentation", "TrainingGridScores", "MODEL_NAME", "axial_canonical_axes", "clean_axial_classes"]
+__all__ = ["AxialMuscleEngine", "AxialSegmentation", "TrainingGridScores", "MODEL_NAME", "axial_canonical_axes",
+           "clean_axial_classes"]
 
 log = logging.getLogger(__name__)
 
