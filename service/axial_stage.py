@@ -30,6 +30,7 @@ from dicom_io.measurements import MuscleLevelMeasurements
 from dicom_io.muscles import MUSCLE_LABELS
 from dicom_io.volume import SeriesError, SeriesVolume, read_series
 from inference.axial_classes import DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
+from inference.axial_engine import TrainingGridScores
 
 __all__ = ["AxialResult", "AxialNetworkOutput", "dixon_partner", "measure_axial_series", "run_axial_network",
            "sagittal_disc_centroids", "FLAG_DIXON_MISMATCH"]
@@ -55,11 +56,10 @@ class AxialResult:
 @dataclass(frozen=True)
 class AxialNetworkOutput:
     """The network half of an axial series: it needs nothing from the other
-    series, so it runs beside the sagittal stage. ``scores`` are an
-    `inference.axial_engine.TrainingGridScores`."""
+    series, so it runs beside the sagittal stage."""
 
     volume: SeriesVolume
-    scores: Any
+    scores: TrainingGridScores
     timings_s: dict[str, float]
 
 

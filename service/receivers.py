@@ -87,13 +87,15 @@ class ReceiverProcesses:
     metrics: Metrics
     log_level: str = "INFO"
     processes: list[Any] = field(default_factory=list)
+    _sink: Any = field(default=None, init=False, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _relay: threading.Thread | None = field(default=None, init=False, repr=False)
 
     def start(self) -> None:
         """Start ``receiver_processes − 1`` receivers (spawned: no state is
         inherited from this process's threads)."""
         ctx = multiprocessing.get_context("spawn")
         self._sink = ctx.Queue()
-        self._stop = threading.Event()
         self._relay = threading.Thread(target=self._apply_relayed, name="metrics-relay", daemon=True)
         self._relay.start()
         for _ in range(self.config.network.receiver_processes - 1):
@@ -126,4 +128,5 @@ class ReceiverProcesses:
                 p.kill()
                 p.join(timeout_s)
         self._stop.set()
-        self._relay.join(timeout_s)
+        if self._relay is not None:
+            self._relay.join(timeout_s)
