@@ -63,6 +63,12 @@ def _segment_reference(report: SeriesReport, label: int) -> hd.sr.ReferencedSegm
         source_series=hd.sr.SourceSeriesForSegmentation(report.volume.series_instance_uid))
 
 
+def _centroid_measurements(lps_mm) -> list[hd.sr.Measurement]:
+    """Centre of mass as three NUMs, patient x/y/z (LPS) in mm."""
+    return [hd.sr.Measurement(code, round(float(v), 2), codes.UCUM.Millimeter)
+            for code, v in zip((sg_codes.CENTROID_L, sg_codes.CENTROID_P, sg_codes.CENTROID_S), lps_mm)]
+
+
 def _review(flags: Sequence[str]) -> list[hd.sr.QualitativeEvaluation]:
     evaluations = [
         hd.sr.QualitativeEvaluation(sg_codes.NEEDS_REVIEW, codes.SCT.Yes if flags else codes.SCT.No)
@@ -92,7 +98,6 @@ def _groups(
             referenced_frame_numbers=[ref.frame_number] if ref.frame_number else None,
         ),
     )
-    lps = m.centroid_lps_mm
     review = _review(tuple(report.flags) + tuple(m.flags))
     finding_sites = [hd.sr.FindingSite(anatomic_location=s.property_type)]
     label = f"{s.display_name} ({report.description})"
@@ -104,12 +109,8 @@ def _groups(
         finding_type=s.property_type,
         finding_sites=finding_sites,
         algorithm_id=algo,
-        measurements=[
-            hd.sr.Measurement(codes.SCT.Volume, round(m.volume_cm3, 3), codes.UCUM.CubicCentimeter),
-            hd.sr.Measurement(sg_codes.CENTROID_L, round(float(lps[0]), 2), codes.UCUM.Millimeter),
-            hd.sr.Measurement(sg_codes.CENTROID_P, round(float(lps[1]), 2), codes.UCUM.Millimeter),
-            hd.sr.Measurement(sg_codes.CENTROID_S, round(float(lps[2]), 2), codes.UCUM.Millimeter),
-        ],
+        measurements=[hd.sr.Measurement(codes.SCT.Volume, round(m.volume_cm3, 3), codes.UCUM.CubicCentimeter),
+                      *_centroid_measurements(m.centroid_lps_mm)],
         qualitative_evaluations=review,
     )
     planar = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -139,22 +140,18 @@ def _muscle_group(report: SeriesReport, m: MuscleLevelMeasurements, algorithm: A
     sites = [hd.sr.FindingSite(anatomic_location=m.muscle.property_type, laterality=m.muscle.laterality),
              hd.sr.FindingSite(anatomic_location=level.property_type)]
 
-    def measure(name, value: float, unit, derivation=None) -> hd.sr.Measurement:
-        return hd.sr.Measurement(name, value, unit, derivation=derivation)
-
-    values = [measure(codes.SCT.Area, round(m.csa_mean_cm2, 3), sg_codes.UCUM_SQUARE_CENTIMETRE, codes.SCT.Mean)]
+    values = [hd.sr.Measurement(codes.SCT.Area, round(m.csa_mean_cm2, 3), sg_codes.UCUM_SQUARE_CENTIMETRE,
+                                derivation=codes.SCT.Mean)]
     if m.csa_midplane_cm2 is not None:
-        values.append(measure(codes.SCT.Area, round(m.csa_midplane_cm2, 3), sg_codes.UCUM_SQUARE_CENTIMETRE))
+        values.append(hd.sr.Measurement(codes.SCT.Area, round(m.csa_midplane_cm2, 3), sg_codes.UCUM_SQUARE_CENTIMETRE))
     optional = [(sg_codes.RELATIVE_CSA, m.rcsa, sg_codes.UCUM_RATIO, 1.0, 4),
                 (sg_codes.FAT_INFILTRATION, m.fat_infiltration, sg_codes.UCUM_PERCENT, 100.0, 2),
                 (sg_codes.FAT_FRACTION, m.fat_fraction, sg_codes.UCUM_PERCENT, 100.0, 2),
                 (codes.SCT.Volume, m.volume_ml, sg_codes.UCUM_MILLILITRE, 1.0, 2),
                 (sg_codes.CSA_ASYMMETRY, m.asymmetry, sg_codes.UCUM_PERCENT, 100.0, 2)]
-    values += [measure(name, round(v * scale, digits), unit) for name, v, unit, scale, digits in optional
+    values += [hd.sr.Measurement(name, round(v * scale, digits), unit) for name, v, unit, scale, digits in optional
                if v is not None]
-    lps = m.centroid_lps_mm
-    values += [measure(c, round(float(v), 2), codes.UCUM.Millimeter)
-               for c, v in zip((sg_codes.CENTROID_L, sg_codes.CENTROID_P, sg_codes.CENTROID_S), lps)]
+    values += _centroid_measurements(m.centroid_lps_mm)
     flags = tuple(report.flags) + tuple(m.flags)
     label = f"{m.muscle.display_name}, {level.display_name.replace(' intervertebral disc', '')} level ({report.description})"
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
