@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 from dicom_io.mr_writer import StudyInfo  # noqa: E402
 from dicom_io.phantom_study import write_axial_phantom_study, write_phantom_study  # noqa: E402
 from service.config import load_config  # noqa: E402
+from service.biomech_stage import BiomechSolver  # noqa: E402
 from service.engines import Engines  # noqa: E402
 from service.pipeline import analyze_study  # noqa: E402
 
@@ -51,13 +52,13 @@ def _series_number(path: Path) -> int:
     return int(path.name.split("_", 1)[0])
 
 
-def _time(files: list[Path], engines: Engines, runs: int, work: Path) -> dict[str, object]:
+def _time(files: list[Path], engines: Engines, solver: BiomechSolver, runs: int, work: Path) -> dict[str, object]:
     rules = load_config(environ={}).routing
     times, analysed = [], 0
     for run in range(runs):
         out = work / f"out{run}"
         t0 = time.perf_counter()
-        result = analyze_study(files, engines, rules, out)
+        result = analyze_study(files, engines, rules, out, biomech_solver=solver)
         times.append(time.perf_counter() - t0)
         analysed = sum(bool(o.timings_s) for o in result.series)
         shutil.rmtree(out)
@@ -73,6 +74,8 @@ def main() -> int:
     slice_counts = (9, 15) if args.short else (9, 15, 21)
     series_steps = SERIES_STEPS[1:3] if args.short else SERIES_STEPS
     engines = Engines(MODEL_DIR)
+    solver = BiomechSolver()  # as in the service: a process of its own, started before the first study
+    solver.start()
     work = Path(tempfile.mkdtemp(prefix="spinegate-scaling-"))
     record: dict[str, object] = {"mode": "short" if args.short else "full",
                                  "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
@@ -83,7 +86,7 @@ def main() -> int:
             study = write_phantom_study(work / f"sag{n}", seed=400 + n, rows=size, columns=size,
                                         pixel_spacing_mm=300.0 / size, n_slices=n,
                                         study=StudyInfo(uid_seed=f"scale-{n}"))
-            by_slices.append({"sagittal_slices_per_series": n, **_time(study["files"], engines, runs, work)})
+            by_slices.append({"sagittal_slices_per_series": n, **_time(study["files"], engines, solver, runs, work)})
             print(json.dumps(by_slices[-1]), flush=True)
         study = write_axial_phantom_study(work / "series", seed=450, rows=axial_size, columns=axial_size,
                                           pixel_spacing_mm=205.0 / axial_size, axial_weightings=("T1", "T2"),
@@ -91,9 +94,10 @@ def main() -> int:
         by_series = []
         for label, numbers in series_steps:
             files = [p for p in study["files"] if _series_number(p) in numbers]
-            by_series.append({"series": label, **_time(files, engines, runs, work)})
+            by_series.append({"series": label, **_time(files, engines, solver, runs, work)})
             print(json.dumps(by_series[-1]), flush=True)
     finally:
+        solver.close()
         shutil.rmtree(work, ignore_errors=True)
     record.update(by_sagittal_slices=by_slices, by_series=by_series)
     out = REPO / "bench" / "results"

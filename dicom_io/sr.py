@@ -23,7 +23,7 @@ from dicom_io.seg import AlgorithmInfo
 from dicom_io.uids import derive_uid
 from dicom_io.volume import SeriesVolume
 
-__all__ = ["SeriesReport", "build_measurement_report"]
+__all__ = ["SeriesReport", "build_measurement_report", "series_measurement_groups"]
 
 
 @dataclass(frozen=True)
@@ -217,6 +217,16 @@ def _load_groups(loads: LoadReport, uid_seed: str) -> list[hd.sr.MeasurementsAnd
     return groups
 
 
+def series_measurement_groups(reports: Sequence[SeriesReport], algorithm: AlgorithmInfo,
+                              sop_instance_uid: str) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """The SR's measurement groups of the analysed series (structures, then
+    muscles): `build_measurement_report` makes them when not given, the
+    pipeline builds them while the loads are still being solved."""
+    groups = [g for r in reports for m in r.measurements for g in _groups(r, m, algorithm, sop_instance_uid)]
+    groups += [_muscle_group(r, m, r.algorithm or algorithm, sop_instance_uid) for r in reports for m in r.muscles]
+    return groups
+
+
 def build_measurement_report(
     reports: Sequence[SeriesReport],
     algorithm: AlgorithmInfo,
@@ -225,9 +235,13 @@ def build_measurement_report(
     series_number: int,
     software_version: str,
     loads: LoadReport | None = None,
+    series_groups: Sequence[hd.sr.MeasurementsAndQualitativeEvaluations] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the study's Comprehensive 3D SR holding every measurement, and
     the spinal loads when ``loads`` is given.
+
+    ``series_groups`` are `series_measurement_groups` of the same
+    ``reports``, ``algorithm`` and ``sop_instance_uid`` when already built.
 
     Raises
     ------
@@ -248,8 +262,8 @@ def build_measurement_report(
             model_name=algorithm.name,
         ),
     )
-    groups = [g for r in reports for m in r.measurements for g in _groups(r, m, algorithm, sop_instance_uid)]
-    groups += [_muscle_group(r, m, r.algorithm or algorithm, sop_instance_uid) for r in reports for m in r.muscles]
+    groups = list(series_groups if series_groups is not None
+                  else series_measurement_groups(reports, algorithm, sop_instance_uid))
     if loads is not None:
         groups += _load_groups(loads, sop_instance_uid)
     content = hd.sr.MeasurementReport(

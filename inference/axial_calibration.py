@@ -1,6 +1,6 @@
 """Area calibration of the axial model: one log-score offset per muscle class.
 
-    python -m inference.axial_calibration --out inference/models
+    python -m inference.axial_calibration --out inference/models [--model axial_muscle.int8]
 
 The network's boundaries lie slightly outside the muscles on held-out
 phantoms (2–7 % too much area, mostly a one-pixel rim against background),
@@ -10,8 +10,10 @@ the arg-max; the offsets are chosen so that, pooled over calibration
 series, each muscle's segmented area equals its true area. Calibration
 series are phantom seeds kept out of both training and validation
 (`CALIBRATION_PHANTOM_SEEDS`), in T1, T2 and Dixon water contrast, so the
-validation numbers stay honest. Writes ``axial_muscle.calibration.json``,
-which the engine applies and whose checksum joins the model version.
+validation numbers stay honest. Writes ``axial_muscle.calibration.json``
+(``--model axial_muscle.int8``: ``axial_muscle.int8.calibration.json`` for
+the INT8 model, `inference.quantize`), which the engine applies and whose
+checksum joins the model version.
 """
 from __future__ import annotations
 
@@ -83,7 +85,8 @@ def load_class_offsets(model_dir: Path, model_name: str, model_sha256: str) -> C
     record = json.loads(raw)
     if record.get("model_sha256") != model_sha256:
         raise ValueError(f"{path} was fitted for model sha256 {str(record.get('model_sha256'))[:12]}, the model is "
-                         f"{model_sha256[:12]}; re-run 'python -m inference.axial_calibration --out {model_dir}'")
+                         f"{model_sha256[:12]}; re-run 'python -m inference.axial_calibration --out {model_dir} "
+                         f"--model {model_name}'")
     offsets = [record["offsets"].get(name, 0.0) for name in AXIAL_CLASS_NAMES]
     return ClassOffsets(np.array(offsets), "cal-" + hashlib.sha256(raw).hexdigest()[:8])
 
@@ -130,7 +133,7 @@ def fit_class_offsets(log_probs: np.ndarray, fixed_area: np.ndarray, true_area: 
     return offsets
 
 
-def _calibration_pixels(model_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict], str]:
+def _calibration_pixels(model_dir: Path, model_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict], str]:
     """Movable pixels' log scores, the fixed and the true area per class,
     over every calibration series."""
     from dicom_io.phantom import Weighting
@@ -138,7 +141,7 @@ def _calibration_pixels(model_dir: Path) -> tuple[np.ndarray, np.ndarray, np.nda
     from inference.axial_engine import AxialMuscleEngine
 
     n = len(AXIAL_CLASS_NAMES)
-    engine = AxialMuscleEngine(model_dir, calibrated=False)
+    engine = AxialMuscleEngine(model_dir, model_name=model_name, calibrated=False)
     movable, fixed, true_area, series = [], np.zeros(n, np.int64), np.zeros(n, np.int64), []
     for seed in CALIBRATION_PHANTOM_SEEDS:
         for weighting in (Weighting.T1, Weighting.T2, Weighting.DIXON_WATER):
@@ -155,10 +158,10 @@ def _calibration_pixels(model_dir: Path) -> tuple[np.ndarray, np.ndarray, np.nda
     return np.concatenate(movable, axis=1), fixed, true_area, series, engine.info.sha256
 
 
-def calibrate(model_dir: Path) -> dict:
-    """Fit the offsets for the model in ``model_dir`` and write
-    ``axial_muscle.calibration.json`` there; return the record."""
-    log_probs, fixed, target, series, model_sha256 = _calibration_pixels(model_dir)
+def calibrate(model_dir: Path, model_name: str = "axial_muscle") -> dict:
+    """Fit the offsets for the model ``model_name`` in ``model_dir`` and
+    write ``{model_name}.calibration.json`` there; return the record."""
+    log_probs, fixed, target, series, model_sha256 = _calibration_pixels(model_dir, model_name)
     muscles = tuple(sorted(MUSCLE_CLASSES.values()))
     offsets = fit_class_offsets(log_probs, fixed, target, muscles)
     n = len(AXIAL_CLASS_NAMES)
@@ -172,7 +175,7 @@ def calibrate(model_dir: Path) -> dict:
         "area_error_before": {AXIAL_CLASS_NAMES[c]: round(float(before[c] / target[c] - 1), 4) for c in muscles},
         "area_error_after": {AXIAL_CLASS_NAMES[c]: round(float(after[c] / target[c] - 1), 4) for c in muscles},
     }
-    path = model_dir / "axial_muscle.calibration.json"
+    path = model_dir / f"{model_name}.calibration.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     log.info("wrote %s offsets=%s", path, record["offsets"])
     return record
@@ -181,9 +184,10 @@ def calibrate(model_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference.axial_calibration", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("inference/models"), help="model folder")
+    parser.add_argument("--model", default="axial_muscle", help="model file stem (axial_muscle or axial_muscle.int8)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    calibrate(args.out)
+    calibrate(args.out, args.model)
     return 0
 
 

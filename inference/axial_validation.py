@@ -2,6 +2,7 @@
 blocks, and held-out phantoms, as the model card reports them.
 
     python -m inference.axial_validation --data ../shared/data/axial_muscle --out inference/models
+    python -m inference.axial_validation --out inference/models --model axial_muscle.int8
 
 Real subject (TUM01, erector spinae and multifidus labelled): each fold
 model (``axial_muscle.fold{k}.onnx``, trained without that block of slices)
@@ -9,6 +10,9 @@ segments its held-out block; Dice per muscle is pooled over the folds.
 Phantoms (seeds never trained on, T1, T2 and Dixon water): Dice per class
 of the committed model on the native grid, and the relative error of each
 muscle's mean CSA per slice. Writes ``axial_muscle.validation.json``.
+With ``--model axial_muscle.int8`` the INT8 model (`inference.quantize`) is
+scored on the phantoms only (the fold models are the FP32 ones) into
+``axial_muscle.int8.validation.json``.
 """
 from __future__ import annotations
 
@@ -60,12 +64,12 @@ def real_fold_dice(data_dir: Path, model_dir: Path) -> dict:
     return {"folds": folds, "pooled_dice": pooled, "mean_pooled_dice": round(float(np.mean(list(pooled.values()))), 4)}
 
 
-def phantom_scores(model_dir: Path, seeds: tuple[int, ...]) -> dict:
-    """Dice per class and per-slice CSA error of the committed model on
+def phantom_scores(model_dir: Path, seeds: tuple[int, ...], model_name: str = MODEL_NAME) -> dict:
+    """Dice per class and per-slice CSA error of a committed model on
     held-out phantom series."""
     from dicom_io.phantom import Weighting
 
-    engine = AxialMuscleEngine(model_dir)
+    engine = AxialMuscleEngine(model_dir, model_name=model_name)
     per_series = []
     for seed in seeds:
         for weighting in (Weighting.T1, Weighting.T2, Weighting.DIXON_WATER):
@@ -88,16 +92,20 @@ def phantom_scores(model_dir: Path, seeds: tuple[int, ...]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True, help="folder with the shared axial_muscle NIfTI files")
+    ap.add_argument("--data", type=Path, help="folder with the shared axial_muscle NIfTI files (FP32 model)")
     ap.add_argument("--out", type=Path, default=Path("inference/models"))
+    ap.add_argument("--model", default=MODEL_NAME, help="model file stem (axial_muscle.int8: phantoms only)")
     ap.add_argument("--phantom-seeds", type=int, nargs="*", default=[1000, 1001])
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    record = {"real_subject_cross_validation": real_fold_dice(args.data, args.out),
-              "held_out_phantoms": phantom_scores(args.out, tuple(args.phantom_seeds)),
-              "model_sha256": AxialMuscleEngine(args.out).info.sha256}
-    (args.out / f"{MODEL_NAME}.validation.json").write_text(json.dumps(record, indent=1))
-    print(json.dumps({"real": record["real_subject_cross_validation"]["pooled_dice"],
+    if args.model == MODEL_NAME and args.data is None:
+        ap.error("--data is needed to score the real subject's fold models")
+    record = {"held_out_phantoms": phantom_scores(args.out, tuple(args.phantom_seeds), args.model),
+              "model_sha256": AxialMuscleEngine(args.out, model_name=args.model).info.sha256}
+    if args.model == MODEL_NAME:
+        record = {"real_subject_cross_validation": real_fold_dice(args.data, args.out), **record}
+    (args.out / f"{args.model}.validation.json").write_text(json.dumps(record, indent=1))
+    print(json.dumps({"real": record.get("real_subject_cross_validation", {}).get("pooled_dice"),
                       "phantom": record["held_out_phantoms"]["mean_dice"]}, indent=1))
     return 0
 

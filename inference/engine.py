@@ -43,6 +43,17 @@ class ModelInfo:
     sha256: str
 
 
+def _check_source(model_dir: Path, record: dict, path: Path) -> None:
+    """A derived model must come from the model file now beside it (a
+    retrained model makes its quantised version stale)."""
+    source = record.get("source_model")
+    if not source or not (model_dir / source).exists():
+        return
+    if hashlib.sha256((model_dir / source).read_bytes()).hexdigest() != record.get("source_sha256"):
+        raise EngineError(f"{path} was derived from another version of {source}; re-run "
+                          f"'python -m inference.quantize --out {model_dir}' (README, the axial model)")
+
+
 def load_model_info(model_dir: Path, name: str = MODEL_NAME) -> ModelInfo:
     """Read a model's identity (version from its training record).
 
@@ -53,15 +64,19 @@ def load_model_info(model_dir: Path, name: str = MODEL_NAME) -> ModelInfo:
     """
     path = model_dir / f"{name}.onnx"
     if not path.exists():
-        command = {"sagittal_spine": "python -m inference.train", "axial_muscle": "python -m inference.train_axial"}
-        how = command.get(name.split(".")[0], "the training command in the README")
+        command = {"sagittal_spine": "python -m inference.train", "axial_muscle": "python -m inference.train_axial",
+                   "axial_muscle.int8": "python -m inference.quantize"}
+        how = command.get(name, command.get(name.split(".")[0], "the training command in the README"))
         raise EngineError(f"model file {path} is missing; train it with '{how}' (README, the model sections)")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     version = "unversioned"
-    record_path = model_dir / f"{name}.training.json"
-    if record_path.exists():
-        record = json.loads(record_path.read_text())
-        version = str(record.get("version", f"seed{record.get('seed', '?')}"))
+    # A trained model's record, or a derived (quantised) model's.
+    for record_path in (model_dir / f"{name}.training.json", model_dir / f"{name}.quantization.json"):
+        if record_path.exists():
+            record = json.loads(record_path.read_text())
+            version = str(record.get("version", f"seed{record.get('seed', '?')}"))
+            _check_source(model_dir, record, path)
+            break
     return ModelInfo(name, version, path, sha)
 
 

@@ -14,7 +14,8 @@ The committed model and its cross-validation come from one command
 which trains a phantom-only base, then fine-tunes it once per held-out block
 of TUM01 slices (``axial_muscle.fold{k}.onnx``, scored in
 `inference.axial_validation`) and once on every slice (``axial_muscle.onnx``),
-whose area calibration (`inference.axial_calibration`) it then fits.
+whose area calibration (`inference.axial_calibration`) it then fits, and
+whose INT8 version (`inference.quantize`, with its own calibration) it writes.
 Reproducible: one seed drives numpy, torch and the sampler; torch runs
 deterministic algorithms on 2 CPU threads.
 """
@@ -33,6 +34,7 @@ from scipy import ndimage
 
 from dicom_io.phantom import Weighting
 from inference.axial_calibration import calibrate
+from inference.quantize import INT8_SUFFIX, quantize_axial
 from inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM, AXIAL_TILE, MUSCLE_CLASSES
 from inference.axial_data import REAL_FOLDS, TUM_LABELS, load_tum_planes, phantom_axial_series, tum_classes
 from inference.network import ResidualUNet2D
@@ -197,8 +199,10 @@ def main(argv: list[str] | None = None) -> int:
                         "held_out_real_slices": held.tolist(), "loss_every_50": _every_50(curve)}
         record_path.write_text(json.dumps(record, indent=1))
         log.info("wrote %s", args.out / f"{name}.onnx")
-        if step == "final":  # a new model needs its own area calibration
+        if step == "final":  # a new model needs its own area calibration, and its INT8 version
             calibrate(args.out)
+            quantize_axial(args.out, MODEL_NAME)
+            calibrate(args.out, MODEL_NAME + INT8_SUFFIX)
     record["seconds_last_run"] = time.time() - t0
     record_path.write_text(json.dumps(record, indent=1))
     return 0

@@ -64,6 +64,7 @@ class Service:
         if self.http is not None:
             self.http.shutdown()
         self.scp.shutdown()
+        self.worker.close()
         self.store.close()
 
 
@@ -137,6 +138,7 @@ def run_worker(config: SpinegateConfig) -> int:
     try:
         _consume(worker)
     finally:
+        worker.close()
         store.close()
         log.info("worker stopped")
     return 0

@@ -30,7 +30,6 @@ from dicom_io.measurements import MuscleLevelMeasurements
 from dicom_io.muscles import MUSCLE_LABELS
 from dicom_io.volume import SeriesError, SeriesVolume, read_series
 from inference.axial_classes import DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
-from inference.axial_engine import TrainingGridScores
 
 __all__ = ["AxialResult", "AxialNetworkOutput", "dixon_partner", "measure_axial_series", "run_axial_network",
            "sagittal_disc_centroids", "FLAG_DIXON_MISMATCH"]
@@ -55,11 +54,12 @@ class AxialResult:
 
 @dataclass(frozen=True)
 class AxialNetworkOutput:
-    """The network half of an axial series: it needs nothing from the other
+    """The segmentation of an axial series (classes per native pixel, area
+    calibration and clean-up applied): it needs nothing from the other
     series, so it runs beside the sagittal stage."""
 
     volume: SeriesVolume
-    scores: TrainingGridScores
+    classes: np.ndarray
     timings_s: dict[str, float]
 
 
@@ -89,8 +89,8 @@ def dixon_partner(water: Sequence[Dataset], fat_series: Mapping[str, Sequence[Da
 
 
 def run_axial_network(datasets: Sequence[Dataset], engine: Any) -> AxialNetworkOutput:
-    """Read an axial series and run the network on it (the rest of the
-    segmentation, `measure_axial_series` does).
+    """Read an axial series and segment it (network, calibration,
+    post-processing); `measure_axial_series` names the levels and measures.
 
     Raises
     ------
@@ -107,16 +107,17 @@ def run_axial_network(datasets: Sequence[Dataset], engine: Any) -> AxialNetworkO
         scores = engine.network_scores(volume)
     except EngineError as e:
         raise SeriesError("not_axial_grid", str(e)) from e
-    return AxialNetworkOutput(volume, scores, {"load": t1 - t0, "segment": time.perf_counter() - t1})
+    t2 = time.perf_counter()
+    classes = engine.classes_of(scores).classes
+    return AxialNetworkOutput(volume, classes, {"load": t1 - t0, "segment": t2 - t1,
+                                                "postprocess": time.perf_counter() - t2})
 
 
 def measure_axial_series(
-    network: AxialNetworkOutput, engine: Any, weighting: Weighting,
+    network: AxialNetworkOutput, weighting: Weighting,
     sagittal_disc_centroids: Mapping[str, Mapping[str, Any]], fat_datasets: Sequence[Dataset] | None = None,
 ) -> AxialResult:
-    """Finish the segmentation of an axial series on its native grid
-    (``engine.classes_of``: calibration, post-processing), assign levels and
-    measure its muscles.
+    """Assign levels to a segmented axial series and measure its muscles.
 
     Parameters
     ----------
@@ -132,9 +133,8 @@ def measure_axial_series(
         ``nothing_segmented`` (no muscle found), or from `read_series` on
         the fat partner.
     """
-    t2 = time.perf_counter()
-    volume, classes = network.volume, engine.classes_of(network.scores).classes
     t3 = time.perf_counter()
+    volume, classes = network.volume, network.classes
     geometry = AxialGeometry(volume.positions_lps, volume.affine[:3, 1], volume.affine[:3, 2])
     muscles = {f"{m}_{s}": classes == c for (m, s), c in MUSCLE_CLASSES.items()}
     disc = classes == DISC_CLASS
@@ -162,7 +162,7 @@ def measure_axial_series(
     for key, value in MUSCLE_LABELS.items():
         label_map[muscles[f"{key[0]}_{key[1]}"]] = value
     return AxialResult(volume, label_map, measurements, tuple(flags),
-                       {**network.timings_s, "postprocess": t3 - t2, "measure": time.perf_counter() - t3})
+                       {**network.timings_s, "measure": time.perf_counter() - t3})
 
 
 def sagittal_disc_centroids(volumes_and_measurements: Sequence[tuple[SeriesVolume, Sequence[Any]]]

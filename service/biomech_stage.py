@@ -9,8 +9,12 @@ the SR writer.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -22,8 +26,8 @@ from biomech.trunk_model import MODEL_NAME, MODEL_VERSION
 from dicom_io.levels import structure_by_name
 from dicom_io.measurements import LoadReport, StructureMeasurements, TaskLoadReport
 
-__all__ = ["subject_from_header", "subject_from_document", "centroids_from_document", "choose_centroids",
-           "run_stage", "load_report", "loads_table"]
+__all__ = ["BiomechSolver", "subject_from_header", "subject_from_document", "centroids_from_document",
+           "choose_centroids", "run_stage", "load_report", "loads_table"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,85 @@ def run_stage(centroids: Mapping[str, np.ndarray], subject: Subject, out_dir: Pa
     log.info("biomechanics done tasks=%d flags=%s solve_s=%.2f", len(result.tasks), ",".join(result.flags),
              result.solve_s)
     return result
+
+
+def _import_solver() -> None:
+    import opensim  # noqa: F401  (the child's first study should not pay for the import)
+
+
+class BiomechSolver:
+    """Runs `run_stage` in a child process of its own.
+
+    OpenSim holds the GIL for the whole solve (measured: a thread gains
+    nothing), so in the pipeline's process it would stop the SEG and SR
+    writing that can go on beside it. One spawned child (not forked: the
+    parent runs ONNX Runtime and network threads) is started on first use
+    and kept; if it dies, the study is solved in this process and the
+    child is started again for the next one.
+
+    Parameters
+    ----------
+    process : bool
+        False: solve in the calling thread when the result is asked for
+        (`in_process`; ``spinegate analyze`` of one study, tests).
+    """
+
+    def __init__(self, process: bool = True) -> None:
+        self.process = process
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def in_process(cls) -> "BiomechSolver":
+        return cls(process=False)
+
+    def start(self) -> None:
+        """Start the child now and import OpenSim in it (service start-up)."""
+        if self.process:
+            self._executor().submit(_import_solver)
+
+    def _executor(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            return self._pool
+
+    def _restart(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def solve(self, centroids: Mapping[str, np.ndarray], subject: Subject, out_dir: Path,
+              measured_acsa_cm2: Mapping[tuple[str, str], float] | None = None
+              ) -> Callable[[], StudyBiomechanics]:
+        """Start solving; returns a function that waits for the result."""
+        args = (dict(centroids), subject, out_dir, dict(measured_acsa_cm2) if measured_acsa_cm2 else None)
+        if not self.process:
+            return lambda: run_stage(*args)
+        try:
+            future: Future[StudyBiomechanics] | None = self._executor().submit(run_stage, *args)
+        except (BrokenProcessPool, RuntimeError, OSError) as e:
+            log.warning("biomechanics process unavailable, solving here: %s", e)
+            self._restart()
+            future = None
+
+        def result() -> StudyBiomechanics:
+            if future is not None:
+                try:
+                    return future.result()
+                except BrokenProcessPool as e:
+                    log.warning("biomechanics process died, solving here: %s", e)
+                    self._restart()
+            return run_stage(*args)
+
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def load_report(result: StudyBiomechanics) -> LoadReport:

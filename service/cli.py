@@ -104,7 +104,8 @@ def _analyze(config, dicom_dir: Path, out: Path) -> int:  # type: ignore[no-unty
     from service.pipeline import StudyFailed, analyze_study, structure_table
 
     paths = sorted(p for p in dicom_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
-    engines = Engines(config.inference.model_dir, config.inference.threads)
+    engines = Engines(config.inference.model_dir, config.inference.threads,
+                      axial_precision=config.inference.axial_precision)
     try:
         for rule in config.routing:
             engines.model_info(rule.engine)

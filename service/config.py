@@ -18,6 +18,8 @@ import yaml
 __all__ = ["ConfigError", "Destination", "RoutingRule", "SpinegateConfig", "load_config"]
 
 ENV_PREFIX = "SPINEGATE_"
+# inference.axial_precision values (service.engines maps them to model files).
+AXIAL_PRECISIONS = ("int8", "fp32")
 
 
 class ConfigError(ValueError):
@@ -106,6 +108,10 @@ class AssemblyConfig:
 class InferenceConfig:
     backend: str = "onnxruntime"
     threads: int = 2
+    # The axial model ONNX Runtime runs on CPU: "int8" (quantised,
+    # `inference.quantize`; ~1.6x faster, its own area calibration) or
+    # "fp32" (the trained model itself).
+    axial_precision: str = "int8"
     model_dir: Path = Path(__file__).resolve().parent.parent / "inference" / "models"
 
 
@@ -172,6 +178,9 @@ class SpinegateConfig:
         if self.inference.backend not in ("onnxruntime", "auto"):
             raise ConfigError(f"Invalid 'inference.backend' value {self.inference.backend!r} - "
                               "must be 'onnxruntime' or 'auto'")
+        if self.inference.axial_precision not in AXIAL_PRECISIONS:
+            raise ConfigError(f"Invalid 'inference.axial_precision' value {self.inference.axial_precision!r} - "
+                              f"must be one of {', '.join(AXIAL_PRECISIONS)}")
         if not (0 <= int(self.http.port) < 65536):
             raise ConfigError(f"Invalid 'http.port' value {self.http.port!r} - must be 0-65535")
         if self.queue.backend not in ("sqlite", "redis"):

@@ -11,13 +11,24 @@ from typing import Any, Callable
 
 from inference.engine import EngineError, ModelInfo, load_model_info
 
-__all__ = ["Engines", "ENGINE_MODELS"]
+__all__ = ["Engines", "ENGINE_MODELS", "model_stem"]
 
 # Routing engine name → model file stem in the model folder.
 ENGINE_MODELS = {"sagittal_spine": "sagittal_spine", "axial_muscle": "axial_muscle"}
+# inference.axial_precision → suffix of the axial model's file stem.
+_AXIAL_PRECISION_SUFFIX = {"fp32": "", "int8": ".int8"}
 
 
-def _construct(name: str, model_dir: Path, threads: int) -> Any:
+def model_stem(name: str, axial_precision: str = "int8") -> str:
+    """The model file stem an engine runs (the axial one by precision)."""
+    if name not in ENGINE_MODELS:
+        raise EngineError(f"no engine named {name!r}; known engines: {', '.join(ENGINE_MODELS)}")
+    if name == "axial_muscle":
+        return ENGINE_MODELS[name] + _AXIAL_PRECISION_SUFFIX[axial_precision]
+    return ENGINE_MODELS[name]
+
+
+def _construct(name: str, model_dir: Path, threads: int, axial_precision: str) -> Any:
     if name == "sagittal_spine":
         from inference.engine import SagittalSpineEngine
 
@@ -29,7 +40,7 @@ def _construct(name: str, model_dir: Path, threads: int) -> Any:
     # the cores. Measured on 2 cores, standard study, sagittal + axial
     # threads: 2 + 2 14.2-15.3 s, 2 + 1 13.7-14.0 s, 1 + 1 13.0-13.3 s; a
     # sagittal-only study takes 7.5 s with 2 threads, 8.0 s with 1.
-    return AxialMuscleEngine(model_dir, max(1, threads // 2))
+    return AxialMuscleEngine(model_dir, max(1, threads // 2), model_name=model_stem(name, axial_precision))
 
 
 class Engines:
@@ -45,11 +56,17 @@ class Engines:
         half.
     on_load : callable, optional
         Called with each engine's `ModelInfo` once it is loaded (metrics).
+    axial_precision : str
+        ``"int8"`` (the quantised axial model, the CPU default) or ``"fp32"``.
     """
 
-    def __init__(self, model_dir: Path, threads: int = 2, on_load: Callable[[ModelInfo], None] | None = None) -> None:
+    def __init__(self, model_dir: Path, threads: int = 2, on_load: Callable[[ModelInfo], None] | None = None,
+                 axial_precision: str = "int8") -> None:
+        if axial_precision not in _AXIAL_PRECISION_SUFFIX:
+            raise EngineError(f"axial precision {axial_precision!r} is not one of {', '.join(_AXIAL_PRECISION_SUFFIX)}")
         self.model_dir = Path(model_dir)
         self.threads = threads
+        self.axial_precision = axial_precision
         self._on_load = on_load
         self._loaded: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -62,11 +79,10 @@ class Engines:
         EngineError
             If no engine has that name or its model is missing.
         """
-        if name not in ENGINE_MODELS:
-            raise EngineError(f"no engine named {name!r}; known engines: {', '.join(ENGINE_MODELS)}")
+        model_stem(name)  # unknown names fail here, before the lock
         with self._lock:
             if name not in self._loaded:
-                engine = _construct(name, self.model_dir, self.threads)
+                engine = _construct(name, self.model_dir, self.threads, self.axial_precision)
                 self._loaded[name] = engine
                 if self._on_load:
                     self._on_load(engine.info)
@@ -85,6 +101,4 @@ class Engines:
         """Identity of an engine's model without loading it."""
         if name in self._loaded:
             return self._loaded[name].info
-        if name not in ENGINE_MODELS:
-            raise EngineError(f"no engine named {name!r}; known engines: {', '.join(ENGINE_MODELS)}")
-        return load_model_info(self.model_dir, ENGINE_MODELS[name])
+        return load_model_info(self.model_dir, model_stem(name, self.axial_precision))

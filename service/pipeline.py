@@ -28,12 +28,11 @@ from dicom_io.classify import Plane, SeriesClass, Weighting, classify_series
 from dicom_io.levels import StructureKind
 from dicom_io.measurements import MuscleLevelMeasurements, StructureMeasurements
 from dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
-from dicom_io.sr import SeriesReport, build_measurement_report
+from dicom_io.sr import SeriesReport, build_measurement_report, series_measurement_groups
 from dicom_io.uids import derive_uid
 from dicom_io.volume import SeriesError, SeriesVolume, read_series
-from service.axial_stage import (AxialNetworkOutput, dixon_partner, measure_axial_series, run_axial_network,
-                                 sagittal_disc_centroids)
-from service.biomech_stage import choose_centroids, load_report, run_stage, subject_from_header
+from service.axial_stage import AxialResult, dixon_partner, measure_axial_series, run_axial_network, sagittal_disc_centroids
+from service.biomech_stage import BiomechSolver, choose_centroids, load_report, subject_from_header
 from service.config import RoutingRule
 from service.engines import Engines
 from service.routing import RoutingDecision, route
@@ -111,9 +110,11 @@ def analyze_study(
     rules: tuple[RoutingRule, ...],
     out_dir: Path,
     biomechanics: bool = True,
+    biomech_solver: BiomechSolver | None = None,
 ) -> StudyResult:
     """Run the whole pipeline on the files of one study; with
-    ``biomechanics`` the spinal loads too (files under ``out_dir/biomech``).
+    ``biomechanics`` the spinal loads too (files under ``out_dir/biomech``),
+    solved by ``biomech_solver`` (its own process; default: this thread).
 
     Sagittal series run first: their disc centroids name the levels of the
     axial series in the same frame of reference, and the axial muscle
@@ -148,12 +149,15 @@ def analyze_study(
     reports: list[SeriesReport] = []
     outputs: list[Path] = []
     sagittal: list[tuple[SeriesVolume, list[StructureMeasurements]]] = []
-    # The axial network needs nothing from the sagittal series, so it runs in
-    # a second thread while this one post-processes, measures and writes the
-    # sagittal series (ONNX Runtime releases the GIL): on 2 cores that fills
-    # the core the single-threaded stages leave idle. The axial
-    # post-processing then runs here, which balances the two lanes.
-    # Several axial series get a lane each, up to the core count.
+    axial: list[tuple[SeriesOutcome, list[Dataset], AxialResult]] = []
+    timings: dict[str, float] = {}
+    # The axial segmentation needs nothing from the sagittal series, so it
+    # runs in a second thread while this one segments, measures and writes
+    # the sagittal series (ONNX Runtime and the large numpy operations
+    # release the GIL): on 2 cores that fills the core the single-threaded
+    # stages leave idle. Level assignment and measurement (which need the
+    # sagittal disc centroids) then run here. Several axial series get a
+    # lane each, up to the core count.
     axial_routed = [o for o in routed if o.decision.engine == "axial_muscle"]
     lanes = max(1, min(len(axial_routed), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="axial-inference") as pool:
@@ -174,51 +178,69 @@ def analyze_study(
                     partner = dixon_partner(headers, fat_series) if cls.weighting is Weighting.WATER else None
                     if partner is not None:
                         _mark_fat_partner(routed, partner[0], outcome.series_uid)
-                    report = _analyse_axial(outcome, headers, axial_jobs[outcome.series_uid].result(), engine, digest,
-                                            out_dir, sagittal_disc_centroids(sagittal), partner[1] if partner else None)
-                else:
-                    report = _analyse_series(outcome, headers, engine, _algorithm(engine), digest, out_dir)
-                    if report is not None:
-                        sagittal.append((report.volume, outcome.measurements))
+                    res = measure_axial_series(axial_jobs[outcome.series_uid].result(), cls.weighting,
+                                               sagittal_disc_centroids(sagittal), partner[1] if partner else None)
+                    outcome.muscles, outcome.flags = res.measurements, res.flags
+                    axial.append((outcome, headers, res))
+                    continue
+                report = _analyse_series(outcome, headers, engine, _algorithm(engine), digest, out_dir)
             except SeriesError as e:
                 outcome.error = f"{e.reason}: {e}"
                 log.warning("series failed series_uid=%s reason=%s", outcome.series_uid, e.reason)
                 continue
             if report is not None:
+                sagittal.append((report.volume, outcome.measurements))
                 reports.append(report)
                 outputs.append(outcome.seg_path)  # type: ignore[arg-type]
     outcomes = routed
-    sagittal_reports = [r for r in reports if r.measurements]
+    sagittal_reports = list(reports)
+    # The loads need only the measurements: they are solved (in the
+    # solver's process when one is given) while the axial SEGs and the
+    # SR's series groups are written here.
+    loads_of = None
+    if sagittal_reports and biomechanics:
+        t_bio = time.perf_counter()
+        muscles = max((res.measurements for _, _, res in axial), key=lambda ms: len({m.level.name for m in ms}),
+                      default=[])
+        loads_of = (biomech_solver or BiomechSolver.in_process()).solve(
+            choose_centroids([r.measurements for r in sagittal_reports]),
+            subject_from_header(reports[0].source_images[0]), out_dir / "biomech", model_acsa_cm2(muscles) or None)
+    for outcome, headers, res in axial:
+        reports.append(_write_axial_seg(outcome, headers, res, engines.get("axial_muscle"), digest, out_dir))
+        outputs.append(outcome.seg_path)  # type: ignore[arg-type]
     primary = "sagittal_spine" if "sagittal_spine" in engine_names else (engine_names or [None])[0]
     algorithm = _algorithm(engines.get(primary)) if primary else None
     sr_path = None
-    timings: dict[str, float] = {}
-    loads = None
-    if sagittal_reports and biomechanics:
+    groups = None
+    if reports:
+        assert algorithm is not None
         t0 = time.perf_counter()
-        axial = max(([o.muscles for o in outcomes if o.muscles]), key=lambda ms: len({m.level.name for m in ms}),
-                    default=[])
-        bio = run_stage(choose_centroids([r.measurements for r in sagittal_reports]),
-                        subject_from_header(reports[0].source_images[0]), out_dir / "biomech",
-                        model_acsa_cm2(axial) or None)
-        loads = load_report(bio)
-        biomech_doc = bio.document()
-        timings["biomechanics"] = time.perf_counter() - t0
-    else:
-        biomech_doc = None
+        sr_uid = derive_uid(digest, "sr")
+        groups = series_measurement_groups(reports, algorithm, sr_uid)
+        timings["sr_groups"] = time.perf_counter() - t0
+    loads = biomech_doc = None
+    if loads_of is not None:
+        t0 = time.perf_counter()
+        bio = loads_of()
+        log.info("biomechanics done study_uid=%s tasks=%d flags=%s solve_s=%.2f", study_uid, len(bio.tasks),
+                 ",".join(bio.flags), bio.solve_s)
+        loads, biomech_doc = load_report(bio), bio.document()
+        timings["biomechanics"] = bio.solve_s
+        timings["biomechanics_wait"] = time.perf_counter() - t0
+        timings["biomechanics_start_to_result"] = time.perf_counter() - t_bio
     if reports:
         assert algorithm is not None
         t0 = time.perf_counter()
         sr = build_measurement_report(
-            reports, algorithm, derive_uid(digest, "sr-series"), derive_uid(digest, "sr"), SR_SERIES_NUMBER,
-            __version__, loads,
+            reports, algorithm, derive_uid(digest, "sr-series"), sr_uid, SR_SERIES_NUMBER,
+            __version__, loads, groups,
         )
         sr_path = out_dir / "sr.dcm"
         sr.save_as(sr_path, enforce_file_format=True)
         outputs.append(sr_path)
         log.info("sr written study_uid=%s sop_instance_uid=%s groups=%d", study_uid, sr.SOPInstanceUID,
                  sum(len(r.measurements) + len(r.muscles) for r in reports))
-        timings["sr"] = time.perf_counter() - t0
+        timings["sr"] = time.perf_counter() - t0 + timings["sr_groups"]
     timings["total"] = time.perf_counter() - t_start
     result = StudyResult(study_uid, outcomes, sr_path, out_dir / "measurements.json", outputs, timings, biomech_doc)
     models = [engines.model_info(n) for n in sorted(engine_names, key=lambda n: n != primary)]
@@ -248,12 +270,8 @@ def _write_seg(outcome: SeriesOutcome, volume: SeriesVolume, datasets: list[Data
     return seg_ds
 
 
-def _analyse_axial(outcome: SeriesOutcome, datasets: list[Dataset], network: AxialNetworkOutput, engine: Any,
-                   digest: str, out_dir: Path, disc_centroids: dict[str, dict[str, np.ndarray]],
-                   fat: list[Dataset] | None) -> SeriesReport:
-    res = measure_axial_series(network, engine, outcome.series_class.weighting, disc_centroids, fat)
-    outcome.muscles = res.measurements
-    outcome.flags = res.flags
+def _write_axial_seg(outcome: SeriesOutcome, datasets: list[Dataset], res: AxialResult, engine: Any, digest: str,
+                     out_dir: Path) -> SeriesReport:
     t0 = time.perf_counter()
     algorithm = _algorithm(engine)
     seg_ds = _write_seg(outcome, res.volume, datasets, res.label_map, algorithm, digest, out_dir)

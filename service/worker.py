@@ -22,6 +22,7 @@ from huey.api import Huey
 from service.config import SpinegateConfig
 from service.export import export_outputs
 from service.metrics import Metrics
+from service.biomech_stage import BiomechSolver
 from service.engines import Engines
 from service.pipeline import StudyFailed, analyze_study
 from service.store import StateStore, StudyState
@@ -56,6 +57,7 @@ class StudyWorker:
     huey: Huey
     metrics: Metrics | None = None
     _engines: Any = None
+    _solver: BiomechSolver = field(default_factory=BiomechSolver)
     _pending: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -70,12 +72,20 @@ class StudyWorker:
                 if self.metrics:
                     self.metrics.model_info.labels(info.name, info.version, info.sha256, BACKEND).set(1)
 
-            self._engines = Engines(self.config.inference.model_dir, self.config.inference.threads, on_load)
+            self._engines = Engines(self.config.inference.model_dir, self.config.inference.threads, on_load,
+                                    self.config.inference.axial_precision)
         return self._engines
 
     def load_engines(self) -> None:
-        """Load every engine the routing rules name (start-up model check)."""
+        """Load every engine the routing rules name (start-up model check),
+        and start the biomechanics solver's process."""
         self.engines.load([r.engine for r in self.config.routing])
+        if self.config.biomechanics.enabled:
+            self._solver.start()
+
+    def close(self) -> None:
+        """Stop the biomechanics solver's process."""
+        self._solver.close()
 
     @property
     def engine_loaded(self) -> bool:
@@ -149,7 +159,8 @@ class StudyWorker:
         if self.metrics:
             self.metrics.observe_stage("assembly_wait", started - rec.last_received)
         try:
-            result = analyze_study(paths, self.engines, self.config.routing, out_dir, self.config.biomechanics.enabled)
+            result = analyze_study(paths, self.engines, self.config.routing, out_dir, self.config.biomechanics.enabled,
+                                   self._solver)
         except StudyFailed as e:
             self._finish(study_uid, StudyState.FAILED, e.reason + ": " + str(e), {**detail, "reason": e.reason},
                          version)

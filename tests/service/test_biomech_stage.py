@@ -173,3 +173,44 @@ def test_loads_command_refuses_an_implausible_override(tmp_path):
     proc = _loads_cli(str(m), "--weight-kg", "500", "--out", str(tmp_path / "o"))
     assert proc.returncode == 2
     assert "implausible" in proc.stderr
+
+
+def test_solver_process_gives_the_loads_of_an_in_process_solve(stage, tmp_path):
+    """The service solves in a child process (beside the SEG and SR
+    writing); the answer is the one this process computes."""
+    from service.biomech_stage import BiomechSolver
+
+    cents = phantom_centroids()
+    cents.pop("T12")
+    solver = BiomechSolver()
+    try:
+        solver.start()
+        result = solver.solve(cents, subject_from_header(Dataset()), tmp_path / "bio")()
+    finally:
+        solver.close()
+    assert result.flags == stage.flags
+    for mine, theirs in zip(result.tasks, stage.tasks):
+        assert mine.joints["L5S1"].compression_n == pytest.approx(theirs.joints["L5S1"].compression_n, rel=1e-9)
+    assert result.tasks[0].files["model"].exists()
+
+
+def test_solver_process_that_dies_costs_a_slower_study_not_a_lost_one(tmp_path):
+    import os
+    import signal
+
+    from service.biomech_stage import BiomechSolver
+
+    solver = BiomechSolver()
+    try:
+        solver.start()
+        pids = list(solver._executor()._processes)  # the spawned child
+        assert len(pids) == 1
+        os.kill(pids[0], signal.SIGKILL)
+        result = solver.solve(phantom_centroids(), subject_from_header(Dataset()), tmp_path / "a")()
+        assert result.tasks and not result.error  # solved in this process instead
+        again = solver.solve(phantom_centroids(), subject_from_header(Dataset()), tmp_path / "b")()
+        assert list(solver._executor()._processes) != pids  # a new child for the next study
+        assert [t.joints["L5S1"].compression_n for t in again.tasks] == \
+            [t.joints["L5S1"].compression_n for t in result.tasks]
+    finally:
+        solver.close()

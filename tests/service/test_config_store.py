@@ -30,6 +30,7 @@ def test_defaults_file_env_and_cli_layer_in_order(tmp_path):
         ({"SPINEGATE_STORAGE__DELETE_INPUTS_AFTER_EXPORT": "maybe"}, "delete_inputs_after_export"),
         ({"SPINEGATE_NETWORK__MAXIMUM_PDU_BYTES": "100"}, "network.maximum_pdu_bytes"),
         ({"SPINEGATE_NETWORK__RECEIVER_PROCESSES": "0"}, "network.receiver_processes"),
+        ({"SPINEGATE_INFERENCE__AXIAL_PRECISION": "fp16"}, "inference.axial_precision"),
     ],
 )
 def test_bad_values_name_the_key(environ, match):
