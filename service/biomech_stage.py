@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import signal
 import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -82,6 +85,19 @@ def _import_solver() -> None:
     import opensim  # noqa: F401  (the child's first study should not pay for the import)
 
 
+def _solver_process_init(parent_pid: int) -> None:
+    """In the solver's child: ^C is the parent's to handle, and the child
+    ends when the parent is gone (even killed), never left as an orphan."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 class BiomechSolver:
     """Runs `run_stage` in a child process of its own.
 
@@ -116,7 +132,8 @@ class BiomechSolver:
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_solver_process_init, initargs=(os.getpid(),))
             return self._pool
 
     def _restart(self) -> None:

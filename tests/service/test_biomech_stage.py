@@ -214,3 +214,35 @@ def test_solver_process_that_dies_costs_a_slower_study_not_a_lost_one(tmp_path):
             [t.joints["L5S1"].compression_n for t in result.tasks]
     finally:
         solver.close()
+
+
+def test_solver_process_ends_with_a_killed_parent(tmp_path):
+    import os
+    import signal
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from service.biomech_stage import BiomechSolver\n"
+        "if __name__ == '__main__':\n"
+        "    solver = BiomechSolver()\n"
+        "    solver.start()\n"
+        "    print(*solver._executor()._processes, flush=True)\n"
+        "    time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail(f"solver process {child} outlived its killed parent")
