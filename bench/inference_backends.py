@@ -9,6 +9,8 @@ Each (engine, backend) runs in a fresh process so its peak resident memory
 15 × 512² at 0.5 mm (a clinical T2) and axial 40 × 256² at 0.8 mm (the
 issue 6 standard study); the short mode uses 6 × 192² / 8 × 160². Times
 cover pre-processing, the network and resampling back (`engine.scores`).
+The axial engine also runs its INT8 model (`inference.quantize`, the
+service's CPU default) on ONNX Runtime.
 Writes bench/results/inference_backends.json and prints a Markdown table.
 """
 from __future__ import annotations
@@ -29,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 ENGINES = ("sagittal_spine", "axial_muscle")
-BACKENDS = ("onnxruntime", "torch")
+BACKENDS = {"sagittal_spine": ("onnxruntime", "torch"), "axial_muscle": ("onnxruntime-int8", "onnxruntime", "torch")}
 
 
 def _series(engine: str, short: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +55,7 @@ def _series(engine: str, short: bool) -> tuple[np.ndarray, np.ndarray]:
 def measure_one(engine: str, backend: str, runs: int, short: bool) -> dict:
     """In this process: load, one warm-up, ``runs`` timed series."""
     from dicom_io.volume import SeriesVolume
-    from service.engines import ENGINE_MODELS
+    from service.engines import model_stem
 
     image, affine = _series(engine, short)
     volume = SeriesVolume.from_array(image, affine, 4.0)
@@ -66,7 +68,9 @@ def measure_one(engine: str, backend: str, runs: int, short: bool) -> dict:
     else:
         from inference.axial_engine import AxialMuscleEngine
 
-        eng = AxialMuscleEngine(model_dir, threads=2, backend=backend)
+        precision = "int8" if backend == "onnxruntime-int8" else "fp32"
+        eng = AxialMuscleEngine(model_dir, threads=2, backend=backend.removesuffix("-int8"),
+                                model_name=model_stem(engine, precision))
     load_s = time.perf_counter() - t0
     eng.scores(volume)
     times = []
@@ -75,7 +79,8 @@ def measure_one(engine: str, backend: str, runs: int, short: bool) -> dict:
         eng.scores(volume)
         times.append(time.perf_counter() - t)
     median = statistics.median(times)
-    return {"engine": engine, "model": ENGINE_MODELS[engine], "backend": eng.backend.name,
+    return {"engine": engine, "model": eng.info.name,
+            "backend": eng.backend.name + ("-int8" if backend.endswith("-int8") else ""),
             "series_shape": list(image.shape), "load_s": round(load_s, 3), "runs": runs,
             "per_series_s": {"median": round(median, 3), "min": round(min(times), 3), "max": round(max(times), 3)},
             "per_slice_ms": round(1000 * median / image.shape[0], 1),
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = []
     for engine in ENGINES:
-        for backend in BACKENDS:
+        for backend in BACKENDS[engine]:
             cmd = [sys.executable, __file__, "--one", engine, backend, "--runs", str(runs)] + (["--short"] if args.short else [])
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=REPO)
             if proc.returncode != 0:

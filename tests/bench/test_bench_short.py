@@ -42,7 +42,8 @@ def test_ingest_benchmark_short_mode():
 def test_inference_backends_benchmark_short_mode():
     record = _short_run("inference_backends.py", 900)
     assert {(r["engine"], r["backend"]) for r in record["results"]} == {
-        (e, b) for e in ("sagittal_spine", "axial_muscle") for b in ("onnxruntime-cpu", "torch-cpu")}
+        (e, b) for e in ("sagittal_spine", "axial_muscle") for b in ("onnxruntime-cpu", "torch-cpu")} | {
+        ("axial_muscle", "onnxruntime-cpu-int8")}
     assert all(r["per_slice_ms"] > 0 and r["peak_rss_mb"] > 50 for r in record["results"])
 
 
