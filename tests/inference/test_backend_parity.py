@@ -69,3 +69,14 @@ def test_sagittal_onnxruntime_matches_torch_on_a_real_volume():
     volume = SeriesVolume.from_array(pixels.astype(np.float32), affine, 4.0)
     ort_engine, torch_engine = _pair(SagittalSpineEngine)
     _assert_parity(_sagittal_labels(ort_engine, volume), _sagittal_labels(torch_engine, volume))
+
+
+@pytest.mark.shared_data
+def test_axial_onnxruntime_matches_torch_on_the_real_subject():
+    from inference.axial_data import canonical_axial_volume, load_tum_planes
+    from inference.axial_engine import AxialMuscleEngine
+
+    water, _, _, spacing = load_tum_planes(require_shared_data("axial_muscle"))
+    volume = canonical_axial_volume(water[::2], (spacing, spacing))
+    ort_engine, torch_engine = _pair(AxialMuscleEngine)
+    _assert_parity(ort_engine.segment(volume).classes, torch_engine.segment(volume).classes)
