@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -181,14 +182,23 @@ def calibrate(model_dir: Path, model_name: str = "axial_muscle") -> dict:
     return record
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inference.axial_calibration", description=__doc__.split("\n\n")[0])
+def run_model_command(argv: list[str] | None, module: str, doc: str, run: Callable[[Path, str], object],
+                      model_help: str) -> int:
+    """The command line of a step run on one model of a model folder
+    (``--out`` folder, ``--model`` file stem): this module's and
+    `inference.quantize`'s."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("inference/models"), help="model folder")
-    parser.add_argument("--model", default="axial_muscle", help="model file stem (axial_muscle or axial_muscle.int8)")
+    parser.add_argument("--model", default="axial_muscle", help=model_help)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    calibrate(args.out, args.model)
+    run(args.out, args.model)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_model_command(argv, "inference.axial_calibration", __doc__ or "", calibrate,
+                             "model file stem (axial_muscle or axial_muscle.int8)")
 
 
 if __name__ == "__main__":

@@ -8,16 +8,16 @@ Activation ranges come from tiles of the model's own training phantoms
 (the seeds in its training record; T1, T2 and Dixon water), never from a
 validation or calibration seed. On this 2-core CPU a 192² tile takes
 ~13 instead of ~20 ms, which takes the axial network off the turnaround's
-critical path; the area calibration (`inference.axial_calibration`) is
-fitted for the INT8 file separately, since quantisation moves the
+critical path. The command then fits the INT8 file's own area calibration
+(`inference.axial_calibration`, ~8 min), since quantisation moves the
 boundaries by about a pixel. Needs the ``train`` extra (``onnx``).
 
-Writes ``axial_muscle.int8.onnx`` and ``axial_muscle.int8.quantization.json``
-(source model checksum, method, the tiles used, the version).
+Writes ``axial_muscle.int8.onnx``, ``axial_muscle.int8.quantization.json``
+(source model checksum, method, the tiles used, the version) and
+``axial_muscle.int8.calibration.json``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import tempfile
@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.axial_calibration import calibrate, run_model_command
 from inference.axial_classes import AXIAL_SPACING_MM, AXIAL_TILE
 from inference.engine import load_model_info
 
-__all__ = ["INT8_SUFFIX", "calibration_tiles", "quantize_axial"]
+__all__ = ["INT8_SUFFIX", "build_int8", "calibration_tiles", "quantize_axial"]
 
 log = logging.getLogger("inference.quantize")
 
@@ -97,14 +98,17 @@ def quantize_axial(model_dir: Path, model_name: str = "axial_muscle") -> dict:
     return record
 
 
+def build_int8(model_dir: Path, model_name: str = "axial_muscle") -> dict:
+    """Quantise ``model_name`` and fit the INT8 model's own area calibration
+    (an INT8 file without one would run uncalibrated); return the
+    quantisation record."""
+    record = quantize_axial(model_dir, model_name)
+    calibrate(model_dir, model_name + INT8_SUFFIX)
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inference.quantize", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("inference/models"), help="model folder")
-    parser.add_argument("--model", default="axial_muscle", help="model file stem in the folder")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    quantize_axial(args.out, args.model)
-    return 0
+    return run_model_command(argv, "inference.quantize", __doc__ or "", build_int8, "FP32 model file stem to quantise")
 
 
 if __name__ == "__main__":

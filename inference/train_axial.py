@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from dicom_io.phantom import Weighting
 from inference.axial_calibration import calibrate
-from inference.quantize import INT8_SUFFIX, quantize_axial
+from inference.quantize import build_int8
 from inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM, AXIAL_TILE, MUSCLE_CLASSES
 from inference.axial_data import REAL_FOLDS, TUM_LABELS, load_tum_planes, phantom_axial_series, tum_classes
 from inference.network import ResidualUNet2D
@@ -201,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("wrote %s", args.out / f"{name}.onnx")
         if step == "final":  # a new model needs its own area calibration, and its INT8 version
             calibrate(args.out)
-            quantize_axial(args.out, MODEL_NAME)
-            calibrate(args.out, MODEL_NAME + INT8_SUFFIX)
+            build_int8(args.out, MODEL_NAME)
     record["seconds_last_run"] = time.time() - t0
     record_path.write_text(json.dumps(record, indent=1))
     return 0

@@ -211,11 +211,10 @@ def analyze_study(
     primary = "sagittal_spine" if "sagittal_spine" in engine_names else (engine_names or [None])[0]
     algorithm = _algorithm(engines.get(primary)) if primary else None
     sr_path = None
-    groups = None
+    sr_uid = derive_uid(digest, "sr")
     if reports:
         assert algorithm is not None
         t0 = time.perf_counter()
-        sr_uid = derive_uid(digest, "sr")
         groups = series_measurement_groups(reports, algorithm, sr_uid)
         timings["sr_groups"] = time.perf_counter() - t0
     loads = biomech_doc = None
@@ -229,7 +228,6 @@ def analyze_study(
         timings["biomechanics_wait"] = time.perf_counter() - t0
         timings["biomechanics_start_to_result"] = time.perf_counter() - t_bio
     if reports:
-        assert algorithm is not None
         t0 = time.perf_counter()
         sr = build_measurement_report(
             reports, algorithm, derive_uid(digest, "sr-series"), sr_uid, SR_SERIES_NUMBER,
