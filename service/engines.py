@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from inference.engine import EngineError, ModelInfo, load_model_info
+from service.config import AXIAL_PRECISIONS
 
 __all__ = ["Engines", "ENGINE_MODELS", "model_stem"]
 
 # Routing engine name → model file stem in the model folder.
 ENGINE_MODELS = {"sagittal_spine": "sagittal_spine", "axial_muscle": "axial_muscle"}
-# inference.axial_precision → suffix of the axial model's file stem.
-_AXIAL_PRECISION_SUFFIX = {"fp32": "", "int8": ".int8"}
+# inference.axial_precision → suffix of the axial model's file stem
+# (fp32 is the trained model itself; others are derived from it).
+_AXIAL_PRECISION_SUFFIX = {p: "" if p == "fp32" else f".{p}" for p in AXIAL_PRECISIONS}
 
 
 def model_stem(name: str, axial_precision: str = "int8") -> str:
@@ -37,8 +39,8 @@ def _construct(name: str, model_dir: Path, threads: int, axial_precision: str) -
 
     # The axial engine runs in the pipeline's second lane, beside the
     # sagittal stage: half the threads, so the two lanes do not oversubscribe
-    # the cores. Measured on 2 cores, standard study, sagittal + axial
-    # threads: 2 + 2 14.2-15.3 s, 2 + 1 13.7-14.0 s, 1 + 1 13.0-13.3 s; a
+    # the cores. Measured on 2 cores, standard study, FP32 axial model,
+    # sagittal + axial threads: 2 + 2 14.2-15.3 s, 2 + 1 13.7-14.0 s, 1 + 1 13.0-13.3 s; a
     # sagittal-only study takes 7.5 s with 2 threads, 8.0 s with 1.
     return AxialMuscleEngine(model_dir, max(1, threads // 2), model_name=model_stem(name, axial_precision))
 
