@@ -11,8 +11,6 @@ connected component with holes filled (intramuscular fat belongs to the
 muscle's area), vertebral body and disc their largest component. Before the
 arg-max the area calibration (`inference.axial_calibration`) shifts each
 muscle's log score, so CSAs come out unbiased on held-out phantoms.
-`network_scores` (the network) and `classes_of` (the rest) split the work so
-the pipeline can run the network beside other series.
 """
 from __future__ import annotations
 
@@ -33,25 +31,12 @@ from inference.postprocess import fill_holes_2d
 from inference.preprocessing import from_training_grid, normalise_intensity, to_training_grid
 from inference.tiling import sliding_window_softmax
 
-__all__ = ["AxialMuscleEngine", "AxialSegmentation", "TrainingGridScores", "MODEL_NAME", "axial_canonical_axes",
+__all__ = ["AxialMuscleEngine", "AxialSegmentation", "MODEL_NAME", "axial_canonical_axes",
            "clean_axial_classes"]
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "axial_muscle"
-
-
-@dataclass(frozen=True)
-class TrainingGridScores:
-    """Softmax scores of a series on the network's grid, with what maps them
-    back to the native grid."""
-
-    probs: np.ndarray
-    valid: tuple[int, int]
-    axes: tuple[bool, bool, bool]
-    canonical_shape: tuple[int, int]
-    pixel_area_mm2: float
-    inference_s: float
 
 
 @dataclass
@@ -154,36 +139,22 @@ class AxialMuscleEngine:
                               f"{len(AXIAL_CLASS_NAMES)}")
         log.info("loaded model name=%s version=%s sha256=%s", self.info.name, self.info.version, self.info.sha256[:12])
 
-    def network_scores(self, volume: SeriesVolume) -> TrainingGridScores:
-        """The network's softmax scores on the training grid (the heavy half
-        of `segment`; `classes_of` finishes it)."""
-        t0 = time.perf_counter()
+    def scores(self, volume: SeriesVolume) -> np.ndarray:
+        """Softmax class scores (slices, classes, rows, cols) on the native grid."""
         axes = axial_canonical_axes(volume.affine)
         planes = _apply(volume.array, axes)
         spacing = volume.spacing_mm
         ps = (spacing[2], spacing[1]) if axes[0] else (spacing[1], spacing[2])
         x, valid = to_training_grid(normalise_intensity(planes), ps, AXIAL_SPACING_MM)
         probs = sliding_window_softmax(self.backend.run, x[:, None], AXIAL_TILE, batch=self._batch)
-        return TrainingGridScores(probs, valid, axes, planes.shape[1:], spacing[1] * spacing[2],
-                                  time.perf_counter() - t0)
-
-    def native_scores(self, scores: TrainingGridScores) -> np.ndarray:
-        """Softmax scores (slices, classes, rows, cols) on the native grid."""
-        return _apply(from_training_grid(scores.probs, scores.valid, scores.canonical_shape), scores.axes, inverse=True)
-
-    def scores(self, volume: SeriesVolume) -> np.ndarray:
-        """Softmax class scores (slices, classes, rows, cols) on the native grid."""
-        return self.native_scores(self.network_scores(volume))
-
-    def classes_of(self, scores: TrainingGridScores) -> AxialSegmentation:
-        """Native-grid classes (area calibration applied), post-processed."""
-        t0 = time.perf_counter()
-        probs = self.native_scores(scores)
-        raw = self.offsets.classes(probs) if self.offsets is not None else probs.argmax(axis=1).astype(np.uint8)
-        classes = clean_axial_classes(raw, scores.pixel_area_mm2)
-        return AxialSegmentation(classes, scores.inference_s,
-                                 {"inference": scores.inference_s, "postprocess": time.perf_counter() - t0})
+        return _apply(from_training_grid(probs, valid, planes.shape[1:]), axes, inverse=True)
 
     def segment(self, volume: SeriesVolume) -> AxialSegmentation:
-        """Network classes per slice, post-processed."""
-        return self.classes_of(self.network_scores(volume))
+        """Network classes per slice (area calibration applied), post-processed."""
+        t0 = time.perf_counter()
+        probs = self.scores(volume)
+        t1 = time.perf_counter()
+        raw = self.offsets.classes(probs) if self.offsets is not None else probs.argmax(axis=1).astype(np.uint8)
+        spacing = volume.spacing_mm
+        classes = clean_axial_classes(raw, spacing[1] * spacing[2])
+        return AxialSegmentation(classes, t1 - t0, {"inference": t1 - t0, "postprocess": time.perf_counter() - t1})

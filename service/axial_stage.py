@@ -31,7 +31,7 @@ from dicom_io.muscles import MUSCLE_LABELS
 from dicom_io.volume import SeriesError, SeriesVolume, read_series
 from inference.axial_classes import DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
 
-__all__ = ["AxialResult", "AxialNetworkOutput", "dixon_partner", "measure_axial_series", "run_axial_network",
+__all__ = ["AxialResult", "SegmentedAxialSeries", "dixon_partner", "measure_axial_series", "segment_axial_series",
            "sagittal_disc_centroids", "FLAG_DIXON_MISMATCH"]
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class AxialResult:
 
 
 @dataclass(frozen=True)
-class AxialNetworkOutput:
+class SegmentedAxialSeries:
     """The segmentation of an axial series (classes per native pixel, area
     calibration and clean-up applied): it needs nothing from the other
     series, so it runs beside the sagittal stage."""
@@ -88,7 +88,7 @@ def dixon_partner(water: Sequence[Dataset], fat_series: Mapping[str, Sequence[Da
     return min(candidates, key=lambda c: (len(c[1]) != len(water), abs(int(c[1][0].get("SeriesNumber") or 0) - number)))
 
 
-def run_axial_network(datasets: Sequence[Dataset], engine: Any) -> AxialNetworkOutput:
+def segment_axial_series(datasets: Sequence[Dataset], engine: Any) -> SegmentedAxialSeries:
     """Read an axial series and segment it (network, calibration,
     post-processing); `measure_axial_series` names the levels and measures.
 
@@ -104,17 +104,15 @@ def run_axial_network(datasets: Sequence[Dataset], engine: Any) -> AxialNetworkO
     volume = read_series(datasets, min_slices=1, allow_gaps=True)
     t1 = time.perf_counter()
     try:
-        scores = engine.network_scores(volume)
+        seg = engine.segment(volume)
     except EngineError as e:
         raise SeriesError("not_axial_grid", str(e)) from e
-    t2 = time.perf_counter()
-    classes = engine.classes_of(scores).classes
-    return AxialNetworkOutput(volume, classes, {"load": t1 - t0, "segment": t2 - t1,
-                                                "postprocess": time.perf_counter() - t2})
+    return SegmentedAxialSeries(volume, seg.classes, {"load": t1 - t0, "segment": seg.timings_s["inference"],
+                                                    "postprocess": seg.timings_s["postprocess"]})
 
 
 def measure_axial_series(
-    network: AxialNetworkOutput, weighting: Weighting,
+    segmented: SegmentedAxialSeries, weighting: Weighting,
     sagittal_disc_centroids: Mapping[str, Mapping[str, Any]], fat_datasets: Sequence[Dataset] | None = None,
 ) -> AxialResult:
     """Assign levels to a segmented axial series and measure its muscles.
@@ -134,7 +132,7 @@ def measure_axial_series(
         the fat partner.
     """
     t3 = time.perf_counter()
-    volume, classes = network.volume, network.classes
+    volume, classes = segmented.volume, segmented.classes
     geometry = AxialGeometry(volume.positions_lps, volume.affine[:3, 1], volume.affine[:3, 2])
     muscles = {f"{m}_{s}": classes == c for (m, s), c in MUSCLE_CLASSES.items()}
     disc = classes == DISC_CLASS
@@ -162,7 +160,7 @@ def measure_axial_series(
     for key, value in MUSCLE_LABELS.items():
         label_map[muscles[f"{key[0]}_{key[1]}"]] = value
     return AxialResult(volume, label_map, measurements, tuple(flags),
-                       {**network.timings_s, "measure": time.perf_counter() - t3})
+                       {**segmented.timings_s, "measure": time.perf_counter() - t3})
 
 
 def sagittal_disc_centroids(volumes_and_measurements: Sequence[tuple[SeriesVolume, Sequence[Any]]]

@@ -31,7 +31,8 @@ from dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
 from dicom_io.sr import SeriesReport, build_measurement_report, series_measurement_groups
 from dicom_io.uids import derive_uid
 from dicom_io.volume import SeriesError, SeriesVolume, read_series
-from service.axial_stage import AxialResult, dixon_partner, measure_axial_series, run_axial_network, sagittal_disc_centroids
+from service.axial_stage import (AxialResult, dixon_partner, measure_axial_series, sagittal_disc_centroids,
+                                 segment_axial_series)
 from service.biomech_stage import BiomechSolver, choose_centroids, load_report, subject_from_header
 from service.config import RoutingRule
 from service.engines import Engines
@@ -161,7 +162,7 @@ def analyze_study(
     axial_routed = [o for o in routed if o.decision.engine == "axial_muscle"]
     lanes = max(1, min(len(axial_routed), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="axial-inference") as pool:
-        axial_jobs = {o.series_uid: pool.submit(run_axial_network, headers_of[o.series_uid],
+        axial_jobs = {o.series_uid: pool.submit(segment_axial_series, headers_of[o.series_uid],
                                                 engines.get(o.decision.engine)) for o in axial_routed}
         # Sagittal before axial (stable within each group: series number order).
         for outcome in sorted(routed, key=lambda o: o.decision.engine == "axial_muscle"):
