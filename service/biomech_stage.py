@@ -136,11 +136,12 @@ class BiomechSolver:
                                                  initializer=_solver_process_init, initargs=(os.getpid(),))
             return self._pool
 
-    def _restart(self) -> None:
+    def _drop(self, wait: bool) -> None:
+        """Forget the child (the next study starts another)."""
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(wait=wait, cancel_futures=True)
 
     def solve(self, centroids: Mapping[str, np.ndarray], subject: Subject, out_dir: Path,
               measured_acsa_cm2: Mapping[tuple[str, str], float] | None = None
@@ -153,7 +154,7 @@ class BiomechSolver:
             future: Future[StudyBiomechanics] | None = self._executor().submit(run_stage, *args)
         except (BrokenProcessPool, RuntimeError, OSError) as e:
             log.warning("biomechanics process unavailable, solving here: %s", e)
-            self._restart()
+            self._drop(wait=False)
             future = None
 
         def result() -> StudyBiomechanics:
@@ -162,16 +163,13 @@ class BiomechSolver:
                     return future.result()
                 except BrokenProcessPool as e:
                     log.warning("biomechanics process died, solving here: %s", e)
-                    self._restart()
+                    self._drop(wait=False)
             return run_stage(*args)
 
         return result
 
     def close(self) -> None:
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        self._drop(wait=True)
 
 
 def load_report(result: StudyBiomechanics) -> LoadReport:
