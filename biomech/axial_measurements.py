@@ -146,6 +146,7 @@ def measure_muscles(
     water: np.ndarray | None = None,
     fat: np.ndarray | None = None,
     flags: tuple[str, ...] = (),
+    dixon_noise_sigma: float = 0.0,
 ) -> list[MuscleLevelMeasurements]:
     """Measurements per muscle, side and disc level.
 
@@ -164,6 +165,10 @@ def measure_muscles(
         T1/T2 intensities: fat infiltration by thresholding.
     water, fat : numpy.ndarray, optional
         Dixon images on the same grid: fat fraction.
+    dixon_noise_sigma : float
+        Per-channel noise σ of the Dixon magnitudes, whose floor the fat
+        fraction removes (`biomech.muscle_morphometry.magnitude_noise_sigma`);
+        0 leaves the images as they are.
     flags : tuple of str
         Review flags applying to every result (e.g. ``FLAG_LEVELS_FROM_AXIAL``).
     """
@@ -201,7 +206,7 @@ def measure_muscles(
             if water is not None and fat is not None:
                 m = np.zeros(mask.shape, bool)
                 m[slices] = mask[slices]
-                ff = fat_fraction(water, fat, m)
+                ff = fat_fraction(water, fat, m, dixon_noise_sigma)
             contiguous_run = len(shown) >= 2 and (geometry.contiguous or _contiguous(geometry, shown))
             level_rows[name] = dict(
                 muscle=muscle_by_name(name), level=structure_by_name(disc), csa_midplane_cm2=csa_mid,

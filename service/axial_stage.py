@@ -3,7 +3,8 @@
 Levels come from the sagittal series' disc centroids when one shares the
 axial series' frame of reference, else from the order of the axial disc
 sections (flagged for review). A Dixon water series is measured with its
-fat partner (same grid) for fat fraction; T1/T2 series get fat
+fat partner (same grid) for fat fraction, with the magnitude noise floor
+estimated on the water image's lean muscle and removed; T1/T2 series get fat
 infiltration by thresholding.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from biomech.axial_measurements import (
     measure_muscles,
     nearest_disc_levels,
 )
+from biomech.muscle_morphometry import magnitude_noise_sigma
 from dicom_io.classify import Weighting
 from dicom_io.levels import StructureKind
 from dicom_io.measurements import MuscleLevelMeasurements
@@ -32,11 +34,15 @@ from dicom_io.volume import SeriesError, SeriesVolume, read_series
 from inference.axial_classes import DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
 
 __all__ = ["AxialResult", "SegmentedAxialSeries", "dixon_partner", "measure_axial_series", "segment_axial_series",
-           "sagittal_disc_centroids", "FLAG_DIXON_MISMATCH"]
+           "sagittal_disc_centroids", "FLAG_DIXON_MISMATCH",
+           "FLAG_DIXON_NOISE_UNKNOWN"]
 
 log = logging.getLogger(__name__)
 
 FLAG_DIXON_MISMATCH = "dixon_fat_geometry_mismatch"
+# Too few uniform muscle pixels to estimate the Dixon noise: fat fractions
+# keep the magnitude noise floor (read high in lean muscle).
+FLAG_DIXON_NOISE_UNKNOWN = "dixon_noise_floor_not_removed"
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class AxialResult:
     measurements: list[MuscleLevelMeasurements]
     flags: tuple[str, ...]
     timings_s: dict[str, float]
+    dixon_noise_sigma: float | None = None
 
 
 @dataclass(frozen=True)
@@ -153,14 +160,24 @@ def measure_axial_series(
             log.warning("dixon pair not measured series_uid=%s reason=%s", volume.series_instance_uid, mismatch)
         else:
             water, fat = volume.array, fat_volume.array
+    sigma = None
+    if water is not None:
+        try:
+            sigma = magnitude_noise_sigma(water, np.any(list(muscles.values()), axis=0))
+        except ValueError as e:
+            sigma = 0.0
+            flags.append(FLAG_DIXON_NOISE_UNKNOWN)
+            log.warning("dixon noise floor not removed series_uid=%s reason=%s", volume.series_instance_uid, e)
+        log.info("dixon noise series_uid=%s sigma=%.2f", volume.series_instance_uid, sigma)
     measurements = measure_muscles(geometry, muscles, disc, centroids, image=image, water=water, fat=fat,
-                                   flags=tuple(f for f in flags if not f.startswith(FLAG_DIXON_MISMATCH)))
+                                   flags=tuple(f for f in flags if not f.startswith(FLAG_DIXON_MISMATCH)),
+                                   dixon_noise_sigma=sigma or 0.0)
     levels = nearest_disc_levels(geometry, centroids)
     label_map = axial_spine_labels(geometry, classes == VB_CLASS, disc, levels)
     for key, value in MUSCLE_LABELS.items():
         label_map[muscles[f"{key[0]}_{key[1]}"]] = value
     return AxialResult(volume, label_map, measurements, tuple(flags),
-                       {**segmented.timings_s, "measure": time.perf_counter() - t3})
+                       {**segmented.timings_s, "measure": time.perf_counter() - t3}, sigma)
 
 
 def sagittal_disc_centroids(volumes_and_measurements: Sequence[tuple[SeriesVolume, Sequence[Any]]]

@@ -70,6 +70,7 @@ class SeriesOutcome:
     seg_path: Path | None = None
     seg_sop_instance_uid: str = ""
     timings_s: dict[str, float] = field(default_factory=dict)
+    dixon_noise_sigma: float | None = None
 
 
 @dataclass
@@ -182,6 +183,7 @@ def analyze_study(
                     res = measure_axial_series(axial_jobs[outcome.series_uid].result(), cls.weighting,
                                                sagittal_disc_centroids(sagittal), partner[1] if partner else None)
                     outcome.muscles, outcome.flags = res.measurements, res.flags
+                    outcome.dixon_noise_sigma = res.dixon_noise_sigma
                     axial.append((outcome, headers, res))
                     continue
                 report = _analyse_series(outcome, headers, engine, _algorithm(engine), digest, out_dir)
@@ -363,6 +365,7 @@ def measurements_document(result: StudyResult, models: Sequence[Any]) -> dict[st
                 for m in o.measurements
             ],
             "muscles": [_muscle_entry(m) for m in o.muscles],
+            "dixon_noise_sigma": _rounded(o.dixon_noise_sigma, 3),
         }
         series.append(entry)
     return {

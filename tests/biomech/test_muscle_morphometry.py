@@ -9,6 +9,7 @@ from biomech.muscle_morphometry import (
     csa_per_slice_cm2,
     fat_fraction,
     fat_infiltration,
+    magnitude_noise_sigma,
     muscle_volume_ml,
     otsu_threshold,
     relative_csa,
@@ -80,6 +81,52 @@ def test_dixon_fat_fraction_is_fat_over_water_plus_fat():
         fat_fraction(water, fat[:3], mask)
     with pytest.raises(ValueError, match="empty"):
         fat_fraction(water, fat, np.zeros((4, 4), bool))
+
+
+def rician(amplitude: np.ndarray, sigma: float, seed: int) -> np.ndarray:
+    """A magnitude image: Gaussian noise of ``sigma`` on both channels."""
+    rng = np.random.default_rng(seed)
+    return np.hypot(amplitude + rng.normal(0, sigma, amplitude.shape), rng.normal(0, sigma, amplitude.shape))
+
+
+def lean_muscle_with_fat_blobs(shape=(6, 96, 96)):
+    """Water and fat amplitudes of a muscle of fat fraction 0.02 with blobs
+    of 0.9 (sharp edges inside the mask), and the mask and true mean FF."""
+    ff = np.full(shape, 0.02)
+    for k in range(shape[0]):
+        ff[k, 20 + 3 * k : 30 + 3 * k, 40:52] = 0.9
+    mask = np.zeros(shape, bool)
+    mask[:, 8:88, 8:88] = True
+    return 600.0 * (1 - ff), 600.0 * ff, mask, float(ff[mask].mean())
+
+
+def test_magnitude_noise_sigma_is_read_from_the_uniform_part_of_the_mask():
+    water, _, mask, _ = lean_muscle_with_fat_blobs()
+    for sigma in (5.0, 20.0, 40.0):
+        noisy = rician(water, sigma, seed=int(sigma))
+        # Blob edges and the mask border are left out: the estimate is the noise alone.
+        assert magnitude_noise_sigma(noisy, mask) == pytest.approx(sigma, rel=0.05), sigma
+    assert magnitude_noise_sigma(water, mask) == 0.0  # noise-free
+    assert magnitude_noise_sigma(rician(water[0], 20.0, 1), mask[0]) == pytest.approx(20.0, rel=0.05)  # one slice
+    with pytest.raises(ValueError, match="uniform pixels"):
+        magnitude_noise_sigma(water, np.pad(np.ones((6, 4, 4), bool), ((0, 0), (0, 92), (0, 92))))
+    with pytest.raises(ValueError, match="one 2D or 3D shape"):
+        magnitude_noise_sigma(water, mask[0])
+    with pytest.raises(ValueError, match="empty"):
+        magnitude_noise_sigma(water, np.zeros_like(mask))
+
+
+def test_fat_fraction_removes_the_magnitude_noise_floor():
+    water, fat, mask, true_ff = lean_muscle_with_fat_blobs()
+    sigma = 20.0  # the lean muscle's fat signal (12) is below the noise
+    w, f = rician(water, sigma, seed=3), rician(fat, sigma, seed=4)
+    raw = fat_fraction(w, f, mask)
+    assert raw - true_ff > 0.02  # the floor: a lean muscle reads fatty
+    corrected = fat_fraction(w, f, mask, noise_sigma=magnitude_noise_sigma(w, mask))
+    assert abs(corrected - true_ff) < 0.006, (raw, corrected, true_ff)
+    assert fat_fraction(water, fat, mask, noise_sigma=0.0) == pytest.approx(true_ff)
+    with pytest.raises(ValueError, match="noise_sigma"):
+        fat_fraction(w, f, mask, noise_sigma=-1.0)
 
 
 def test_centroid_maps_row_and_column_to_patient_coordinates():
