@@ -110,6 +110,9 @@ def test_fat_image_is_paired_and_levels_come_from_the_sagittal_series(analysed):
     _, doc = analysed
     fat = _series(doc, "AX DIXON F")
     assert fat["skipped_reason"].startswith("dixon_fat_image_measured_with_water_series_")
+    # The phantom's Rician noise: 0.03 of full scale, stored as 2000 / 1.1 (dicom_io.phantom.render_phantom).
+    assert _series(doc, "AX DIXON W")["dixon_noise_sigma"] == pytest.approx(0.03 * 2000 / 1.1, rel=0.15)
+    assert _series(doc, "AX T2 TSE")["dixon_noise_sigma"] is None
     t2 = _series(doc, "AX T2 TSE")
     assert not any(f.startswith("levels_from_axial") for f in t2["flags"])
     by = {(m["muscle"], m["level"]): m for m in t2["muscles"]}
@@ -237,3 +240,20 @@ def test_dixon_pair_with_mismatched_geometry_is_flagged_not_measured(axial_study
     water = _series(json.loads(result.measurements_path.read_text()), "AX DIXON W")
     assert any(f.startswith("dixon_fat_geometry_mismatch: different slice positions") for f in water["flags"])
     assert water["muscles"] and all(m["fat_fraction"] is None for m in water["muscles"])
+
+
+def test_dixon_water_without_uniform_muscle_keeps_the_noise_floor_and_says_so(axial_study, engines, tmp_path):
+    """A water image with no uniform muscle to read the noise from (a
+    checkerboard of ±50 % over the whole image): the fat fraction is still
+    measured, uncorrected, and every result says so."""
+    def checkerboard(k, ds):
+        pixels = ds.pixel_array.astype(np.float64)
+        rows, cols = np.indices(pixels.shape)
+        ds.PixelData = np.clip(pixels * np.where((rows + cols) % 2, 1.5, 0.5), 0, 65535).astype(np.uint16).tobytes()
+
+    files = _copy(axial_study["by_series"][6], tmp_path / "water", checkerboard) + axial_study["by_series"][7]
+    result = analyze_study(files + axial_study["by_series"][3], engines, RULES, tmp_path / "out")
+    water = _series(json.loads(result.measurements_path.read_text()), "AX DIXON W")
+    assert "dixon_noise_floor_not_removed" in water["flags"] and water["dixon_noise_sigma"] == 0.0
+    assert water["muscles"] and all(m["fat_fraction"] is not None and "dixon_noise_floor_not_removed" in m["flags"]
+                                    for m in water["muscles"])
