@@ -46,7 +46,7 @@ log = logging.getLogger("inference.train_axial")
 MODEL_NAME = "axial_muscle"
 CHANNELS = (16, 32, 64, 128)
 PATCH = AXIAL_TILE  # 192 mm at AXIAL_SPACING_MM; inference tiles are the same size
-TRAINING_PHANTOM_SEEDS = tuple(range(8))
+TRAINING_PHANTOM_SEEDS = tuple(range(24))
 CONTRASTS = (Weighting.T1, Weighting.T2, Weighting.DIXON_WATER)
 ALL_BITS = (1 << len(AXIAL_CLASS_NAMES)) - 1
 
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, required=True, help="folder with the shared axial_muscle NIfTI files")
     ap.add_argument("--out", type=Path, default=Path("inference/models"))
     ap.add_argument("--cache", type=Path, default=Path(".cache/axial_training"), help="rendered phantom cache")
-    ap.add_argument("--base-iterations", type=int, default=1200)
+    ap.add_argument("--base-iterations", type=int, default=2400)
     ap.add_argument("--tune-iterations", type=int, default=500)
     ap.add_argument("--batch", type=int, default=6)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     record.update({
         "seed": args.seed, "batch": args.batch, "lr": args.lr, "channels": CHANNELS, "patch_rows_cols": PATCH,
         "spacing_mm": AXIAL_SPACING_MM, "classes": AXIAL_CLASS_NAMES, "phantom_seeds": TRAINING_PHANTOM_SEEDS,
-        "version": "2026.11.21-ax1", "phantom_contrasts": [w.value for w in CONTRASTS], "real_folds_slices": REAL_FOLDS, "torch": torch.__version__,
+        "version": "2026.11.21-ax2", "phantom_contrasts": [w.value for w in CONTRASTS], "real_folds_slices": REAL_FOLDS, "torch": torch.__version__,
     })
     if args.step in ("base", "all"):
         _, curve = train([(phantoms, 1.0)], args.base_iterations, args.batch, args.lr, args.seed, None, base_pt)

@@ -23,6 +23,10 @@ RULES = load_config(environ={}).routing
 SEED = 1000  # inference.train_axial.VALIDATION_PHANTOM_SEEDS
 CSA_TOL = 0.05  # relative, level mean, muscles of >= 2 cm² (issue 3's figure)
 FF_TOL = 0.03  # absolute Dixon fat fraction (issue 3's figure)
+# What the committed INT8 model reaches on the two held-out subjects below
+# (README, "The axial model"), with a little room.
+CSA_MEAN_MAX, CSA_WITHIN_MIN, CSA_WORST_MAX = 0.03, 0.85, 0.15
+FF_MEAN_MAX, FF_WITHIN_MIN, FF_WORST_MAX = 0.015, 0.90, 0.09
 
 
 @pytest.fixture(scope="module")
@@ -62,48 +66,64 @@ def _truth_mean(truth, name, slices, key):
     return float(np.sum(area * np.array([v.get(key, 0.0) for v in values])) / area.sum())
 
 
-def test_network_csa_and_fat_fraction_against_the_truth(analysed, axial_study):
-    """Level-mean CSA of every muscle of >= 2 cm² per level, Dixon fat
-    fraction and thresholded fat infiltration, against the exact truth over
-    the same slices. What is asserted is what the calibrated model reaches
-    (README, "The axial model"): the issue's ≤ 5 % is met on average and
-    for 7 of the 8 muscles (mean over levels and contrasts), not for every
-    muscle-level."""
-    _, doc = analysed
+def _accuracy(doc, truth):
+    """Errors against the exact truth over the same slices: level-mean CSA
+    (relative, every muscle-level of >= 2 cm², T1, T2 and Dixon water) and
+    per muscle, Dixon fat fraction and thresholded fat infiltration
+    (absolute, every muscle-level)."""
     csa_errors, ff_errors, fi_errors = [], [], []
     by_muscle: dict[str, list[float]] = {}
     for description in ("AX T1 TSE", "AX T2 TSE", "AX DIXON W"):
         s = _series(doc, description)
         assert s["error"] is None and s["muscles"], s
         assert {m["level"] for m in s["muscles"]} >= {"L1L2", "L2L3", "L3L4", "L4L5", "L5S1"}
-        series_errors = []
+        n_before = len(csa_errors)
         for m in s["muscles"]:
-            slices = _truth_slices(axial_study, m)
-            truth = _truth_mean(axial_study, m["muscle"], slices, "csa_cm2")
-            if truth >= 2.0:
-                series_errors.append(abs(m["csa_mean_cm2"] - truth) / truth)
-                by_muscle.setdefault(m["muscle"], []).append(series_errors[-1])
+            slices = _truth_slices(truth, m)
+            area = _truth_mean(truth, m["muscle"], slices, "csa_cm2")
+            if area >= 2.0:
+                csa_errors.append(abs(m["csa_mean_cm2"] - area) / area)
+                by_muscle.setdefault(m["muscle"], []).append(csa_errors[-1])
             if description == "AX DIXON W":
-                ff_errors.append(abs(m["fat_fraction"] - _truth_mean(axial_study, m["muscle"], slices, "fat_fraction")))
+                ff_errors.append(abs(m["fat_fraction"] - _truth_mean(truth, m["muscle"], slices, "fat_fraction")))
             else:
                 assert m["fat_fraction"] is None
-                share = _truth_mean(axial_study, m["muscle"], slices, "fat_area_share")
+                share = _truth_mean(truth, m["muscle"], slices, "fat_area_share")
                 if m["fat_infiltration"] is not None:
                     fi_errors.append(abs(m["fat_infiltration"] - share))
-        assert len(series_errors) >= 25
-        assert np.median(series_errors) <= CSA_TOL and max(series_errors) <= 0.25, (description, series_errors)
-        csa_errors += series_errors
+        assert len(csa_errors) - n_before >= 25, description
     per_muscle = {name: float(np.mean(e)) for name, e in sorted(by_muscle.items())}
-    print(f"CSA: mean {np.mean(csa_errors):.3f}, median {np.median(csa_errors):.3f}, max {max(csa_errors):.3f}, "
-          f"within 5 %: {np.mean(np.array(csa_errors) <= CSA_TOL):.2f}; per muscle "
-          f"{ {k: round(v, 3) for k, v in per_muscle.items()} }; FF: mean {np.mean(ff_errors):.3f}, "
-          f"within 0.03: {np.mean(np.array(ff_errors) <= FF_TOL):.2f}, max {max(ff_errors):.3f}; "
+    csa, ff = np.array(csa_errors), np.array(ff_errors)
+    print(f"CSA: mean {csa.mean():.3f}, median {np.median(csa):.3f}, max {csa.max():.3f}, "
+          f"within 5 %: {np.mean(csa <= CSA_TOL):.2f}; per muscle { {k: round(v, 3) for k, v in per_muscle.items()} }; "
+          f"FF: mean {ff.mean():.3f}, within 0.03: {np.mean(ff <= FF_TOL):.2f}, max {ff.max():.3f}; "
           f"FI: median {np.median(fi_errors):.3f}")
-    assert np.mean(csa_errors) <= 0.04 and np.mean(np.array(csa_errors) <= CSA_TOL) >= 0.75
-    # Right multifidus is the exception (7.4 % on this subject).
+    return csa, per_muscle, ff, np.array(fi_errors)
+
+
+def _assert_issue_3_accuracy(doc, truth):
+    """What the calibrated model reaches on held-out subjects (README, "The
+    axial model"); the issue's figures are ≤ 5 % CSA and ≤ 0.03 fat fraction."""
+    csa, per_muscle, ff, fi = _accuracy(doc, truth)
+    assert csa.mean() <= CSA_MEAN_MAX and np.mean(csa <= CSA_TOL) >= CSA_WITHIN_MIN and csa.max() <= CSA_WORST_MAX
+    # One multifidus per subject stays above 5 % (6.3 % and 5.7 % here).
     assert sorted(per_muscle.values())[-2] <= CSA_TOL and max(per_muscle.values()) <= 0.08, per_muscle
-    assert np.mean(ff_errors) <= FF_TOL and max(ff_errors) <= 0.08
-    assert np.median(fi_errors) <= 0.02 and np.mean(fi_errors) <= 0.05
+    assert ff.mean() <= FF_MEAN_MAX and np.mean(ff <= FF_TOL) >= FF_WITHIN_MIN and ff.max() <= FF_WORST_MAX
+    assert np.median(fi) <= 0.02 and fi.mean() <= 0.05
+
+
+def test_network_csa_and_fat_fraction_against_the_truth(analysed, axial_study):
+    _assert_issue_3_accuracy(analysed[1], axial_study)
+
+
+def test_a_second_held_out_subject_on_another_grid(engines, tmp_path):
+    """Seed 1001 (never trained on) at 0.7 mm pixels and 5 mm slices."""
+    from dicom_io.phantom_study import write_axial_phantom_study
+
+    truth = write_axial_phantom_study(tmp_path / "in", seed=SEED + 1, rows=288, columns=288, pixel_spacing_mm=0.7,
+                                      slice_spacing_mm=5.0, dixon=True, study=StudyInfo(uid_seed="axial-pipeline-2"))
+    result = analyze_study(truth["files"], engines, RULES, tmp_path / "out")
+    _assert_issue_3_accuracy(json.loads(result.measurements_path.read_text()), truth)
 
 
 def test_fat_image_is_paired_and_levels_come_from_the_sagittal_series(analysed):
