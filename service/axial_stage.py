@@ -34,8 +34,7 @@ from dicom_io.volume import SeriesError, SeriesVolume, read_series
 from inference.axial_classes import DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
 
 __all__ = ["AxialResult", "SegmentedAxialSeries", "dixon_partner", "measure_axial_series", "segment_axial_series",
-           "sagittal_disc_centroids", "FLAG_DIXON_MISMATCH",
-           "FLAG_DIXON_NOISE_UNKNOWN"]
+           "sagittal_disc_centroids", "FLAG_DIXON_MISMATCH", "FLAG_DIXON_NOISE_UNKNOWN"]
 
 log = logging.getLogger(__name__)
 
