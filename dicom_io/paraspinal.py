@@ -6,9 +6,12 @@ quadratus lumborum (QL) are elliptic cross-sections that follow the spine of
 and a sagittal series of one phantom share a frame of reference). Sizes
 change with level the way anatomy does — psoas and multifidus grow
 caudally, erector spinae shrinks toward S1, quadratus lumborum ends at L5 —
-with a per-subject left/right asymmetry. Fat infiltrates each muscle as
-blobs of known fat fraction, so the truth (label map, CSA per muscle and
-slice, fat fraction, fat-infiltrated area) is exact on any grid.
+with a per-subject left/right asymmetry, at adult sizes (erector spinae
+about 20 cm² a side at L1-L3). A thin fascia sheet wraps each muscle and
+fat fills the back around them; the back follows the spine, so lordosis
+never cuts a muscle off. Fat infiltrates each muscle as blobs of known fat
+fraction, so the truth (label map, CSA per muscle and slice, fat
+fraction, fat-infiltrated area) is exact on any grid.
 """
 from __future__ import annotations
 
@@ -20,9 +23,13 @@ from dicom_io.muscles import MUSCLE_LABELS
 from dicom_io.phantom import MuscleField, SliceGrid, SpinePhantom
 
 __all__ = ["MUSCLE_LABELS", "MUSCLE_NAMES", "ParaspinalAnatomy", "make_paraspinal_anatomy", "muscle_field",
-           "axial_grid", "BLOB_FAT_FRACTION", "LEAN_FAT_FRACTION"]
+           "axial_grid", "BLOB_FAT_FRACTION", "LEAN_FAT_FRACTION", "FASCIA_FAT_FRACTION", "PHANTOM_REVISION",
+           "ParaspinalField"]
 
 MUSCLE_NAMES = {v: f"{m}_{s}" for (m, s), v in MUSCLE_LABELS.items()}
+# Bumped whenever the drawing changes, so cached renders are not reused
+# (3: adult erector spinae, fascia and back fat, the back follows the spine).
+PHANTOM_REVISION = 3
 LEAN_FAT_FRACTION = 0.02
 BLOB_FAT_FRACTION = 0.9
 
@@ -35,12 +42,23 @@ BLOB_FAT_FRACTION = 0.9
 _ANCHORS = ("L1", "L2", "L3", "L4", "L5", "S1")
 _SHAPES: dict[str, tuple[tuple[float, float, float, float] | None, ...]] = {
     "MF": ((11, 22, 7, 9), (12, 23, 8, 10), (13, 24, 10, 12), (14, 25, 12, 14), (16, 25, 14, 16), (17, 24, 15, 15)),
-    "ES": ((36, 26, 20, 17), (37, 27, 20, 17), (38, 28, 19, 16), (38, 30, 17, 15), (36, 31, 13, 12), (33, 31, 9, 8)),
+    "ES": ((41, 27, 29, 23), (42, 28, 30, 24), (43, 29, 29, 23), (42, 30, 25, 20), (38, 31, 16, 14), (34, 31, 10, 9)),
     "PM": ((24, -32, 7, 6), (28, -33, 11, 9), (34, -34, 15, 12), (40, -34, 19, 15), (45, -33, 23, 18),
            (50, -30, 24, 19)),
     "QL": ((58, 2, 11, 6), (62, 3, 14, 7), (66, 4, 15, 7), (68, 5, 13, 6), (66, 6, 7, 4), None),
 }
 _CANAL_BEHIND_BODY_MM = 9.0  # canal centre behind the body's posterior wall (as the sagittal phantom)
+# The back follows the spine: the trunk's inner (muscle/fat) boundary lies
+# this far behind the canal centre at every level, so no muscle is cut off
+# where lordosis carries the spine backwards (`dicom_io.phantom` draws the
+# trunk 118 mm deep behind its centre, skin 12 mm further).
+_INNER_BACK_BEHIND_CANAL_MM = 62.0
+# Fascia around each muscle: a thin, partly fatty sheet (what separates
+# multifidus from erector spinae on MRI), and the fat that fills the back
+# between the muscles, the laminae and the skin.
+FASCIA_MM = 1.0
+FASCIA_FAT_FRACTION = 0.6
+BACK_FAT_BEHIND_CANAL_MM = 6.0
 
 
 @dataclass(frozen=True)
@@ -86,8 +104,66 @@ def _blob_field(p: np.ndarray, seed: int, key: tuple[str, str]) -> np.ndarray:
     return 0.5 + 0.5 * f
 
 
-def muscle_field(ph: SpinePhantom, anatomy: ParaspinalAnatomy) -> MuscleField:
-    """The (label, fat fraction) field of the subject's muscles, for
+@dataclass(frozen=True)
+class ParaspinalField:
+    """The subject's back as `dicom_io.phantom.render_phantom` draws it
+    (its ``muscles`` argument): called on points (..., 3) LPS mm it gives
+    the muscle label (0 elsewhere) and the fat fraction — of the muscle,
+    or of fascia and back fat (label 0, fraction > 0), 0 where the field
+    draws nothing; `trunk_centre_y_mm` places the trunk so that the back
+    follows the spine."""
+
+    anatomy: ParaspinalAnatomy
+    anchor_z: np.ndarray  # increasing (np.interp's x)
+    canal_y: np.ndarray
+    # Per muscle, at the anchors in anchor_z order: present (1/0) and
+    # (lateral offset, posterior offset, half-width, half-depth) mm.
+    profiles: dict[str, tuple[np.ndarray, np.ndarray]]
+    blob_cut: dict[tuple[str, str], float]
+
+    def canal_y_mm(self, z: np.ndarray) -> np.ndarray:
+        return np.interp(z, self.anchor_z, self.canal_y)
+
+    def view_centre_y_mm(self) -> float:
+        """y of the middle of the body's extent from the front of L1 to the
+        skin behind S1: where an axial stack of the lumbar spine is centred."""
+        front = self.canal_y.min() - _CANAL_BEHIND_BODY_MM - 34.0  # the body's front wall
+        back = self.canal_y.max() + _INNER_BACK_BEHIND_CANAL_MM + 12.0  # the skin
+        return float((front + back) / 2)
+
+    def trunk_centre_y_mm(self, z: np.ndarray) -> np.ndarray:
+        """Centre y of the trunk ellipse at height ``z``."""
+        return self.canal_y_mm(z) + _INNER_BACK_BEHIND_CANAL_MM - 118.0
+
+    def __call__(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x, y, z = p[..., 0], p[..., 1], p[..., 2]
+        y_canal = self.canal_y_mm(z)
+        label = np.zeros(p.shape[:-1], np.uint8)
+        ff = np.zeros(p.shape[:-1], np.float32)
+        ff[y - y_canal > BACK_FAT_BEHIND_CANAL_MM] = 1.0
+        # Paint big to small so that no muscle hides a smaller neighbour;
+        # each muscle's fascia is painted with it, over what lies beneath.
+        for muscle in ("ES", "PM", "QL", "MF"):
+            present, vals = self.profiles[muscle]
+            exists = np.interp(z, self.anchor_z, present) > 0.5
+            cx, cy, a, b = (np.interp(z, self.anchor_z, vals[:, i]) for i in range(4))
+            a, b = np.maximum(a, 1e-3), np.maximum(b, 1e-3)  # absent levels: no zero division
+            for side, sign in (("R", -1.0), ("L", 1.0)):  # patient left is +x
+                key = (muscle, side)
+                k = self.anatomy.size[key]
+                dx, dy = x - sign * cx, y - y_canal - cy
+                inside = exists & ((dx / (a * k)) ** 2 + (dy / (b * k)) ** 2 <= 1.0)
+                sheet = exists & ~inside & ((dx / (a * k + FASCIA_MM)) ** 2 + (dy / (b * k + FASCIA_MM)) ** 2 <= 1.0)
+                label[sheet] = 0
+                ff[sheet] = FASCIA_FAT_FRACTION
+                label[inside] = MUSCLE_LABELS[key]
+                blobs = _blob_field(p, self.anatomy.seed, key) >= self.blob_cut[key]
+                ff[inside] = np.where(blobs[inside], BLOB_FAT_FRACTION, LEAN_FAT_FRACTION)
+        return label, ff
+
+
+def muscle_field(ph: SpinePhantom, anatomy: ParaspinalAnatomy) -> ParaspinalField:
+    """The subject's muscles, fascia and back fat, for
     `dicom_io.phantom.render_phantom`'s ``muscles`` argument."""
     anchor_z, canal_y = _anchor_z_and_canal_y(ph)
     order = np.argsort(anchor_z)  # np.interp needs increasing x
@@ -96,30 +172,10 @@ def muscle_field(ph: SpinePhantom, anatomy: ParaspinalAnatomy) -> MuscleField:
     sample = np.random.default_rng(anatomy.seed).uniform(-150, 150, (20000, 3))
     cut = {key: float(np.quantile(_blob_field(sample, anatomy.seed, key), 1 - anatomy.blob_share[key]))
            for key in MUSCLE_LABELS}
-
-    def field(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x, y, z = p[..., 0], p[..., 1], p[..., 2]
-        y_canal = np.interp(z, anchor_z[order], canal_y[order])
-        label = np.zeros(p.shape[:-1], np.uint8)
-        ff = np.zeros(p.shape[:-1], np.float32)
-        # Paint big to small so that no muscle hides a smaller neighbour.
-        for muscle in ("ES", "PM", "QL", "MF"):
-            shapes = _SHAPES[muscle]
-            present = np.array([s is not None for s in shapes], float)
-            vals = np.array([s if s is not None else (0, 0, 0, 0) for s in shapes], float)
-            exists = np.interp(z, anchor_z[order], present[order]) > 0.5
-            cx, cy, a, b = (np.interp(z, anchor_z[order], vals[order, i]) for i in range(4))
-            a, b = np.maximum(a, 1e-3), np.maximum(b, 1e-3)  # absent levels: no zero division
-            for side, sign in (("R", -1.0), ("L", 1.0)):  # patient left is +x
-                key = (muscle, side)
-                k = anatomy.size[key]
-                inside = exists & (((x - sign * cx) / (a * k)) ** 2 + ((y - y_canal - cy) / (b * k)) ** 2 <= 1.0)
-                label[inside] = MUSCLE_LABELS[key]
-                blobs = _blob_field(p, anatomy.seed, key) >= cut[key]
-                ff[inside] = np.where(blobs[inside], BLOB_FAT_FRACTION, LEAN_FAT_FRACTION)
-        return label, ff
-
-    return field
+    profiles = {m: (np.array([s is not None for s in shapes], float)[order],
+                    np.array([s if s is not None else (0, 0, 0, 0) for s in shapes], float)[order])
+                for m, shapes in _SHAPES.items()}
+    return ParaspinalField(anatomy, anchor_z[order], canal_y[order], profiles, cut)
 
 
 def axial_grid(z_top_mm: float, z_bottom_mm: float, slice_spacing_mm: float = 4.0, rows: int = 320,

@@ -15,15 +15,21 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Protocol
 
 import numpy as np
 
 from dicom_io.levels import DISC_LEVELS, VERTEBRAL_BODY_LEVELS, structure_by_name
 from dicom_io.volume import index_to_lps
 
-# Points (..., 3) LPS mm → (muscle label, fat fraction); see dicom_io.paraspinal.
-MuscleField = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+class MuscleField(Protocol):
+    """Points (..., 3) LPS mm → (muscle label, fat fraction); label 0 with
+    a fraction > 0 is fascia or fat of the back. ``trunk_centre_y_mm(z)``
+    places the trunk (see `dicom_io.paraspinal.ParaspinalField`)."""
+
+    def __call__(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def trunk_centre_y_mm(self, z: np.ndarray) -> np.ndarray: ...
 
 __all__ = [
     "MuscleField",
@@ -247,7 +253,8 @@ def _tissue_signal(p: np.ndarray, ph: SpinePhantom, weighting: Weighting,
     ``muscles`` replaces the plain paraspinal block by separate muscles:
     it returns (label, fat fraction) per point; a muscle's signal mixes lean
     muscle and fat by its fat fraction, and its label (41-48) stays where no
-    bone, canal or posterior element is painted over it.
+    bone, canal or posterior element is painted over it; fascia and back fat
+    (label 0) mix the same way. It also places the trunk.
     """
     s = _SIGNAL[weighting]
     sig = np.zeros(p.shape[:-1], np.float32)
@@ -255,14 +262,15 @@ def _tissue_signal(p: np.ndarray, ph: SpinePhantom, weighting: Weighting,
     y, z = p[..., 1], p[..., 2]
     x = p[..., 0]
     # Trunk envelope: an ellipse in the axial plane (x, y) around the spine.
-    trunk = ((x / 160.0) ** 2 + ((y + 45.0) / 130.0) ** 2) <= 1.0
-    inner = ((x / 148.0) ** 2 + ((y + 45.0) / 118.0) ** 2) <= 1.0
+    cy = -45.0 if muscles is None else muscles.trunk_centre_y_mm(z)
+    trunk = ((x / 160.0) ** 2 + ((y - cy) / 130.0) ** 2) <= 1.0
+    inner = ((x / 148.0) ** 2 + ((y - cy) / 118.0) ** 2) <= 1.0
     sig[trunk] = s["fat"]
     sig[inner] = s["abdomen"]
     # Abdominal texture: bowel loops as smooth stripes (deterministic per seed).
     phase = 0.37 * ph.seed
     tex = 0.12 * np.sin(0.09 * z + phase) * np.sin(0.07 * y + 2 * phase)
-    abdomen = inner & (y < -25)
+    abdomen = inner & (y < cy + 20.0)
     sig[abdomen] += tex[abdomen]
     # Paraspinal muscle block behind the spine, fat rim beneath the skin.
     if muscles is None:
@@ -270,7 +278,7 @@ def _tissue_signal(p: np.ndarray, ph: SpinePhantom, weighting: Weighting,
         sig[muscle] = s["muscle"]
     else:
         m_label, m_ff = muscles(p)
-        m = inner & (m_label > 0)
+        m = inner & ((m_label > 0) | (m_ff > 0))
         sig[m] = ((1.0 - m_ff) * s["muscle"] + m_ff * s["fat"])[m]
         lab[m] = m_label[m]
     bodies = [e for e in ph.elements if e.name in VERTEBRAL_BODY_LEVELS]

@@ -72,7 +72,8 @@ def write_axial_phantom_study(
     phantom = make_spine_phantom(seed)
     field = muscle_field(phantom, make_paraspinal_anatomy(seed))
     z_top = phantom.element("L1").centre_lps[2] + phantom.element("L1").height_mm / 2
-    grid = axial_grid(z_top, phantom.element("S1").centre_lps[2], slice_spacing_mm, rows, columns, pixel_spacing_mm)
+    grid = axial_grid(z_top, phantom.element("S1").centre_lps[2], slice_spacing_mm, rows, columns, pixel_spacing_mm,
+                      centre_xy_mm=(0.0, field.view_centre_y_mm()))
     files = list(truth["files"])
     labels = np.zeros(0)
     plain = ("ORIGINAL", "PRIMARY", "OTHER")

@@ -5,19 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from dicom_io.levels import StructureKind, structure_by_label
-from dicom_io.paraspinal import MUSCLE_LABELS, axial_grid, make_paraspinal_anatomy, muscle_field
+from dicom_io.paraspinal import MUSCLE_LABELS, PHANTOM_REVISION, axial_grid, make_paraspinal_anatomy, muscle_field
 from dicom_io.phantom import Weighting, make_spine_phantom, render_phantom
 from dicom_io.volume import SeriesVolume
-from inference.axial_classes import DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
+from inference.axial_classes import AXIAL_SPACING_MM, DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
+from inference.preprocessing import normalise_intensity, to_training_grid
 
 __all__ = ["REAL_FOLDS", "VALIDATION_PHANTOM_SEEDS", "TUM_LABELS", "class_map_of_phantom_labels",
-           "phantom_axial_series", "load_tum_planes", "tum_classes", "canonical_axial_volume"]
+           "phantom_axial_series", "load_tum_planes", "tum_classes", "canonical_axial_volume",
+           "PHANTOM_CACHE", "training_planes", "phantom_training_planes"]
 
 # Contiguous blocks of TUM01's 29 slices held out in turn (cross-validation).
 REAL_FOLDS = ((0, 10), (10, 20), (20, 29))
 VALIDATION_PHANTOM_SEEDS = (1000, 1001, 1002, 1003)
+# Rendered phantom series on the training grid (`phantom_training_planes`).
+PHANTOM_CACHE = Path(".cache/axial_training")
 # TUM01 label values (../shared/data/axial_muscle/README.md).
 TUM_LABELS = {1: ("ES", "R"), 2: ("MF", "R"), 3: ("MF", "L"), 4: ("ES", "L")}
 
@@ -49,10 +54,37 @@ def phantom_axial_series(seed: int, weighting: Weighting) -> tuple[np.ndarray, n
     field = muscle_field(ph, make_paraspinal_anatomy(seed))
     z_top = ph.element("L1").centre_lps[2] + ph.element("L1").height_mm / 2
     grid = axial_grid(z_top, ph.element("S1").centre_lps[2], slice_mm, size, size, spacing,
-                      centre_xy_mm=(rng.uniform(-10, 10), rng.uniform(0, 20)))
+                      centre_xy_mm=(rng.uniform(-10, 10), field.view_centre_y_mm() + rng.uniform(-10, 10)))
     image, labels = render_phantom(ph, grid, weighting, noise_fraction=float(rng.uniform(0.01, 0.05)), subplanes=3,
                                    muscles=field, seed=seed)
     return image, class_map_of_phantom_labels(labels), (spacing, spacing)
+
+
+def training_planes(normalised: np.ndarray, classes: np.ndarray, allowed_unlabelled: int,
+                    spacing: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised planes and their class map (0 = unlabelled) on the
+    training grid: the image and per-pixel allowed-class bitmasks."""
+    x, (r, c) = to_training_grid(normalised, spacing, AXIAL_SPACING_MM)
+    zoom = (1.0, r / classes.shape[1], c / classes.shape[2])
+    cls = ndimage.zoom(classes, zoom, order=0, grid_mode=True, mode="nearest")[:, :r, :c]
+    allowed = np.where(cls > 0, 1 << cls.astype(np.int32), allowed_unlabelled).astype(np.int32)
+    return x[:, :r, :c].astype(np.float32), allowed
+
+
+def phantom_training_planes(seed: int, weighting: Weighting,
+                            cache_dir: Path | None = PHANTOM_CACHE) -> tuple[np.ndarray, np.ndarray]:
+    """`training_planes` of a fully labelled phantom series, rendered once
+    and cached as .npz in ``cache_dir`` (named by the phantom revision)."""
+    path = cache_dir / f"axial_phantom_r{PHANTOM_REVISION}_{seed}_{weighting.value}.npz" if cache_dir else None
+    if path is not None and path.exists():
+        z = np.load(path)
+        return z["image"], z["allowed"]
+    image, classes, spacing = phantom_axial_series(seed, weighting)
+    planes, allowed = training_planes(normalise_intensity(image), classes, 1, spacing)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, image=planes, allowed=allowed)
+    return planes, allowed
 
 
 def load_tum_planes(data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:

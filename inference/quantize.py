@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from inference.axial_calibration import calibrate, run_model_command
-from inference.axial_classes import AXIAL_SPACING_MM, AXIAL_TILE
+from inference.axial_classes import AXIAL_TILE
+from inference.axial_data import PHANTOM_CACHE, phantom_training_planes
 from inference.engine import load_model_info
 
 __all__ = ["INT8_SUFFIX", "build_int8", "calibration_tiles", "quantize_axial"]
@@ -38,19 +39,17 @@ TILES_PER_SERIES = 2
 TILE_SEED = 20261121
 
 
-def calibration_tiles(phantom_seeds: tuple[int, ...]) -> list[np.ndarray]:
+def calibration_tiles(phantom_seeds: tuple[int, ...], cache_dir: Path | None = PHANTOM_CACHE) -> list[np.ndarray]:
     """Network-input tiles (1, 1, rows, cols) from random slices and
-    positions of each seed's T1, T2 and Dixon water series."""
+    positions of each seed's T1, T2 and Dixon water series, read from the
+    training cache (rendered there when missing: the same planes)."""
     from dicom_io.phantom import Weighting
-    from inference.axial_data import phantom_axial_series
-    from inference.preprocessing import normalise_intensity, to_training_grid
 
     rng = np.random.default_rng(TILE_SEED)
     tiles = []
     for seed in phantom_seeds:
         for weighting in (Weighting.T1, Weighting.T2, Weighting.DIXON_WATER):
-            image, _, spacing = phantom_axial_series(seed, weighting)
-            x, _ = to_training_grid(normalise_intensity(image), spacing, AXIAL_SPACING_MM)
+            x, _ = phantom_training_planes(seed, weighting, cache_dir)
             for k in rng.choice(len(x), TILES_PER_SERIES, replace=False):
                 r = int(rng.integers(0, x.shape[1] - AXIAL_TILE[0] + 1))
                 c = int(rng.integers(0, x.shape[2] - AXIAL_TILE[1] + 1))
@@ -58,7 +57,7 @@ def calibration_tiles(phantom_seeds: tuple[int, ...]) -> list[np.ndarray]:
     return tiles
 
 
-def quantize_axial(model_dir: Path, model_name: str = "axial_muscle") -> dict:
+def quantize_axial(model_dir: Path, model_name: str = "axial_muscle", cache_dir: Path | None = PHANTOM_CACHE) -> dict:
     """Write ``{model_name}.int8.onnx`` and its record; return the record."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -67,7 +66,7 @@ def quantize_axial(model_dir: Path, model_name: str = "axial_muscle") -> dict:
     source = load_model_info(model_dir, model_name)
     training = json.loads((model_dir / f"{model_name}.training.json").read_text())
     seeds = tuple(int(s) for s in training["phantom_seeds"])
-    tiles = calibration_tiles(seeds)
+    tiles = calibration_tiles(seeds, cache_dir)
     input_name = ort.InferenceSession(str(source.path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
 
     class Tiles(CalibrationDataReader):
@@ -98,11 +97,11 @@ def quantize_axial(model_dir: Path, model_name: str = "axial_muscle") -> dict:
     return record
 
 
-def build_int8(model_dir: Path, model_name: str = "axial_muscle") -> dict:
+def build_int8(model_dir: Path, model_name: str = "axial_muscle", cache_dir: Path | None = PHANTOM_CACHE) -> dict:
     """Quantise ``model_name`` and fit the INT8 model's own area calibration
     (an INT8 file without one would run uncalibrated); return the
     quantisation record."""
-    record = quantize_axial(model_dir, model_name)
+    record = quantize_axial(model_dir, model_name, cache_dir)
     calibrate(model_dir, model_name + INT8_SUFFIX)
     return record
 

@@ -36,9 +36,10 @@ from dicom_io.phantom import Weighting
 from inference.axial_calibration import calibrate
 from inference.quantize import build_int8
 from inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM, AXIAL_TILE, MUSCLE_CLASSES
-from inference.axial_data import REAL_FOLDS, TUM_LABELS, load_tum_planes, phantom_axial_series, tum_classes
+from inference.axial_data import (PHANTOM_CACHE, REAL_FOLDS, TUM_LABELS, load_tum_planes, phantom_training_planes,
+                                  training_planes, tum_classes)
 from inference.network import ResidualUNet2D
-from inference.preprocessing import normalise_intensity, to_training_grid
+from inference.preprocessing import normalise_intensity
 from inference.train import export_onnx, optimisation_step
 
 log = logging.getLogger("inference.train_axial")
@@ -62,29 +63,9 @@ class AxialCase:
     allowed: np.ndarray  # int32 (n, rows, cols)
 
 
-def _to_case(name: str, normalised: np.ndarray, classes: np.ndarray, allowed_unlabelled: int,
-             spacing: tuple[float, float]) -> AxialCase:
-    """Normalised planes and their class map (0 = unlabelled) on the
-    training grid, with allowed-class masks."""
-    x, (r, c) = to_training_grid(normalised, spacing, AXIAL_SPACING_MM)
-    zoom = (1.0, r / classes.shape[1], c / classes.shape[2])
-    cls = ndimage.zoom(classes, zoom, order=0, grid_mode=True, mode="nearest")[:, :r, :c]
-    allowed = np.where(cls > 0, 1 << cls.astype(np.int32), allowed_unlabelled).astype(np.int32)
-    return AxialCase(name, x[:, :r, :c].astype(np.float32), allowed)
-
-
 def make_phantom_case(seed: int, weighting: Weighting, cache_dir: Path | None = None) -> AxialCase:
     """A fully labelled phantom series as a training case (cached as .npz)."""
-    path = cache_dir / f"axial_phantom_{seed}_{weighting.value}.npz" if cache_dir else None
-    if path is not None and path.exists():
-        z = np.load(path)
-        return AxialCase(path.stem, z["image"], z["allowed"])
-    image, classes, spacing = phantom_axial_series(seed, weighting)
-    case = _to_case(f"phantom_{seed}_{weighting.value}", normalise_intensity(image), classes, 1, spacing)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, image=case.image, allowed=case.allowed)
-    return case
+    return AxialCase(f"phantom_{seed}_{weighting.value}", *phantom_training_planes(seed, weighting, cache_dir))
 
 
 def load_real_case(data_dir: Path, slices: np.ndarray) -> AxialCase:
@@ -93,8 +74,8 @@ def load_real_case(data_dir: Path, slices: np.ndarray) -> AxialCase:
     water, _, labels, spacing = load_tum_planes(data_dir)
     covered = sum(1 << MUSCLE_CLASSES[k] for k in TUM_LABELS.values())
     # Intensity scaling over the whole series, as inference sees it.
-    return _to_case("TUM01", normalise_intensity(water)[slices], tum_classes(labels[slices]), ALL_BITS & ~covered,
-                    (spacing, spacing))
+    return AxialCase("TUM01", *training_planes(normalise_intensity(water)[slices], tum_classes(labels[slices]),
+                                               ALL_BITS & ~covered, (spacing, spacing)))
 
 
 def sample(case: AxialCase, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -156,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="folder with the shared axial_muscle NIfTI files")
     ap.add_argument("--out", type=Path, default=Path("inference/models"))
-    ap.add_argument("--cache", type=Path, default=Path(".cache/axial_training"), help="rendered phantom cache")
+    ap.add_argument("--cache", type=Path, default=PHANTOM_CACHE, help="rendered phantom cache")
     ap.add_argument("--base-iterations", type=int, default=2400)
     ap.add_argument("--tune-iterations", type=int, default=500)
     ap.add_argument("--batch", type=int, default=6)
@@ -180,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     record.update({
         "seed": args.seed, "batch": args.batch, "lr": args.lr, "channels": CHANNELS, "patch_rows_cols": PATCH,
         "spacing_mm": AXIAL_SPACING_MM, "classes": AXIAL_CLASS_NAMES, "phantom_seeds": TRAINING_PHANTOM_SEEDS,
-        "version": "2026.11.21-ax2", "phantom_contrasts": [w.value for w in CONTRASTS], "real_folds_slices": REAL_FOLDS, "torch": torch.__version__,
+        "version": "2026.11.21-ax3", "phantom_contrasts": [w.value for w in CONTRASTS], "real_folds_slices": REAL_FOLDS, "torch": torch.__version__,
     })
     if args.step in ("base", "all"):
         _, curve = train([(phantoms, 1.0)], args.base_iterations, args.batch, args.lr, args.seed, None, base_pt)
@@ -201,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("wrote %s", args.out / f"{name}.onnx")
         if step == "final":  # a new model needs its own area calibration, and its INT8 version
             calibrate(args.out)
-            build_int8(args.out, MODEL_NAME)
+            build_int8(args.out, MODEL_NAME, args.cache)
     record["seconds_last_run"] = time.time() - t0
     record_path.write_text(json.dumps(record, indent=1))
     return 0
