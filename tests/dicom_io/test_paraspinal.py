@@ -1,11 +1,13 @@
 """The phantom's paraspinal muscles: level-dependent sizes as anatomy has
-them, left/right asymmetry, exact fat truth, and an unchanged sagittal
+them (also as rendered: no muscle cut off by the trunk), fascia between
+muscles, left/right asymmetry, exact fat truth, and an unchanged sagittal
 rendering when no muscles are asked for."""
 import numpy as np
 import pytest
 
 from dicom_io.paraspinal import (
     BLOB_FAT_FRACTION,
+    FASCIA_FAT_FRACTION,
     LEAN_FAT_FRACTION,
     MUSCLE_LABELS,
     axial_grid,
@@ -46,6 +48,45 @@ def test_muscle_sizes_change_with_level_like_anatomy(subject):
     left = _area_mm2(field, z["L3"], MUSCLE_LABELS[("ES", "L")])
     # Asymmetry as drawn (area ∝ size²; the multifidus overlaps the erector's medial edge a little).
     assert right / left == pytest.approx(an.size[("ES", "R")] ** 2 / an.size[("ES", "L")] ** 2, rel=0.06)
+
+
+def _rendered_cm2(ph, field, level):
+    z = ph.element(level).centre_lps[2]
+    grid = axial_grid(z + 0.5, z - 0.5, 1.0, 240, 240, 1.0, centre_xy_mm=(0.0, field.view_centre_y_mm()))
+    _, lab = render_phantom(ph, grid, Weighting.T1, subplanes=1, muscles=field)
+    return {key: float((lab[0] == v).sum()) / 100.0 for key, v in MUSCLE_LABELS.items()}
+
+
+def test_rendered_muscles_keep_their_anatomical_sizes_down_to_s1(subject):
+    # The back follows the spine: where lordosis carries the spine backwards
+    # the multifidus is not cut off by the trunk, and it keeps growing.
+    ph, an, field = subject
+    levels = ("L1", "L2", "L3", "L4", "L5", "S1")
+    areas = {n: _rendered_cm2(ph, field, n) for n in levels}
+    for side in "RL":
+        mf = [areas[n][("MF", side)] for n in levels]
+        assert all(b > a for a, b in zip(mf[:-2], mf[1:-1])) and mf[-1] > 5.0, mf  # grows to L5, large at S1
+        es = [areas[n][("ES", side)] for n in levels]
+        assert 14.0 < max(es[:3]) < 26.0, es  # adult erector spinae (maximal CSA ~20 cm² a side)
+        assert es[3] > es[4] > es[5], es
+
+
+def test_a_fascia_sheet_separates_multifidus_from_erector_spinae(subject):
+    ph, an, field = subject
+    z = ph.element("L3").centre_lps[2]
+    xs = np.arange(0.0, 80.0, 0.1)  # patient left, along the line through the multifidus centre
+    lab_line = None
+    for y in np.arange(-20, 120, 0.5):  # the row where the multifidus is widest
+        lab, ff = field(np.stack([xs, np.full_like(xs, y), np.full_like(xs, z)], -1))
+        mf = np.flatnonzero(lab == MUSCLE_LABELS[("MF", "L")])
+        if mf.size and (lab_line is None or mf.size > lab_line[0].size):
+            lab_line = (mf, lab, ff)
+    mf, lab, ff = lab_line
+    lateral = mf.max()  # last multifidus sample toward the erector spinae
+    gap = np.flatnonzero(lab[lateral + 1:] != 0)[0]  # samples until the next muscle
+    assert lab[lateral + 1 + gap] == MUSCLE_LABELS[("ES", "L")]
+    assert 0.5 <= gap * 0.1 <= 1.3  # ~1 mm of fascia
+    assert np.all(ff[lateral + 1:lateral + 1 + gap] == np.float32(FASCIA_FAT_FRACTION))
 
 
 def test_fat_fraction_truth_is_the_blob_mixture(subject):
