@@ -47,8 +47,9 @@ def _series(engine: str, short: bool) -> tuple[np.ndarray, np.ndarray]:
     n, size = (8, 160) if short else (40, 256)
     ph = make_spine_phantom(3)
     z_top = ph.element("L1").centre_lps[2]
-    grid = axial_grid(z_top, z_top - 4.0 * (n - 1), 4.0, size, size, 0.8)
-    image, _ = render_phantom(ph, grid, Weighting.T2, subplanes=1, muscles=muscle_field(ph, make_paraspinal_anatomy(3)))
+    field = muscle_field(ph, make_paraspinal_anatomy(3))
+    grid = axial_grid(z_top, z_top - 4.0 * (n - 1), 4.0, size, size, 0.8, centre_xy_mm=(0.0, field.view_centre_y_mm()))
+    image, _ = render_phantom(ph, grid, Weighting.T2, subplanes=1, muscles=field)
     return image.astype(np.float32), grid.affine
 
 
