@@ -22,6 +22,7 @@ import numpy as np
 from dicom_io.levels import DISC_LEVELS, VERTEBRAL_BODY_LEVELS, structure_by_name
 from dicom_io.volume import index_to_lps
 
+
 class MuscleField(Protocol):
     """Points (..., 3) LPS mm → (muscle label, fat fraction); label 0 with
     a fraction > 0 is fascia or fat of the back. ``trunk_centre_y_mm(z)``
