@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dicom_io.muscles import MUSCLE_LABELS
-from dicom_io.phantom import MuscleField, SliceGrid, SpinePhantom
+from dicom_io.phantom import TRUNK_HALF_DEPTH_MM, TRUNK_INNER_HALF_DEPTH_MM, SliceGrid, SpinePhantom
 
 __all__ = ["MUSCLE_LABELS", "MUSCLE_NAMES", "ParaspinalAnatomy", "make_paraspinal_anatomy", "muscle_field",
            "axial_grid", "BLOB_FAT_FRACTION", "LEAN_FAT_FRACTION", "FASCIA_FAT_FRACTION", "PHANTOM_REVISION",
@@ -50,8 +50,7 @@ _SHAPES: dict[str, tuple[tuple[float, float, float, float] | None, ...]] = {
 _CANAL_BEHIND_BODY_MM = 9.0  # canal centre behind the body's posterior wall (as the sagittal phantom)
 # The back follows the spine: the trunk's inner (muscle/fat) boundary lies
 # this far behind the canal centre at every level, so no muscle is cut off
-# where lordosis carries the spine backwards (`dicom_io.phantom` draws the
-# trunk 118 mm deep behind its centre, skin 12 mm further).
+# where lordosis carries the spine backwards.
 _INNER_BACK_BEHIND_CANAL_MM = 62.0
 # Fascia around each muscle: a thin, partly fatty sheet (what separates
 # multifidus from erector spinae on MRI), and the fat that fills the back
@@ -128,12 +127,12 @@ class ParaspinalField:
         """y of the middle of the body's extent from the front of L1 to the
         skin behind S1: where an axial stack of the lumbar spine is centred."""
         front = self.canal_y.min() - _CANAL_BEHIND_BODY_MM - 34.0  # the body's front wall
-        back = self.canal_y.max() + _INNER_BACK_BEHIND_CANAL_MM + 12.0  # the skin
+        back = self.canal_y.max() + _INNER_BACK_BEHIND_CANAL_MM + (TRUNK_HALF_DEPTH_MM - TRUNK_INNER_HALF_DEPTH_MM)
         return float((front + back) / 2)
 
     def trunk_centre_y_mm(self, z: np.ndarray) -> np.ndarray:
         """Centre y of the trunk ellipse at height ``z``."""
-        return self.canal_y_mm(z) + _INNER_BACK_BEHIND_CANAL_MM - 118.0
+        return self.canal_y_mm(z) + _INNER_BACK_BEHIND_CANAL_MM - TRUNK_INNER_HALF_DEPTH_MM
 
     def __call__(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x, y, z = p[..., 0], p[..., 1], p[..., 2]

@@ -23,6 +23,12 @@ from dicom_io.levels import DISC_LEVELS, VERTEBRAL_BODY_LEVELS, structure_by_nam
 from dicom_io.volume import index_to_lps
 
 
+# Trunk envelope: half-depths (y) of the whole trunk and of its inner
+# (non-subcutaneous) part; the skin's fat layer lies between the two.
+TRUNK_HALF_DEPTH_MM = 130.0
+TRUNK_INNER_HALF_DEPTH_MM = 118.0
+
+
 class MuscleField(Protocol):
     """Points (..., 3) LPS mm → (muscle label, fat fraction); label 0 with
     a fraction > 0 is fascia or fat of the back. ``trunk_centre_y_mm(z)``
@@ -264,8 +270,8 @@ def _tissue_signal(p: np.ndarray, ph: SpinePhantom, weighting: Weighting,
     x = p[..., 0]
     # Trunk envelope: an ellipse in the axial plane (x, y) around the spine.
     cy = -45.0 if muscles is None else muscles.trunk_centre_y_mm(z)
-    trunk = ((x / 160.0) ** 2 + ((y - cy) / 130.0) ** 2) <= 1.0
-    inner = ((x / 148.0) ** 2 + ((y - cy) / 118.0) ** 2) <= 1.0
+    trunk = ((x / 160.0) ** 2 + ((y - cy) / TRUNK_HALF_DEPTH_MM) ** 2) <= 1.0
+    inner = ((x / 148.0) ** 2 + ((y - cy) / TRUNK_INNER_HALF_DEPTH_MM) ** 2) <= 1.0
     sig[trunk] = s["fat"]
     sig[inner] = s["abdomen"]
     # Abdominal texture: bowel loops as smooth stripes (deterministic per seed).
