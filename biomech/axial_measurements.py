@@ -32,6 +32,9 @@ __all__ = ["AxialGeometry", "nearest_disc_levels", "disc_centroids_from_axial", 
 FLAG_LEVELS_FROM_AXIAL = "levels_from_axial_disc_order_lowest_assumed_L5S1"
 FLAG_NO_MIDPLANE = "no_slice_at_disc_midplane"
 FLAG_NO_DISC_ON_MIDPLANE = "no_disc_on_midplane_slice"
+# The rim of a muscle whose Dixon fat fraction is read from its interior
+# (partial volume with the fascia and fat around it; see fat_fraction).
+DIXON_BORDER_PX = 1
 # No lumbar disc is taller: two disc sections farther apart are two discs.
 _DISC_HEIGHT_MAX_MM = 15.0
 
@@ -164,7 +167,10 @@ def measure_muscles(
     image : numpy.ndarray, optional
         T1/T2 intensities: fat infiltration by thresholding.
     water, fat : numpy.ndarray, optional
-        Dixon images on the same grid: fat fraction.
+        Dixon images on the same grid: fat fraction, each muscle's border
+        pixels read from its interior (``DIXON_BORDER_PX``, see
+        `biomech.muscle_morphometry.fat_fraction`) so that the fat around
+        the muscle does not leak in.
     dixon_noise_sigma : float
         Per-channel noise σ of the Dixon magnitudes, whose floor the fat
         fraction removes (`biomech.muscle_morphometry.magnitude_noise_sigma`);
@@ -206,7 +212,7 @@ def measure_muscles(
             if water is not None and fat is not None:
                 m = np.zeros(mask.shape, bool)
                 m[slices] = mask[slices]
-                ff = fat_fraction(water, fat, m, dixon_noise_sigma)
+                ff = fat_fraction(water, fat, m, dixon_noise_sigma, border_px=DIXON_BORDER_PX)
             contiguous_run = len(shown) >= 2 and (geometry.contiguous or _contiguous(geometry, shown))
             level_rows[name] = dict(
                 muscle=muscle_by_name(name), level=structure_by_name(disc), csa_midplane_cm2=csa_mid,

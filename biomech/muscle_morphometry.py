@@ -1,7 +1,7 @@
 """Paraspinal-muscle morphometry on axial slices (DOMAIN.md §6), as pure
 functions: cross-sectional area, relative CSA, fat infiltration by
 per-muscle Otsu thresholding, Dixon fat fraction (with the magnitude
-noise floor removed), volume, asymmetry and
+noise floor removed, the border read from the interior), volume, asymmetry and
 slice-wise centroids in patient coordinates.
 
 Conventions: an axial stack is (slice, row, column); a 2D mask is one
@@ -22,6 +22,7 @@ __all__ = [
     "otsu_threshold",
     "fat_infiltration",
     "fat_fraction",
+    "interior_mask",
     "magnitude_noise_sigma",
     "muscle_volume_ml",
     "asymmetry",
@@ -120,7 +121,8 @@ def fat_infiltration(image: np.ndarray, muscles: Mapping[str, np.ndarray]) -> di
     return out
 
 
-def fat_fraction(water: np.ndarray, fat: np.ndarray, mask: np.ndarray, noise_sigma: float = 0.0) -> float:
+def fat_fraction(water: np.ndarray, fat: np.ndarray, mask: np.ndarray, noise_sigma: float = 0.0,
+                 border_px: int = 0) -> float:
     """Mean Dixon fat fraction fat / (water + fat) over the voxels of ``mask``.
 
     Dixon water and fat images are magnitudes, and a magnitude's noise does
@@ -131,21 +133,32 @@ def fat_fraction(water: np.ndarray, fat: np.ndarray, mask: np.ndarray, noise_sig
     first corrected to sqrt(max(M² − 2σ², 0)) (see
     `magnitude_noise_sigma`); 0 leaves the images as they are.
 
+    A muscle's border pixels image partly the fascia and fat around it
+    (partial volume in-plane and across a thick slice), and a segmentation
+    a pixel too wide adds fat outright; both read as fat infiltration. With
+    ``border_px`` > 0 each pixel of the in-plane rim of that width takes the
+    fat fraction of the nearest interior pixel (see `interior_mask`): the
+    mean still weighs the whole section, so fat that really lies near the
+    muscle's edge still counts, but no fat from outside does.
+
     Raises
     ------
     ValueError
-        If the images differ in shape from the mask, the mask is empty or
-        ``noise_sigma`` is negative.
+        If the images differ in shape from the mask, the mask is empty,
+        ``noise_sigma`` is negative or ``border_px`` is negative.
     """
     if water.shape != fat.shape or water.shape != mask.shape:
         raise ValueError(f"water {water.shape}, fat {fat.shape} and mask {mask.shape} must have one shape")
     if not noise_sigma >= 0.0:
         raise ValueError(f"'noise_sigma' must be >= 0, got {noise_sigma}")
-    m = mask > 0
+    if border_px < 0:
+        raise ValueError(f"'border_px' must be >= 0, got {border_px}")
+    m = np.asarray(mask) > 0
     if not m.any():
         raise ValueError("'mask' is empty")
-    w = np.asarray(water, np.float64)[m]
-    f = np.asarray(fat, np.float64)[m]
+    at = _border_read_from_interior(m, border_px) if border_px > 0 else np.nonzero(m)
+    w = np.asarray(water, np.float64)[at]
+    f = np.asarray(fat, np.float64)[at]
     if noise_sigma > 0.0:
         floor = 2.0 * noise_sigma**2
         w = np.sqrt(np.maximum(w * w - floor, 0.0))
@@ -153,6 +166,63 @@ def fat_fraction(water: np.ndarray, fat: np.ndarray, mask: np.ndarray, noise_sig
     total = w + f
     ff = np.divide(f, total, out=np.zeros_like(f), where=total > 0)
     return float(np.clip(ff, 0.0, 1.0).mean())
+
+
+def _border_read_from_interior(mask: np.ndarray, border_px: int) -> tuple[np.ndarray, ...]:
+    """Index arrays of the pixel each pixel of ``mask`` is read from: itself
+    inside, the nearest interior pixel of its slice on the rim."""
+    core = interior_mask(mask, border_px)
+    stack, core = mask.reshape((-1,) + mask.shape[-2:]), core.reshape((-1,) + mask.shape[-2:])
+    k, r, c = np.nonzero(stack)
+    for z in np.unique(k):
+        on_z = k == z
+        _, (rows, cols) = ndimage.distance_transform_edt(~core[z], return_indices=True)
+        r[on_z], c[on_z] = rows[r[on_z], c[on_z]], cols[r[on_z], c[on_z]]
+    return (r, c) if mask.ndim == 2 else (k, r, c)
+
+
+def interior_mask(mask: np.ndarray, margin_px: int = 1, min_kept_fraction: float = 0.5) -> np.ndarray:
+    """Each slice's mask less an in-plane rim of ``margin_px`` pixels.
+
+    A muscle's border pixels mix it with the fascia and fat around it
+    (partial volume, chemical shift), and a segmentation a pixel too wide
+    reads that fat; a Dixon fat fraction averaged over the interior is
+    free of both. A slice whose interior would keep less than
+    ``min_kept_fraction`` of its pixels (a thin or small section, where the
+    rim is most of the muscle) keeps its whole mask.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        A 2D slice or a (slice, row, column) stack; erosion never reaches
+        across slices.
+    margin_px : int
+        Rim width in pixels (4-connected erosion steps); 0 returns the mask.
+    min_kept_fraction : float
+        In [0, 1]: the least share of a slice's pixels its interior must keep.
+
+    Raises
+    ------
+    ValueError
+        If ``mask`` is not 2D or 3D, ``margin_px`` is negative or
+        ``min_kept_fraction`` lies outside [0, 1].
+    """
+    m = np.asarray(mask) > 0
+    if m.ndim not in (2, 3):
+        raise ValueError(f"'mask' must be 2D or 3D, got shape {m.shape}")
+    if margin_px < 0:
+        raise ValueError(f"'margin_px' must be >= 0, got {margin_px}")
+    if not 0.0 <= min_kept_fraction <= 1.0:
+        raise ValueError(f"'min_kept_fraction' must lie in [0, 1], got {min_kept_fraction}")
+    stack = m.reshape((-1,) + m.shape[-2:])
+    if margin_px == 0:
+        return m.copy()
+    cross = ndimage.generate_binary_structure(2, 1)[None]
+    core = ndimage.binary_erosion(stack, structure=cross, iterations=margin_px)
+    whole, kept = stack.sum(axis=(1, 2)), core.sum(axis=(1, 2))
+    thin = kept < min_kept_fraction * whole
+    core[thin] = stack[thin]
+    return core.reshape(m.shape)
 
 
 # Immerkær's 3×3 stencil: zero on any locally planar signal; on white noise

@@ -24,7 +24,7 @@ from dicom_io.phantom import TRUNK_HALF_DEPTH_MM, TRUNK_INNER_HALF_DEPTH_MM, Sli
 
 __all__ = ["MUSCLE_LABELS", "MUSCLE_NAMES", "ParaspinalAnatomy", "make_paraspinal_anatomy", "muscle_field",
            "axial_grid", "BLOB_FAT_FRACTION", "LEAN_FAT_FRACTION", "FASCIA_FAT_FRACTION", "PHANTOM_REVISION",
-           "ParaspinalField"]
+           "ParaspinalField", "slice_muscle_truth"]
 
 MUSCLE_NAMES = {v: f"{m}_{s}" for (m, s), v in MUSCLE_LABELS.items()}
 # Bumped whenever the drawing changes, so cached renders are not reused
@@ -193,3 +193,27 @@ def axial_grid(z_top_mm: float, z_bottom_mm: float, slice_spacing_mm: float = 4.
     aff[:3, 3] = (centre_xy_mm[0] - pixel_spacing_mm * (columns - 1) / 2,
                   centre_xy_mm[1] - pixel_spacing_mm * (rows - 1) / 2, z_top_mm)
     return SliceGrid((n, rows, columns), aff, slice_thickness_mm or slice_spacing_mm)
+
+
+def slice_muscle_truth(field: ParaspinalField, grid: SliceGrid, labels: np.ndarray, k: int,
+                       subplanes: int) -> dict[str, dict[str, float]]:
+    """Exact truth of slice ``k`` as `dicom_io.phantom.render_phantom` drew
+    it with ``subplanes``: per muscle (``"MF_R"`` …) in ``labels[k]`` its
+    ``csa_cm2`` (label map at voxel centres), and the mean ``fat_fraction``
+    and ``fat_area_share`` (blob / muscle) of the muscle tissue its labelled
+    pixels image, over the slab's subplanes where the muscle is. A thick
+    slice's pixel at a tapering muscle's edge images partly fascia or fat,
+    which is no part of the muscle; the muscle's own fat across the slab
+    is, and can differ from the centre plane's by several hundredths.
+    """
+    pixel_cm2 = float(np.prod(np.linalg.norm(np.asarray(grid.affine)[:3, 1:3], axis=0))) / 100.0
+    centres = grid.slice_centres_lps(k)
+    planes = [field(centres + grid.normal * offset) for offset in grid.subplane_offsets_mm(subplanes)]
+    out: dict[str, dict[str, float]] = {}
+    for value, name in MUSCLE_NAMES.items():
+        inside = labels[k] == value
+        if inside.any():
+            ff = np.concatenate([plane_ff[inside & (plane_label == value)] for plane_label, plane_ff in planes])
+            out[name] = {"csa_cm2": float(inside.sum() * pixel_cm2), "fat_fraction": float(ff.mean()),
+                         "fat_area_share": float((ff == np.float32(BLOB_FAT_FRACTION)).mean())}
+    return out

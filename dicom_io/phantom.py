@@ -86,6 +86,19 @@ class SliceGrid:
         if self.slice_thickness_mm <= 0:
             raise ValueError(f"'slice_thickness_mm' must be > 0, got {self.slice_thickness_mm}")
 
+    @property
+    def normal(self) -> np.ndarray:
+        """Unit vector of increasing slice index (the stack normal)."""
+        step = np.asarray(self.affine, float)[:3, 0]
+        return step / np.linalg.norm(step)
+
+    def subplane_offsets_mm(self, subplanes: int) -> np.ndarray:
+        """Offsets along `normal` of ``subplanes`` evenly spaced planes across
+        the slice thickness: where rendering samples each slab."""
+        if subplanes < 1:
+            raise ValueError(f"'subplanes' must be >= 1, got {subplanes}")
+        return ((np.arange(subplanes) + 0.5) / subplanes - 0.5) * self.slice_thickness_mm
+
     def slice_centres_lps(self, k: int) -> np.ndarray:
         """(rows, columns, 3) patient coordinates of slice ``k``'s voxel centres."""
         _, rows, cols = self.shape
@@ -354,12 +367,10 @@ def render_phantom(
         ``uint8`` label map sampled at voxel centres (spinegate label values).
     """
     weighting = Weighting(weighting)
-    if subplanes < 1:
-        raise ValueError(f"'subplanes' must be >= 1, got {subplanes}")
+    offsets = grid.subplane_offsets_mm(subplanes)
     rng = np.random.default_rng(phantom.seed * 7919 + (seed or 0) + _NOISE_STREAM[weighting])
     n, r, c = grid.shape
     ii, jj = np.meshgrid(np.arange(r, dtype=np.float32), np.arange(c, dtype=np.float32), indexing="ij")
-    normal = grid.affine[:3, 0] / np.linalg.norm(grid.affine[:3, 0])
     image = np.zeros(grid.shape, np.float32)
     labels = np.zeros(grid.shape, np.uint8)
     for k in range(n):
@@ -367,11 +378,10 @@ def render_phantom(
         base = base.reshape(r, c, 3)
         _, labels[k] = _tissue_signal(base, phantom, weighting, muscles)
         acc = np.zeros((r, c), np.float32)
-        for s in range(subplanes):
-            offset = ((s + 0.5) / subplanes - 0.5) * grid.slice_thickness_mm
-            sig, _ = _tissue_signal(base + normal * offset, phantom, weighting, muscles)
+        for offset in offsets:
+            sig, _ = _tissue_signal(base + grid.normal * offset, phantom, weighting, muscles)
             acc += sig
-        image[k] = acc / subplanes
+        image[k] = acc / len(offsets)
     # Smooth multiplicative bias field (low-order in patient y/z).
     yy = np.linspace(-1, 1, r)[:, None]
     xx = np.linspace(-1, 1, c)[None, :]

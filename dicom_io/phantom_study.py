@@ -13,6 +13,9 @@ from dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagi
 
 __all__ = ["write_phantom_study", "write_axial_phantom_study"]
 
+# Planes averaged across each axial slice's thickness (partial volume).
+_SUBPLANES = 3
+
 
 def write_phantom_study(
     out_dir: Path, seed: int = 7, rows: int = 384, columns: int = 384, pixel_spacing_mm: float = 0.8,
@@ -57,10 +60,10 @@ def write_axial_phantom_study(
     dict
         ``study_instance_uid``, ``files``, ``structures`` (sagittal truth) and
         ``axial``: per slice its ``z_mm`` and, per muscle (``"MF_R"`` …), the
-        exact ``csa_cm2`` of the label map, the mean ``fat_fraction`` and the
-        ``fat_area_share`` (blob pixels / muscle pixels) at voxel centres.
+        exact ``csa_cm2``, ``fat_fraction`` and ``fat_area_share`` of
+        `dicom_io.paraspinal.slice_muscle_truth`.
     """
-    from dicom_io.paraspinal import BLOB_FAT_FRACTION, MUSCLE_NAMES, axial_grid, make_paraspinal_anatomy, muscle_field
+    from dicom_io.paraspinal import axial_grid, make_paraspinal_anatomy, muscle_field, slice_muscle_truth
 
     if not dixon and not set(axial_weightings) & {"T1", "T2"}:
         raise ValueError(f"no axial series to write: 'axial_weightings' is {axial_weightings!r} and 'dixon' is off")
@@ -83,20 +86,10 @@ def write_axial_phantom_study(
         series += [(6, Weighting.DIXON_WATER, "AX DIXON W", 6, 2, ("DERIVED", "PRIMARY", "DIXON", "WATER")),
                    (7, Weighting.DIXON_FAT, "AX DIXON F", 6, 2, ("DERIVED", "PRIMARY", "DIXON", "FAT"))]
     for number, weighting, desc, tr, te, image_type in series:
-        image, labels = render_phantom(phantom, grid, weighting, subplanes=3, muscles=field)
+        image, labels = render_phantom(phantom, grid, weighting, subplanes=_SUBPLANES, muscles=field)
         spec = SeriesSpec(number, desc, tr, te, slice_spacing_mm, image_type=image_type)
         files += write_mr_series(image, grid.affine, study, spec, out_dir)
-    area_cm2 = pixel_spacing_mm**2 / 100.0
-    slices = []
-    for k in range(grid.shape[0]):
-        _, ff = field(grid.slice_centres_lps(k))
-        entry: dict[str, Any] = {"z_mm": float(grid.affine[2, 3] + grid.affine[2, 0] * k), "muscles": {}}
-        for value, name in MUSCLE_NAMES.items():
-            inside = labels[k] == value
-            if inside.any():
-                entry["muscles"][name] = {"csa_cm2": float(inside.sum() * area_cm2),
-                                          "fat_fraction": float(ff[inside].mean()),
-                                          "fat_area_share": float((ff[inside] == np.float32(BLOB_FAT_FRACTION)).mean())}
-        slices.append(entry)
+    slices = [{"z_mm": float(grid.affine[2, 3] + grid.affine[2, 0] * k),
+               "muscles": slice_muscle_truth(field, grid, labels, k, _SUBPLANES)} for k in range(grid.shape[0])]
     truth.update(files=files, axial=slices, axial_grid_affine=grid.affine.tolist())
     return truth

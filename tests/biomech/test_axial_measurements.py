@@ -97,6 +97,7 @@ def test_fat_infiltration_and_dixon_fat_fraction_are_exact():
     assert out[("MF_R", "L4L5")].fat_infiltration == pytest.approx(0.25)
     assert out[("ES_L", "L4L5")].fat_infiltration == pytest.approx(0.10)
     dixon = {(m.muscle.name, m.level.name): m for m in measure_muscles(g, masks, disc, DISCS, water=water, fat=fat)}
+    # The fat band lies along the muscle's edge: its rim row, read from the row inside, still counts.
     assert dixon[("MF_R", "L4L5")].fat_fraction == pytest.approx(0.25 * 0.9 + 0.75 * 0.1)
     assert dixon[("MF_R", "L4L5")].fat_infiltration is None
 

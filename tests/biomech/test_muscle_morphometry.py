@@ -1,6 +1,7 @@
 """Paraspinal-muscle measurements against synthetic slices with exact answers."""
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from biomech.muscle_morphometry import (
     asymmetry,
@@ -9,6 +10,7 @@ from biomech.muscle_morphometry import (
     csa_per_slice_cm2,
     fat_fraction,
     fat_infiltration,
+    interior_mask,
     magnitude_noise_sigma,
     muscle_volume_ml,
     otsu_threshold,
@@ -127,6 +129,49 @@ def test_fat_fraction_removes_the_magnitude_noise_floor():
     assert fat_fraction(water, fat, mask, noise_sigma=0.0) == pytest.approx(true_ff)
     with pytest.raises(ValueError, match="noise_sigma"):
         fat_fraction(w, f, mask, noise_sigma=-1.0)
+
+
+def test_interior_mask_drops_an_in_plane_rim_where_the_section_is_large_enough():
+    stack = np.zeros((3, 32, 32), bool)
+    stack[0, 4:24, 6:26] = True  # 20×20: interior 18×18 keeps 81 %
+    stack[1, 10:13, 10:20] = True  # 3×10: interior 1×8 keeps 27 %: whole mask kept
+    stack[2, 0:10, 0:10] = True  # at the image edge: the edge is a border too
+    core = interior_mask(stack)
+    expected = np.zeros_like(stack)
+    expected[0, 5:23, 7:25] = True
+    expected[1] = stack[1]
+    expected[2, 1:9, 1:9] = True
+    np.testing.assert_array_equal(core, expected)  # and no erosion across slices (slice 1 stays whole)
+    np.testing.assert_array_equal(interior_mask(stack[0], margin_px=2), np.pad(np.ones((16, 16), bool), ((6, 10), (8, 8))))
+    np.testing.assert_array_equal(interior_mask(stack[1], min_kept_fraction=0.2)[11], np.r_[[False] * 11, [True] * 8, [False] * 13])
+    np.testing.assert_array_equal(interior_mask(stack, margin_px=0), stack)
+    for bad, match in (({"margin_px": -1}, "margin_px"), ({"min_kept_fraction": 1.5}, "min_kept_fraction")):
+        with pytest.raises(ValueError, match=match):
+            interior_mask(stack, **bad)
+    with pytest.raises(ValueError, match="2D or 3D"):
+        interior_mask(np.ones(5, bool))
+
+
+def test_fat_fraction_reads_the_border_from_the_interior():
+    box = rect(shape=(32, 32), rows=(4, 24), cols=(6, 26))  # 20×20
+    water, fat = np.full(box.shape, 100.0), np.zeros(box.shape)
+    water[box], fat[box] = 95.0, 5.0
+    # Fat infiltration along the muscle's own edge: a band of 4 rows, the rim row among them.
+    water[4:8, 6:26], fat[4:8, 6:26] = 10.0, 90.0
+    true_ff = (80 * 0.9 + 320 * 0.05) / 400
+    assert fat_fraction(water, fat, box, border_px=1) == pytest.approx(true_ff)
+    # Ringed by fat and segmented a pixel too wide: read whole, the ring counts; read from the interior it does not.
+    wide = ndimage.binary_dilation(box, ndimage.generate_binary_structure(2, 1))
+    water[wide & ~box], fat[wide & ~box] = 0.0, 100.0
+    assert fat_fraction(water, fat, wide) == pytest.approx((80 * 1.0 + 400 * true_ff) / 480)
+    # The ring's 80 pixels read the box's edge: 20 + 2 × 4 of them next to the fat band.
+    read_wide = ((80 + 28) * 0.9 + (320 + 52) * 0.05) / 480
+    assert fat_fraction(water, fat, wide, border_px=1) == pytest.approx(read_wide)
+    # A stack reads each slice from its own interior.
+    stack = np.stack([water, water]), np.stack([fat, fat]), np.stack([wide, box])
+    assert fat_fraction(*stack, border_px=1) == pytest.approx((480 * read_wide + 400 * true_ff) / 880)
+    with pytest.raises(ValueError, match="border_px"):
+        fat_fraction(water, fat, box, border_px=-1)
 
 
 def test_centroid_maps_row_and_column_to_patient_coordinates():
