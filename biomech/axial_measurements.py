@@ -27,11 +27,17 @@ from dicom_io.measurements import MuscleLevelMeasurements
 from dicom_io.muscles import MuscleStructure, muscle_by_name
 
 __all__ = ["AxialGeometry", "nearest_disc_levels", "disc_centroids_from_axial", "axial_spine_labels",
-           "measure_muscles", "model_acsa_cm2", "FLAG_LEVELS_FROM_AXIAL", "FLAG_NO_MIDPLANE", "FLAG_NO_DISC_ON_MIDPLANE"]
+           "measure_muscles", "model_acsa_cm2", "FLAG_LEVELS_FROM_AXIAL", "FLAG_NO_MIDPLANE", "FLAG_NO_DISC_ON_MIDPLANE",
+           "FLAG_SMALL_SECTION"]
 
 FLAG_LEVELS_FROM_AXIAL = "levels_from_axial_disc_order_lowest_assumed_L5S1"
 FLAG_NO_MIDPLANE = "no_slice_at_disc_midplane"
 FLAG_NO_DISC_ON_MIDPLANE = "no_disc_on_midplane_slice"
+# A section this small (a muscle starting or ending within the level) is
+# mostly border pixels: its CSA, fat infiltration and fat fraction are
+# dominated by partial volume, whatever the segmentation.
+SMALL_SECTION_CM2 = 1.0
+FLAG_SMALL_SECTION = "muscle_section_under_1cm2"
 # The rim of a muscle whose Dixon fat fraction is read from its interior
 # (partial volume with the fascia and fat around it; see fat_fraction).
 DIXON_BORDER_PX = 1
@@ -201,6 +207,9 @@ def measure_muscles(
             csa_mid = csa_cm2(mask[mid_k], area) if mid_k is not None else None
             ref_k = mid_k if (mid_k is not None and mask[mid_k].any()) else shown[len(shown) // 2]
             item_flags = list(flags)
+            csa_mean = float(np.mean([a for _, a, _ in per_slice]))
+            if csa_mean < SMALL_SECTION_CM2:
+                item_flags.append(FLAG_SMALL_SECTION)
             if mid_k is None:
                 item_flags.append(FLAG_NO_MIDPLANE)
             rcsa = None
@@ -216,7 +225,7 @@ def measure_muscles(
             contiguous_run = len(shown) >= 2 and (geometry.contiguous or _contiguous(geometry, shown))
             level_rows[name] = dict(
                 muscle=muscle_by_name(name), level=structure_by_name(disc), csa_midplane_cm2=csa_mid,
-                csa_mean_cm2=float(np.mean([a for _, a, _ in per_slice])), n_slices=len(shown), rcsa=rcsa,
+                csa_mean_cm2=csa_mean, n_slices=len(shown), rcsa=rcsa,
                 fat_infiltration=fi.get(name, {}).get("fat_infiltration"), fat_fraction=ff,
                 volume_ml=(sum(a for _, a, _ in per_slice) * geometry.slice_spacing_mm / 10.0) if contiguous_run else None,
                 centroid_lps_mm=np.asarray(centroid_2d_lps_mm(mask[ref_k], geometry.slice_affine(ref_k))),

@@ -78,4 +78,6 @@ REASON = {
     "no_slice_at_disc_midplane": Code("SG0052", SCHEME, "No axial slice at the disc mid-plane"),
     "no_disc_on_midplane_slice": Code("SG0053", SCHEME, "No disc on the mid-plane slice"),
     "dixon_fat_geometry_mismatch": Code("SG0054", SCHEME, "Dixon fat image geometry mismatch"),
+    "dixon_noise_floor_not_removed": Code("SG0055", SCHEME, "Dixon noise floor not removed"),
+    "muscle_section_under_1cm2": Code("SG0056", SCHEME, "Muscle section under 1 cm2, partial volume dominates"),
 }

@@ -7,6 +7,7 @@ import pytest
 from biomech.axial_measurements import (
     FLAG_LEVELS_FROM_AXIAL,
     FLAG_NO_DISC_ON_MIDPLANE,
+    FLAG_SMALL_SECTION,
     AxialGeometry,
     axial_spine_labels,
     disc_centroids_from_axial,
@@ -64,10 +65,12 @@ def test_csa_rcsa_volume_asymmetry_and_centroid_are_exact():
     right = _box(N, 40, 60, 10, 30)  # 20 × 20 px = 100 mm² = 1 cm² on every slice
     left = _box(N, 40, 60, 60, 90)  # 20 × 30 px = 1.5 cm²
     disc = _box(N, 10, 30, 40, 60, slices=[0, 10])  # 1 cm² at both mid-planes
-    out = measure_muscles(g, {"MF_R": right, "MF_L": left}, disc, DISCS)
+    sliver = _box(N, 62, 70, 10, 30)  # 8 × 20 px = 0.4 cm²: mostly border pixels
+    out = measure_muscles(g, {"MF_R": right, "MF_L": left, "QL_R": sliver}, disc, DISCS)
     by = {(m.muscle.name, m.level.name): m for m in out}
     r = by[("MF_R", "L4L5")]
     assert r.csa_midplane_cm2 == pytest.approx(1.0) and r.csa_mean_cm2 == pytest.approx(1.0)
+    assert FLAG_SMALL_SECTION not in r.flags and FLAG_SMALL_SECTION in by[("QL_R", "L4L5")].flags
     assert r.rcsa == pytest.approx(1.0)
     assert by[("MF_L", "L4L5")].rcsa == pytest.approx(1.5)
     assert r.asymmetry == pytest.approx((1.0 - 1.5) / 1.25) == by[("MF_L", "L4L5")].asymmetry

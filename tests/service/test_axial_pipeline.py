@@ -12,6 +12,7 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
+from biomech.axial_measurements import FLAG_SMALL_SECTION
 from conftest import dciodvfy_errors
 from dicom_io import codes as sg_codes
 from dicom_io.muscles import MUSCLE_GROUPS
@@ -26,7 +27,7 @@ FF_TOL = 0.03  # absolute Dixon fat fraction (issue 3's figure)
 # What the committed INT8 model reaches on the two held-out subjects below
 # (README, "The axial model"), with a little room.
 CSA_MEAN_MAX, CSA_WITHIN_MIN, CSA_WORST_MAX = 0.025, 0.85, 0.10
-FF_MEAN_MAX, FF_WITHIN_MIN, FF_WORST_MAX = 0.025, 0.75, 0.15
+FF_MEAN_MAX, FF_WITHIN_MIN, FF_WORST_MAX = 0.012, 0.95, 0.10
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +71,11 @@ def _accuracy(doc, truth):
     """Errors against the exact truth over the same slices: level-mean CSA
     (relative, every muscle-level of >= 2 cm², T1, T2 and Dixon water) and
     per muscle, Dixon fat fraction and thresholded fat infiltration
-    (absolute, every muscle-level)."""
-    csa_errors, ff_errors, fi_errors = [], [], []
+    (absolute, every muscle-level not flagged as a section under 1 cm²,
+    where partial volume dominates; those flagged are truly that small)."""
+    csa_errors, ff_errors, fi_errors, small_ff_errors = [], [], [], []
     by_muscle: dict[str, list[float]] = {}
+    ff_by_muscle: dict[str, list[float]] = {}
     for description in ("AX T1 TSE", "AX T2 TSE", "AX DIXON W"):
         s = _series(doc, description)
         assert s["error"] is None and s["muscles"], s
@@ -84,31 +87,41 @@ def _accuracy(doc, truth):
             if area >= 2.0:
                 csa_errors.append(abs(m["csa_mean_cm2"] - area) / area)
                 by_muscle.setdefault(m["muscle"], []).append(csa_errors[-1])
+            small = FLAG_SMALL_SECTION in m["flags"]
+            if small:
+                assert area < 1.5, (m, area)
             if description == "AX DIXON W":
-                ff_errors.append(abs(m["fat_fraction"] - _truth_mean(truth, m["muscle"], slices, "fat_fraction")))
+                error = abs(m["fat_fraction"] - _truth_mean(truth, m["muscle"], slices, "fat_fraction"))
+                (small_ff_errors if small else ff_errors).append(error)
+                if not small:
+                    ff_by_muscle.setdefault(m["muscle"], []).append(error)
             else:
                 assert m["fat_fraction"] is None
                 share = _truth_mean(truth, m["muscle"], slices, "fat_area_share")
-                if m["fat_infiltration"] is not None:
+                if m["fat_infiltration"] is not None and not small:
                     fi_errors.append(abs(m["fat_infiltration"] - share))
         assert len(csa_errors) - n_before >= 25, description
     per_muscle = {name: float(np.mean(e)) for name, e in sorted(by_muscle.items())}
+    ff_per_muscle = {name: float(np.mean(e)) for name, e in sorted(ff_by_muscle.items())}
     csa, ff = np.array(csa_errors), np.array(ff_errors)
     print(f"CSA: mean {csa.mean():.3f}, median {np.median(csa):.3f}, max {csa.max():.3f}, "
           f"within 5 %: {np.mean(csa <= CSA_TOL):.2f}; per muscle { {k: round(v, 3) for k, v in per_muscle.items()} }; "
-          f"FF: mean {ff.mean():.3f}, within 0.03: {np.mean(ff <= FF_TOL):.2f}, max {ff.max():.3f}; "
+          f"FF: mean {ff.mean():.3f}, within 0.03: {np.mean(ff <= FF_TOL):.2f}, max {ff.max():.3f} "
+          f"(sections under 1 cm²: {np.round(small_ff_errors, 3).tolist()}), per muscle "
+          f"{ {k: round(v, 3) for k, v in ff_per_muscle.items()} }; "
           f"FI: median {np.median(fi_errors):.3f}")
-    return csa, per_muscle, ff, np.array(fi_errors)
+    return csa, per_muscle, ff, ff_per_muscle, np.array(fi_errors)
 
 
 def _assert_issue_3_accuracy(doc, truth):
     """What the calibrated model reaches on held-out subjects (README, "The
     axial model"); the issue's figures are ≤ 5 % CSA and ≤ 0.03 fat fraction."""
-    csa, per_muscle, ff, fi = _accuracy(doc, truth)
+    csa, per_muscle, ff, ff_per_muscle, fi = _accuracy(doc, truth)
     assert csa.mean() <= CSA_MEAN_MAX and np.mean(csa <= CSA_TOL) >= CSA_WITHIN_MIN and csa.max() <= CSA_WORST_MAX
     # Every muscle's mean error is within the issue's 5 % (at most 3.4 % here).
     assert max(per_muscle.values()) <= CSA_TOL, per_muscle
     assert ff.mean() <= FF_MEAN_MAX and np.mean(ff <= FF_TOL) >= FF_WITHIN_MIN and ff.max() <= FF_WORST_MAX
+    assert max(ff_per_muscle.values()) <= FF_TOL, ff_per_muscle
     assert np.median(fi) <= 0.03 and fi.mean() <= 0.05
 
 
