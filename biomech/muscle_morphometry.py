@@ -186,8 +186,8 @@ def interior_mask(mask: np.ndarray, margin_px: int = 1, min_kept_fraction: float
 
     A muscle's border pixels mix it with the fascia and fat around it
     (partial volume, chemical shift), and a segmentation a pixel too wide
-    reads that fat; a Dixon fat fraction averaged over the interior is
-    free of both. A slice whose interior would keep less than
+    reads that fat; the interior is free of both (`fat_fraction` reads the
+    border from it). A slice whose interior would keep less than
     ``min_kept_fraction`` of its pixels (a thin or small section, where the
     rim is most of the muscle) keeps its whole mask.
 
@@ -214,9 +214,9 @@ def interior_mask(mask: np.ndarray, margin_px: int = 1, min_kept_fraction: float
         raise ValueError(f"'margin_px' must be >= 0, got {margin_px}")
     if not 0.0 <= min_kept_fraction <= 1.0:
         raise ValueError(f"'min_kept_fraction' must lie in [0, 1], got {min_kept_fraction}")
-    stack = m.reshape((-1,) + m.shape[-2:])
     if margin_px == 0:
         return m.copy()
+    stack = m.reshape((-1,) + m.shape[-2:])
     cross = ndimage.generate_binary_structure(2, 1)[None]
     core = ndimage.binary_erosion(stack, structure=cross, iterations=margin_px)
     whole, kept = stack.sum(axis=(1, 2)), core.sum(axis=(1, 2))

@@ -367,7 +367,7 @@ def render_phantom(
         ``uint8`` label map sampled at voxel centres (spinegate label values).
     """
     weighting = Weighting(weighting)
-    offsets = grid.subplane_offsets_mm(subplanes)
+    offsets, normal = grid.subplane_offsets_mm(subplanes), grid.normal
     rng = np.random.default_rng(phantom.seed * 7919 + (seed or 0) + _NOISE_STREAM[weighting])
     n, r, c = grid.shape
     ii, jj = np.meshgrid(np.arange(r, dtype=np.float32), np.arange(c, dtype=np.float32), indexing="ij")
@@ -379,7 +379,7 @@ def render_phantom(
         _, labels[k] = _tissue_signal(base, phantom, weighting, muscles)
         acc = np.zeros((r, c), np.float32)
         for offset in offsets:
-            sig, _ = _tissue_signal(base + grid.normal * offset, phantom, weighting, muscles)
+            sig, _ = _tissue_signal(base + normal * offset, phantom, weighting, muscles)
             acc += sig
         image[k] = acc / len(offsets)
     # Smooth multiplicative bias field (low-order in patient y/z).
