@@ -157,8 +157,8 @@ def fat_fraction(water: np.ndarray, fat: np.ndarray, mask: np.ndarray, noise_sig
     if not m.any():
         raise ValueError("'mask' is empty")
     at = _border_read_from_interior(m, border_px) if border_px > 0 else np.nonzero(m)
-    w = np.asarray(water, np.float64)[at]
-    f = np.asarray(fat, np.float64)[at]
+    w = np.asarray(water)[at].astype(np.float64)  # only the muscle's pixels are converted
+    f = np.asarray(fat)[at].astype(np.float64)
     if noise_sigma > 0.0:
         floor = 2.0 * noise_sigma**2
         w = np.sqrt(np.maximum(w * w - floor, 0.0))
@@ -171,13 +171,18 @@ def fat_fraction(water: np.ndarray, fat: np.ndarray, mask: np.ndarray, noise_sig
 def _border_read_from_interior(mask: np.ndarray, border_px: int) -> tuple[np.ndarray, ...]:
     """Index arrays of the pixel each pixel of ``mask`` is read from: itself
     inside, the nearest interior pixel of its slice on the rim."""
-    core = interior_mask(mask, border_px)
-    stack, core = mask.reshape((-1,) + mask.shape[-2:]), core.reshape((-1,) + mask.shape[-2:])
+    stack = mask.reshape((-1,) + mask.shape[-2:])
     k, r, c = np.nonzero(stack)
+    # Only the mask's bounding box matters (erosion counts outside it as
+    # background either way): a muscle is a few percent of the image.
+    z0, r0, c0 = k.min(), r.min(), c.min()
+    core = interior_mask(stack[z0 : k.max() + 1, r0 : r.max() + 1, c0 : c.max() + 1], border_px)
+    k, r, c = k - z0, r - r0, c - c0
     for z in np.unique(k):
         on_z = k == z
         _, (rows, cols) = ndimage.distance_transform_edt(~core[z], return_indices=True)
         r[on_z], c[on_z] = rows[r[on_z], c[on_z]], cols[r[on_z], c[on_z]]
+    k, r, c = k + z0, r + r0, c + c0
     return (r, c) if mask.ndim == 2 else (k, r, c)
 
 

@@ -73,7 +73,7 @@ def _accuracy(doc, truth):
     per muscle, Dixon fat fraction and thresholded fat infiltration
     (absolute, every muscle-level not flagged as a section under 1 cm²,
     where partial volume dominates; those flagged are truly that small)."""
-    csa_errors, ff_errors, fi_errors, small_ff_errors = [], [], [], []
+    csa_errors, fi_errors, small_ff_errors = [], [], []
     by_muscle: dict[str, list[float]] = {}
     ff_by_muscle: dict[str, list[float]] = {}
     for description in ("AX T1 TSE", "AX T2 TSE", "AX DIXON W"):
@@ -92,8 +92,9 @@ def _accuracy(doc, truth):
                 assert area < 1.5, (m, area)
             if description == "AX DIXON W":
                 error = abs(m["fat_fraction"] - _truth_mean(truth, m["muscle"], slices, "fat_fraction"))
-                (small_ff_errors if small else ff_errors).append(error)
-                if not small:
+                if small:
+                    small_ff_errors.append(error)
+                else:
                     ff_by_muscle.setdefault(m["muscle"], []).append(error)
             else:
                 assert m["fat_fraction"] is None
@@ -103,7 +104,7 @@ def _accuracy(doc, truth):
         assert len(csa_errors) - n_before >= 25, description
     per_muscle = {name: float(np.mean(e)) for name, e in sorted(by_muscle.items())}
     ff_per_muscle = {name: float(np.mean(e)) for name, e in sorted(ff_by_muscle.items())}
-    csa, ff = np.array(csa_errors), np.array(ff_errors)
+    csa, ff = np.array(csa_errors), np.concatenate([np.array(e) for e in ff_by_muscle.values()])
     print(f"CSA: mean {csa.mean():.3f}, median {np.median(csa):.3f}, max {csa.max():.3f}, "
           f"within 5 %: {np.mean(csa <= CSA_TOL):.2f}; per muscle { {k: round(v, 3) for k, v in per_muscle.items()} }; "
           f"FF: mean {ff.mean():.3f}, within 0.03: {np.mean(ff <= FF_TOL):.2f}, max {ff.max():.3f} "
