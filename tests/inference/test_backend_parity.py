@@ -2,8 +2,8 @@
 same committed models: every structure's Dice ≥ 0.99 between the two, on a
 held-out phantom and, when the shared data is present, a real volume.
 
-TensorRT parity needs a CUDA GPU; this machine has none (see bench/README.md
-for what was measured where one was lent)."""
+There is no TensorRT backend to compare: TensorRT cannot be installed in
+this workplace (README, Benchmarks, "TensorRT")."""
 from __future__ import annotations
 
 import numpy as np
