@@ -58,26 +58,14 @@ class TorchBackend:
     name = "torch-cpu"
 
     def __init__(self, path: Path, threads: int = 2) -> None:
-        import onnx
         import torch
-        from onnx import numpy_helper
 
-        from inference.network import ResidualUNet2D
+        from inference.network import load_from_onnx
 
-        weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
-        stem = weights["stem.body.0.weight"]
-        channels = [stem.shape[0]]
-        while f"down.{len(channels) - 1}.body.0.weight" in weights:
-            channels.append(weights[f"down.{len(channels) - 1}.body.0.weight"].shape[0])
-        self.input_channels = int(stem.shape[1])
-        self.output_classes = int(weights["head.weight"].shape[0])
-        model = ResidualUNet2D(self.output_classes, channels=tuple(channels), in_channels=self.input_channels)
-        state = model.state_dict()
-        missing = [k for k in state if k not in weights]
-        if missing:
-            raise ValueError(f"{path} lacks the weights {missing[:3]}…: not a spinegate residual U-Net export")
-        model.load_state_dict({k: torch.from_numpy(np.array(weights[k])) for k in state})
-        self._model = model.eval()
+        model = load_from_onnx(path)
+        self.input_channels = model.in_channels
+        self.output_classes = int(model.head.out_channels)
+        self._model = model
         self._torch = torch
         torch.set_num_threads(threads)
 

@@ -6,10 +6,13 @@ carry (inference runs the exported ONNX graph).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ResidualUNet2D"]
+__all__ = ["ResidualUNet2D", "load_from_onnx"]
 
 
 class _ResidualUnit(nn.Module):
@@ -95,3 +98,32 @@ class ResidualUNet2D(nn.Module):
         for up, merge in zip(self.up, self.merge):
             y = merge(torch.cat([up(y), skips.pop()], dim=1))
         return self.head(y)
+
+
+def load_from_onnx(path: Path) -> ResidualUNet2D:
+    """Rebuild a network from an exported ONNX file's weights (the export
+    keeps the parameter names as initializer names), in eval mode.
+
+    Raises
+    ------
+    ValueError
+        If the file does not hold a spinegate residual U-Net.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    if "stem.body.0.weight" not in weights or "head.weight" not in weights:
+        raise ValueError(f"{path} is not a spinegate residual U-Net export (no stem/head weights)")
+    stem = weights["stem.body.0.weight"]
+    channels = [stem.shape[0]]
+    while f"down.{len(channels) - 1}.body.0.weight" in weights:
+        channels.append(weights[f"down.{len(channels) - 1}.body.0.weight"].shape[0])
+    model = ResidualUNet2D(int(weights["head.weight"].shape[0]), channels=tuple(channels),
+                           in_channels=int(stem.shape[1]))
+    state = model.state_dict()
+    missing = [k for k in state if k not in weights]
+    if missing:
+        raise ValueError(f"{path} lacks the weights {missing[:3]}…: not a spinegate residual U-Net export")
+    model.load_state_dict({k: torch.from_numpy(np.array(weights[k])) for k in state})
+    return model.eval()

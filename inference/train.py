@@ -25,7 +25,7 @@ import torch
 from scipy import ndimage
 
 from dicom_io.phantom import Weighting
-from inference.network import ResidualUNet2D
+from inference.network import ResidualUNet2D, load_from_onnx
 from inference.training_data import (
     CLASS_NAMES,
     SPLIT,
@@ -75,16 +75,24 @@ def _slab(case: TrainingCase, centre: int, half: int) -> np.ndarray:
 
 
 def _sample(case: TrainingCase, rng: np.random.Generator, augment: bool, slab_labels: str = "union",
-            context: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented example: a slab of 1-5 mm averaged across planes (thick
-    clinical slices) and, with ``context`` > 0, that many neighbouring slabs
-    on each side as extra channels (slice gap 0-25 % of the thickness; edge
-    slabs repeat at the end of the volume, as at inference); then random
-    scale/rotation, gamma and noise. Returns (channels, rows, cols) image and
-    the centre slab's allowed-class mask."""
+            context: int = 0, thickness_mm_range: tuple[float, float] = (1.0, 5.0),
+            end_plane_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """One augmented example: a slab of 1-5 mm (``thickness_mm_range``)
+    averaged across planes (thick clinical slices) and, with ``context`` > 0,
+    that many neighbouring slabs on each side as extra channels (slice gap
+    0-25 % of the thickness; edge slabs repeat at the end of the volume, as
+    at inference); then random scale/rotation, gamma and noise. With
+    ``end_plane_share`` > 0 that share of the slabs is centred on the
+    lateral ends of the labelled structures (`TrainingCase.end_planes`),
+    where partial volume makes thick slabs hardest. Returns (channels, rows,
+    cols) image and the centre slab's allowed-class mask."""
     n_planes = case.image.shape[0]
-    centre = int(rng.choice(case.labelled_planes))
-    thickness_mm = float(rng.uniform(1.0, 5.0)) if augment else 1.0
+    # (extra random draws only when asked for: earlier runs reproduce as before)
+    if end_plane_share > 0 and rng.random() < end_plane_share and case.end_planes.size:
+        centre = int(rng.choice(case.end_planes))
+    else:
+        centre = int(rng.choice(case.labelled_planes))
+    thickness_mm = float(rng.uniform(*thickness_mm_range)) if augment else 1.0
     half = max(0, int(round(thickness_mm / case.plane_spacing_mm / 2 - 0.5)))
     offsets = np.zeros(1, int)
     if context:  # (extra random draws only here: plain 2D runs reproduce as before)
@@ -179,9 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phantoms", type=int, default=20, help="training phantom subjects (each T1 and T2)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--export-checkpoint", type=Path, help="only export this saved state dict to ONNX and stop")
-    ap.add_argument("--init", type=Path, help="start from this saved state dict (fine-tuning stage)")
+    ap.add_argument("--init", type=Path,
+                    help="start from this saved state dict or exported .onnx model (fine-tuning stage)")
     ap.add_argument("--context", type=int, default=0,
                     help="neighbouring slices on each side given as extra input channels (0: plain 2D)")
+    ap.add_argument("--thickness-mm", type=float, nargs=2, default=(1.0, 5.0), metavar=("MIN", "MAX"),
+                    help="range of the simulated slice thickness")
+    ap.add_argument("--end-plane-share", type=float, default=0.0,
+                    help="share of slabs centred on the lateral ends of the labelled structures")
     ap.add_argument("--slab-labels", choices=("union", "centre", "majority"), default="union",
                     help="thick-slab targets: the centre plane's classes, the union where the slab's planes "
                          "disagree, or the class of at least half of the planes (see slab_targets)")
@@ -210,7 +223,15 @@ def main(argv: list[str] | None = None) -> int:
 
     in_channels = 1 + 2 * args.context
     model = ResidualUNet2D(len(CLASS_NAMES))
-    if args.init:
+    if args.init and args.init.suffix == ".onnx":
+        # A committed model: continue from its exported weights.
+        model = load_from_onnx(args.init).train()
+        if model.in_channels == 1 and in_channels > 1:
+            model.widen_input(in_channels)
+        elif model.in_channels != in_channels:
+            raise SystemExit(f"{args.init} takes {model.in_channels} input slices, --context {args.context} "
+                             f"needs {in_channels}")
+    elif args.init:
         state = torch.load(args.init)
         if state["stem.body.0.weight"].shape[1] == 1 and in_channels > 1:
             model.load_state_dict(state)
@@ -229,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.batch):
             pool = pools[rng.choice(len(pools), p=[w for _, w in pools])][0]
             img, alw = _sample(pool[rng.integers(len(pool))], rng, augment=True, slab_labels=args.slab_labels,
-                               context=args.context)
+                               context=args.context, thickness_mm_range=tuple(args.thickness_mm),
+                               end_plane_share=args.end_plane_share)
             imgs.append(img)
             alws.append(alw)
         x = torch.from_numpy(np.stack(imgs))
@@ -243,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     export_onnx(model, args.out / "sagittal_spine.onnx")
     record = {
         "seed": args.seed, "iterations": args.iterations, "init": str(args.init) if args.init else None, "slab_labels": args.slab_labels,
-        "context_slices_each_side": args.context, "batch": args.batch, "lr": args.lr,
+        "context_slices_each_side": args.context, "thickness_mm": list(args.thickness_mm),
+        "end_plane_share": args.end_plane_share, "batch": args.batch, "lr": args.lr,
         "patch_rows_cols": PATCH, "classes": CLASS_NAMES, "training_volumes": stems,
         "phantom_seeds": list(range(args.phantoms)), "split": SPLIT, "pool_weights": [w for _, w in pools],
         "loss_every_50": [float(np.mean(curve[i : i + 50])) for i in range(0, len(curve), 50)],

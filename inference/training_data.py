@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 CLASS_NAMES = ("background", "vertebral_body", "s1", "disc")
 BG, VB, S1, DISC = 1, 2, 4, 8
 allowed_all = BG | VB | S1 | DISC
+# A plane whose labelled area is under this fraction of the largest plane's
+# lies at the lateral end of the structures (partial volume in thick slabs).
+END_PLANE_AREA_FRACTION = 0.5
 
 # Real-data label values (../shared/data/lumbar_mri/README.md tables).
 _VB_TABLE_S1 = 6
@@ -77,6 +81,17 @@ class TrainingCase:
     def __post_init__(self) -> None:
         if self.image.shape != self.allowed.shape:
             raise ValueError(f"'image' {self.image.shape} and 'allowed' {self.allowed.shape} differ")
+
+    @cached_property
+    def end_planes(self) -> np.ndarray:
+        """Labelled planes at the lateral ends of the structures: those whose
+        labelled area (pixels of one known foreground class) is under
+        ``END_PLANE_AREA_FRACTION`` of the largest plane's."""
+        known_foreground = np.isin(self.allowed, (VB, S1, DISC))
+        area = known_foreground.sum(axis=(1, 2))
+        if area.max() == 0:
+            return np.zeros(0, int)
+        return np.nonzero((area > 0) & (area < END_PLANE_AREA_FRACTION * area.max()))[0]
 
 
 def _to_display_planes(ras: np.ndarray) -> np.ndarray:

@@ -118,3 +118,64 @@ def test_majority_slab_targets_follow_at_least_half_of_the_planes():
     assert out.tolist() == [VB, VB, BG | DISC, VB | DISC | BG | S1]
     assert slab_targets(planes, 1, "centre")[:, 0].tolist() == [VB, VB, BG | DISC, DISC]
     assert slab_targets(planes, 1, "union")[:, 0].tolist()[2] == VB | BG | DISC
+
+
+def test_end_planes_are_the_labelled_planes_under_half_the_largest_area():
+    from inference.training_data import TrainingCase
+
+    allowed = np.full((7, 40, 40), BG | DISC, np.uint8)
+    for plane, side in ((1, 4), (2, 8), (3, 10), (4, 9), (5, 6)):  # areas 16, 64, 100, 81, 36
+        allowed[plane, :side, :side] = VB
+    case = TrainingCase("t", np.zeros(allowed.shape, np.float32), allowed, 1.0, np.arange(1, 6))
+    assert case.end_planes.tolist() == [1, 5]  # 16 and 36 < 50; 64, 81, 100 are not
+
+
+def test_end_plane_share_centres_that_share_of_slabs_on_the_end_planes():
+    from inference.train import _sample
+    from inference.training_data import TrainingCase
+
+    # Plane i is uniformly i/10: a 1 mm slab's mean tells its centre plane.
+    image = (np.arange(9, dtype=np.float32)[:, None, None] / 10) * np.ones((9, 192, 160), np.float32)
+    allowed = np.full((9, 192, 160), BG | DISC, np.uint8)
+    allowed[2:7, 60:120, 50:110] = VB  # 3600 pixels of body on planes 2-6
+    allowed[[1, 7], 60:70, 50:60] = VB  # 100 on planes 1 and 7, the ends
+    case = TrainingCase("t", image, allowed, 1.0, np.arange(1, 8))
+    assert case.end_planes.tolist() == [1, 7]
+
+    def end_share(share: float) -> float:
+        rng = np.random.default_rng(5)
+        hits = 0
+        for _ in range(300):
+            # Without augmentation the patch keeps the slab's uniform value.
+            img, _ = _sample(case, rng, augment=False, end_plane_share=share)
+            hits += int(round(10 * float(img[0, 96, 80]))) in (1, 7)
+        return hits / 300
+
+    assert end_share(0.0) == pytest.approx(2 / 7, abs=0.07)
+    assert end_share(0.8) == pytest.approx(0.8 + 0.2 * 2 / 7, abs=0.07)
+
+
+def test_a_network_rebuilt_from_its_onnx_export_computes_the_same(tmp_path):
+    pytest.importorskip("onnx")
+    from inference.network import ResidualUNet2D, load_from_onnx
+    from inference.train import export_onnx
+
+    torch.manual_seed(0)
+    net = ResidualUNet2D(4, channels=(4, 8), dropout=0.0, in_channels=3).eval()
+    with torch.no_grad():  # distinct values (the exporter merges identical initializers, as fresh norms are)
+        for param in net.parameters():
+            param.uniform_(0.5, 1.5)
+    export_onnx(net, tmp_path / "net.onnx")
+    rebuilt = load_from_onnx(tmp_path / "net.onnx")
+    x = torch.rand(2, 3, 32, 32)
+    assert rebuilt.in_channels == 3 and not rebuilt.training
+    torch.testing.assert_close(rebuilt(x), net(x))
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), tmp_path / "other.onnx")
+    with pytest.raises(ValueError, match="not a spinegate residual U-Net"):
+        load_from_onnx(tmp_path / "other.onnx")
