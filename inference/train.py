@@ -1,11 +1,12 @@
 """Train the sagittal spine network and export it to ONNX.
 
-Two stages produced the committed model (README, "The sagittal model"):
+Three stages produced the committed model, each starting from the last
+one's weights (the commands are in the README, "The sagittal model", and
+the model card); ``--init`` also takes an exported ``.onnx`` model, so a
+further stage can start from the committed weights:
 
-    python -m inference.train --data ../shared/data/lumbar_mri --out inference/models \
-        --iterations 3200 --slab-labels centre
-    python -m inference.train --data ../shared/data/lumbar_mri --out inference/models \
-        --iterations 1400 --lr 3e-4 --seed 20261122 --init inference/models/sagittal_spine.pt
+    python -m inference.train --data ../shared/data/lumbar_mri --out runs/stage4 --context 1 \
+        --init inference/models/sagittal_spine.onnx --iterations 1500 --lr 2e-4
 
 Reproducible: one seed drives numpy, torch and the batch sampler; torch runs
 deterministic algorithms on 2 CPU threads. The split is `training_data.SPLIT`.
