@@ -165,6 +165,31 @@ def optimisation_step(model: ResidualUNet2D, opt: torch.optim.Optimizer, sched: 
     return float(loss.detach())
 
 
+def initial_model(init: Path | None, in_channels: int) -> ResidualUNet2D:
+    """A fresh network, or one continued from ``init`` (a saved state dict or
+    an exported ``.onnx`` model); a single-slice network is widened to
+    ``in_channels`` (neighbour weights start at zero).
+
+    Raises
+    ------
+    SystemExit
+        If ``init`` takes another number of input slices that cannot be widened.
+    """
+    if init is None:
+        return ResidualUNet2D(len(CLASS_NAMES), in_channels=in_channels)
+    if init.suffix == ".onnx":
+        model = load_from_onnx(init)
+    else:
+        state = torch.load(init)
+        model = ResidualUNet2D(len(CLASS_NAMES), in_channels=int(state["stem.body.0.weight"].shape[1]))
+        model.load_state_dict(state)
+    if model.in_channels == 1 and in_channels > 1:
+        model.widen_input(in_channels)
+    elif model.in_channels != in_channels:
+        raise SystemExit(f"{init} takes {model.in_channels} input slices, the run needs {in_channels} (--context)")
+    return model
+
+
 def export_onnx(model: ResidualUNet2D, path: Path) -> None:
     """Export with dynamic batch and spatial size (multiples of 16); the
     input's channel count (slices per example) is fixed by the model."""
@@ -223,25 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     pools = [(vb, 0.55), (ivd, 0.15), (phantoms, 0.30)]
 
     in_channels = 1 + 2 * args.context
-    model = ResidualUNet2D(len(CLASS_NAMES))
-    if args.init and args.init.suffix == ".onnx":
-        # A committed model: continue from its exported weights.
-        model = load_from_onnx(args.init).train()
-        if model.in_channels == 1 and in_channels > 1:
-            model.widen_input(in_channels)
-        elif model.in_channels != in_channels:
-            raise SystemExit(f"{args.init} takes {model.in_channels} input slices, --context {args.context} "
-                             f"needs {in_channels}")
-    elif args.init:
-        state = torch.load(args.init)
-        if state["stem.body.0.weight"].shape[1] == 1 and in_channels > 1:
-            model.load_state_dict(state)
-            model.widen_input(in_channels)
-        else:
-            model = ResidualUNet2D(len(CLASS_NAMES), in_channels=in_channels)
-            model.load_state_dict(state)
-    else:
-        model = ResidualUNet2D(len(CLASS_NAMES), in_channels=in_channels)
+    model = initial_model(args.init, in_channels)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.iterations, pct_start=0.05)
     curve = []

@@ -179,3 +179,28 @@ def test_a_network_rebuilt_from_its_onnx_export_computes_the_same(tmp_path):
     onnx.save(helper.make_model(graph), tmp_path / "other.onnx")
     with pytest.raises(ValueError, match="not a spinegate residual U-Net"):
         load_from_onnx(tmp_path / "other.onnx")
+
+
+def test_training_continues_from_a_state_dict_or_an_onnx_model_widened_to_the_context(tmp_path):
+    pytest.importorskip("onnx")
+    from inference.network import ResidualUNet2D
+    from inference.train import export_onnx, initial_model
+    from inference.training_data import CLASS_NAMES
+
+    torch.manual_seed(1)
+    net = ResidualUNet2D(len(CLASS_NAMES), in_channels=1).eval()
+    with torch.no_grad():  # distinct values (the exporter merges identical initializers)
+        for param in net.parameters():
+            param.uniform_(0.5, 1.5)
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    export_onnx(net, tmp_path / "net.onnx")
+    x = torch.rand(1, 1, 32, 32)
+    for init in (tmp_path / "net.pt", tmp_path / "net.onnx"):
+        model = initial_model(init, 3).eval()
+        assert model.in_channels == 3
+        torch.testing.assert_close(model(x.repeat(1, 3, 1, 1)), net(x), rtol=1e-4, atol=1e-4)
+    assert initial_model(None, 3).in_channels == 3
+    wide = initial_model(tmp_path / "net.pt", 3)
+    torch.save(wide.state_dict(), tmp_path / "wide.pt")
+    with pytest.raises(SystemExit, match="takes 3 input slices"):
+        initial_model(tmp_path / "wide.pt", 5)
