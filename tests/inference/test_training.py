@@ -204,3 +204,23 @@ def test_training_continues_from_a_state_dict_or_an_onnx_model_widened_to_the_co
     torch.save(wide.state_dict(), tmp_path / "wide.pt")
     with pytest.raises(SystemExit, match="takes 3 input slices"):
         initial_model(tmp_path / "wide.pt", 5)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_an_optimisation_step_fits_a_batch_and_keeps_float32_weights(bf16):
+    from inference.network import ResidualUNet2D
+    from inference.train import optimisation_step
+    from inference.training_data import CLASS_NAMES
+
+    torch.manual_seed(3)
+    model = ResidualUNet2D(len(CLASS_NAMES), in_channels=1)
+    model.train()
+    x = torch.zeros(2, 1, 32, 32)
+    x[:, :, 8:24, 8:24] = 1.0
+    allowed = torch.full((2, 32, 32), BG, dtype=torch.int64)
+    allowed[:, 8:24, 8:24] = VB
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    losses = [optimisation_step(model, opt, sched, x, allowed, bf16=bf16) for _ in range(25)]
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
