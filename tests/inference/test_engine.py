@@ -84,7 +84,7 @@ def test_real_validation_subject_through_spinegate_analyze(tmp_path):
         arr = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[number])[..., 0]
         scores[level] = dice(arr > 0, t)
     print("VB3_05 Dice per level:", {k: round(v, 3) for k, v in scores.items()})
-    # Reached: 0.878 (model card). The issue's target of 0.90 is not met yet.
+    # A floor, not the target: the model card reports VB3_05 at 0.891 (stage 4); the issue asks 0.90.
     assert np.mean(list(scores.values())) >= 0.85
     assert min(scores.values()) >= 0.80
 
