@@ -4,10 +4,11 @@ Four stages produced the committed model, each starting from the last
 one's weights (the commands are in the README, "The sagittal model", and
 the model card); ``--init`` also takes an exported ``.onnx`` model, so a
 further stage can start from the committed weights (``--bf16`` runs the
-forward pass in bfloat16 autocast, 1.7x faster on CPUs with AMX):
+forward pass in bfloat16 autocast, 1.7x faster on CPUs with AMX). Such a
+fifth stage was tried and is recorded, not adopted, in the training record:
 
     python -m inference.train --data ../shared/data/lumbar_mri --out runs/stage5 --context 1 \
-        --init inference/models/sagittal_spine.onnx --iterations 5000 --lr 3e-4 --bf16
+        --init inference/models/sagittal_spine.onnx --iterations 5000 --lr 3e-4 --seed 20261204 --bf16
 
 Reproducible: one seed drives numpy, torch and the batch sampler; torch runs
 deterministic algorithms on 2 CPU threads. The split is `training_data.SPLIT`.
