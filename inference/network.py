@@ -76,16 +76,23 @@ class ResidualUNet2D(nn.Module):
         self.head = nn.Conv2d(channels[0], n_classes, 1)
 
     def widen_input(self, in_channels: int) -> None:
-        """Give a single-slice network neighbour channels that start at zero
-        weight, so it computes the same function until trained (fine-tuning
-        a 2D model into a 2.5D one)."""
-        if self.in_channels != 1 or in_channels < 1:
-            raise ValueError(f"can only widen a 1-channel network, this one has {self.in_channels}")
-        centre = in_channels // 2
+        """Give the network more neighbour slices, the new outer ones starting
+        at zero weight, so it computes the same function until trained
+        (fine-tuning a 2D model into a 2.5D one, or a 2.5D one into a wider
+        one). The existing channels keep their place at the centre.
+
+        Raises
+        ------
+        ValueError
+            If ``in_channels`` is not an odd number above the current count.
+        """
+        if in_channels <= self.in_channels or in_channels % 2 == 0:
+            raise ValueError(f"can only widen to an odd number of slices above {self.in_channels}, not {in_channels}")
+        first = (in_channels - self.in_channels) // 2
         for conv in (self.stem.body[0], self.stem.skip):
             w = conv.weight.data
             wide = torch.zeros(w.shape[0], in_channels, *w.shape[2:], dtype=w.dtype)
-            wide[:, centre] = w[:, 0]
+            wide[:, first : first + self.in_channels] = w
             conv.weight = nn.Parameter(wide)
             conv.in_channels = in_channels
         self.in_channels = in_channels

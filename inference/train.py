@@ -176,13 +176,13 @@ def optimisation_step(model: ResidualUNet2D, opt: torch.optim.Optimizer, sched: 
 
 def initial_model(init: Path | None, in_channels: int) -> ResidualUNet2D:
     """A fresh network, or one continued from ``init`` (a saved state dict or
-    an exported ``.onnx`` model); a single-slice network is widened to
-    ``in_channels`` (neighbour weights start at zero).
+    an exported ``.onnx`` model); a network taking fewer slices is widened
+    to ``in_channels`` (the new neighbours' weights start at zero).
 
     Raises
     ------
     SystemExit
-        If ``init`` takes another number of input slices that cannot be widened.
+        If ``init`` takes more input slices than ``in_channels``.
     """
     if init is None:
         return ResidualUNet2D(len(CLASS_NAMES), in_channels=in_channels)
@@ -192,7 +192,7 @@ def initial_model(init: Path | None, in_channels: int) -> ResidualUNet2D:
         state = torch.load(init)
         model = ResidualUNet2D(len(CLASS_NAMES), in_channels=int(state["stem.body.0.weight"].shape[1]))
         model.load_state_dict(state)
-    if model.in_channels == 1 and in_channels > 1:
+    if model.in_channels < in_channels:
         model.widen_input(in_channels)
     elif model.in_channels != in_channels:
         raise SystemExit(f"{init} takes {model.in_channels} input slices, the run needs {in_channels} (--context)")

@@ -100,8 +100,15 @@ def test_widened_network_computes_the_single_slice_function_until_trained():
     neighbours = torch.rand(2, 3, 32, 32)
     neighbours[:, 1] = x[:, 0]
     torch.testing.assert_close(net(neighbours), before)
-    with pytest.raises(ValueError, match="1-channel"):
-        net.widen_input(5)
+    # 3 → 5: the slice and its near neighbours keep their weights.
+    before = net(neighbours)
+    wider = torch.rand(2, 5, 32, 32)
+    wider[:, 1:4] = neighbours
+    net.widen_input(5)
+    torch.testing.assert_close(net(wider), before)
+    for narrower_or_even in (5, 3, 6):
+        with pytest.raises(ValueError, match="odd number of slices above 5"):
+            net.widen_input(narrower_or_even)
 
 
 def test_majority_slab_targets_follow_at_least_half_of_the_planes():
@@ -202,8 +209,9 @@ def test_training_continues_from_a_state_dict_or_an_onnx_model_widened_to_the_co
     assert initial_model(None, 3).in_channels == 3
     wide = initial_model(tmp_path / "net.pt", 3)
     torch.save(wide.state_dict(), tmp_path / "wide.pt")
+    assert initial_model(tmp_path / "wide.pt", 5).in_channels == 5
     with pytest.raises(SystemExit, match="takes 3 input slices"):
-        initial_model(tmp_path / "wide.pt", 5)
+        initial_model(tmp_path / "wide.pt", 1)
 
 
 @pytest.mark.parametrize("bf16", [False, True])
