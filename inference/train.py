@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--init", type=Path,
                     help="start from this saved state dict or exported .onnx model (fine-tuning stage)")
     ap.add_argument("--context", type=int, default=0,
-                    help="neighbouring slices on each side given as extra input channels (0: plain 2D)")
+                    help="neighbouring slices on each side given as extra input channels (0: plain 2D); "
+                         "an --init network taking fewer is widened, its new neighbours at zero weight")
     ap.add_argument("--thickness-mm", type=float, nargs=2, default=(1.0, 5.0), metavar=("MIN", "MAX"),
                     help="range of the simulated slice thickness")
     ap.add_argument("--end-plane-share", type=float, default=0.0,
