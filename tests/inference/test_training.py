@@ -87,7 +87,7 @@ def test_context_channels_are_the_neighbouring_slabs_in_order_or_mirrored():
     assert orders == {True, False}  # both left→right and right→left orders are seen
 
 
-def test_widened_network_computes_the_single_slice_function_until_trained():
+def test_widened_network_computes_the_narrower_function_until_trained():
     import torch
 
     from inference.network import ResidualUNet2D
