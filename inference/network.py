@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ResidualUNet2D", "load_from_onnx"]
+__all__ = ["ResidualUNet2D", "from_weights", "load_from_onnx"]
 
 
 class _ResidualUnit(nn.Module):
@@ -97,6 +97,56 @@ class ResidualUNet2D(nn.Module):
             conv.in_channels = in_channels
         self.in_channels = in_channels
 
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """Feature maps per level."""
+        return (self.stem.body[0].out_channels, *(d.body[0].out_channels for d in self.down))
+
+    def widen_channels(self, channels: tuple[int, ...]) -> "ResidualUNet2D":
+        """A network with more feature maps per level that computes the same
+        function until trained (the new maps start with random weights and
+        feed nothing: every weight from a new map into an existing one is
+        zero), so a trained network can be given more capacity and
+        fine-tuned instead of trained again from scratch.
+
+        Returns a new network in the same train/eval mode; this one is left
+        as it is.
+
+        Raises
+        ------
+        ValueError
+            If ``channels`` has another number of levels or fewer maps on any
+            level.
+        """
+        old = self.channels
+        if len(channels) != len(old) or any(c < o for c, o in zip(channels, old)):
+            raise ValueError(f"can only widen {old} to as many levels with no fewer maps each, not {tuple(channels)}")
+        wide = ResidualUNet2D(self.head.out_channels, channels=tuple(channels), in_channels=self.in_channels,
+                              dropout=_dropout_of(self))
+        level = [torch.arange(o) for o in old]
+        merged = [torch.cat([level[i], channels[i] + level[i]]) for i in range(len(old))]
+        pairs = [(self.stem, wide.stem, torch.arange(self.in_channels), level[0])]
+        pairs += [(a, b, level[i], level[i + 1]) for i, (a, b) in enumerate(zip(self.down, wide.down))]
+        ups = list(reversed(range(len(old) - 1)))
+        with torch.no_grad():
+            for (a, b), i in zip(zip(self.merge, wide.merge), ups):
+                pairs.append((a, b, merged[i], level[i]))
+            for a, b, ins, outs in pairs:
+                _copy_conv(a.body[0], b.body[0], ins, outs)
+                _copy_conv(a.body[4], b.body[4], outs, outs)
+                for norm in (1, 5):
+                    b.body[norm].weight[outs] = a.body[norm].weight
+                    b.body[norm].bias[outs] = a.body[norm].bias
+                if isinstance(a.skip, nn.Conv2d):
+                    _copy_conv(a.skip, b.skip, ins, outs)
+            for (a, b), i in zip(zip(self.up, wide.up), ups):
+                # transposed convolutions hold weights as (in, out, ...)
+                b.weight[:, level[i]] = 0.0
+                b.weight[level[i + 1][:, None], level[i]] = a.weight
+                b.bias[level[i]] = a.bias
+            _copy_conv(self.head, wide.head, level[0], torch.arange(self.head.out_channels))
+        return wide.train(self.training)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = [self.stem(x)]
         for d in self.down:
@@ -105,6 +155,44 @@ class ResidualUNet2D(nn.Module):
         for up, merge in zip(self.up, self.merge):
             y = merge(torch.cat([up(y), skips.pop()], dim=1))
         return self.head(y)
+
+
+def _dropout_of(model: nn.Module) -> float:
+    return next((m.p for m in model.modules() if isinstance(m, nn.Dropout2d)), 0.0)
+
+
+def _copy_conv(small: nn.Conv2d, large: nn.Conv2d, ins: torch.Tensor, outs: torch.Tensor) -> None:
+    """Put ``small``'s weights into ``large`` at the ``outs`` × ``ins``
+    positions and zero the weights from every other input into ``outs``."""
+    large.weight[outs] = 0.0
+    large.weight[outs[:, None], ins] = small.weight
+    if small.bias is not None:
+        large.bias[outs] = small.bias
+
+
+def from_weights(weights: dict[str, np.ndarray | torch.Tensor], source: str = "the weights") -> ResidualUNet2D:
+    """Rebuild a network of whatever width, depth and input slices the
+    named weights (a state dict, or an export's initializers) describe.
+
+    Raises
+    ------
+    ValueError
+        If the weights are not those of a spinegate residual U-Net.
+    """
+    if "stem.body.0.weight" not in weights or "head.weight" not in weights:
+        raise ValueError(f"{source} is not a spinegate residual U-Net (no stem/head weights)")
+    stem = weights["stem.body.0.weight"]
+    channels = [stem.shape[0]]
+    while f"down.{len(channels) - 1}.body.0.weight" in weights:
+        channels.append(weights[f"down.{len(channels) - 1}.body.0.weight"].shape[0])
+    model = ResidualUNet2D(int(weights["head.weight"].shape[0]), channels=tuple(int(c) for c in channels),
+                           in_channels=int(stem.shape[1]))
+    state = model.state_dict()
+    missing = [k for k in state if k not in weights]
+    if missing:
+        raise ValueError(f"{source} lacks the weights {missing[:3]}…: not a spinegate residual U-Net")
+    model.load_state_dict({k: torch.as_tensor(np.array(weights[k])) for k in state})
+    return model
 
 
 def load_from_onnx(path: Path) -> ResidualUNet2D:
@@ -120,17 +208,4 @@ def load_from_onnx(path: Path) -> ResidualUNet2D:
     from onnx import numpy_helper
 
     weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
-    if "stem.body.0.weight" not in weights or "head.weight" not in weights:
-        raise ValueError(f"{path} is not a spinegate residual U-Net export (no stem/head weights)")
-    stem = weights["stem.body.0.weight"]
-    channels = [stem.shape[0]]
-    while f"down.{len(channels) - 1}.body.0.weight" in weights:
-        channels.append(weights[f"down.{len(channels) - 1}.body.0.weight"].shape[0])
-    model = ResidualUNet2D(int(weights["head.weight"].shape[0]), channels=tuple(channels),
-                           in_channels=int(stem.shape[1]))
-    state = model.state_dict()
-    missing = [k for k in state if k not in weights]
-    if missing:
-        raise ValueError(f"{path} lacks the weights {missing[:3]}…: not a spinegate residual U-Net export")
-    model.load_state_dict({k: torch.from_numpy(np.array(weights[k])) for k in state})
-    return model.eval()
+    return from_weights(weights, f"{path}").eval()

@@ -28,7 +28,7 @@ import torch
 from scipy import ndimage
 
 from dicom_io.phantom import Weighting
-from inference.network import ResidualUNet2D, load_from_onnx
+from inference.network import ResidualUNet2D, from_weights, load_from_onnx
 from inference.training_data import (
     CLASS_NAMES,
     SPLIT,
@@ -174,28 +174,31 @@ def optimisation_step(model: ResidualUNet2D, opt: torch.optim.Optimizer, sched: 
     return float(loss.detach())
 
 
-def initial_model(init: Path | None, in_channels: int) -> ResidualUNet2D:
+def initial_model(init: Path | None, in_channels: int, channels: tuple[int, ...] | None = None) -> ResidualUNet2D:
     """A fresh network, or one continued from ``init`` (a saved state dict or
     an exported ``.onnx`` model); a network taking fewer slices is widened
-    to ``in_channels`` (the new neighbours' weights start at zero).
+    to ``in_channels`` (the new neighbours' weights start at zero), and one
+    with fewer feature maps than ``channels`` is given them
+    (`ResidualUNet2D.widen_channels`: same function until trained).
 
     Raises
     ------
     SystemExit
-        If ``init`` takes more input slices than ``in_channels``.
+        If ``init`` takes more input slices than ``in_channels`` or cannot be
+        widened to ``channels``.
     """
     if init is None:
-        return ResidualUNet2D(len(CLASS_NAMES), in_channels=in_channels)
-    if init.suffix == ".onnx":
-        model = load_from_onnx(init)
-    else:
-        state = torch.load(init)
-        model = ResidualUNet2D(len(CLASS_NAMES), in_channels=int(state["stem.body.0.weight"].shape[1]))
-        model.load_state_dict(state)
+        return ResidualUNet2D(len(CLASS_NAMES), in_channels=in_channels, **({"channels": channels} if channels else {}))
+    model = load_from_onnx(init) if init.suffix == ".onnx" else from_weights(torch.load(init), f"{init}")
     if model.in_channels < in_channels:
         model.widen_input(in_channels)
     elif model.in_channels != in_channels:
         raise SystemExit(f"{init} takes {model.in_channels} input slices, the run needs {in_channels} (--context)")
+    if channels and tuple(channels) != model.channels:
+        try:
+            model = model.widen_channels(tuple(channels))
+        except ValueError as e:
+            raise SystemExit(f"{init}: {e} (--channels)") from e
     return model
 
 
@@ -227,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context", type=int, default=0,
                     help="neighbouring slices on each side given as extra input channels (0: plain 2D); "
                          "an --init network taking fewer is widened, its new neighbours at zero weight")
+    ap.add_argument("--channels", type=int, nargs="+", metavar="MAPS",
+                    help="feature maps per level (default 16 32 64 128 192); an --init network with fewer is "
+                         "widened, its new maps feeding nothing until trained")
     ap.add_argument("--thickness-mm", type=float, nargs=2, default=(1.0, 5.0), metavar=("MIN", "MAX"),
                     help="range of the simulated slice thickness")
     ap.add_argument("--end-plane-share", type=float, default=0.0,
@@ -238,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="forward pass in bfloat16 autocast (fast on CPUs with AMX/AVX-512 BF16)")
     args = ap.parse_args(argv)
     if args.export_checkpoint:
-        model = ResidualUNet2D(len(CLASS_NAMES), in_channels=1 + 2 * args.context)
-        model.load_state_dict(torch.load(args.export_checkpoint))
+        model = from_weights(torch.load(args.export_checkpoint), f"{args.export_checkpoint}")
         export_onnx(model, args.out / "sagittal_spine.onnx")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -260,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     pools = [(vb, 0.55), (ivd, 0.15), (phantoms, 0.30)]
 
     in_channels = 1 + 2 * args.context
-    model = initial_model(args.init, in_channels)
+    model = initial_model(args.init, in_channels, tuple(args.channels) if args.channels else None)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.iterations, pct_start=0.05)
     curve = []
@@ -285,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     export_onnx(model, args.out / "sagittal_spine.onnx")
     record = {
         "seed": args.seed, "iterations": args.iterations, "init": str(args.init) if args.init else None, "slab_labels": args.slab_labels,
-        "context_slices_each_side": args.context, "thickness_mm": list(args.thickness_mm),
+        "context_slices_each_side": args.context, "channels": list(model.channels), "thickness_mm": list(args.thickness_mm),
         "end_plane_share": args.end_plane_share, "bf16_autocast": args.bf16, "batch": args.batch, "lr": args.lr,
         "patch_rows_cols": PATCH, "classes": CLASS_NAMES, "training_volumes": stems,
         "phantom_seeds": list(range(args.phantoms)), "split": SPLIT, "pool_weights": [w for _, w in pools],

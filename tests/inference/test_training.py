@@ -111,6 +111,31 @@ def test_widened_network_computes_the_narrower_function_until_trained():
             net.widen_input(narrower_or_even)
 
 
+def test_network_given_more_feature_maps_computes_the_same_function_until_trained():
+    import torch
+
+    from inference.network import ResidualUNet2D
+
+    torch.manual_seed(2)
+    net = ResidualUNet2D(4, channels=(4, 8, 12), in_channels=3, dropout=0.1).eval()
+    with torch.no_grad():  # norms off their identity start, so a misplaced map would show
+        for m in net.modules():
+            if isinstance(m, torch.nn.InstanceNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    x = torch.rand(2, 3, 32, 32)
+    wide = net.widen_channels((6, 8, 20))
+    assert wide.channels == (6, 8, 20) and not wide.training and net.channels == (4, 8, 12)
+    torch.testing.assert_close(wide(x), net(x))
+    # the new maps do learn: each has a gradient once trained a step
+    wide.train()
+    wide(x).square().mean().backward()
+    assert wide.head.weight.grad[:, 4:].abs().sum() > 0
+    for narrower in ((4, 8), (4, 6, 12)):
+        with pytest.raises(ValueError, match="no fewer maps each"):
+            net.widen_channels(narrower)
+
+
 def test_majority_slab_targets_follow_at_least_half_of_the_planes():
     from inference.train import slab_targets
 
@@ -212,6 +237,21 @@ def test_training_continues_from_a_state_dict_or_an_onnx_model_widened_to_the_co
     assert initial_model(tmp_path / "wide.pt", 5).in_channels == 5
     with pytest.raises(SystemExit, match="takes 3 input slices"):
         initial_model(tmp_path / "wide.pt", 1)
+    wider = initial_model(tmp_path / "net.pt", 1, (24, 48, 96, 192, 288)).eval()
+    assert wider.channels == (24, 48, 96, 192, 288)
+    torch.testing.assert_close(wider(x), net(x), rtol=1e-4, atol=1e-4)
+    torch.save(wider.state_dict(), tmp_path / "wider.pt")
+    assert initial_model(tmp_path / "wider.pt", 1).channels == (24, 48, 96, 192, 288)
+    with pytest.raises(SystemExit, match="no fewer maps each"):
+        initial_model(tmp_path / "wider.pt", 1, (16, 32, 64, 128, 192))
+    # a saved checkpoint of any width exports as it is
+    from inference.network import load_from_onnx
+    from inference.train import main
+
+    assert main(["--data", str(tmp_path), "--out", str(tmp_path), "--export-checkpoint", str(tmp_path / "wider.pt")]) == 0
+    exported = load_from_onnx(tmp_path / "sagittal_spine.onnx")
+    assert exported.channels == (24, 48, 96, 192, 288)
+    torch.testing.assert_close(exported(x), net(x), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("bf16", [False, True])
