@@ -10,6 +10,10 @@ fifth stage was tried and is recorded, not adopted, in the training record:
     python -m inference.train --data ../shared/data/lumbar_mri --out runs/stage5 --context 1 \
         --init inference/models/sagittal_spine.onnx --iterations 5000 --lr 3e-4 --seed 20261204 --bf16
 
+``--context`` and ``--channels`` above an ``--init`` network's own widen it
+(more neighbour slices, more feature maps per level) so that it computes the
+same function until trained; both were tried from stage 4 and are recorded.
+
 Reproducible: one seed drives numpy, torch and the batch sampler; torch runs
 deterministic algorithms on 2 CPU threads. The split is `training_data.SPLIT`.
 Outputs ``sagittal_spine.onnx`` and ``sagittal_spine.training.json`` (the
