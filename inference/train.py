@@ -160,6 +160,20 @@ def partial_label_loss(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Ten
     return ce + dice
 
 
+def pick_case(pool: list[TrainingCase], rng: np.random.Generator, by_dataset: bool = False) -> TrainingCase:
+    """A training volume drawn uniformly from ``pool``, or with
+    ``by_dataset`` a dataset (the name before the first ``_``: VB1, VB2,
+    VB3…) drawn uniformly first and then one of its volumes, so a small
+    dataset whose labels follow its own contour convention weighs as much
+    as a large one."""
+    if not by_dataset:
+        return pool[rng.integers(len(pool))]
+    datasets = sorted({c.name.split("_")[0] for c in pool})
+    chosen = datasets[rng.integers(len(datasets))]
+    members = [c for c in pool if c.name.split("_")[0] == chosen]
+    return members[rng.integers(len(members))]
+
+
 def optimisation_step(model: ResidualUNet2D, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
                       x: torch.Tensor, allowed: torch.Tensor, bf16: bool = False) -> float:
     """One step on a batch with partial-label targets; returns the loss.
@@ -244,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slab-labels", choices=("union", "centre", "majority"), default="union",
                     help="thick-slab targets: the centre plane's classes, the union where the slab's planes "
                          "disagree, or the class of at least half of the planes (see slab_targets)")
+    ap.add_argument("--balance-datasets", action="store_true",
+                    help="draw each dataset (VB1, VB2, VB3) equally often, not each volume")
     ap.add_argument("--bf16", action="store_true",
                     help="forward pass in bfloat16 autocast (fast on CPUs with AMX/AVX-512 BF16)")
     args = ap.parse_args(argv)
@@ -278,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         imgs, alws = [], []
         for _ in range(args.batch):
             pool = pools[rng.choice(len(pools), p=[w for _, w in pools])][0]
-            img, alw = _sample(pool[rng.integers(len(pool))], rng, augment=True, slab_labels=args.slab_labels,
+            img, alw = _sample(pick_case(pool, rng, args.balance_datasets), rng, augment=True, slab_labels=args.slab_labels,
                                context=args.context, thickness_mm_range=tuple(args.thickness_mm),
                                end_plane_share=args.end_plane_share)
             imgs.append(img)
@@ -295,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "seed": args.seed, "iterations": args.iterations, "init": str(args.init) if args.init else None, "slab_labels": args.slab_labels,
         "context_slices_each_side": args.context, "channels": list(model.channels), "thickness_mm": list(args.thickness_mm),
-        "end_plane_share": args.end_plane_share, "bf16_autocast": args.bf16, "batch": args.batch, "lr": args.lr,
+        "end_plane_share": args.end_plane_share, "bf16_autocast": args.bf16, "balance_datasets": args.balance_datasets, "batch": args.batch, "lr": args.lr,
         "patch_rows_cols": PATCH, "classes": CLASS_NAMES, "training_volumes": stems,
         "phantom_seeds": list(range(args.phantoms)), "split": SPLIT, "pool_weights": [w for _, w in pools],
         "loss_every_50": [float(np.mean(curve[i : i + 50])) for i in range(0, len(curve), 50)],

@@ -136,6 +136,21 @@ def test_network_given_more_feature_maps_computes_the_same_function_until_traine
             net.widen_channels(narrower)
 
 
+def test_balanced_draws_weigh_each_dataset_equally_not_each_volume():
+    from inference.train import pick_case
+    from inference.training_data import TrainingCase
+
+    def case(name):
+        return TrainingCase(name, np.zeros((1, 2, 2), np.float32), np.zeros((1, 2, 2), np.uint8), 1.0, np.zeros(1, int))
+
+    pool = [case(f"VB3_{i:02d}") for i in range(9)] + [case("VB1_01")]
+    rng = np.random.default_rng(0)
+    plain = [pick_case(pool, rng).name.startswith("VB1") for _ in range(4000)]
+    balanced = [pick_case(pool, rng, by_dataset=True).name.startswith("VB1") for _ in range(4000)]
+    assert abs(np.mean(plain) - 0.1) < 0.02
+    assert abs(np.mean(balanced) - 0.5) < 0.03
+
+
 def test_majority_slab_targets_follow_at_least_half_of_the_planes():
     from inference.train import slab_targets
 
