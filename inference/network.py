@@ -12,7 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ResidualUNet2D", "from_weights", "load_from_onnx"]
+__all__ = ["DEFAULT_CHANNELS", "ResidualUNet2D", "from_weights", "load_from_onnx"]
+
+# Feature maps per level of the committed sagittal model.
+DEFAULT_CHANNELS = (16, 32, 64, 128, 192)
 
 
 class _ResidualUnit(nn.Module):
@@ -55,7 +58,7 @@ class ResidualUNet2D(nn.Module):
         Channel dropout inside residual units (0.05-0.2 reported to work).
     """
 
-    def __init__(self, n_classes: int, channels: tuple[int, ...] = (16, 32, 64, 128, 192), dropout: float = 0.1,
+    def __init__(self, n_classes: int, channels: tuple[int, ...] = DEFAULT_CHANNELS, dropout: float = 0.1,
                  in_channels: int = 1) -> None:
         super().__init__()
         if n_classes < 2:
@@ -128,9 +131,8 @@ class ResidualUNet2D(nn.Module):
         pairs = [(self.stem, wide.stem, torch.arange(self.in_channels), level[0])]
         pairs += [(a, b, level[i], level[i + 1]) for i, (a, b) in enumerate(zip(self.down, wide.down))]
         ups = list(reversed(range(len(old) - 1)))
+        pairs += [(a, b, merged[i], level[i]) for (a, b), i in zip(zip(self.merge, wide.merge), ups)]
         with torch.no_grad():
-            for (a, b), i in zip(zip(self.merge, wide.merge), ups):
-                pairs.append((a, b, merged[i], level[i]))
             for a, b, ins, outs in pairs:
                 _copy_conv(a.body[0], b.body[0], ins, outs)
                 _copy_conv(a.body[4], b.body[4], outs, outs)
@@ -191,7 +193,7 @@ def from_weights(weights: dict[str, np.ndarray | torch.Tensor], source: str = "t
     missing = [k for k in state if k not in weights]
     if missing:
         raise ValueError(f"{source} lacks the weights {missing[:3]}…: not a spinegate residual U-Net")
-    model.load_state_dict({k: torch.as_tensor(np.array(weights[k])) for k in state})
+    model.load_state_dict({k: torch.as_tensor(weights[k]) for k in state})
     return model
 
 
@@ -207,5 +209,6 @@ def load_from_onnx(path: Path) -> ResidualUNet2D:
     import onnx
     from onnx import numpy_helper
 
-    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    # writable copies: torch will not wrap the read-only arrays onnx returns
+    weights = {i.name: np.array(numpy_helper.to_array(i)) for i in onnx.load(str(path)).graph.initializer}
     return from_weights(weights, f"{path}").eval()

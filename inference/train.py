@@ -32,7 +32,7 @@ import torch
 from scipy import ndimage
 
 from dicom_io.phantom import Weighting
-from inference.network import ResidualUNet2D, from_weights, load_from_onnx
+from inference.network import DEFAULT_CHANNELS, ResidualUNet2D, from_weights, load_from_onnx
 from inference.training_data import (
     CLASS_NAMES,
     SPLIT,
@@ -206,7 +206,7 @@ def initial_model(init: Path | None, in_channels: int, channels: tuple[int, ...]
         widened to ``channels``.
     """
     if init is None:
-        return ResidualUNet2D(len(CLASS_NAMES), in_channels=in_channels, **({"channels": channels} if channels else {}))
+        return ResidualUNet2D(len(CLASS_NAMES), channels=channels or DEFAULT_CHANNELS, in_channels=in_channels)
     model = load_from_onnx(init) if init.suffix == ".onnx" else from_weights(torch.load(init), f"{init}")
     if model.in_channels < in_channels:
         model.widen_input(in_channels)
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="neighbouring slices on each side given as extra input channels (0: plain 2D); "
                          "an --init network taking fewer is widened, its new neighbours at zero weight")
     ap.add_argument("--channels", type=int, nargs="+", metavar="MAPS",
-                    help="feature maps per level (default 16 32 64 128 192); an --init network with fewer is "
+                    help=f"feature maps per level (default {' '.join(map(str, DEFAULT_CHANNELS))}); an --init network with fewer is "
                          "widened, its new maps feeding nothing until trained")
     ap.add_argument("--thickness-mm", type=float, nargs=2, default=(1.0, 5.0), metavar=("MIN", "MAX"),
                     help="range of the simulated slice thickness")
