@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_CHANNELS", "ResidualUNet2D", "from_weights", "load_from_onnx"]
+__all__ = ["DEFAULT_CHANNELS", "GlobalContextBias", "ResidualUNet2D", "from_weights", "load_from_onnx"]
 
 # Feature maps per level of the committed sagittal model.
 DEFAULT_CHANNELS = (16, 32, 64, 128, 192)
@@ -40,6 +40,42 @@ class _ResidualUnit(nn.Module):
         return self.act(self.body(x) + self.skip(x))
 
 
+class GlobalContextBias(nn.Module):
+    """Per-class logit offsets computed from the whole slice: the bottleneck
+    features averaged over the image, through a small MLP, added to every
+    pixel's logits.
+
+    Why: the training sources trace vertebral-body contours at different
+    distances from the bone edge, and which one an image follows shows in
+    the image as a whole (sequence, field strength, resolution), not in a
+    local patch. A pixel-local network can only settle between them; this
+    offset moves the whole slice's class boundaries together. The output
+    layer starts at zero, so adding the module leaves a trained network's
+    function unchanged until it is trained.
+
+    Parameters
+    ----------
+    features : int
+        Channels of the bottleneck feature map.
+    n_classes : int
+        Output classes (logits).
+    hidden : int
+        Width of the hidden layer.
+    """
+
+    def __init__(self, features: int, n_classes: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(features, hidden)
+        self.act = nn.LeakyReLU(0.1)
+        self.out = nn.Linear(hidden, n_classes)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, bottleneck: torch.Tensor) -> torch.Tensor:
+        """(batch, classes, 1, 1) offsets from (batch, features, rows, cols)."""
+        return self.out(self.act(self.hidden(bottleneck.mean(dim=(2, 3)))))[:, :, None, None]
+
+
 class ResidualUNet2D(nn.Module):
     """Residual U-Net for 2D slices (optionally with neighbouring slices as
     extra input channels, "2.5D").
@@ -56,10 +92,12 @@ class ResidualUNet2D(nn.Module):
         so inputs must be divisible by ``2 ** (len(channels) - 1)``.
     dropout : float
         Channel dropout inside residual units (0.05-0.2 reported to work).
+    global_context : bool
+        Add a `GlobalContextBias` (whole-slice logit offsets).
     """
 
     def __init__(self, n_classes: int, channels: tuple[int, ...] = DEFAULT_CHANNELS, dropout: float = 0.1,
-                 in_channels: int = 1) -> None:
+                 in_channels: int = 1, global_context: bool = False) -> None:
         super().__init__()
         if n_classes < 2:
             raise ValueError(f"'n_classes' must be >= 2, got {n_classes}")
@@ -77,6 +115,20 @@ class ResidualUNet2D(nn.Module):
             _ResidualUnit(2 * channels[i], channels[i], 1, dropout) for i in reversed(range(len(channels) - 1))
         )
         self.head = nn.Conv2d(channels[0], n_classes, 1)
+        self.context: GlobalContextBias | None = GlobalContextBias(channels[-1], n_classes) if global_context else None
+
+    def add_global_context(self) -> None:
+        """Give the network a `GlobalContextBias` that starts at zero (same
+        function until trained).
+
+        Raises
+        ------
+        ValueError
+            If the network has one already.
+        """
+        if self.context is not None:
+            raise ValueError("the network has a global context bias already")
+        self.context = GlobalContextBias(self.channels[-1], self.head.out_channels)
 
     def widen_input(self, in_channels: int) -> None:
         """Give the network more neighbour slices, the new outer ones starting
@@ -124,6 +176,8 @@ class ResidualUNet2D(nn.Module):
         old = self.channels
         if len(channels) != len(old) or any(c < o for c, o in zip(channels, old)):
             raise ValueError(f"can only widen {old} to as many levels with no fewer maps each, not {tuple(channels)}")
+        if self.context is not None:
+            raise ValueError("widen the feature maps before adding the global context bias")
         wide = ResidualUNet2D(self.head.out_channels, channels=tuple(channels), in_channels=self.in_channels,
                               dropout=_dropout_of(self))
         level = [torch.arange(o) for o in old]
@@ -154,9 +208,11 @@ class ResidualUNet2D(nn.Module):
         for d in self.down:
             skips.append(d(skips[-1]))
         y = skips.pop()
+        offsets = self.context(y) if self.context is not None else None
         for up, merge in zip(self.up, self.merge):
             y = merge(torch.cat([up(y), skips.pop()], dim=1))
-        return self.head(y)
+        logits = self.head(y)
+        return logits if offsets is None else logits + offsets
 
 
 def _dropout_of(model: nn.Module) -> float:
@@ -173,8 +229,8 @@ def _copy_conv(small: nn.Conv2d, large: nn.Conv2d, ins: torch.Tensor, outs: torc
 
 
 def from_weights(weights: dict[str, np.ndarray | torch.Tensor], source: str = "the weights") -> ResidualUNet2D:
-    """Rebuild a network of whatever width, depth and input slices the
-    named weights (a state dict, or an export's initializers) describe.
+    """Rebuild a network of whatever width, depth, input slices and global
+    context the named weights (a state dict, or an export's initializers) describe.
 
     Raises
     ------
@@ -188,7 +244,7 @@ def from_weights(weights: dict[str, np.ndarray | torch.Tensor], source: str = "t
     while f"down.{len(channels) - 1}.body.0.weight" in weights:
         channels.append(weights[f"down.{len(channels) - 1}.body.0.weight"].shape[0])
     model = ResidualUNet2D(int(weights["head.weight"].shape[0]), channels=tuple(int(c) for c in channels),
-                           in_channels=int(stem.shape[1]))
+                           in_channels=int(stem.shape[1]), global_context="context.out.weight" in weights)
     state = model.state_dict()
     missing = [k for k in state if k not in weights]
     if missing:

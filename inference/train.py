@@ -192,12 +192,15 @@ def optimisation_step(model: ResidualUNet2D, opt: torch.optim.Optimizer, sched: 
     return float(loss.detach())
 
 
-def initial_model(init: Path | None, in_channels: int, channels: tuple[int, ...] | None = None) -> ResidualUNet2D:
+def initial_model(init: Path | None, in_channels: int, channels: tuple[int, ...] | None = None,
+                  global_context: bool = False) -> ResidualUNet2D:
     """A fresh network, or one continued from ``init`` (a saved state dict or
     an exported ``.onnx`` model); a network taking fewer slices is widened
     to ``in_channels`` (the new neighbours' weights start at zero), and one
     with fewer feature maps than ``channels`` is given them
-    (`ResidualUNet2D.widen_channels`: same function until trained).
+    (`ResidualUNet2D.widen_channels`: same function until trained); with
+    ``global_context`` one without a `GlobalContextBias` is given one
+    (zero offsets until trained).
 
     Raises
     ------
@@ -206,7 +209,8 @@ def initial_model(init: Path | None, in_channels: int, channels: tuple[int, ...]
         widened to ``channels``.
     """
     if init is None:
-        return ResidualUNet2D(len(CLASS_NAMES), channels=channels or DEFAULT_CHANNELS, in_channels=in_channels)
+        return ResidualUNet2D(len(CLASS_NAMES), channels=channels or DEFAULT_CHANNELS, in_channels=in_channels,
+                              global_context=global_context)
     model = load_from_onnx(init) if init.suffix == ".onnx" else from_weights(torch.load(init), f"{init}")
     if model.in_channels < in_channels:
         model.widen_input(in_channels)
@@ -217,7 +221,29 @@ def initial_model(init: Path | None, in_channels: int, channels: tuple[int, ...]
             model = model.widen_channels(tuple(channels))
         except ValueError as e:
             raise SystemExit(f"{init}: {e} (--channels)") from e
+    if global_context and model.context is None:
+        model.add_global_context()
     return model
+
+
+def trainable_parameters(model: ResidualUNet2D, context_only: bool) -> list[torch.nn.Parameter]:
+    """All parameters, or with ``context_only`` those of the global context
+    bias alone (the rest frozen: no gradients are computed for it).
+
+    Raises
+    ------
+    SystemExit
+        If ``context_only`` and the network has no global context bias.
+    """
+    if not context_only:
+        return list(model.parameters())
+    if model.context is None:
+        raise SystemExit("--train-only-context needs a network with a global context bias (--global-context)")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.context.parameters():
+        p.requires_grad_(True)
+    return list(model.context.parameters())
 
 
 def export_onnx(model: ResidualUNet2D, path: Path) -> None:
@@ -260,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
                          "disagree, or the class of at least half of the planes (see slab_targets)")
     ap.add_argument("--balance-datasets", action="store_true",
                     help="draw each dataset (VB1, VB2, VB3) equally often, not each volume")
+    ap.add_argument("--global-context", action="store_true",
+                    help="give the network whole-slice class offsets (GlobalContextBias; zero until trained)")
+    ap.add_argument("--train-only-context", action="store_true",
+                    help="train the global context bias alone, the rest of the network frozen (in eval mode)")
     ap.add_argument("--bf16", action="store_true",
                     help="forward pass in bfloat16 autocast (fast on CPUs with AMX/AVX-512 BF16)")
     args = ap.parse_args(argv)
@@ -285,11 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     pools = [(vb, 0.55), (ivd, 0.15), (phantoms, 0.30)]
 
     in_channels = 1 + 2 * args.context
-    model = initial_model(args.init, in_channels, tuple(args.channels) if args.channels else None)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    model = initial_model(args.init, in_channels, tuple(args.channels) if args.channels else None,
+                          args.global_context)
+    opt = torch.optim.AdamW(trainable_parameters(model, args.train_only_context), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.iterations, pct_start=0.05)
     curve = []
-    model.train()
+    # A frozen network runs as at inference (no dropout); the context bias
+    # has no dropout or normalisation, so its mode does not matter.
+    model.train(not args.train_only_context)
     for it in range(1, args.iterations + 1):
         imgs, alws = [], []
         for _ in range(args.batch):
@@ -311,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "seed": args.seed, "iterations": args.iterations, "init": str(args.init) if args.init else None, "slab_labels": args.slab_labels,
         "context_slices_each_side": args.context, "channels": list(model.channels), "thickness_mm": list(args.thickness_mm),
-        "end_plane_share": args.end_plane_share, "bf16_autocast": args.bf16, "balance_datasets": args.balance_datasets, "batch": args.batch, "lr": args.lr,
+        "end_plane_share": args.end_plane_share, "bf16_autocast": args.bf16, "balance_datasets": args.balance_datasets,
+        "global_context": model.context is not None, "trained": "global context bias only" if args.train_only_context else "all weights",
+        "batch": args.batch, "lr": args.lr,
         "patch_rows_cols": PATCH, "classes": CLASS_NAMES, "training_volumes": stems,
         "phantom_seeds": list(range(args.phantoms)), "split": SPLIT, "pool_weights": [w for _, w in pools],
         "loss_every_50": [float(np.mean(curve[i : i + 50])) for i in range(0, len(curve), 50)],

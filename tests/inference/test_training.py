@@ -287,3 +287,64 @@ def test_an_optimisation_step_fits_a_batch_and_keeps_float32_weights(bf16):
     losses = [optimisation_step(model, opt, sched, x, allowed, bf16=bf16) for _ in range(25)]
     assert losses[-1] < 0.5 * losses[0]
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_a_global_context_bias_starts_at_zero_shifts_whole_slices_and_survives_export(tmp_path):
+    pytest.importorskip("onnx")
+    from inference.network import ResidualUNet2D, from_weights, load_from_onnx
+    from inference.train import export_onnx
+
+    torch.manual_seed(4)
+    net = ResidualUNet2D(4, channels=(4, 8, 12), in_channels=3).eval()
+    with torch.no_grad():  # distinct values (the exporter merges identical initializers)
+        for param in net.parameters():
+            param.uniform_(0.5, 1.5)
+    x = torch.rand(2, 3, 32, 48)
+    before = net(x)
+    net.add_global_context()
+    torch.testing.assert_close(net(x), before)  # zero offsets until trained
+    with pytest.raises(ValueError, match="already"):
+        net.add_global_context()
+    with pytest.raises(ValueError, match="before adding the global context"):
+        net.widen_channels((8, 16, 24))
+    with torch.no_grad():
+        for param in net.context.parameters():
+            param.uniform_(0.5, 1.5)
+    shift = net(x) - before
+    # one offset per class and slice, the same at every pixel, different between slices
+    torch.testing.assert_close(shift, shift[:, :, :1, :1].expand_as(shift), rtol=1e-4, atol=1e-4)
+    assert float((shift[0, :, 0, 0] - shift[1, :, 0, 0]).abs().max()) > 1e-4
+    export_onnx(net, tmp_path / "net.onnx")
+    rebuilt = load_from_onnx(tmp_path / "net.onnx")
+    assert rebuilt.context is not None
+    torch.testing.assert_close(rebuilt(x), net(x), rtol=1e-4, atol=1e-4)
+    assert from_weights(net.state_dict()).context is not None
+    assert ResidualUNet2D(4, channels=(4, 8)).context is None
+
+
+def test_training_only_the_context_bias_leaves_the_rest_of_the_network_unchanged(tmp_path):
+    from inference.network import ResidualUNet2D
+    from inference.train import initial_model, optimisation_step, trainable_parameters
+    from inference.training_data import CLASS_NAMES
+
+    torch.manual_seed(5)
+    net = ResidualUNet2D(len(CLASS_NAMES), in_channels=3).eval()
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    with pytest.raises(SystemExit, match="--global-context"):
+        trainable_parameters(initial_model(tmp_path / "net.pt", 3), context_only=True)
+    model = initial_model(tmp_path / "net.pt", 3, global_context=True).eval()
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(model(x), net(x))
+    params = trainable_parameters(model, context_only=True)
+    assert {id(p) for p in params} == {id(p) for p in model.context.parameters()}
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("context.")}
+    # every pixel is a vertebral body: only a whole-slice offset is needed
+    allowed = torch.full((2, 32, 32), VB, dtype=torch.int64)
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    losses = [optimisation_step(model, opt, sched, x, allowed) for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0]
+    for k, v in model.state_dict().items():
+        if not k.startswith("context."):
+            torch.testing.assert_close(v, frozen[k])
+    assert len(trainable_parameters(model, context_only=False)) == len(list(model.parameters()))
