@@ -1,9 +1,11 @@
 """Post-processing of network classes into named structures.
 
 Per class: fill holes, smooth (binary opening/closing in-plane), split into
-3D connected components and drop those under a minimum volume. Then name
-levels: S1 is the largest S1-class component; bodies above it are counted
-upward L5, L4, … (DOMAIN.md §3: count from S1 when S1 is visible). Without
+3D connected components and drop those under a minimum volume; bodies
+holding two, or broken in two, are split or joined by their height against
+the median body (`regularise_body_heights`). Then name levels: S1 is
+the largest S1-class component; bodies above it are counted upward L5, L4,
+… (DOMAIN.md §3: count from S1 when S1 is visible). Without
 S1 the lowest body is taken as L5 and the result is flagged for review.
 Each disc is named by the two bodies it lies between.
 """
@@ -17,7 +19,8 @@ from scipy import ndimage
 from dicom_io.levels import VERTEBRAL_BODY_LEVELS, disc_between, structure_by_name
 from dicom_io.volume import index_to_lps
 
-__all__ = ["NamedLabels", "clean_class_mask", "fill_holes_2d", "merge_fragments", "name_levels", "CLASS_VB", "CLASS_S1",
+__all__ = ["NamedLabels", "body_height_mm", "clean_class_mask", "fill_holes_2d", "merge_fragments", "name_levels",
+           "regularise_body_heights", "CLASS_VB", "CLASS_S1",
            "CLASS_DISC"]
 
 CLASS_VB, CLASS_S1, CLASS_DISC = 1, 2, 3
@@ -165,6 +168,94 @@ def merge_fragments(parts: list[np.ndarray], fraction: float = _FRAGMENT_FRACTIO
     return sorted((p for p in kept if p.any()), key=lambda p: -int(p.sum()))
 
 
+# A body this many times the median body height holds two bodies whose disc
+# the network missed; two neighbours no taller together than this many
+# median heights are one body the network broke in two (two real bodies and
+# their disc measure about twice the median or more).
+_MERGED_HEIGHT_FACTOR = 1.6
+_BROKEN_PAIR_HEIGHT_FACTOR = 1.35
+_BROKEN_PART_HEIGHT_FACTOR = 0.8
+# A waist is a level at most this share of the body's median cross-section.
+_WAIST_FRACTION = 0.7
+
+
+def body_height_mm(mask: np.ndarray, affine: np.ndarray) -> float:
+    """Superior-inferior extent (mm, patient z) of a body on its largest slice."""
+    k = int(np.argmax(mask.sum(axis=(1, 2))))
+    rc = np.argwhere(mask[k])
+    z = rc @ affine[2, 1:3]
+    pixel_z = float(np.abs(affine[2, 1:3]).max())
+    return float(z.max() - z.min()) + pixel_z
+
+
+def _split_at_waist(mask: np.ndarray, affine: np.ndarray) -> list[np.ndarray]:
+    """Cut a body holding two bodies at the patient-z level where it is
+    thinnest (the missed disc), searched in the middle 30-70 % of its
+    height; a body without a waist there (no level under 0.7 × its median
+    cross-section) is returned whole."""
+    ijk = np.argwhere(mask)
+    z = ijk @ affine[2, :3]
+    lo, hi = float(z.min()), float(z.max())
+    # bins no finer than the in-plane z step, or every other bin is empty
+    step = max(1.0, float(np.abs(affine[2, 1:3]).max()))
+    edges = np.arange(lo - step / 2, hi + step, step)
+    profile, _ = np.histogram(z, bins=edges)
+    centres = (edges[:-1] + edges[1:]) / 2
+    middle = (centres > lo + 0.3 * (hi - lo)) & (centres < lo + 0.7 * (hi - lo))
+    # no waist (a tall, tilted L5): one body
+    if not middle.any() or profile[middle].min() > _WAIST_FRACTION * float(np.median(profile[profile > 0])):
+        return [mask]
+    thinnest = np.flatnonzero(profile[middle] == profile[middle].min())
+    # the middle of the thinnest stretch (a missed disc is a few rows high)
+    cut = centres[middle][thinnest[len(thinnest) // 2]]
+    upper, lower = np.zeros_like(mask), np.zeros_like(mask)
+    above = z >= cut
+    upper[tuple(ijk[above].T)] = True
+    lower[tuple(ijk[~above].T)] = True
+    return [upper, lower]
+
+
+def regularise_body_heights(bodies: list[np.ndarray], affine: np.ndarray) -> list[np.ndarray]:
+    """Split bodies that hold two and join bodies broken in two, judged by
+    height against the median body (naming counts bodies, so one merged
+    or broken body renames every level above it).
+
+    A body at least 1.6 × the median height is cut at its waist when both
+    parts are body-sized (each at least 0.35 × the median volume). Two
+    touching neighbours, each under 0.8 × the median and together at most
+    1.35 × it, become one. Bodies cut by the field of view are left alone;
+    with fewer than three whole bodies nothing is changed.
+    """
+    whole = [b for b in bodies if not _touches_edge(b)]
+    if len(whole) < 3:
+        return bodies
+    median = float(np.median([body_height_mm(b, affine) for b in whole]))
+    median_voxels = float(np.median([b.sum() for b in whole]))
+    out: list[np.ndarray] = []
+    for b in bodies:
+        parts = [b]
+        if not _touches_edge(b) and body_height_mm(b, affine) >= _MERGED_HEIGHT_FACTOR * median:
+            parts = _split_at_waist(b, affine)
+            # A tall body that is one (a tilted L5) has no waist leaving two
+            # body-sized parts.
+            if len(parts) != 2 or min(int(p.sum()) for p in parts) < _FRAGMENT_FRACTION * median_voxels:
+                parts = [b]
+        out.extend(parts)
+    out.sort(key=lambda b: _superior_mm(b, affine))
+    conn = ndimage.generate_binary_structure(3, 1)
+    i = 0
+    while i < len(out) - 1:
+        a, b = out[i], out[i + 1]
+        short = all(not _touches_edge(m) and body_height_mm(m, affine) < _BROKEN_PART_HEIGHT_FACTOR * median
+                    for m in (a, b))
+        if short and (ndimage.binary_dilation(a, structure=conn) & b).any() \
+                and body_height_mm(a | b, affine) <= _BROKEN_PAIR_HEIGHT_FACTOR * median:
+            out[i : i + 2] = [a | b]
+        else:
+            i += 1
+    return sorted(out, key=lambda p: -int(p.sum()))
+
+
 _OFF_CHAIN_MM = 20.0
 
 
@@ -228,6 +319,7 @@ def name_levels(classes: np.ndarray, affine: np.ndarray, voxel_volume_mm3: float
     # Bodies are ~25 mm high and discs 5-12 mm: eroding 3 mm (bodies) and
     # 1.5 mm (discs) in-plane breaks bridges without losing a structure.
     bodies = merge_fragments(clean_class_mask(classes == CLASS_VB, min_body, spacing, split_radius_mm=3.0))
+    bodies = regularise_body_heights(bodies, affine)
     if bodies:
         inliers = on_spinal_column(np.array([_centroid_lps(b, affine) for b in bodies]),
                                    np.array([b.sum() for b in bodies]))

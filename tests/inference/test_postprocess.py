@@ -146,3 +146,66 @@ def test_fill_holes_2d_is_scipys_fill_holes():
     ring[0:3, 0:3] = True  # a ring on the corner: its one-pixel hole is filled
     ring[1, 1] = False
     assert fill_holes_2d(ring)[1, 1]
+
+
+def _body_rows(classes: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) row of each body of a `_spine` map, from the top."""
+    rows = np.where((classes[2] == CLASS_VB).any(axis=1))[0]
+    runs = np.split(rows, np.where(np.diff(rows) > 1)[0] + 1)
+    return [(int(r[0]), int(r[-1])) for r in runs]
+
+
+def test_two_bodies_joined_where_the_disc_was_missed_are_split_and_named():
+    classes = _spine(6, with_s1=True)
+    upper_l5, lower_l4 = _body_rows(classes)[-1][0], _body_rows(classes)[-2][1]
+    # the L4L5 disc called body, narrowed to a waist
+    classes[1:4, lower_l4 + 1 : upper_l5, 15:45] = 0
+    classes[1:4, lower_l4 + 1 : upper_l5, 25:35] = CLASS_VB
+    named = name_levels(classes, AFFINE, 16)
+    assert named.series_flags == ()
+    assert _rows(named.label_map, "L5")[0] >= lower_l4 + 1
+    assert _rows(named.label_map, "L4")[1] <= upper_l5 - 1
+    assert _rows(named.label_map, "L1") == _body_rows(classes)[1]
+
+
+def test_a_body_broken_in_two_is_one_body_and_neighbours_stay_apart():
+    from inference.postprocess import regularise_body_heights
+
+    bodies = []
+    for top in (10, 40, 70, 100):
+        b = np.zeros((3, 220, 60), bool)
+        b[:, top : top + 12, 15:45] = True
+        bodies.append(b)
+    # a fractured body cut into two touching halves (as the core split
+    # between bodies leaves it), each too big to be a fragment
+    upper, lower = np.zeros((3, 220, 60), bool), np.zeros((3, 220, 60), bool)
+    upper[:, 130:136, 15:45] = True
+    lower[:, 136:142, 15:45] = True
+    out = regularise_body_heights(bodies + [upper, lower], AFFINE)
+    assert len(out) == 5 and any((o == (upper | lower)).all() for o in out)
+    # two small bodies touching through a bridge across their disc are two
+    small_a, small_b = np.zeros((3, 220, 60), bool), np.zeros((3, 220, 60), bool)
+    small_a[:, 150:158, 15:45] = True
+    small_a[1, 158:163, 29:31] = True
+    small_b[:, 163:171, 15:45] = True
+    assert len(regularise_body_heights(bodies + [small_a, small_b], AFFINE)) == 6
+
+
+def test_a_tall_body_without_a_waist_is_not_split():
+    from inference.postprocess import regularise_body_heights
+
+    bodies = []
+    for top in (10, 40, 70, 100):
+        b = np.zeros((3, 220, 60), bool)
+        b[:, top : top + 12, 15:45] = True
+        bodies.append(b)
+    tilted = np.zeros((3, 220, 60), bool)
+    for r in range(130, 152):  # a 22-row parallelogram (tilted L5): no waist
+        tilted[:, r, 15 + (r - 130) // 2 : 45 + (r - 130) // 2] = True
+    out = regularise_body_heights(bodies + [tilted], AFFINE)
+    assert len(out) == 5 and any((o == tilted).all() for o in out)
+    # the same height with a waist in the middle is two bodies
+    waisted = tilted.copy()
+    waisted[:, 140:142, :] = False
+    waisted[:, 140:142, 28:32] = True
+    assert len(regularise_body_heights(bodies + [waisted], AFFINE)) == 6
