@@ -12,7 +12,9 @@ fifth stage was tried and is recorded, not adopted, in the training record:
 
 ``--context`` and ``--channels`` above an ``--init`` network's own widen it
 (more neighbour slices, more feature maps per level) so that it computes the
-same function until trained; both were tried from stage 4 and are recorded.
+same function until trained; both were tried from stage 4 and are recorded,
+as was ``--global-context --train-only-context`` (whole-slice class offsets,
+`network.GlobalContextBias`, trained alone with the rest frozen).
 
 Reproducible: one seed drives numpy, torch and the batch sampler; torch runs
 deterministic algorithms on 2 CPU threads. The split is `training_data.SPLIT`.

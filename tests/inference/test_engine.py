@@ -103,6 +103,21 @@ def test_model_card_validation_numbers_are_reproduced():
         assert again["dice_per_level"] == pytest.approx(reported["dice_per_level"], abs=0.002)
 
 
+@pytest.mark.shared_data
+def test_a_merged_and_a_broken_body_do_not_rename_the_levels_above():
+    """Two training volumes whose bodies the network merges (VB3_35: L4
+    with L5, the disc missed) or breaks in two (VB1_12: L3); counting
+    them as they came renamed every level above (Dice 0.10 and 0.35)."""
+    data = require_shared_data()
+    from inference.engine import SagittalSpineEngine
+
+    engine = SagittalSpineEngine(MODEL_DIR)
+    for stem in ("VB3_35", "VB1_12"):
+        result = validate_volume(engine, data, stem)
+        assert result["levels_named_correctly"], result
+        assert result["mean_dice"] >= 0.85, result
+
+
 def test_each_slice_is_fed_with_its_neighbours_and_edges_repeat():
     from inference.engine import EngineError, with_neighbours
 
