@@ -168,15 +168,21 @@ def test_two_bodies_joined_where_the_disc_was_missed_are_split_and_named():
     assert _rows(named.label_map, "L1") == _body_rows(classes)[1]
 
 
-def test_a_body_broken_in_two_is_one_body_and_neighbours_stay_apart():
-    from inference.postprocess import regularise_body_heights
-
+def _four_bodies() -> list[np.ndarray]:
+    """Four separate 12-row body masks on a (3, 220, 60) grid."""
     bodies = []
     for top in (10, 40, 70, 100):
         b = np.zeros((3, 220, 60), bool)
         b[:, top : top + 12, 15:45] = True
         bodies.append(b)
-    # a fractured body cut into two touching halves (as the core split
+    return bodies
+
+
+def test_a_body_broken_in_two_is_one_body_and_neighbours_stay_apart():
+    from inference.postprocess import regularise_body_heights
+
+    bodies = _four_bodies()
+    # a body cut into two touching halves (as the core split
     # between bodies leaves it), each too big to be a fragment
     upper, lower = np.zeros((3, 220, 60), bool), np.zeros((3, 220, 60), bool)
     upper[:, 130:136, 15:45] = True
@@ -194,11 +200,7 @@ def test_a_body_broken_in_two_is_one_body_and_neighbours_stay_apart():
 def test_a_tall_body_without_a_waist_is_not_split():
     from inference.postprocess import regularise_body_heights
 
-    bodies = []
-    for top in (10, 40, 70, 100):
-        b = np.zeros((3, 220, 60), bool)
-        b[:, top : top + 12, 15:45] = True
-        bodies.append(b)
+    bodies = _four_bodies()
     tilted = np.zeros((3, 220, 60), bool)
     for r in range(130, 152):  # a 22-row parallelogram (tilted L5): no waist
         tilted[:, r, 15 + (r - 130) // 2 : 45 + (r - 130) // 2] = True
