@@ -226,34 +226,37 @@ def regularise_body_heights(bodies: list[np.ndarray], affine: np.ndarray) -> lis
     1.35 × it, become one. Bodies cut by the field of view are left alone;
     with fewer than three whole bodies nothing is changed.
     """
-    whole = [b for b in bodies if not _touches_edge(b)]
+    # each body's height once; a body cut by the field of view has none that
+    # counts (inf: never tall, never short)
+    heights = [np.inf if _touches_edge(b) else body_height_mm(b, affine) for b in bodies]
+    whole = [(b, h) for b, h in zip(bodies, heights) if np.isfinite(h)]
     if len(whole) < 3:
         return bodies
-    median = float(np.median([body_height_mm(b, affine) for b in whole]))
-    median_voxels = float(np.median([b.sum() for b in whole]))
-    out: list[np.ndarray] = []
-    for b in bodies:
-        parts = [b]
-        if not _touches_edge(b) and body_height_mm(b, affine) >= _MERGED_HEIGHT_FACTOR * median:
+    median = float(np.median([h for _, h in whole]))
+    median_voxels = float(np.median([b.sum() for b, _ in whole]))
+    out: list[tuple[np.ndarray, float]] = []
+    for b, h in zip(bodies, heights):
+        if np.isfinite(h) and h >= _MERGED_HEIGHT_FACTOR * median:
             parts = _split_at_waist(b, affine)
             # A tall body that is one (a tilted L5) has no waist leaving two
             # body-sized parts.
-            if len(parts) != 2 or min(int(p.sum()) for p in parts) < _FRAGMENT_FRACTION * median_voxels:
-                parts = [b]
-        out.extend(parts)
-    out.sort(key=lambda b: _superior_mm(b, affine))
+            if len(parts) == 2 and min(int(p.sum()) for p in parts) >= _FRAGMENT_FRACTION * median_voxels:
+                out.extend((p, body_height_mm(p, affine)) for p in parts)
+                continue
+        out.append((b, h))
+    out.sort(key=lambda item: _superior_mm(item[0], affine))
     conn = ndimage.generate_binary_structure(3, 1)
     i = 0
     while i < len(out) - 1:
-        a, b = out[i], out[i + 1]
-        short = all(not _touches_edge(m) and body_height_mm(m, affine) < _BROKEN_PART_HEIGHT_FACTOR * median
-                    for m in (a, b))
-        if short and (ndimage.binary_dilation(a, structure=conn) & b).any() \
-                and body_height_mm(a | b, affine) <= _BROKEN_PAIR_HEIGHT_FACTOR * median:
-            out[i : i + 2] = [a | b]
-        else:
-            i += 1
-    return sorted(out, key=lambda p: -int(p.sum()))
+        (a, ha), (b, hb) = out[i], out[i + 1]
+        if max(ha, hb) < _BROKEN_PART_HEIGHT_FACTOR * median and (ndimage.binary_dilation(a, structure=conn) & b).any():
+            joined = a | b
+            hj = body_height_mm(joined, affine)
+            if hj <= _BROKEN_PAIR_HEIGHT_FACTOR * median:
+                out[i : i + 2] = [(joined, hj)]
+                continue
+        i += 1
+    return sorted((b for b, _ in out), key=lambda p: -int(p.sum()))
 
 
 _OFF_CHAIN_MM = 20.0

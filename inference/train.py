@@ -39,9 +39,9 @@ from inference.training_data import (
     CLASS_NAMES,
     SPLIT,
     TrainingCase,
-    list_real_stems,
     load_real_case,
     make_phantom_case,
+    training_stems,
 )
 
 log = logging.getLogger("inference.train")
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.use_deterministic_algorithms(True)
     rng = np.random.default_rng(args.seed)
 
-    stems = [s for s in list_real_stems(args.data) if s not in SPLIT["validation"] and s not in SPLIT["excluded"]]
+    stems = training_stems(args.data)
     t0 = time.time()
     cases = [load_real_case(args.data, s) for s in stems]
     phantoms = [make_phantom_case(seed, w) for seed in range(args.phantoms) for w in (Weighting.T1, Weighting.T2)]

@@ -32,8 +32,10 @@ __all__ = [
     "CLASS_NAMES",
     "TrainingCase",
     "SPLIT",
+    "list_real_stems",
     "load_real_case",
     "make_phantom_case",
+    "training_stems",
     "allowed_all",
 ]
 
@@ -206,3 +208,9 @@ def list_real_stems(data_dir: Path) -> list[str]:
     """Stems listed in the shared data manifest, in file order."""
     with open(data_dir / "manifest.csv", newline="") as f:
         return [row["stem"] for row in csv.DictReader(f)]
+
+
+def training_stems(data_dir: Path) -> list[str]:
+    """Stems of the manifest that train the sagittal model: neither held
+    out for validation nor excluded (`SPLIT`)."""
+    return [s for s in list_real_stems(data_dir) if s not in SPLIT["validation"] and s not in SPLIT["excluded"]]

@@ -27,7 +27,7 @@ from dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
 from dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagittal_grid
 from dicom_io.volume import read_series
 from inference.engine import SagittalSpineEngine
-from inference.training_data import SPLIT, list_real_stems
+from inference.training_data import SPLIT, training_stems
 
 __all__ = ["dice", "thick_slice_series", "validate_volume", "validate_phantom", "main"]
 
@@ -165,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.training_volumes:
         # Naming counts bodies, so one merged or broken body renames every
         # level above it; the training volumes add 53 more spines to check.
-        stems = [st for st in list_real_stems(args.data)
-                 if st.startswith("VB") and st not in SPLIT["validation"] and st not in SPLIT["excluded"]]
-        training = [validate_volume(engine, args.data, st) for st in stems]
+        training = [validate_volume(engine, args.data, st) for st in training_stems(args.data) if st.startswith("VB")]
         summary["training_volumes"] = {r["stem"]: {"mean_dice": r["mean_dice"], "levels_named_correctly":
                                                    r["levels_named_correctly"]} for r in training}
         summary["all_training_vb_levels_named_correctly"] = all(r["levels_named_correctly"] for r in training)
