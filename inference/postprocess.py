@@ -4,10 +4,12 @@ Per class: fill holes, smooth (binary opening/closing in-plane), split into
 3D connected components and drop those under a minimum volume; bodies
 holding two, or broken in two, are split or joined by their height against
 the median body (`regularise_body_heights`). Then name levels: S1 is
-the largest S1-class component; bodies above it are counted upward L5, L4,
+the largest S1-class component, with any body component inside its
+footprint (`absorb_into_s1`); bodies above it are counted upward L5, L4,
 … (DOMAIN.md §3: count from S1 when S1 is visible). Without
 S1 the lowest body is taken as L5 and the result is flagged for review.
-Each disc is named by the two bodies it lies between.
+Each disc is named by the two bodies it lies between (the one under L5 is
+L5S1 even when S1 was not found).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from dicom_io.levels import VERTEBRAL_BODY_LEVELS, disc_between, structure_by_na
 from dicom_io.volume import index_to_lps
 
 __all__ = ["NamedLabels", "body_height_mm", "clean_class_mask", "fill_holes_2d", "merge_fragments", "name_levels",
-           "regularise_body_heights", "CLASS_VB", "CLASS_S1",
+           "regularise_body_heights", "absorb_into_s1", "CLASS_VB", "CLASS_S1",
            "CLASS_DISC"]
 
 CLASS_VB, CLASS_S1, CLASS_DISC = 1, 2, 3
@@ -262,6 +264,33 @@ def regularise_body_heights(bodies: list[np.ndarray], affine: np.ndarray) -> lis
 _OFF_CHAIN_MM = 20.0
 
 
+_S1_FOOTPRINT_SHARE = 0.5
+
+
+def absorb_into_s1(s1: np.ndarray, bodies: list[np.ndarray], affine: np.ndarray,
+                   min_share: float = _S1_FOOTPRINT_SHARE) -> tuple[np.ndarray, list[np.ndarray]]:
+    """S1 with the body components that are part of it; the other bodies.
+
+    Why: in the midline slices of a thick-slice series the network can
+    call part of S1 a lumbar body while the lateral slices call it S1. Such
+    a component lies within S1's in-plane footprint (its projection across
+    the sagittal slices), its centroid below S1's top; L5 lies above S1,
+    mostly outside that footprint, and sacral segments lie below it. A
+    component joins S1 when at least ``min_share`` of its voxels fall in
+    the footprint and its centroid is not above S1's highest voxel.
+    """
+    footprint = s1.any(axis=0)
+    s1_top_mm = float((np.argwhere(s1) @ affine[2, :3]).max() + affine[2, 3])
+    merged, rest = s1.copy(), []
+    for b in bodies:
+        inside = float((b & footprint[None]).sum()) / max(int(b.sum()), 1)
+        if inside >= min_share and _superior_mm(b, affine) <= s1_top_mm:
+            merged |= b
+        else:
+            rest.append(b)
+    return merged, rest
+
+
 def on_spinal_column(centroids_lps: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Which body centroids lie on the spinal column (boolean per body).
 
@@ -323,13 +352,15 @@ def name_levels(classes: np.ndarray, affine: np.ndarray, voxel_volume_mm3: float
     # 1.5 mm (discs) in-plane breaks bridges without losing a structure.
     bodies = merge_fragments(clean_class_mask(classes == CLASS_VB, min_body, spacing, split_radius_mm=3.0))
     bodies = regularise_body_heights(bodies, affine)
+    s1_parts = clean_class_mask(classes == CLASS_S1, min_body, spacing)
+    if s1_parts:
+        s1_parts[0], bodies = absorb_into_s1(s1_parts[0], bodies, affine)
     if bodies:
         inliers = on_spinal_column(np.array([_centroid_lps(b, affine) for b in bodies]),
                                    np.array([b.sum() for b in bodies]))
         if not inliers.all():
             series_flags.append("off_column_components_dropped")
         bodies = [b for b, k in zip(bodies, inliers) if k]
-    s1_parts = clean_class_mask(classes == CLASS_S1, min_body, spacing)
     discs = clean_class_mask(classes == CLASS_DISC, min_disc, spacing, split_radius_mm=1.5)
     out = np.zeros(classes.shape, np.uint8)
     flags: dict[str, tuple[str, ...]] = {}
@@ -372,6 +403,10 @@ def name_levels(classes: np.ndarray, affine: np.ndarray, voxel_volume_mm3: float
             top = VERTEBRAL_BODY_LEVELS.index(ladder[-1][0])
             if top > 0:
                 name, expected = disc_between(VERTEBRAL_BODY_LEVELS[top - 1]), centre[ladder[-1][0]]
+        if name is None and s1 is None and ladder and ladder[0][0] == "L5" and z < ladder[0][1]:
+            # Without S1 the disc under the lowest body (taken as L5) is
+            # still L5S1: its level is as sure as L5's, which is flagged.
+            name, expected = disc_between("L5"), centre["L5"]
         if name is None or np.linalg.norm(c - expected) > _DISC_MAX_OFFSET_MM:
             continue
         candidates.setdefault(name, []).append((int(d.sum()), c, d))

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from dicom_io.phantom import Weighting
 from inference.network import DEFAULT_CHANNELS, ResidualUNet2D, from_weights, load_from_onnx
@@ -41,98 +40,16 @@ from inference.training_data import (
     TrainingCase,
     load_real_case,
     make_phantom_case,
+    pack_cases,
     training_stems,
+    unpack_cases,
 )
+from inference.training_samples import PATCH, SampleStream, pick_case, sample_example
 
 log = logging.getLogger("inference.train")
 
-PATCH = (192, 160)  # rows × columns at the training spacing (240 × 200 mm)
-
-
-def slab_targets(planes: np.ndarray, centre: int, rule: str) -> np.ndarray:
-    """Allowed-class mask of a thick slab from its planes' masks.
-
-    ``centre``: the centre plane's mask. ``union``: where the planes
-    disagree (partial volume at a structure's lateral edge), every class any
-    plane allows. ``majority``: a class known in at least half of the planes
-    is the slab's class, one known in fewer is excluded (how a thick slice
-    is read, and how the validation labels are made); the rest allows the
-    union.
-    """
-    mask = planes[centre]
-    if rule == "centre" or len(planes) == 1:
-        return mask
-    union = np.bitwise_or.reduce(planes, axis=0)
-    out = np.where((planes == mask).all(axis=0), mask, union).astype(np.uint8)
-    if rule == "majority":
-        minority = np.zeros_like(out)
-        for bit in (1, 2, 4, 8):
-            count = (planes == bit).sum(axis=0)
-            minority |= np.where((count > 0) & (count * 2 < len(planes)), bit, 0).astype(np.uint8)
-        # A class known in fewer than half of the planes is not the slab's
-        # (unless nothing else would be left).
-        narrowed = out & ~minority
-        out = np.where(narrowed > 0, narrowed, out).astype(np.uint8)
-        for bit in (1, 2, 4, 8):
-            out[(planes == bit).sum(axis=0) * 2 >= len(planes)] = bit
-    return out
-
-
-def _slab(case: TrainingCase, centre: int, half: int) -> np.ndarray:
-    lo, hi = max(0, centre - half), min(case.image.shape[0], centre + half + 1)
-    return case.image[lo:hi].mean(axis=0)
-
-
-def _sample(case: TrainingCase, rng: np.random.Generator, augment: bool, slab_labels: str = "union",
-            context: int = 0, thickness_mm_range: tuple[float, float] = (1.0, 5.0),
-            end_plane_share: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented example: a slab of 1-5 mm (``thickness_mm_range``)
-    averaged across planes (thick clinical slices) and, with ``context`` > 0,
-    that many neighbouring slabs on each side as extra channels (slice gap
-    0-25 % of the thickness; edge slabs repeat at the end of the volume, as
-    at inference); then random scale/rotation, gamma and noise. With
-    ``end_plane_share`` > 0 that share of the slabs is centred on the
-    lateral ends of the labelled structures (`TrainingCase.end_planes`),
-    where partial volume makes thick slabs hardest. Returns (channels, rows,
-    cols) image and the centre slab's allowed-class mask."""
-    n_planes = case.image.shape[0]
-    # (extra random draws only when asked for: earlier runs reproduce as before)
-    if end_plane_share > 0 and rng.random() < end_plane_share and case.end_planes.size:
-        centre = int(rng.choice(case.end_planes))
-    else:
-        centre = int(rng.choice(case.labelled_planes))
-    thickness_mm = float(rng.uniform(*thickness_mm_range)) if augment else 1.0
-    half = max(0, int(round(thickness_mm / case.plane_spacing_mm / 2 - 0.5)))
-    offsets = np.zeros(1, int)
-    if context:  # (extra random draws only here: plain 2D runs reproduce as before)
-        spacing_mm = thickness_mm * (rng.uniform(1.0, 1.25) if augment else 1.0)
-        step = max(1, int(round(spacing_mm / case.plane_spacing_mm)))
-        offsets = np.arange(-context, context + 1) * step
-        if augment and rng.random() < 0.5:
-            offsets = offsets[::-1]  # left/right order carries no meaning
-    image = np.stack([_slab(case, int(np.clip(centre + o, 0, n_planes - 1)), half) for o in offsets])
-    lo, hi = max(0, centre - half), min(n_planes, centre + half + 1)
-    allowed = slab_targets(case.allowed[lo:hi], centre - lo, slab_labels)
-    pr, pc = PATCH
-    if augment:
-        angle = np.deg2rad(rng.uniform(-12, 12))
-        scale = rng.uniform(0.85, 1.2)
-    else:
-        angle, scale = 0.0, 1.0
-    # Output patch centre maps to a random point near the labelled spine.
-    fg = np.argwhere(allowed != allowed.max()) if (allowed != allowed.max()).any() else np.argwhere(allowed > 0)
-    anchor = fg[rng.integers(len(fg))] + rng.normal(0, 20, 2)
-    c, s = np.cos(angle), np.sin(angle)
-    mat = np.array([[c, -s], [s, c]]) / scale
-    offset = anchor - mat @ np.array([pr / 2, pc / 2])
-    img = np.stack([ndimage.affine_transform(ch, mat, offset, output_shape=PATCH, order=1, mode="constant", cval=0.0)
-                    for ch in image])
-    alw = ndimage.affine_transform(allowed, mat, offset, output_shape=PATCH, order=0, mode="constant",
-                                   cval=int(allowed.max()))
-    if augment:
-        img = np.clip(img, 0, 1) ** rng.uniform(0.6, 1.6)
-        img = img * rng.uniform(0.8, 1.2) + rng.normal(0, rng.uniform(0, 0.04), img.shape)
-    return img.astype(np.float32), alw.astype(np.uint8)
+# A time-budgeted run measures its speed over this many iterations.
+_BUDGET_START_ITERATIONS = 100
 
 
 def partial_label_loss(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -162,35 +79,22 @@ def partial_label_loss(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Ten
     return ce + dice
 
 
-def pick_case(pool: list[TrainingCase], rng: np.random.Generator, by_dataset: bool = False) -> TrainingCase:
-    """A training volume drawn uniformly from ``pool``, or with
-    ``by_dataset`` a dataset (the name before the first ``_``: VB1, VB2,
-    VB3…) drawn uniformly first and then one of its volumes, so a small
-    dataset whose labels follow its own contour convention weighs as much
-    as a large one."""
-    if not by_dataset:
-        return pool[rng.integers(len(pool))]
-    datasets = sorted({c.name.split("_")[0] for c in pool})
-    chosen = datasets[rng.integers(len(datasets))]
-    members = [c for c in pool if c.name.split("_")[0] == chosen]
-    return members[rng.integers(len(members))]
-
-
-def optimisation_step(model: ResidualUNet2D, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+def optimisation_step(model: ResidualUNet2D, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler | None,
                       x: torch.Tensor, allowed: torch.Tensor, bf16: bool = False) -> float:
     """One step on a batch with partial-label targets; returns the loss.
 
-    With ``bf16`` the forward pass runs under CPU autocast to bfloat16 (the
-    weights, the optimiser and the loss stay float32); on CPUs with AMX or
-    AVX-512 BF16 this is about 1.7x faster per step.
+    With ``bf16`` the forward pass runs under autocast to bfloat16 on the
+    batch's device (the weights, the optimiser and the loss stay float32);
+    on CPUs with AMX or AVX-512 BF16 this is about 1.7x faster per step.
     """
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(x)
     loss = partial_label_loss(logits.float(), allowed)
     opt.zero_grad()
     loss.backward()
     opt.step()
-    sched.step()
+    if sched is not None:
+        sched.step()
     return float(loss.detach())
 
 
@@ -213,7 +117,7 @@ def initial_model(init: Path | None, in_channels: int, channels: tuple[int, ...]
     if init is None:
         return ResidualUNet2D(len(CLASS_NAMES), channels=channels or DEFAULT_CHANNELS, in_channels=in_channels,
                               global_context=global_context)
-    model = load_from_onnx(init) if init.suffix == ".onnx" else from_weights(torch.load(init), f"{init}")
+    model = load_from_onnx(init) if init.suffix == ".onnx" else from_weights(torch.load(init, map_location="cpu"), f"{init}")
     if model.in_channels < in_channels:
         model.widen_input(in_channels)
     elif model.in_channels != in_channels:
@@ -260,17 +164,79 @@ def export_onnx(model: ResidualUNet2D, path: Path) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def _phantom_case(args: tuple[int, Weighting]) -> TrainingCase:
+    return make_phantom_case(*args)
+
+
+def load_training_cases(data: Path | None, cases_file: Path | None, n_phantoms: int,
+                        processes: int) -> tuple[list[str], list[TrainingCase], list[TrainingCase]]:
+    """The training stems, real cases (from the shared data, or a file made
+    by ``--pack-cases``) and phantom cases (rendered in ``processes``
+    processes when above 1)."""
+    if cases_file is not None:
+        cases = unpack_cases(cases_file)
+        stems = [c.name for c in cases]
+    else:
+        stems = training_stems(data)
+        cases = [load_real_case(data, s) for s in stems]
+    jobs = [(seed, w) for seed in range(n_phantoms) for w in (Weighting.T1, Weighting.T2)]
+    if processes > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            phantoms = pool.map(_phantom_case, jobs)
+    else:
+        phantoms = [_phantom_case(j) for j in jobs]
+    return stems, cases, phantoms
+
+
+def _batches(args: argparse.Namespace, pools, rng: np.random.Generator, device: torch.device):
+    """Training batches on ``device``: drawn in-process from ``rng`` (as
+    every committed stage was), or with ``--workers`` by a DataLoader."""
+    options = dict(slab_labels=args.slab_labels, context=args.context, thickness_mm_range=tuple(args.thickness_mm),
+                   end_plane_share=args.end_plane_share, exact_planes=args.exact_planes)
+    if args.workers:
+        stream = SampleStream(pools, args.batch, args.seed, args.balance_datasets, **options)
+        loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers,
+                                             pin_memory=device.type == "cuda", prefetch_factor=4,
+                                             persistent_workers=True)
+        for x, a in loader:
+            yield x.to(device, non_blocking=True), a.to(device, non_blocking=True)
+    while True:
+        imgs, alws = [], []
+        for _ in range(args.batch):
+            pool = pools[rng.choice(len(pools), p=[w for _, w in pools])][0]
+            img, alw = sample_example(pick_case(pool, rng, args.balance_datasets), rng, augment=True, **options)
+            imgs.append(img)
+            alws.append(alw)
+        yield (torch.from_numpy(np.stack(imgs)).to(device),
+               torch.from_numpy(np.stack(alws).astype(np.int64)).to(device))
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True, help="folder with the shared lumbar_mri NIfTI files")
+    ap.add_argument("--data", type=Path, help="folder with the shared lumbar_mri NIfTI files")
+    ap.add_argument("--cases", type=Path, help="train on the real cases of a --pack-cases file instead of --data")
+    ap.add_argument("--pack-cases", type=Path, metavar="FILE",
+                    help="only write the training cases of --data to FILE (6-bit images, xz) and stop")
     ap.add_argument("--out", type=Path, default=Path("inference/models"))
     ap.add_argument("--iterations", type=int, default=3500)
+    ap.add_argument("--time-budget-s", type=float,
+                    help=f"fit the run to this many seconds: after {_BUDGET_START_ITERATIONS} iterations at the starting "
+                         "rate the run's length is fixed from their speed (recorded under 'iterations'; rerun with "
+                         f"--iterations N --start-iterations {_BUDGET_START_ITERATIONS}); overrides --iterations")
+    ap.add_argument("--start-iterations", type=int, default=0,
+                    help="iterations at the starting rate (lr/25) before the one-cycle schedule over the rest")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=20261121)
     ap.add_argument("--phantoms", type=int, default=20, help="training phantom subjects (each T1 and T2)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="torch device to train on: cpu, cuda, cuda:1…")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="processes drawing the batches (0: in this process, as the committed stages did)")
     ap.add_argument("--export-checkpoint", type=Path, help="only export this saved state dict to ONNX and stop")
+    ap.add_argument("--no-onnx", action="store_true", help="keep the state dict only (export later with --export-checkpoint)")
     ap.add_argument("--init", type=Path,
                     help="start from this saved state dict or exported .onnx model (fine-tuning stage)")
     ap.add_argument("--context", type=int, default=0,
@@ -281,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                          "widened, its new maps feeding nothing until trained")
     ap.add_argument("--thickness-mm", type=float, nargs=2, default=(1.0, 5.0), metavar=("MIN", "MAX"),
                     help="range of the simulated slice thickness")
+    ap.add_argument("--exact-planes", action="store_true",
+                    help="average the thickness's own number of planes, even counts too (see sample_example)")
     ap.add_argument("--end-plane-share", type=float, default=0.0,
                     help="share of slabs centred on the lateral ends of the labelled structures")
     ap.add_argument("--slab-labels", choices=("union", "centre", "majority"), default="union",
@@ -293,22 +261,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-only-context", action="store_true",
                     help="train the global context bias alone, the rest of the network frozen (in eval mode)")
     ap.add_argument("--bf16", action="store_true",
-                    help="forward pass in bfloat16 autocast (fast on CPUs with AMX/AVX-512 BF16)")
+                    help="forward pass in bfloat16 autocast (fast on GPUs and on CPUs with AMX/AVX-512 BF16)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
     if args.export_checkpoint:
-        model = from_weights(torch.load(args.export_checkpoint), f"{args.export_checkpoint}")
+        model = from_weights(torch.load(args.export_checkpoint, map_location="cpu"), f"{args.export_checkpoint}")
         export_onnx(model, args.out / "sagittal_spine.onnx")
         return 0
+    if (args.data is None) == (args.cases is None) or (args.pack_cases and args.data is None):
+        ap.error("give the shared data (--data) or, to train, a packed cases file (--cases), not both")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.pack_cases:
+        pack_cases([load_real_case(args.data, s) for s in training_stems(args.data)], args.pack_cases)
+        log.info("wrote %s (%.1f MB)", args.pack_cases, args.pack_cases.stat().st_size / 1e6)
+        return 0
+    device = torch.device(args.device)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True)
+    # Some CUDA kernels (e.g. transposed convolutions' backward) have no
+    # deterministic form; there the run warns instead of stopping.
+    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
     rng = np.random.default_rng(args.seed)
 
-    stems = training_stems(args.data)
     t0 = time.time()
-    cases = [load_real_case(args.data, s) for s in stems]
-    phantoms = [make_phantom_case(seed, w) for seed in range(args.phantoms) for w in (Weighting.T1, Weighting.T2)]
+    stems, cases, phantoms = load_training_cases(args.data, args.cases, args.phantoms, max(1, args.workers))
     log.info("cached %d real + %d phantom volumes in %.0f s", len(cases), len(phantoms), time.time() - t0)
     ivd = [c for c in cases if c.name.startswith("IVD")]
     vb = [c for c in cases if not c.name.startswith("IVD")]
@@ -318,44 +298,58 @@ def main(argv: list[str] | None = None) -> int:
 
     in_channels = 1 + 2 * args.context
     model = initial_model(args.init, in_channels, tuple(args.channels) if args.channels else None,
-                          args.global_context)
+                          args.global_context).to(device)
     opt = torch.optim.AdamW(trainable_parameters(model, args.train_only_context), lr=args.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.iterations, pct_start=0.05)
+    iterations = args.iterations
+    start = _BUDGET_START_ITERATIONS if args.time_budget_s else args.start_iterations
+    if start:  # OneCycle's starting rate until the schedule begins
+        for group in opt.param_groups:
+            group["lr"] = args.lr / 25
+    sched = None if start else torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=iterations,
+                                                                   pct_start=0.05)
     curve = []
     # A frozen network runs as at inference (no dropout); the context bias
     # has no dropout or normalisation, so its mode does not matter.
     model.train(not args.train_only_context)
-    for it in range(1, args.iterations + 1):
-        imgs, alws = [], []
-        for _ in range(args.batch):
-            pool = pools[rng.choice(len(pools), p=[w for _, w in pools])][0]
-            img, alw = _sample(pick_case(pool, rng, args.balance_datasets), rng, augment=True, slab_labels=args.slab_labels,
-                               context=args.context, thickness_mm_range=tuple(args.thickness_mm),
-                               end_plane_share=args.end_plane_share)
-            imgs.append(img)
-            alws.append(alw)
-        x = torch.from_numpy(np.stack(imgs))
-        a = torch.from_numpy(np.stack(alws).astype(np.int64))
+    batches = _batches(args, pools, rng, device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t_train = time.time()
+    it = 0
+    while it < iterations:  # (a time budget fixes ``iterations`` at ``start``)
+        it += 1
+        x, a = next(batches)
         curve.append(optimisation_step(model, opt, sched, x, a, bf16=args.bf16))
+        if it == start:
+            if args.time_budget_s:
+                per_it = (time.time() - t_train) / start
+                iterations = start + max(1, int((args.time_budget_s - (time.time() - t0)) / per_it * 0.95))
+                log.info("%.3f s per iteration: the run will take %d iterations", per_it, iterations)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=iterations - start,
+                                                        pct_start=0.05)
         if it % 50 == 0:
             log.info("iteration %d loss %.4f (%.0f s)", it, float(np.mean(curve[-50:])), time.time() - t0)
-        if it % 500 == 0 or it == args.iterations:
-            args.out.mkdir(parents=True, exist_ok=True)
+        if it % 500 == 0 or it == iterations:
             torch.save(model.state_dict(), args.out / "sagittal_spine.pt")
-    export_onnx(model, args.out / "sagittal_spine.onnx")
+    model = model.to("cpu")
+    if not args.no_onnx:
+        export_onnx(model, args.out / "sagittal_spine.onnx")
     record = {
-        "seed": args.seed, "iterations": args.iterations, "init": str(args.init) if args.init else None, "slab_labels": args.slab_labels,
+        "seed": args.seed, "iterations": iterations, "start_iterations": start, "init": str(args.init) if args.init else None, "slab_labels": args.slab_labels,
         "context_slices_each_side": args.context, "channels": list(model.channels), "thickness_mm": list(args.thickness_mm),
-        "end_plane_share": args.end_plane_share, "bf16_autocast": args.bf16, "balance_datasets": args.balance_datasets,
-        "global_context": model.context is not None, "trained": "global context bias only" if args.train_only_context else "all weights",
-        "batch": args.batch, "lr": args.lr,
+        "exact_planes": args.exact_planes, "end_plane_share": args.end_plane_share, "bf16_autocast": args.bf16,
+        "balance_datasets": args.balance_datasets, "global_context": model.context is not None,
+        "trained": "global context bias only" if args.train_only_context else "all weights",
+        "batch": args.batch, "lr": args.lr, "device": str(device), "workers": args.workers,
+        "time_budget_s": args.time_budget_s, "real_cases": str(args.cases) if args.cases else "shared data",
         "patch_rows_cols": PATCH, "classes": CLASS_NAMES, "training_volumes": stems,
         "phantom_seeds": list(range(args.phantoms)), "split": SPLIT, "pool_weights": [w for _, w in pools],
         "loss_every_50": [float(np.mean(curve[i : i + 50])) for i in range(0, len(curve), 50)],
         "seconds": time.time() - t0, "torch": torch.__version__,
     }
+    if device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
     (args.out / "sagittal_spine.training.json").write_text(json.dumps(record, indent=1))
-    log.info("wrote %s", args.out / "sagittal_spine.onnx")
+    log.info("wrote %s", args.out)
     return 0
 
 

@@ -50,6 +50,15 @@ def test_without_s1_the_lowest_body_is_l5_and_flagged():
     assert not (named.label_map == structure_by_name("S1").label).any()
 
 
+def test_without_s1_the_disc_under_the_lowest_body_is_l5s1():
+    classes = _spine(5, with_s1=True)
+    classes[classes == CLASS_S1] = 0  # S1 missed (or out of view); its disc is there
+    named = name_levels(classes, AFFINE, 16)
+    assert FLAG_UNANCHORED in named.series_flags
+    assert _rows(named.label_map, "L5S1")[0] > _rows(named.label_map, "L5")[1]
+    assert _rows(named.label_map, "L4L5")[1] < _rows(named.label_map, "L5")[0]
+
+
 def test_spurious_small_components_are_dropped_and_edges_flagged():
     classes = _spine(5, with_s1=True)
     classes[2, 2:4, 50:52] = CLASS_VB  # 4 voxels = 64 mm3, far above the spine
@@ -211,3 +220,34 @@ def test_a_tall_body_without_a_waist_is_not_split():
     waisted[:, 140:142, :] = False
     waisted[:, 140:142, 28:32] = True
     assert len(regularise_body_heights(bodies + [waisted], AFFINE)) == 6
+
+
+def test_s1_called_a_body_in_the_midline_slice_stays_s1_and_sacral_segments_stay_out():
+    classes = np.roll(_spine(5, with_s1=True, rows=240), -20, axis=1)  # S1 on rows 203-214
+    classes[2, 203:211, 15:45] = CLASS_VB  # the midline slice calls S1's upper part a body
+    classes[1:4, 222:234, 15:45] = CLASS_VB  # a sacral segment below S1, outside its footprint
+    named = name_levels(classes, AFFINE, 4 * 2 * 2)
+    s1 = structure_by_name("S1").label
+    assert (named.label_map[2, 204:210, 16:44] == s1).all()  # (smoothing rounds the corners)
+    assert (named.label_map[1:4, 222:234] == 0).all()
+    assert _rows(named.label_map, "S1") == (203, 214)
+    assert _rows(named.label_map, "L5")[1] < 203 - 5
+    assert "more_bodies_than_levels" not in named.series_flags
+
+
+def test_absorb_into_s1_takes_only_components_mostly_inside_s1s_footprint():
+    from inference.postprocess import absorb_into_s1
+
+    s1 = np.zeros((3, 100, 40), bool)
+    s1[[0, 2], 60:75, 10:30] = True
+    inside = np.zeros_like(s1)
+    inside[1, 60:75, 10:30] = True  # the midline gap of S1
+    above = np.zeros_like(s1)
+    above[:, 40:55, 10:30] = True  # L5
+    half_out = np.zeros_like(s1)
+    half_out[1, 70:85, 10:30] = True  # a third of it in the footprint: a sacral segment
+    merged, rest = absorb_into_s1(s1, [inside, above, half_out], AFFINE)
+    assert (merged == (s1 | inside)).all()
+    assert len(rest) == 2 and rest[0] is above and rest[1] is half_out
+    # the share is the rule: at a third, the segment would join
+    assert len(absorb_into_s1(s1, [half_out], AFFINE, min_share=0.3)[1]) == 0
