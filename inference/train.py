@@ -41,10 +41,12 @@ from inference.training_data import (
     load_real_case,
     make_phantom_case,
     pack_cases,
+    teacher_classes,
     training_stems,
     unpack_cases,
+    with_teacher_s1,
 )
-from inference.training_samples import PATCH, SampleStream, pick_case, sample_example
+from inference.training_samples import PATCH, SampleStream, draw_batch
 
 log = logging.getLogger("inference.train")
 
@@ -168,17 +170,32 @@ def _phantom_case(args: tuple[int, Weighting]) -> TrainingCase:
     return make_phantom_case(*args)
 
 
-def load_training_cases(data: Path | None, cases_file: Path | None, n_phantoms: int,
-                        processes: int) -> tuple[list[str], list[TrainingCase], list[TrainingCase]]:
+def apply_s1_teacher(cases: list[TrainingCase], teacher: Path | None,
+                     datasets: list[str] | None) -> list[TrainingCase]:
+    """Cases with their unlabelled S1 taken from ``teacher`` (an exported
+    model; `training_data.with_teacher_s1`), for the cases of ``datasets``
+    (name prefixes such as VB3; all when None)."""
+    if teacher is None:
+        return cases
+    chosen = [c.name.split("_")[0] in datasets if datasets else True for c in cases]
+    out = [with_teacher_s1(c, teacher_classes(c, teacher)) if pick else c for c, pick in zip(cases, chosen)]
+    log.info("S1 from %s on %d of %d cases", teacher.name, sum(o is not c for o, c in zip(out, cases)), len(cases))
+    return out
+
+
+def load_training_cases(data: Path | None, cases_file: Path | None, n_phantoms: int, processes: int,
+                        s1_teacher: Path | None = None, s1_teacher_datasets: list[str] | None = None,
+                        ) -> tuple[list[str], list[TrainingCase], list[TrainingCase]]:
     """The training stems, real cases (from the shared data, or a file made
-    by ``--pack-cases``) and phantom cases (rendered in ``processes``
-    processes when above 1)."""
+    by ``--pack-cases``; with ``s1_teacher``, see `apply_s1_teacher`) and
+    phantom cases (rendered in ``processes`` processes when above 1)."""
     if cases_file is not None:
         cases = unpack_cases(cases_file)
         stems = [c.name for c in cases]
     else:
         stems = training_stems(data)
         cases = [load_real_case(data, s) for s in stems]
+    cases = apply_s1_teacher(cases, s1_teacher, s1_teacher_datasets)
     jobs = [(seed, w) for seed in range(n_phantoms) for w in (Weighting.T1, Weighting.T2)]
     if processes > 1:
         import multiprocessing
@@ -203,14 +220,8 @@ def _batches(args: argparse.Namespace, pools, rng: np.random.Generator, device: 
         for x, a in loader:
             yield x.to(device, non_blocking=True), a.to(device, non_blocking=True)
     while True:
-        imgs, alws = [], []
-        for _ in range(args.batch):
-            pool = pools[rng.choice(len(pools), p=[w for _, w in pools])][0]
-            img, alw = sample_example(pick_case(pool, rng, args.balance_datasets), rng, augment=True, **options)
-            imgs.append(img)
-            alws.append(alw)
-        yield (torch.from_numpy(np.stack(imgs)).to(device),
-               torch.from_numpy(np.stack(alws).astype(np.int64)).to(device))
+        x, a = draw_batch(pools, args.batch, rng, args.balance_datasets, **options)
+        yield x.to(device), a.to(device)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -254,6 +265,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--slab-labels", choices=("union", "centre", "majority"), default="union",
                     help="thick-slab targets: the centre plane's classes, the union where the slab's planes "
                          "disagree, or the class of at least half of the planes (see slab_targets)")
+    ap.add_argument("--s1-teacher", type=Path, metavar="MODEL",
+                    help="take the unlabelled S1 of the real cases from this exported model's classes "
+                         "(training_data.with_teacher_s1); with --pack-cases the packed cases carry it")
+    ap.add_argument("--s1-teacher-datasets", nargs="+", metavar="PREFIX",
+                    help="only for the cases of these datasets (VB2, VB3…; default: all)")
     ap.add_argument("--balance-datasets", action="store_true",
                     help="draw each dataset (VB1, VB2, VB3) equally often, not each volume")
     ap.add_argument("--global-context", action="store_true",
@@ -276,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give the shared data (--data) or, to train, a packed cases file (--cases), not both")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.pack_cases:
-        pack_cases([load_real_case(args.data, s) for s in training_stems(args.data)], args.pack_cases)
+        cases = [load_real_case(args.data, s) for s in training_stems(args.data)]
+        pack_cases(apply_s1_teacher(cases, args.s1_teacher, args.s1_teacher_datasets), args.pack_cases)
         log.info("wrote %s (%.1f MB)", args.pack_cases, args.pack_cases.stat().st_size / 1e6)
         return 0
     device = torch.device(args.device)
@@ -288,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
 
     t0 = time.time()
-    stems, cases, phantoms = load_training_cases(args.data, args.cases, args.phantoms, max(1, args.workers))
+    stems, cases, phantoms = load_training_cases(args.data, args.cases, args.phantoms, max(1, args.workers),
+                                                 args.s1_teacher, args.s1_teacher_datasets)
     log.info("cached %d real + %d phantom volumes in %.0f s", len(cases), len(phantoms), time.time() - t0)
     ivd = [c for c in cases if c.name.startswith("IVD")]
     vb = [c for c in cases if not c.name.startswith("IVD")]
@@ -340,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         "balance_datasets": args.balance_datasets, "global_context": model.context is not None,
         "trained": "global context bias only" if args.train_only_context else "all weights",
         "batch": args.batch, "lr": args.lr, "device": str(device), "workers": args.workers,
-        "time_budget_s": args.time_budget_s, "real_cases": str(args.cases) if args.cases else "shared data",
+        "time_budget_s": args.time_budget_s,
+        "s1_teacher": str(args.s1_teacher) if args.s1_teacher else None, "s1_teacher_datasets": args.s1_teacher_datasets,
+        "real_cases": str(args.cases) if args.cases else "shared data",
         "patch_rows_cols": PATCH, "classes": CLASS_NAMES, "training_volumes": stems,
         "phantom_seeds": list(range(args.phantoms)), "split": SPLIT, "pool_weights": [w for _, w in pools],
         "loss_every_50": [float(np.mean(curve[i : i + 50])) for i in range(0, len(curve), 50)],

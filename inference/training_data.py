@@ -38,6 +38,8 @@ __all__ = [
     "load_real_case",
     "make_phantom_case",
     "pack_cases",
+    "teacher_classes",
+    "with_teacher_s1",
     "unpack_cases",
     "training_stems",
     "allowed_all",
@@ -257,3 +259,55 @@ def unpack_cases(path: Path) -> list[TrainingCase]:
         raise ValueError(f"{path} is not a packed cases file: {e}") from e
     return [TrainingCase(name, arrays[f"image{i}"].astype(np.float32) / _PACK_LEVELS, arrays[f"allowed{i}"],
                          float(arrays[f"spacing{i}"]), arrays[f"labelled{i}"]) for i, name in enumerate(names)]
+
+
+# A teacher's S1 smaller than this (mm³) is not taken as the volume's S1
+# (the naming step's minimum S1 size).
+_TEACHER_MIN_S1_MM3 = 2000.0
+
+
+def teacher_classes(case: TrainingCase, model_path: Path, batch: int = 8) -> np.ndarray:
+    """Argmax classes (planes, rows, cols) of an exported sagittal model run
+    on a case's 1 mm planes (each with its neighbouring planes as the
+    model's extra input channels, repeated at the ends; the planes are
+    zero-padded to multiples of 16)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    half = session.get_inputs()[0].shape[1] // 2
+    n, rows, cols = case.image.shape
+    padded = np.zeros((n, -(-rows // 16) * 16, -(-cols // 16) * 16), np.float32)
+    padded[:, :rows, :cols] = case.image
+    stacks = np.clip(np.arange(n)[:, None] + np.arange(-half, half + 1)[None, :], 0, n - 1)
+    out = [session.run(None, {"image": padded[stacks[i : i + batch]]})[0].argmax(axis=1)[:, :rows, :cols]
+           for i in range(0, n, batch)]
+    return np.concatenate(out).astype(np.uint8)
+
+
+def with_teacher_s1(case: TrainingCase, classes: np.ndarray,
+                    min_s1_mm3: float = _TEACHER_MIN_S1_MM3) -> TrainingCase:
+    """A case whose unlabelled S1 is taken from a teacher network's classes.
+
+    Why: VB2 and VB3 label no S1, so the loss lets the network call their
+    sacrum S1 or background alike, and a network can drift to background
+    there (unanchored naming, no L5S1 disc) while nothing in the loss
+    objects. Where S1 is allowed but not known, the teacher's largest S1
+    component (``classes`` == 2, at least ``min_s1_mm3``) becomes S1 and S1
+    is ruled out everywhere else; a case with S1 labels, or whose teacher
+    S1 is smaller, is returned unchanged.
+    """
+    if classes.shape != case.allowed.shape:
+        raise ValueError(f"'classes' {classes.shape} and the case {case.allowed.shape} differ")
+    open_s1 = (case.allowed & S1) > 0
+    if (case.allowed == S1).any() or not open_s1.any():
+        return case
+    components, n = ndimage.label((classes == 2) & open_s1)
+    if n == 0:
+        return case
+    sizes = np.bincount(components.ravel())[1:]
+    if sizes.max() * case.plane_spacing_mm * TRAINING_SPACING_MM**2 < min_s1_mm3:
+        return case
+    allowed = case.allowed.copy()
+    allowed[open_s1] &= np.uint8(~S1 & 0xFF)
+    allowed[components == int(sizes.argmax()) + 1] = S1
+    return TrainingCase(case.name, case.image, allowed, case.plane_spacing_mm, case.labelled_planes)

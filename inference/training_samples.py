@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from inference.training_data import TrainingCase
 
-__all__ = ["PATCH", "SampleStream", "pick_case", "sample_example", "slab_targets"]
+__all__ = ["PATCH", "SampleStream", "draw_batch", "pick_case", "sample_example", "slab_targets"]
 
 PATCH = (192, 160)  # rows × columns at the training spacing (240 × 200 mm)
 
@@ -170,13 +170,18 @@ class SampleStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng((self.seed, info.id if info else 0))
-        weights = [w for _, w in self.pools]
         while True:
-            imgs, alws = [], []
-            for _ in range(self.batch):
-                pool = self.pools[rng.choice(len(self.pools), p=weights)][0]
-                img, alw = sample_example(pick_case(pool, rng, self.balance_datasets), rng, augment=True,
-                                          **self.example_options)
-                imgs.append(img)
-                alws.append(alw)
-            yield torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(alws).astype(np.int64))
+            yield draw_batch(self.pools, self.batch, rng, self.balance_datasets, **self.example_options)
+
+
+def draw_batch(pools: list[tuple[list[TrainingCase], float]], batch: int, rng: np.random.Generator,
+               balance_datasets: bool = False, **example_options) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch of augmented examples: (images float32, allowed-class masks
+    int64), each example from a pool drawn with the pools' probabilities."""
+    imgs, alws = [], []
+    for _ in range(batch):
+        pool = pools[rng.choice(len(pools), p=[w for _, w in pools])][0]
+        img, alw = sample_example(pick_case(pool, rng, balance_datasets), rng, augment=True, **example_options)
+        imgs.append(img)
+        alws.append(alw)
+    return torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(alws).astype(np.int64))

@@ -443,3 +443,50 @@ def test_training_from_packed_cases_with_workers_and_a_time_budget(tmp_path):
     assert record["start_iterations"] == 100 and record["iterations"] > 100 and record["workers"] == 2
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "c")])  # neither --data nor --cases
+
+
+def test_a_teacher_s1_fills_an_unlabelled_s1_and_rules_it_out_elsewhere():
+    from inference.training_data import TrainingCase, with_teacher_s1
+
+    allowed = np.full((6, 60, 40), BG | DISC, np.uint8)
+    allowed[:, 30:, :] = BG | DISC | S1  # below L5: sacrum, disc or background
+    allowed[:, :5, :] = allowed_all  # outside the annotated extent
+    allowed[1:5, 10:25, 10:30] = VB
+    case = TrainingCase("VB3_99", np.zeros(allowed.shape, np.float32), allowed, 1.0, np.arange(1, 5))
+    classes = np.zeros(allowed.shape, np.uint8)
+    classes[1:5, 35:55, 10:35] = 2  # the teacher's S1: 2000 voxels × 1.5625 mm³
+    classes[2, 57:59, 2:5] = 2  # a speck
+    classes[2, 12:15, 12:15] = 2  # S1 called inside a labelled body: not open to S1
+    out = with_teacher_s1(case, classes)
+    assert (out.allowed[1:5, 35:55, 10:35] == S1).all()
+    assert out.allowed[2, 58, 3] == BG | DISC and out.allowed[0, 2, 0] == BG | VB | DISC
+    assert (out.allowed[1:5, 10:25, 10:30] == VB).all() and (out.image is case.image)
+    # too small a teacher S1, or a case with S1 labels, stays as it is
+    assert with_teacher_s1(case, classes, min_s1_mm3=5000) is case
+    labelled = TrainingCase("VB1_99", case.image, np.where(classes == 2, S1, allowed).astype(np.uint8), 1.0,
+                            case.labelled_planes)
+    assert with_teacher_s1(labelled, classes) is labelled
+    with pytest.raises(ValueError, match="differ"):
+        with_teacher_s1(case, classes[:3])
+
+
+def test_teacher_classes_run_an_exported_model_on_the_planes(tmp_path):
+    from inference.network import ResidualUNet2D
+    from inference.train import apply_s1_teacher, export_onnx
+    from inference.training_data import teacher_classes
+
+    torch.manual_seed(0)
+    net = ResidualUNet2D(4, channels=(4, 8), in_channels=3)
+    export_onnx(net, tmp_path / "teacher.onnx")
+    case = _tiny_cases()[0]
+    classes = teacher_classes(case, tmp_path / "teacher.onnx")
+    assert classes.shape == case.image.shape and classes.dtype == np.uint8
+    with torch.no_grad():
+        x = torch.from_numpy(np.stack([case.image[[4, 5, 6]]]))
+        x = torch.nn.functional.pad(x, (0, 6, 0, 8))  # 200 × 170 → 208 × 176
+        expected = net.eval()(x).argmax(dim=1)[0, :200, :170].numpy()
+    assert (classes[5] == expected).mean() > 0.999
+    # only the named datasets are given the teacher's S1
+    cases = _tiny_cases()
+    out = apply_s1_teacher(cases, tmp_path / "teacher.onnx", ["IVD"])
+    assert out[0] is cases[0] and out[1] is cases[1]
