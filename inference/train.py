@@ -1,25 +1,23 @@
 """Train the sagittal spine network and export it to ONNX.
 
-Four stages produced the committed model, each starting from the last
-one's weights (the commands are in the README, "The sagittal model", and
-the model card); ``--init`` also takes an exported ``.onnx`` model, so a
-further stage can start from the committed weights (``--bf16`` runs the
-forward pass in bfloat16 autocast, 1.7x faster on CPUs with AMX). Such a
-fifth stage was tried and is recorded, not adopted, in the training record:
+The committed model was trained in two stages on a lent GPU (the commands
+are in the README, "The sagittal model", and the model card): the real
+cases packed into one file (``--pack-cases``) travel to a machine without
+the shared data (``--cases``), worker processes draw the batches
+(``--workers``; `training_samples.SampleStream`), and ``--time-budget-s``
+fits a run to the time there is. ``--init`` continues a saved state dict
+or an exported ``.onnx`` model; ``--context`` and ``--channels`` above an
+``--init`` network's own widen it (more neighbour slices, more feature maps
+per level) so that it computes the same function until trained;
+``--global-context``, ``--s1-teacher`` and the previous model's four CPU
+stages were tried and are recorded in the training record.
 
-    python -m inference.train --data ../shared/data/lumbar_mri --out runs/stage5 --context 1 \
-        --init inference/models/sagittal_spine.onnx --iterations 5000 --lr 3e-4 --seed 20261204 --bf16
-
-``--context`` and ``--channels`` above an ``--init`` network's own widen it
-(more neighbour slices, more feature maps per level) so that it computes the
-same function until trained; both were tried from stage 4 and are recorded,
-as was ``--global-context --train-only-context`` (whole-slice class offsets,
-`network.GlobalContextBias`, trained alone with the rest frozen).
-
-Reproducible: one seed drives numpy, torch and the batch sampler; torch runs
-deterministic algorithms on 2 CPU threads. The split is `training_data.SPLIT`.
-Outputs ``sagittal_spine.onnx`` and ``sagittal_spine.training.json`` (the
-exact settings, split and loss curve) next to the model card.
+Reproducible: one seed drives numpy, torch and the batch sampler (each
+worker draws from a generator seeded by the seed and its number); on a CPU
+torch runs deterministic algorithms, on a GPU some kernels have no
+deterministic form. The split is `training_data.SPLIT`. Outputs
+``sagittal_spine.onnx`` and ``sagittal_spine.training.json`` (the exact
+settings, split and loss curve) next to the model card.
 """
 from __future__ import annotations
 
