@@ -177,6 +177,7 @@ def merge_fragments(parts: list[np.ndarray], fraction: float = _FRAGMENT_FRACTIO
 _MERGED_HEIGHT_FACTOR = 1.6
 _BROKEN_PAIR_HEIGHT_FACTOR = 1.35
 _BROKEN_PART_HEIGHT_FACTOR = 0.8
+_SIDE_BY_SIDE_SHARE = 0.5
 # A waist is a level at most this share of the body's median cross-section.
 _WAIST_FRACTION = 0.7
 
@@ -217,6 +218,18 @@ def _split_at_waist(mask: np.ndarray, affine: np.ndarray) -> list[np.ndarray]:
     return [upper, lower]
 
 
+def _z_extent_mm(mask: np.ndarray, affine: np.ndarray) -> tuple[float, float]:
+    z = np.argwhere(mask) @ affine[2, :3]
+    return float(z.min()), float(z.max())
+
+
+def _side_by_side(a: np.ndarray, b: np.ndarray, affine: np.ndarray) -> bool:
+    """Whether two components share at least half of the shorter one's
+    superior-inferior extent."""
+    (alo, ahi), (blo, bhi) = _z_extent_mm(a, affine), _z_extent_mm(b, affine)
+    return min(ahi, bhi) - max(alo, blo) >= _SIDE_BY_SIDE_SHARE * min(ahi - alo, bhi - blo)
+
+
 def regularise_body_heights(bodies: list[np.ndarray], affine: np.ndarray) -> list[np.ndarray]:
     """Split bodies that hold two and join bodies broken in two, judged by
     height against the median body (naming counts bodies, so one merged
@@ -224,8 +237,10 @@ def regularise_body_heights(bodies: list[np.ndarray], affine: np.ndarray) -> lis
 
     A body at least 1.6 × the median height is cut at its waist when both
     parts are body-sized (each at least 0.35 × the median volume). Two
-    touching neighbours, each under 0.8 × the median and together at most
-    1.35 × it, become one. Bodies cut by the field of view are left alone;
+    touching neighbours, each under 0.8 × the median or sharing at least
+    half of the shorter one's superior-inferior extent (split side by side:
+    two bodies are stacked, a disc between them), and together at most
+    1.35 × the median, become one. Bodies cut by the field of view are left alone;
     with fewer than three whole bodies nothing is changed.
     """
     # each body's height once; a body cut by the field of view has none that
@@ -251,7 +266,8 @@ def regularise_body_heights(bodies: list[np.ndarray], affine: np.ndarray) -> lis
     i = 0
     while i < len(out) - 1:
         (a, ha), (b, hb) = out[i], out[i + 1]
-        if max(ha, hb) < _BROKEN_PART_HEIGHT_FACTOR * median and (ndimage.binary_dilation(a, structure=conn) & b).any():
+        short = max(ha, hb) < _BROKEN_PART_HEIGHT_FACTOR * median
+        if (short or _side_by_side(a, b, affine)) and (ndimage.binary_dilation(a, structure=conn) & b).any():
             joined = a | b
             hj = body_height_mm(joined, affine)
             if hj <= _BROKEN_PAIR_HEIGHT_FACTOR * median:

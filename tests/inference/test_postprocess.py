@@ -251,3 +251,20 @@ def test_absorb_into_s1_takes_only_components_mostly_inside_s1s_footprint():
     assert len(rest) == 2 and rest[0] is above and rest[1] is half_out
     # the share is the rule: at a third, the segment would join
     assert len(absorb_into_s1(s1, [half_out], AFFINE, min_share=0.3)[1]) == 0
+
+
+def test_a_body_split_side_by_side_is_one_body_though_each_part_is_full_height():
+    from inference.postprocess import regularise_body_heights
+
+    bodies = _four_bodies()
+    # one body cut obliquely into two touching parts, each as tall as a body
+    front, back = np.zeros((3, 220, 60), bool), np.zeros((3, 220, 60), bool)
+    front[:, 130:142, 15:30] = True
+    back[:, 133:145, 30:45] = True
+    out = regularise_body_heights(bodies + [front, back], AFFINE)
+    assert len(out) == 5 and any((o == (front | back)).all() for o in out)
+    # stacked full-height neighbours touching across a one-row overlap stay two
+    upper, lower = np.zeros((3, 220, 60), bool), np.zeros((3, 220, 60), bool)
+    upper[:, 130:142, 15:45] = True
+    lower[:, 141:153, 15:45] = True
+    assert len(regularise_body_heights(bodies + [upper, lower], AFFINE)) == 6
