@@ -3,7 +3,8 @@
 Per class: fill holes, smooth (binary opening/closing in-plane), split into
 3D connected components and drop those under a minimum volume; bodies
 holding two, or broken in two, are split or joined by their height against
-the median body (`regularise_body_heights`). Then name levels: S1 is
+the median body or by sharing their superior-inferior extent
+(`regularise_body_heights`). Then name levels: S1 is
 the largest S1-class component, with any body component inside its
 footprint (`absorb_into_s1`); bodies above it are counted upward L5, L4,
 … (DOMAIN.md §3: count from S1 when S1 is visible). Without
