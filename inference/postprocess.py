@@ -24,11 +24,13 @@ from dicom_io.volume import index_to_lps
 
 __all__ = ["NamedLabels", "body_height_mm", "clean_class_mask", "fill_holes_2d", "merge_fragments", "name_levels",
            "regularise_body_heights", "absorb_into_s1", "CLASS_VB", "CLASS_S1",
-           "CLASS_DISC"]
+           "CLASS_DISC", "MIN_BODY_MM3"]
 
 CLASS_VB, CLASS_S1, CLASS_DISC = 1, 2, 3
 
 FLAG_UNANCHORED = "level_naming_unanchored_no_s1"
+# Smallest body or S1 component kept (mm³).
+MIN_BODY_MM3 = 2000.0
 FLAG_PARTIAL = "touches_field_of_view_edge"
 
 
@@ -220,7 +222,8 @@ def _split_at_waist(mask: np.ndarray, affine: np.ndarray) -> list[np.ndarray]:
 
 
 def _z_extent_mm(mask: np.ndarray, affine: np.ndarray) -> tuple[float, float]:
-    z = np.argwhere(mask) @ affine[2, :3]
+    """Lowest and highest patient z (mm) of a component's voxels."""
+    z = np.argwhere(mask) @ affine[2, :3] + affine[2, 3]
     return float(z.min()), float(z.max())
 
 
@@ -297,7 +300,7 @@ def absorb_into_s1(s1: np.ndarray, bodies: list[np.ndarray], affine: np.ndarray,
     the footprint and its centroid is not above S1's highest voxel.
     """
     footprint = s1.any(axis=0)
-    s1_top_mm = float((np.argwhere(s1) @ affine[2, :3]).max() + affine[2, 3])
+    s1_top_mm = _z_extent_mm(s1, affine)[1]
     merged, rest = s1.copy(), []
     for b in bodies:
         inside = float((b & footprint[None]).sum()) / max(int(b.sum()), 1)
@@ -361,7 +364,7 @@ def name_levels(classes: np.ndarray, affine: np.ndarray, voxel_volume_mm3: float
     voxel_volume_mm3 : float
         Sets the minimum component sizes (bodies 2 cm³, S1 2 cm³, discs 0.4 cm³).
     """
-    min_body = max(1, int(2000 / voxel_volume_mm3))
+    min_body = max(1, int(MIN_BODY_MM3 / voxel_volume_mm3))
     min_disc = max(1, int(400 / voxel_volume_mm3))
     spacing = tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3))
     series_flags: list[str] = []

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from dicom_io.phantom import Weighting
+from inference.backends import make_backend
 from inference.network import DEFAULT_CHANNELS, ResidualUNet2D, from_weights, load_from_onnx
 from inference.training_data import (
     CLASS_NAMES,
@@ -175,8 +176,9 @@ def apply_s1_teacher(cases: list[TrainingCase], teacher: Path | None,
     (name prefixes such as VB3; all when None)."""
     if teacher is None:
         return cases
+    backend = make_backend("onnxruntime", teacher)  # one session for every case
     chosen = [c.name.split("_")[0] in datasets if datasets else True for c in cases]
-    out = [with_teacher_s1(c, teacher_classes(c, teacher)) if pick else c for c, pick in zip(cases, chosen)]
+    out = [with_teacher_s1(c, teacher_classes(c, backend)) if pick else c for c, pick in zip(cases, chosen)]
     log.info("S1 from %s on %d of %d cases", teacher.name, sum(o is not c for o, c in zip(out, cases)), len(cases))
     return out
 

@@ -28,7 +28,10 @@ from scipy import ndimage
 
 from dicom_io.levels import StructureKind, structure_by_label
 from dicom_io.phantom import SliceGrid, Weighting, make_spine_phantom, render_phantom
-from inference.preprocessing import TRAINING_SPACING_MM, normalise_intensity
+from inference.backends import Backend
+from inference.engine import with_neighbours
+from inference.postprocess import MIN_BODY_MM3
+from inference.preprocessing import TRAINING_SPACING_MM, normalise_intensity, to_training_grid
 
 __all__ = [
     "CLASS_NAMES",
@@ -261,31 +264,18 @@ def unpack_cases(path: Path) -> list[TrainingCase]:
                          float(arrays[f"spacing{i}"]), arrays[f"labelled{i}"]) for i, name in enumerate(names)]
 
 
-# A teacher's S1 smaller than this (mm³) is not taken as the volume's S1
-# (the naming step's minimum S1 size).
-_TEACHER_MIN_S1_MM3 = 2000.0
-
-
-def teacher_classes(case: TrainingCase, model_path: Path, batch: int = 8) -> np.ndarray:
-    """Argmax classes (planes, rows, cols) of an exported sagittal model run
-    on a case's 1 mm planes (each with its neighbouring planes as the
-    model's extra input channels, repeated at the ends; the planes are
-    zero-padded to multiples of 16)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    half = session.get_inputs()[0].shape[1] // 2
-    n, rows, cols = case.image.shape
-    padded = np.zeros((n, -(-rows // 16) * 16, -(-cols // 16) * 16), np.float32)
-    padded[:, :rows, :cols] = case.image
-    stacks = np.clip(np.arange(n)[:, None] + np.arange(-half, half + 1)[None, :], 0, n - 1)
-    out = [session.run(None, {"image": padded[stacks[i : i + batch]]})[0].argmax(axis=1)[:, :rows, :cols]
-           for i in range(0, n, batch)]
+def teacher_classes(case: TrainingCase, teacher: Backend, batch: int = 8) -> np.ndarray:
+    """Argmax classes (planes, rows, cols) of a sagittal model backend run
+    on a case's 1 mm planes, each with its neighbouring planes as the
+    model's extra input channels, as the engine feeds a series
+    (`engine.with_neighbours`, `preprocessing.to_training_grid`)."""
+    x, (rows, cols) = to_training_grid(case.image, (TRAINING_SPACING_MM, TRAINING_SPACING_MM))
+    stacks = with_neighbours(len(x), teacher.input_channels)
+    out = [teacher.run(x[stacks[i : i + batch]]).argmax(axis=1)[:, :rows, :cols] for i in range(0, len(x), batch)]
     return np.concatenate(out).astype(np.uint8)
 
 
-def with_teacher_s1(case: TrainingCase, classes: np.ndarray,
-                    min_s1_mm3: float = _TEACHER_MIN_S1_MM3) -> TrainingCase:
+def with_teacher_s1(case: TrainingCase, classes: np.ndarray, min_s1_mm3: float = MIN_BODY_MM3) -> TrainingCase:
     """A case whose unlabelled S1 is taken from a teacher network's classes.
 
     Why: VB2 and VB3 label no S1, so the loss lets the network call their

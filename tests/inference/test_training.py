@@ -479,7 +479,9 @@ def test_teacher_classes_run_an_exported_model_on_the_planes(tmp_path):
     net = ResidualUNet2D(4, channels=(4, 8), in_channels=3)
     export_onnx(net, tmp_path / "teacher.onnx")
     case = _tiny_cases()[0]
-    classes = teacher_classes(case, tmp_path / "teacher.onnx")
+    from inference.backends import make_backend
+
+    classes = teacher_classes(case, make_backend("onnxruntime", tmp_path / "teacher.onnx"))
     assert classes.shape == case.image.shape and classes.dtype == np.uint8
     with torch.no_grad():
         x = torch.from_numpy(np.stack([case.image[[4, 5, 6]]]))
