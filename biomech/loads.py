@@ -74,7 +74,7 @@ class Task:
 
 
 UPRIGHT = Task("upright_standing", 0.0, 0.0, "upright standing, arms hanging")
-FLEXION_60_5KG = Task("flexion_60deg_5kg_each_hand", 60.0, 5.0, "60° trunk flexion holding 5 kg in each hand")
+FLEXION_60_5KG = Task("flexion_60deg_5kg_each_hand", 60.0, 5.0, "60 deg trunk flexion holding 5 kg in each hand")
 # The tasks every study reports.
 TASKS = (UPRIGHT, FLEXION_60_5KG)
 

@@ -1,6 +1,10 @@
 """Series classification: plane from ImageOrientationPatient, weighting from
 RepetitionTime/EchoTime (SeriesDescription when they are absent or
-inconclusive), localisers and derived images excluded. Vendor-neutral."""
+inconclusive), localisers and derived images excluded. Vendor-neutral.
+
+Multi-frame objects carry the timing in functional groups: Enhanced MR in
+MR Timing and Related Parameters (TR) and MR Echo (effective TE), Legacy
+Converted Enhanced MR in the Unassigned Shared Converted Attributes."""
 from __future__ import annotations
 
 import enum
@@ -72,13 +76,35 @@ def _dixon(ds: Dataset) -> Weighting | None:
     return None
 
 
+def _functional_groups(ds: Dataset) -> list[Dataset]:
+    """The shared functional groups, then the first frame's."""
+    groups = []
+    for name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        if ds.get(name):
+            groups.append(ds[name].value[0])
+    return groups
+
+
+def _timing(ds: Dataset, keyword: str, macro: str, macro_keyword: str) -> object:
+    """``keyword`` at the top level, else ``macro_keyword`` in the ``macro``
+    functional group, else ``keyword`` among the converted attributes."""
+    if ds.get(keyword) not in (None, ""):
+        return ds.get(keyword)
+    for group in _functional_groups(ds):
+        for name, key in ((macro, macro_keyword), ("UnassignedSharedConvertedAttributesSequence", keyword)):
+            items = group.get(name)
+            if items and items[0].get(key) not in (None, ""):
+                return items[0].get(key)
+    return None
+
+
 def _weighting(ds: Dataset) -> Weighting:
     dixon = _dixon(ds)
     if dixon is not None:
         return dixon
     desc = str(ds.get("SeriesDescription", "") or "")
-    tr = ds.get("RepetitionTime")
-    te = ds.get("EchoTime")
+    tr = _timing(ds, "RepetitionTime", "MRTimingAndRelatedParametersSequence", "RepetitionTime")
+    te = _timing(ds, "EchoTime", "MREchoSequence", "EffectiveEchoTime")
     if _OTHER_WORDS.search(desc):
         return Weighting.OTHER
     if tr not in (None, "") and te not in (None, ""):

@@ -6,16 +6,25 @@ regenerated study is the same study.
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
+import highdicom as hd
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+from pydicom.uid import (
+    EnhancedMRImageStorage,
+    ExplicitVRLittleEndian,
+    LegacyConvertedEnhancedMRImageStorage,
+    MRImageStorage,
+)
 
 from dicom_io.uids import derive_uid
 
-__all__ = ["StudyInfo", "SeriesSpec", "write_mr_series"]
+__all__ = ["StudyInfo", "SeriesSpec", "MultiFrameClass", "write_mr_series", "write_multiframe_mr"]
 
 
 @dataclass(frozen=True)
@@ -23,7 +32,9 @@ class StudyInfo:
     """Patient/study attributes shared by every series of a synthetic study.
 
     ``patient_size_m``/``patient_weight_kg``/``patient_sex`` feed the
-    biomechanics; ``None`` leaves the attribute out.
+    biomechanics; ``None`` leaves the attribute out. ``character_set`` is
+    the Specific Character Set (0008,0005) the series declares; ``None``
+    leaves it out, as plain-ASCII scanners do (the default repertoire).
     """
 
     uid_seed: str
@@ -34,6 +45,7 @@ class StudyInfo:
     patient_weight_kg: float | None = 79.6
     study_date: str = "20261121"
     accession_number: str = "SG0001"
+    character_set: str | None = "ISO_IR 100"
 
     @property
     def study_instance_uid(self) -> str:
@@ -59,7 +71,8 @@ class SeriesSpec:
 
 def _base_dataset(study: StudyInfo, spec: SeriesSpec, series_uid: str) -> Dataset:
     ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
+    if study.character_set is not None:
+        ds.SpecificCharacterSet = study.character_set
     ds.SOPClassUID = MRImageStorage
     ds.PatientName = study.patient_name
     ds.PatientID = study.patient_id
@@ -163,3 +176,127 @@ def write_mr_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+class MultiFrameClass(str, enum.Enum):
+    """The multi-frame MR storage classes spinegate accepts."""
+
+    LEGACY_CONVERTED = LegacyConvertedEnhancedMRImageStorage
+    ENHANCED = EnhancedMRImageStorage
+
+
+# What an Enhanced MR object states about its acquisition beyond the legacy
+# conversion (PS3.3 C.8.13): the MR functional-group macros shared by all
+# frames, and the image-level attributes of the MR Pulse Sequence and MR
+# Image and Spectroscopy Instance modules, as for a 2D spin-echo series.
+_SHARED_MR_MACROS = {
+    "MRModifierSequence": dict(InversionRecovery="NO", FlowCompensation="NONE", T2Preparation="NO",
+                               SpectrallySelectedExcitation="NONE", SpatialPresaturation="NONE",
+                               PartialFourier="NO", ParallelAcquisition="NO"),
+    "MRImagingModifierSequence": dict(MagnetizationTransfer="NONE", BloodSignalNulling="NO", Tagging="NONE",
+                                      TransmitterFrequency=63.87, PixelBandwidth=200.0),
+    "MRReceiveCoilSequence": dict(ReceiveCoilName="SPINE", ReceiveCoilType="SURFACE", QuadratureReceiveCoil="NO",
+                                  ReceiveCoilManufacturerName=""),
+    "MRTransmitCoilSequence": dict(TransmitCoilName="BODY", TransmitCoilType="BODY", TransmitCoilManufacturerName=""),
+    "MRAveragesSequence": dict(NumberOfAverages=1.0),
+    "MRFOVGeometrySequence": dict(InPlanePhaseEncodingDirection="COLUMN", MRAcquisitionFrequencyEncodingSteps=256,
+                                  MRAcquisitionPhaseEncodingStepsInPlane=256, PercentSampling=100.0,
+                                  PercentPhaseFieldOfView=100.0),
+}
+_IMAGE_LEVEL = dict(
+    PulseSequenceName="SE2D", MRAcquisitionType="2D", EchoPulseSequence="SPIN", MultipleSpinEcho="NO",
+    MultiPlanarExcitation="NO", PhaseContrast="NO", TimeOfFlightContrast="NO", SteadyStatePulseSequence="NONE",
+    EchoPlanarPulseSequence="NO", SaturationRecovery="NO", SpectrallySelectedSuppression="NONE",
+    OversamplingPhase="NONE", GeometryOfKSpaceTraversal="RECTILINEAR", SegmentedKSpaceTraversal="SINGLE",
+    RectilinearPhaseEncodeReordering="LINEAR",
+    NumberOfKSpaceTrajectories=1, ResonantNucleus="1H", KSpaceFiltering="NONE",
+    ApplicableSafetyStandardAgency="IEC", ComplexImageComponent="MAGNITUDE", AcquisitionContrast="UNKNOWN",
+    LossyImageCompression="00", BurnedInAnnotation="NO", ManufacturerModelName="spinegate phantom",
+    DeviceSerialNumber="0", SoftwareVersions="spinegate phantom", AcquisitionDuration=60.0,
+)
+
+
+def _item(**values: object) -> Dataset:
+    item = Dataset()
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def _as_enhanced_mr(mf: Dataset, repetition_time_ms: float, echo_time_ms: float) -> None:
+    """Turn a Legacy Converted Enhanced MR object into an Enhanced MR one, in
+    place: the timing moves from the converted attributes into the MR
+    Timing and Related Parameters and MR Echo functional groups (where a
+    scanner writes it), the conversion's own sequences go, and the MR
+    acquisition attributes the IOD requires are stated."""
+    mf.SOPClassUID = EnhancedMRImageStorage
+    shared = mf.SharedFunctionalGroupsSequence[0]
+    del shared.UnassignedSharedConvertedAttributesSequence
+    acquired = f"{mf.StudyDate}{mf.StudyTime}"
+    for frame in mf.PerFrameFunctionalGroupsSequence:
+        for name in ("UnassignedPerFrameConvertedAttributesSequence", "ConversionSourceAttributesSequence"):
+            if name in frame:
+                del frame[name]
+        content = frame.FrameContentSequence[0]
+        content.FrameReferenceDateTime = content.FrameAcquisitionDateTime = acquired
+        content.FrameAcquisitionDuration = 4000.0
+    shared.MRTimingAndRelatedParametersSequence = [_item(
+        RepetitionTime=repetition_time_ms, EchoTrainLength=1, RFEchoTrainLength=1, GradientEchoTrainLength=0,
+        FlipAngle=90.0,
+        OperatingModeSequence=[_item(OperatingModeType="STATIC FIELD", OperatingMode="IEC_NORMAL")],
+        SpecificAbsorptionRateSequence=[_item(SpecificAbsorptionRateDefinition="IEC_WHOLE_BODY",
+                                              SpecificAbsorptionRateValue=0.5)])]
+    shared.MREchoSequence = [_item(EffectiveEchoTime=echo_time_ms)]
+    for name, values in _SHARED_MR_MACROS.items():
+        setattr(shared, name, [_item(**values)])
+    frame_type = shared.MRImageFrameTypeSequence[0]
+    frame_type.ComplexImageComponent = "MAGNITUDE"
+    frame_type.AcquisitionContrast = "UNKNOWN"
+    for keyword, value in _IMAGE_LEVEL.items():
+        setattr(mf, keyword, value)
+    mf.AcquisitionDateTime = acquired
+    del mf.ContributingEquipmentSequence
+
+
+def write_multiframe_mr(
+    paths: Sequence[Path],
+    out_path: Path,
+    storage_class: MultiFrameClass,
+    series_number: int,
+    uid_seed: str,
+    series_description: str | None = None,
+) -> Path:
+    """Write a single-frame MR series (as `write_mr_series` writes it) as one
+    multi-frame object of ``storage_class`` (highdicom's legacy conversion;
+    Enhanced MR with its timing in the MR functional groups).
+
+    ``series_description`` replaces the sources' (e.g. one without weighting
+    words, so a reader must use the functional groups).
+
+    Raises
+    ------
+    ValueError
+        If ``paths`` is empty or holds more than one series.
+    """
+    singles = [pydicom.dcmread(p) for p in paths]
+    if not singles or len({ds.SeriesInstanceUID for ds in singles}) != 1:
+        raise ValueError("'paths' must hold the instances of exactly one series")
+    storage_class = MultiFrameClass(storage_class)
+    mf = hd.legacy.LegacyConvertedEnhancedMRImage(
+        singles, series_instance_uid=derive_uid(uid_seed, "multiframe-series", series_number),
+        series_number=series_number, sop_instance_uid=derive_uid(uid_seed, "multiframe", series_number),
+        instance_number=1)
+    # The legacy conversion cannot derive a window from single frames that
+    # carry none, and lists the source series without instances.
+    voi = mf.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence[0]
+    voi.WindowCenter, voi.WindowWidth = 2048.0, 4096.0
+    del mf.ReferencedSeriesSequence
+    if storage_class is MultiFrameClass.ENHANCED:
+        _as_enhanced_mr(mf, float(singles[0].RepetitionTime), float(singles[0].EchoTime))
+    if series_description is not None:
+        mf.SeriesDescription = series_description
+    if "SpecificCharacterSet" not in singles[0] and "SpecificCharacterSet" in mf:
+        del mf.SpecificCharacterSet
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    mf.save_as(out_path, enforce_file_format=True)
+    return out_path

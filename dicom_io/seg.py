@@ -16,6 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from dicom_io.charset import declare_character_set
 from dicom_io.levels import SpineStructure, structure_by_label
 from dicom_io.muscles import MuscleStructure, muscle_by_label
 from dicom_io.uids import derive_uid
@@ -138,7 +139,7 @@ def build_segmentation(
         remap[s.label] = number
         descriptions.append(_segment(number, s, algorithm, sop_instance_uid))
     frames = _order_like_source(volume, source_images, remap[label_map])
-    return hd.seg.Segmentation(
+    seg = hd.seg.Segmentation(
         source_images=list(source_images),
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -154,3 +155,5 @@ def build_segmentation(
         series_description=f"spinegate {algorithm.name} SEG",
         omit_empty_frames=False,
     )
+    declare_character_set(seg)
+    return seg

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from dicom_io import codes as sg_codes
+from dicom_io.charset import declare_character_set
 from dicom_io.levels import structure_by_name
 from dicom_io.measurements import LoadReport, MuscleLevelMeasurements, StructureMeasurements
 from dicom_io.seg import AlgorithmInfo
@@ -272,7 +273,7 @@ def build_measurement_report(
         imaging_measurements=groups,
     )
     evidence = [ds for r in reports for ds in r.source_images] + [r.segmentation for r in reports]
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=content,
         series_instance_uid=series_instance_uid,
@@ -286,3 +287,5 @@ def build_measurement_report(
         is_verified=False,
         software_versions=software_version,
     )
+    declare_character_set(sr)
+    return sr

@@ -1,11 +1,12 @@
 """Multi-frame (enhanced) MR: geometry from functional groups, SEG on the
 source frames, SR polylines referencing frame numbers."""
-import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 
-from dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
+from conftest import dciodvfy_errors
+from dicom_io.classify import Weighting, classify_series
+from dicom_io.mr_writer import MultiFrameClass, SeriesSpec, StudyInfo, write_mr_series, write_multiframe_mr
 from dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
 from dicom_io.seg import AlgorithmInfo, build_segmentation
 from dicom_io.uids import derive_uid
@@ -19,12 +20,36 @@ def enhanced(tmp_path_factory):
     image, labels = render_phantom(make_spine_phantom(8), grid, "T2", subplanes=1)
     paths = write_mr_series(image, grid.affine, StudyInfo("mf"), SeriesSpec(4, "SAG T2", 3500, 100, 4.0), out)
     singles = [pydicom.dcmread(p) for p in paths]
-    mf = hd.legacy.LegacyConvertedEnhancedMRImage(
-        singles, series_instance_uid=derive_uid("mf", "series"), series_number=40,
-        sop_instance_uid=derive_uid("mf", "instance"), instance_number=1)
-    path = out / "enhanced.dcm"
-    mf.save_as(path, enforce_file_format=True)
+    path = write_multiframe_mr(paths, out / "legacy.dcm", MultiFrameClass.LEGACY_CONVERTED, 40, "mf")
     return pydicom.dcmread(path), image, labels, singles
+
+
+@pytest.fixture(scope="module")
+def single_frames(tmp_path_factory):
+    """A T1 series (TR 600, TE 12) whose description names no weighting."""
+    out = tmp_path_factory.mktemp("sf")
+    grid = sagittal_grid(5, 48, 48, 4.0, 4.0)
+    image, _ = render_phantom(make_spine_phantom(8), grid, "T1", subplanes=1)
+    return write_mr_series(image, grid.affine, StudyInfo("mf-t1", character_set=None),
+                           SeriesSpec(5, "SAG TSE", 600, 12, 4.0), out)
+
+
+@pytest.mark.parametrize("storage_class", list(MultiFrameClass), ids=lambda c: c.name)
+def test_multiframe_weighting_is_read_from_functional_groups(tmp_path, single_frames, storage_class):
+    path = write_multiframe_mr(single_frames, tmp_path / "mf.dcm", storage_class, 50, "mf-t1")
+    ds = pydicom.dcmread(path)
+    assert ds.SOPClassUID == storage_class.value and "RepetitionTime" not in ds and "EchoTime" not in ds
+    assert "SpecificCharacterSet" not in ds  # as the sources
+    assert classify_series([ds]).weighting is Weighting.T1
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("storage_class", list(MultiFrameClass), ids=lambda c: c.name)
+def test_multiframe_objects_are_valid_iods(tmp_path, single_frames, storage_class):
+    """The multi-frame inputs of the tests and the conformance suite are
+    what a scanner would send: dciodvfy finds no error."""
+    path = write_multiframe_mr(single_frames, tmp_path / "mf.dcm", storage_class, 50, "mf-t1")
+    assert dciodvfy_errors(path) == []
 
 
 def test_multiframe_volume_matches_single_frame_volume(enhanced):

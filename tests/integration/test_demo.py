@@ -29,7 +29,7 @@ def test_demo_prints_measurements_beside_truth(tmp_path):
             assert abs(csa - truth) <= 0.25 * truth, row
     # The spinal loads of the demo subject follow the measurements; its
     # adult-sized muscles carry the flexion pose.
-    assert "spinal loads" in out and "60° trunk flexion holding 5 kg in each hand" in out
+    assert "spinal loads" in out and "60 deg trunk flexion holding 5 kg in each hand" in out
     assert "INFEASIBLE" not in out
     l5s1 = [line.split() for line in out.splitlines() if line.strip().startswith("L5S1")]
     assert len(l5s1) == 2 and 2000 < float(l5s1[1][1]) < 4500  # flexion L5S1 compression, N

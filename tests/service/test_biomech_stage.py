@@ -153,7 +153,7 @@ def test_loads_command_runs_from_a_measurements_json_alone(tmp_path):
     measurements_json(m, phantom_centroids(), {"height_m": 1.75, "mass_kg": 79.6, "sex": "M", "defaults_used": []})
     proc = _loads_cli(str(m), "--weight-kg", "90")
     assert proc.returncode == 0, proc.stderr
-    assert "60° trunk flexion" in proc.stdout and "L5S1" in proc.stdout
+    assert "60 deg trunk flexion" in proc.stdout and "L5S1" in proc.stdout
     block = json.loads((tmp_path / "biomech" / "loads.json").read_text())
     assert block["subject"]["mass_kg"] == 90 and block["subject"]["defaults_used"] == []
     assert (tmp_path / "biomech" / FLEXION_60_5KG.name / f"{FLEXION_60_5KG.name}.osim").exists()
