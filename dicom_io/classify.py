@@ -120,6 +120,17 @@ def _weighting(ds: Dataset) -> Weighting:
     return Weighting.OTHER
 
 
+_LOSSY_COMPRESSION = "113040"  # DCM "Lossy Compression"
+
+
+def _derived_only_by_compression(ds: Dataset) -> bool:
+    """Lossy compression turns ORIGINAL into DERIVED (PS3.3 C.7.6.1.1.2;
+    dcmtk's and many PACS's encoders do it) with the derivation coded as
+    DCM 113040: the pixels are still the acquisition, not a reformat."""
+    codes = {str(item.get("CodeValue", "")) for item in ds.get("DerivationCodeSequence") or []}
+    return str(ds.get("LossyImageCompression", "")) == "01" and codes == {_LOSSY_COMPRESSION}
+
+
 def classify_series(headers: list[Dataset]) -> SeriesClass:
     """Classify a series from its instance headers (pixel data not needed)."""
     first = headers[0]
@@ -133,7 +144,8 @@ def classify_series(headers: list[Dataset]) -> SeriesClass:
     weighting = _weighting(first)
     if "LOCALIZER" in image_type or _LOCALISER.search(desc):
         return SeriesClass(plane, weighting, "localiser")
-    if image_type and image_type[0] == "DERIVED" and weighting not in (Weighting.WATER, Weighting.FAT):
+    if (image_type and image_type[0] == "DERIVED" and weighting not in (Weighting.WATER, Weighting.FAT)
+            and not _derived_only_by_compression(first)):
         return SeriesClass(plane, weighting, "derived_image")
     if first.get("Modality") != "MR":
         return SeriesClass(plane, weighting, "not_mr")

@@ -6,10 +6,11 @@ comes from ``pydicom.sr.codedict.codes``.
 """
 from __future__ import annotations
 
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.coding import Code
 
 __all__ = [
-    "SCHEME", "CENTROID_L", "CENTROID_P", "CENTROID_S", "NEEDS_REVIEW", "REVIEW_REASON", "UCUM_NEWTON",
+    "SCHEME", "SCHEME_IDENTIFICATION", "CENTROID_L", "CENTROID_P", "CENTROID_S", "NEEDS_REVIEW", "REVIEW_REASON", "UCUM_NEWTON",
     "UCUM_NEWTON_METRE", "UCUM_KILOGRAM", "UCUM_DEGREE", "UCUM_METRE", "BODY_HEIGHT", "BODY_WEIGHT", "SUBJECT_SEX",
     "SEX", "SPINAL_LOAD", "DISC_COMPRESSION", "DISC_ANTERIOR_SHEAR", "VERTEBRAL_BODY_COMPRESSION",
     "LUMBAR_LORDOSIS", "SACRAL_SLOPE", "TASK", "REASON", "UCUM_SQUARE_CENTIMETRE", "UCUM_MILLILITRE", "UCUM_PERCENT",
@@ -17,6 +18,11 @@ __all__ = [
 ]
 
 SCHEME = "99SPINEGATE"
+# The Coding Scheme Identification Sequence item of every object that uses
+# the private scheme (PS3.3 C.12.1.1.5: a private designator is identified).
+SCHEME_IDENTIFICATION = CodingSchemeIdentificationItem(
+    designator=SCHEME, name="spinegate local codes", version="1",
+    responsible_organization="spinegate project (dicom_io/codes.py, conformance/CONFORMANCE.md)")
 
 # Centre of mass (DCM 128138) split into its patient-coordinate components.
 CENTROID_L = Code("SG0001", SCHEME, "Centre of mass, patient x (LPS)")

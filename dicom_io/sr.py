@@ -286,6 +286,7 @@ def build_measurement_report(
         is_final=False,
         is_verified=False,
         software_versions=software_version,
+        coding_schemes=[sg_codes.SCHEME_IDENTIFICATION],
     )
     declare_character_set(sr)
     return sr

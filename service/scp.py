@@ -138,6 +138,9 @@ def build_ae(config: SpinegateConfig) -> AE:
     ae.network_timeout = config.network.network_timeout_s
     ae.maximum_associations = config.network.maximum_associations
     ae.maximum_pdu_size = config.network.maximum_pdu_bytes
+    # An association addressed to another AE title is a misrouted sender:
+    # reject it (A-ASSOCIATE-RJ, called AE title not recognised).
+    ae.require_called_aet = True
     ae.add_supported_context(Verification)
     for sop_class in MR_STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)

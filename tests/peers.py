@@ -2,7 +2,6 @@
 ``spinegate serve`` as a child process. Bounded waits, no fixed sleeps."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,68 +9,25 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
-import pydicom.errors
 import yaml
 
+from conformance.pacs import DCMTK_ENV
+from conformance.pacs import StoreSCP as _StoreSCP
 from conftest import REPO, require_tool
 from service.demo import free_port, stop_process, wait_for_echo
 
 __all__ = ["StoreSCP", "Spinegate", "Prometheus", "RedisServer", "Orthanc", "storescu", "storescu_to",
-           "start_worker", "compress", "free_port", "stop_process"]
+           "start_worker", "free_port", "stop_process"]
 
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # dcmtk 3.6.7 stalls ~45 ms/instance without it
 
 
-@dataclass
-class StoreSCP:
-    """dcmtk storescp accepting every transfer syntax into ``folder``."""
-
-    folder: Path
-    port: int
-    proc: subprocess.Popen
+class StoreSCP(_StoreSCP):
+    """The conformance suite's storescp PACS, on a free port by default."""
 
     @classmethod
-    def start(cls, folder: Path, port: int | None = None, ae_title: str = "PACS") -> "StoreSCP":
-        folder.mkdir(parents=True, exist_ok=True)
-        port = port or free_port()
-        proc = subprocess.Popen([require_tool("storescp"), "-aet", ae_title, "+xa", "-od", str(folder), str(port)],
-                                env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_echo("127.0.0.1", port, ae_title, 20)
-        return cls(folder, port, proc)
-
-    def objects(self, study_uid: str) -> dict[str, list[Path]]:
-        found: dict[str, list[Path]] = {"SEG": [], "SR": []}
-        for p in self.folder.iterdir():
-            if p.name.startswith("."):
-                continue
-            try:
-                ds = pydicom.dcmread(p, stop_before_pixels=True)
-            except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError):
-                continue  # storescp is still writing it: read it on the next poll
-            if ds.StudyInstanceUID == study_uid and ds.Modality in found:
-                found[ds.Modality].append(p)
-        return found
-
-    def wait_for(self, study_uid: str, n_seg: int, timeout_s: float = 240) -> dict[str, list[Path]]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            objs = self.objects(study_uid)
-            if len(objs["SR"]) >= 1 and len(objs["SEG"]) >= n_seg:
-                # Complete once no file grows between two polls (storescp
-                # writes in place, not by rename).
-                sizes = {p: p.stat().st_size for paths in objs.values() for p in paths}
-                time.sleep(0.5)
-                if all(p.stat().st_size == n for p, n in sizes.items()):
-                    return objs
-                continue
-            time.sleep(0.5)
-        raise TimeoutError(f"PACS did not receive SEG+SR for {study_uid} within {timeout_s} s")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+    def start(cls, folder: Path, port: int | None = None, ae_title: str = "PACS") -> "StoreSCP":  # type: ignore[override]
+        return super().start(folder, port or free_port(), ae_title)
 
 
 @dataclass
@@ -131,18 +87,6 @@ def storescu_to(files: list[Path], port: int, called_ae: str, proposal: list[str
     proc = subprocess.run(cmd, env=DCMTK_ENV, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise RuntimeError(f"storescu failed ({proc.returncode}): {proc.stderr[-2000:]}")
-
-
-def compress(files: list[Path], out: Path, tool: str, *options: str) -> list[Path]:
-    """Re-encode files with a dcmtk codec tool (dcmcjpeg, dcmcjpls, dcmcrle)."""
-    out.mkdir(parents=True, exist_ok=True)
-    exe = require_tool(tool)
-    result = []
-    for f in files:
-        target = out / f.name
-        subprocess.run([exe, *options, str(f), str(target)], check=True, capture_output=True, timeout=60)
-        result.append(target)
-    return result
 
 
 @dataclass

@@ -3,6 +3,7 @@ import copy
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 
 from dicom_io.classify import Plane, Weighting, classify_series, plane_from_orientation
 from dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
@@ -119,6 +120,22 @@ def test_localisers_and_derived_images_are_excluded(series):
     assert classify_series([ds]).excluded == "localiser"
     ds = copy.deepcopy(series[2][0])
     ds.ImageType = ["DERIVED", "SECONDARY"]
+    assert classify_series([ds]).excluded == "derived_image"
+
+
+def test_images_derived_only_by_lossy_compression_are_analysed(series):
+    """What dcmcjpeg, dcmcjpls and many PACS write after lossy compression:
+    DERIVED, Lossy Image Compression 01, derivation DCM 113040."""
+    ds = copy.deepcopy(series[2][0])
+    ds.ImageType = ["DERIVED", "PRIMARY", "OTHER"]
+    ds.LossyImageCompression = "01"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "113040", "DCM", "Lossy Compression"
+    ds.DerivationCodeSequence = [code]
+    assert classify_series([ds]).excluded == ""
+    reformat = Dataset()
+    reformat.CodeValue, reformat.CodingSchemeDesignator, reformat.CodeMeaning = "113072", "DCM", "Multiplanar reformatting"
+    ds.DerivationCodeSequence = [code, reformat]  # compressed and reformatted: still derived
     assert classify_series([ds]).excluded == "derived_image"
 
 

@@ -115,3 +115,17 @@ def test_ct_sop_class_is_refused_at_negotiation(scp):
     rejected = {cx.abstract_syntax for cx in assoc.rejected_contexts}
     assoc.release()
     assert CTImageStorage in rejected and CTImageStorage not in accepted
+
+
+def test_association_to_another_called_ae_title_is_rejected(scp):
+    """A sender configured with the wrong called AE title is told so at
+    association (A-ASSOCIATE-RJ, rejected-permanent, reason 7)."""
+    cfg, _, _ = scp
+    ae = AE(ae_title="TESTSCU")
+    ae.acse_timeout = ae.network_timeout = 5
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", cfg.network.port, ae_title="NOT_SPINEGATE")
+    assert assoc.is_rejected
+    rj = assoc.acceptor.primitive
+    assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x07)
+    _associate(cfg).release()  # the right title still gets in (asserted inside)
