@@ -49,6 +49,43 @@ def engines():
     return Engines(MODEL_DIR)
 
 
+def write_seg_and_sr(out: Path, study, seed: int, grid: tuple, loads=None) -> dict:  # type: ignore[no-untyped-def]
+    """SEG and SR of a phantom T2 series built from its exact labels, as
+    the pipeline builds them; ``grid`` is `sagittal_grid`'s arguments,
+    ``study`` a `StudyInfo` (its ``uid_seed`` seeds the output UIDs)."""
+    import pydicom
+
+    from biomech.morphometry import measure_structure
+    from dicom_io.mr_writer import SeriesSpec, write_mr_series
+    from dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
+    from dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
+    from dicom_io.sr import SeriesReport, build_measurement_report
+    from dicom_io.uids import derive_uid
+    from dicom_io.volume import read_series
+
+    algorithm = AlgorithmInfo("sagittal_spine", "test", "0" * 64)
+    grid = sagittal_grid(*grid)
+    image, labels = render_phantom(make_spine_phantom(seed), grid, "T2", subplanes=2)
+    paths = write_mr_series(image, grid.affine, study, SeriesSpec(3, "SAG T2", 3500, 100, 4.0), out / "in")
+    datasets = [pydicom.dcmread(p) for p in paths]
+    volume = read_series(datasets)
+    label_map = np.ascontiguousarray(labels[::-1])  # read_series order is along -x
+    seed_uid = study.uid_seed
+    seg = build_segmentation(volume, datasets, label_map, algorithm, derive_uid(seed_uid, "segser"),
+                             derive_uid(seed_uid, "seg"), 9003, "t")
+    seg_path = out / "seg.dcm"
+    seg.save_as(seg_path, enforce_file_format=True)
+    present = segment_numbers(label_map)
+    numbers = {s.label: i + 1 for i, s in enumerate(present)}
+    measurements = [measure_structure(label_map == s.label, volume.affine, s) for s in present]
+    sr = build_measurement_report([SeriesReport(volume, datasets, seg, numbers, measurements, "SAG T2")], algorithm,
+                                  derive_uid(seed_uid, "srser"), derive_uid(seed_uid, "sr"), 9999, "t", loads=loads)
+    sr_path = out / "sr.dcm"
+    sr.save_as(sr_path, enforce_file_format=True)
+    return dict(volume=volume, datasets=datasets, label_map=label_map, seg_path=seg_path, sr_path=sr_path,
+                present=present, measurements=measurements, algorithm=algorithm)
+
+
 def dciodvfy_errors(path: Path) -> list[str]:
     """Error lines dciodvfy reports for ``path`` (warnings are not errors)."""
     import subprocess

@@ -2,25 +2,17 @@
 non-ASCII text (our own or copied from the sources, in whatever set the
 sources declared) makes the object UTF-8 (ISO_IR 192); every reader then
 parses it (dciodvfy, dcmtk's strict SR parser, dcmqi, highdicom)."""
-import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
 from biomech.loads import TASKS
-from biomech.morphometry import measure_structure
 from conformance.checks import check_returned_object
+from conftest import write_seg_and_sr
 from dicom_io.charset import CharacterSet, declare_character_set, required_character_set
 from dicom_io.levels import structure_by_name
 from dicom_io.measurements import LoadReport, TaskLoadReport
-from dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
-from dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
-from dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
-from dicom_io.sr import SeriesReport, build_measurement_report
-from dicom_io.uids import derive_uid
-from dicom_io.volume import read_series
-
-ALGO = AlgorithmInfo("sagittal_spine", "test", "0" * 64)
+from dicom_io.mr_writer import StudyInfo
 
 # (declared by the source, patient name, the set the outputs must declare)
 SOURCES = {
@@ -71,26 +63,9 @@ def _write(case: str, out):
     """SEG and SR (with loads) of a small phantom series whose sources
     declare ``SOURCES[case]``."""
     declared, name, _ = SOURCES[case]
-    grid = sagittal_grid(7, 96, 96, 3.0, 4.0)
-    image, labels = render_phantom(make_spine_phantom(12), grid, "T2", subplanes=1)
     study = StudyInfo(f"charset-{case}", patient_name=name, character_set=declared)
-    paths = write_mr_series(image, grid.affine, study, SeriesSpec(3, "SAG T2", 3500, 100, 4.0), out / "in")
-    datasets = [pydicom.dcmread(p) for p in paths]
-    volume = read_series(datasets)
-    label_map = np.ascontiguousarray(labels[::-1])
-    seg = build_segmentation(volume, datasets, label_map, ALGO, derive_uid("cs", case, "segser"),
-                             derive_uid("cs", case, "seg"), 9003, "t")
-    seg_path = out / "seg.dcm"
-    seg.save_as(seg_path, enforce_file_format=True)
-    present = segment_numbers(label_map)
-    numbers = {s.label: i + 1 for i, s in enumerate(present)}
-    measurements = [measure_structure(label_map == s.label, volume.affine, s) for s in present]
-    sr = build_measurement_report([SeriesReport(volume, datasets, seg, numbers, measurements, "SAG T2")], ALGO,
-                                  derive_uid("cs", case, "srser"), derive_uid("cs", case, "sr"),
-                                  9999, "t", loads=_loads())
-    sr_path = out / "sr.dcm"
-    sr.save_as(sr_path, enforce_file_format=True)
-    return case, name, seg_path, sr_path
+    written = write_seg_and_sr(out, study, 12, (7, 96, 96, 3.0, 4.0), loads=_loads())
+    return case, name, written["seg_path"], written["sr_path"]
 
 
 def test_outputs_declare_what_their_text_needs_and_keep_the_name(written):

@@ -6,41 +6,17 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
-from biomech.morphometry import measure_structure
-from conftest import dciodvfy_errors
+from conftest import dciodvfy_errors, write_seg_and_sr
 from dicom_io.levels import structure_by_label
-from dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
-from dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
-from dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
-from dicom_io.sr import SeriesReport, build_measurement_report
-from dicom_io.uids import derive_uid
-from dicom_io.volume import read_series
+from dicom_io.mr_writer import StudyInfo
+from dicom_io.seg import AlgorithmInfo, build_segmentation
 
 ALGO = AlgorithmInfo("sagittal_spine", "test", "0" * 64)
 
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
-    out = tmp_path_factory.mktemp("segsr")
-    phantom = make_spine_phantom(11)
-    grid = sagittal_grid(9, 128, 128, 2.4, 4.0)
-    image, labels = render_phantom(phantom, grid, "T2", subplanes=2)
-    paths = write_mr_series(image, grid.affine, StudyInfo("segsr"), SeriesSpec(3, "SAG T2", 3500, 100, 4.0), out / "in")
-    datasets = [pydicom.dcmread(p) for p in paths]
-    volume = read_series(datasets)
-    label_map = np.ascontiguousarray(labels[::-1])  # read_series order is along -x
-    seg = build_segmentation(volume, datasets, label_map, ALGO, derive_uid("t", "segser"), derive_uid("t", "seg"), 9003, "t")
-    seg_path = out / "seg.dcm"
-    seg.save_as(seg_path, enforce_file_format=True)
-    present = segment_numbers(label_map)
-    numbers = {s.label: i + 1 for i, s in enumerate(present)}
-    measurements = [measure_structure(label_map == s.label, volume.affine, s) for s in present]
-    sr = build_measurement_report([SeriesReport(volume, datasets, seg, numbers, measurements, "SAG T2")], ALGO,
-                                  derive_uid("t", "srser"), derive_uid("t", "sr"), 9999, "t")
-    sr_path = out / "sr.dcm"
-    sr.save_as(sr_path, enforce_file_format=True)
-    return dict(volume=volume, datasets=datasets, label_map=label_map, seg_path=seg_path, sr_path=sr_path,
-                present=present, measurements=measurements)
+    return write_seg_and_sr(tmp_path_factory.mktemp("segsr"), StudyInfo("segsr"), 11, (9, 128, 128, 2.4, 4.0))
 
 
 def test_seg_round_trip_matches_labels_and_geometry(written):
@@ -111,3 +87,11 @@ def test_build_segmentation_validates_inputs(written):
     with pytest.raises(ValueError, match="64 hex"):
         AlgorithmInfo("x", "1", "abc")
     assert structure_by_label(28).display_name == "L5-S1 intervertebral disc"
+
+
+def test_sr_identifies_the_private_coding_scheme(written):
+    sr = pydicom.dcmread(written["sr_path"])
+    assert b"99SPINEGATE" in written["sr_path"].read_bytes()  # the scheme is used ...
+    schemes = {i.CodingSchemeDesignator: i for i in sr.CodingSchemeIdentificationSequence}
+    assert schemes["99SPINEGATE"].CodingSchemeName == "spinegate local codes"  # ... and identified
+    assert schemes["99SPINEGATE"].CodingSchemeResponsibleOrganization.startswith("spinegate project")
