@@ -25,9 +25,9 @@ def _record_all(store, files):
     return ds.StudyInstanceUID
 
 
-def test_study_interrupted_while_processing_is_processed_on_recovery(tmp_path, phantom_study, engine):
+def test_study_interrupted_while_processing_is_processed_on_recovery(tmp_path, phantom_study, engines):
     cfg, store, worker = _worker(tmp_path)
-    worker._engine = engine
+    worker._engines = engines  # the session's loaded engines, not a second load
     uid = _record_all(store, phantom_study["files"])
     store.transition(uid, StudyState.COMPLETE)
     store.transition(uid, StudyState.PROCESSING)  # as if the process died mid-study
@@ -38,9 +38,9 @@ def test_study_interrupted_while_processing_is_processed_on_recovery(tmp_path, p
     assert rec.detail["exports"] == []  # no destination configured
 
 
-def test_quiet_period_check_and_failure_reason(tmp_path, engine):
+def test_quiet_period_check_and_failure_reason(tmp_path, engines):
     cfg, store, worker = _worker(tmp_path, quiet=3600)
-    worker._engine = engine
+    worker._engines = engines  # the session's loaded engines, not a second load
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"junk")
     store.record_instance(InstanceRecord("1.2.3.4.5", "1.2.3", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.4", junk))
