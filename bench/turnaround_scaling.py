@@ -15,7 +15,7 @@ sweeps on phantom studies:
     .venv/bin/python bench/turnaround_scaling.py --short   # CI: 192² / 160², 1 run, 2 points per sweep
 
 Writes a JSON record to bench/results/ and a plot (PNG, matplotlib):
-bench/turnaround_scaling.png in full mode (shown in the README),
+bench/turnaround_scaling.png in full mode (shown in bench/README.md),
 bench/results/turnaround_scaling_short.png in short mode.
 """
 from __future__ import annotations
@@ -105,7 +105,7 @@ def main() -> int:
     stamp = time.strftime("%Y%m%dT%H%M%S")
     path = out / f"turnaround_scaling_{record['mode']}_{stamp}.json"
     path.write_text(json.dumps(record, indent=1))
-    # The full-mode plot is the one the README shows (kept in the repository).
+    # The full-mode plot is the one bench/README.md shows (kept in the repository).
     _plot(record, REPO / "bench" / "turnaround_scaling.png" if not args.short else out / "turnaround_scaling_short.png")
     print(f"wrote {path}")
     return 0

@@ -113,7 +113,7 @@ def _outline_points(mask2d: np.ndarray) -> np.ndarray:
     ×4 and thresholded at 0.5, which puts the outline near the true edge; the
     centres of the fine boundary pixels are returned. Measured bias on the
     phantom's tilted discs: +0.33 pixel; on axis-aligned boxes: -0.25 pixel
-    (README, "Measurements").
+    (docs/measurements.md).
     """
     rows, cols = np.nonzero(mask2d)
     pad = 4

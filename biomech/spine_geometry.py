@@ -5,7 +5,7 @@ are projected onto the sagittal plane and mapped to the OpenSim frame
 (x anterior, y superior, z right; metres). The intervertebral joints sit at
 the disc centroids, so the subject's lordosis is the model's.
 
-Conventions (documented in the README, "Biomechanics"):
+Conventions (documented in docs/measurements.md, "Spinal loads"):
 
 - The scan is supine, so the spine's orientation in the scanner says nothing
   about standing. Upright stance is defined by sagittal balance of the lumbar

@@ -39,7 +39,7 @@ class StudyBiomechanics:
     solve_s: float = 0.0
 
     def document(self) -> dict[str, Any]:
-        """The ``biomechanics`` block of measurements.json (README)."""
+        """The ``biomechanics`` block of measurements.json (docs/outputs.md)."""
         s = self.subject
         doc: dict[str, Any] = {
             "subject": {"height_m": round(s.height_m, 3), "mass_kg": round(s.mass_kg, 2), "sex": s.sex.value,

@@ -103,7 +103,7 @@ def _com(body: str, geometry: SpineGeometry, subject: Subject) -> np.ndarray:
         axis = geometry.vertebra_axis(body)
         return geometry.point(body) - _posterior(axis) * LEVEL_COM_ANTERIOR_MM[body] / 1000.0 * k
     # Upper body (thorax, head, neck): as far anterior as the T12 level's
-    # centre of mass, 27.3 cm above T12L1 (README "Biomechanics").
+    # centre of mass, 27.3 cm above T12L1 (docs/measurements.md, "Spinal loads").
     return geometry.point("T12L1") + np.array([LEVEL_COM_ANTERIOR_MM["T12"] / 1000.0, UPPER_BODY_COM_HEIGHT_M]) * k
 
 

@@ -51,7 +51,7 @@ def _check_source(model_dir: Path, record: dict, path: Path) -> None:
         return
     if hashlib.sha256((model_dir / source).read_bytes()).hexdigest() != record.get("source_sha256"):
         raise EngineError(f"{path} was derived from another version of {source}; re-run "
-                          f"'python -m inference.quantize --out {model_dir}' (README, the axial model)")
+                          f"'python -m inference.quantize --out {model_dir}' (docs/models.md, the axial model)")
 
 
 def load_model_info(model_dir: Path, name: str = MODEL_NAME) -> ModelInfo:
@@ -66,8 +66,8 @@ def load_model_info(model_dir: Path, name: str = MODEL_NAME) -> ModelInfo:
     if not path.exists():
         command = {"sagittal_spine": "python -m inference.train", "axial_muscle": "python -m inference.train_axial",
                    "axial_muscle.int8": "python -m inference.quantize"}
-        how = command.get(name, command.get(name.split(".")[0], "the training command in the README"))
-        raise EngineError(f"model file {path} is missing; train it with '{how}' (README, the model sections)")
+        how = command.get(name, command.get(name.split(".")[0], "the training command in docs/models.md"))
+        raise EngineError(f"model file {path} is missing; train it with '{how}' (docs/models.md)")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     version = "unversioned"
     # A trained model's record, or a derived (quantised) model's.

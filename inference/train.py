@@ -1,7 +1,7 @@
 """Train the sagittal spine network and export it to ONNX.
 
 The committed model was trained in two stages on a lent GPU (the commands
-are in the README, "The sagittal model", and the model card): the real
+are in docs/models.md, "The sagittal model", and the model card): the real
 cases packed into one file (``--pack-cases``) travel to a machine without
 the shared data (``--cases``), worker processes draw the batches
 (``--workers``; `training_samples.SampleStream`), and ``--time-budget-s``

@@ -7,7 +7,7 @@ multifidus only, so its unlabelled pixels allow background, vertebral body,
 disc, psoas and quadratus lumborum: `inference.train.partial_label_loss`).
 
 The committed model and its cross-validation come from one command
-(README, "The axial model")::
+(docs/models.md, "The axial model")::
 
     python -m inference.train_axial --data ../shared/data/axial_muscle --out inference/models --all
 

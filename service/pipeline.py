@@ -335,7 +335,7 @@ def _muscle_entry(m: MuscleLevelMeasurements) -> dict[str, Any]:
 
 
 def measurements_document(result: StudyResult, models: Sequence[Any]) -> dict[str, Any]:
-    """The documented ``measurements.json`` (see README, "measurements.json");
+    """The documented ``measurements.json`` (see docs/outputs.md, "measurements.json");
     ``models`` are the `ModelInfo` of the engines used, the study's main one
     first."""
     series = []

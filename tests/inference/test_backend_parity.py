@@ -3,7 +3,7 @@ same committed models: every structure's Dice ≥ 0.99 between the two, on a
 held-out phantom and, when the shared data is present, a real volume.
 
 There is no TensorRT backend to compare: TensorRT cannot be installed in
-this workplace (README, Benchmarks, "TensorRT")."""
+this workplace (bench/README.md, "TensorRT")."""
 from __future__ import annotations
 
 import numpy as np

@@ -27,7 +27,7 @@ from service.store import StateStore, StudyState
 
 pytestmark = pytest.mark.integration
 
-# Stated tolerances (README, "Accuracy on the phantom"): discs come out
+# Stated tolerances (docs/models.md, "Accuracy on the phantom"): discs come out
 # systematically thicker (the real disc training masks are dilated).
 DISC_HEIGHT_TOL_MM = 3.0
 DISC_VOLUME_TOL = 0.35

@@ -25,7 +25,7 @@ SEED = 1000  # inference.train_axial.VALIDATION_PHANTOM_SEEDS
 CSA_TOL = 0.05  # relative, level mean, muscles of >= 2 cm² (issue 3's figure)
 FF_TOL = 0.03  # absolute Dixon fat fraction (issue 3's figure)
 # What the committed INT8 model reaches on the two held-out subjects below
-# (README, "The axial model"), with a little room.
+# (docs/models.md, "The axial model"), with a little room.
 CSA_MEAN_MAX, CSA_WITHIN_MIN, CSA_WORST_MAX = 0.025, 0.85, 0.10
 FF_MEAN_MAX, FF_WITHIN_MIN, FF_WORST_MAX = 0.012, 0.95, 0.10
 
@@ -115,7 +115,7 @@ def _accuracy(doc, truth):
 
 
 def _assert_issue_3_accuracy(doc, truth):
-    """What the calibrated model reaches on held-out subjects (README, "The
+    """What the calibrated model reaches on held-out subjects (docs/models.md, "The
     axial model"); the issue's figures are ≤ 5 % CSA and ≤ 0.03 fat fraction."""
     csa, per_muscle, ff, ff_per_muscle, fi = _accuracy(doc, truth)
     assert csa.mean() <= CSA_MEAN_MAX and np.mean(csa <= CSA_TOL) >= CSA_WITHIN_MIN and csa.max() <= CSA_WORST_MAX

@@ -13,7 +13,7 @@ def test_shipped_example_configuration_loads():
 
 
 # --- deployment artefacts (deploy/): validated as far as this machine allows;
-# the README says what was not run (no image build, no cluster, no GPU). ---
+# docs/operations.md says what was not run (no image build, no cluster, no GPU). ---
 import re  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
