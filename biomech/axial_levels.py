@@ -37,7 +37,7 @@ def _plane_distances(slice_positions: np.ndarray, normal: np.ndarray, centroids:
 
 
 def levels_from_centroids(slice_positions_lps: np.ndarray, slice_normal: Sequence[float],
-                          centroids_lps: Mapping[str, Sequence[float]], max_distance_mm: float = 25.0
+                          centroids_lps: Mapping[str, Sequence[float] | np.ndarray], max_distance_mm: float = 25.0
                           ) -> list[SliceLevel | None]:
     """Level of each axial slice from the sagittal centroids.
 
@@ -73,7 +73,7 @@ def levels_from_centroids(slice_positions_lps: np.ndarray, slice_normal: Sequenc
 
 
 def disc_midplane_slices(slice_positions_lps: np.ndarray, slice_normal: Sequence[float],
-                         centroids_lps: Mapping[str, Sequence[float]], slice_spacing_mm: float
+                         centroids_lps: Mapping[str, Sequence[float] | np.ndarray], slice_spacing_mm: float
                          ) -> dict[str, SliceLevel]:
     """For every disc, the slice whose plane is nearest its centroid — kept
     only when that slice lies within one slice spacing of it (a series with

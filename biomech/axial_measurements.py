@@ -232,11 +232,11 @@ def measure_muscles(
                 slice_index=int(ref_k), per_slice=per_slice, flags=tuple(item_flags),
             )
         for name, row in level_rows.items():
-            m: MuscleStructure = row["muscle"]
-            other = level_rows.get(f"{m.muscle}_{'L' if m.side == 'R' else 'R'}")
+            muscle: MuscleStructure = row["muscle"]
+            other = level_rows.get(f"{muscle.muscle}_{'L' if muscle.side == 'R' else 'R'}")
             asym = None
             if other is not None:
-                right, left = (row, other) if m.side == "R" else (other, row)
+                right, left = (row, other) if muscle.side == "R" else (other, row)
                 asym = asymmetry(right["csa_mean_cm2"], left["csa_mean_cm2"])
             out.append(MuscleLevelMeasurements(asymmetry=asym, **row))
     return out

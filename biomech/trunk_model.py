@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -67,7 +67,7 @@ UPPER_BODY_COM_HEIGHT_M = 0.273  # of stature, upright (for drawing only)
 class TrunkModel:
     """A built model and what it was built from."""
 
-    model: object  # opensim.Model
+    model: Any  # opensim.Model (SWIG, untyped)
     subject: Subject
     geometry: SpineGeometry
     fascicles: tuple[Fascicle, ...]

@@ -18,6 +18,7 @@ from enum import Enum
 from typing import Iterator
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 __all__ = ["CharacterSet", "TEXT_VRS", "declare_character_set", "required_character_set", "text_values"]
@@ -39,8 +40,8 @@ def _as_strings(value: object) -> Iterator[str]:
         return
     if isinstance(value, (str, PersonName)):
         yield str(value)
-    elif isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        for v in value:  # type: ignore[union-attr]
+    elif isinstance(value, (list, tuple, MultiValue)):
+        for v in value:
             yield from _as_strings(v)
     elif isinstance(value, bytes):
         # Undecoded bytes would be written as they are: count any byte

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -85,7 +86,7 @@ def _functional_groups(ds: Dataset) -> list[Dataset]:
     return groups
 
 
-def _timing(ds: Dataset, keyword: str, macro: str, macro_keyword: str) -> object:
+def _timing(ds: Dataset, keyword: str, macro: str, macro_keyword: str) -> Any:
     """``keyword`` at the top level, else ``macro_keyword`` in the ``macro``
     functional group, else ``keyword`` among the converted attributes."""
     if ds.get(keyword) not in (None, ""):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import highdicom as hd
 import numpy as np
@@ -189,7 +189,7 @@ class MultiFrameClass(str, enum.Enum):
 # conversion (PS3.3 C.8.13): the MR functional-group macros shared by all
 # frames, and the image-level attributes of the MR Pulse Sequence and MR
 # Image and Spectroscopy Instance modules, as for a 2D spin-echo series.
-_SHARED_MR_MACROS = {
+_SHARED_MR_MACROS: dict[str, dict[str, Any]] = {
     "MRModifierSequence": dict(InversionRecovery="NO", FlowCompensation="NONE", T2Preparation="NO",
                                SpectrallySelectedExcitation="NONE", SpatialPresaturation="NONE",
                                PartialFourier="NO", ParallelAcquisition="NO"),

@@ -69,7 +69,7 @@ def write_axial_phantom_study(
         raise ValueError(f"no axial series to write: 'axial_weightings' is {axial_weightings!r} and 'dixon' is off")
 
     study = study or StudyInfo(uid_seed=f"spinegate-axial-phantom-{seed}")
-    truth = write_phantom_study(out_dir, seed=seed, study=study, rows=sagittal_size[0], columns=sagittal_size[0],
+    truth: dict[str, Any] = write_phantom_study(out_dir, seed=seed, study=study, rows=sagittal_size[0], columns=sagittal_size[0],
                                 pixel_spacing_mm=sagittal_size[1]) if sagittal else {
         "study_instance_uid": study.study_instance_uid, "files": [], "structures": {}}
     phantom = make_spine_phantom(seed)
@@ -80,7 +80,7 @@ def write_axial_phantom_study(
     files = list(truth["files"])
     labels = np.zeros(0)
     plain = ("ORIGINAL", "PRIMARY", "OTHER")
-    series = [spec for spec in ((4, Weighting.T1, "AX T1 TSE", 600, 12, plain),
+    series: list[tuple[int, Weighting, str, int, int, tuple[str, ...]]] = [spec for spec in ((4, Weighting.T1, "AX T1 TSE", 600, 12, plain),
                                 (5, Weighting.T2, "AX T2 TSE", 3800, 110, plain)) if spec[1].value in axial_weightings]
     if dixon:  # ImageType as Siemens writes Dixon images
         series += [(6, Weighting.DIXON_WATER, "AX DIXON W", 6, 2, ("DERIVED", "PRIMARY", "DIXON", "WATER")),

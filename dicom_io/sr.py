@@ -24,7 +24,11 @@ from dicom_io.seg import AlgorithmInfo
 from dicom_io.uids import derive_uid
 from dicom_io.volume import SeriesVolume
 
-__all__ = ["SeriesReport", "build_measurement_report", "series_measurement_groups"]
+# A TID 1500 measurement group of any of highdicom's three kinds.
+MeasurementGroup = (hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+                    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations)
+
+__all__ = ["MeasurementGroup", "SeriesReport", "build_measurement_report", "series_measurement_groups"]
 
 
 @dataclass(frozen=True)
@@ -219,11 +223,12 @@ def _load_groups(loads: LoadReport, uid_seed: str) -> list[hd.sr.MeasurementsAnd
 
 
 def series_measurement_groups(reports: Sequence[SeriesReport], algorithm: AlgorithmInfo,
-                              sop_instance_uid: str) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+                              sop_instance_uid: str) -> list[MeasurementGroup]:
     """The SR's measurement groups of the analysed series (structures, then
     muscles): `build_measurement_report` makes them when not given, the
     pipeline builds them while the loads are still being solved."""
-    groups = [g for r in reports for m in r.measurements for g in _groups(r, m, algorithm, sop_instance_uid)]
+    groups: list[MeasurementGroup] = [g for r in reports for m in r.measurements
+                                      for g in _groups(r, m, algorithm, sop_instance_uid)]
     groups += [_muscle_group(r, m, r.algorithm or algorithm, sop_instance_uid) for r in reports for m in r.muscles]
     return groups
 
@@ -236,7 +241,7 @@ def build_measurement_report(
     series_number: int,
     software_version: str,
     loads: LoadReport | None = None,
-    series_groups: Sequence[hd.sr.MeasurementsAndQualitativeEvaluations] | None = None,
+    series_groups: Sequence[MeasurementGroup] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the study's Comprehensive 3D SR holding every measurement, and
     the spinal loads when ``loads`` is given.

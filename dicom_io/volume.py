@@ -10,7 +10,7 @@ spacing (PixelSpacing[1]), row index along the second by the row spacing
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -119,7 +119,11 @@ def _require(ds: Dataset, keyword: str, where: str) -> object:
     return value
 
 
-def frame_geometry(ds: Dataset) -> list[tuple[np.ndarray, np.ndarray, tuple[float, float], int | None]]:
+# (position, orientation, pixel spacing (row, col) in mm, frame number or None)
+FrameGeometry = tuple[np.ndarray, np.ndarray, tuple[float, float], int | None]
+
+
+def frame_geometry(ds: Dataset) -> list[FrameGeometry]:
     """(position, orientation(6), pixel spacing (row, col), frame number) per frame.
 
     For single-frame images one entry with frame number ``None``.
@@ -131,7 +135,7 @@ def frame_geometry(ds: Dataset) -> list[tuple[np.ndarray, np.ndarray, tuple[floa
     """
     if ds.SOPClassUID == ENHANCED_MR or "PerFrameFunctionalGroupsSequence" in ds:
         shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else Dataset()
-        out = []
+        out: list[FrameGeometry] = []
         for n, frame in enumerate(ds.PerFrameFunctionalGroupsSequence, start=1):
             def group(name: str) -> Dataset:
                 if name in frame:
@@ -142,14 +146,15 @@ def frame_geometry(ds: Dataset) -> list[tuple[np.ndarray, np.ndarray, tuple[floa
 
             ipp = np.array(group("PlanePositionSequence").ImagePositionPatient, float)
             iop = np.array(group("PlaneOrientationSequence").ImageOrientationPatient, float)
-            ps = tuple(float(v) for v in group("PixelMeasuresSequence").PixelSpacing)
-            out.append((ipp, iop, ps, n))
+            row_mm, col_mm = (float(v) for v in group("PixelMeasuresSequence").PixelSpacing)
+            out.append((ipp, iop, (row_mm, col_mm), n))
         return out
     where = f"instance {ds.get('SOPInstanceUID', '?')}"
     ipp = np.array(_require(ds, "ImagePositionPatient", where), float)
     iop = np.array(_require(ds, "ImageOrientationPatient", where), float)
-    ps = tuple(float(v) for v in _require(ds, "PixelSpacing", where))  # type: ignore[union-attr]
-    return [(ipp, iop, ps, None)]  # type: ignore[list-item]
+    spacing: Any = _require(ds, "PixelSpacing", where)
+    row_mm, col_mm = (float(v) for v in spacing)
+    return [(ipp, iop, (row_mm, col_mm), None)]
 
 
 def _frames(ds: Dataset) -> np.ndarray:
