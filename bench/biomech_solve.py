@@ -25,11 +25,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from biomech.anthropometry import Subject  # noqa: E402
-from biomech.loads import GRAVITY, Task, solve_task  # noqa: E402
-from biomech.spine_geometry import JOINTS, spine_geometry  # noqa: E402
-from biomech.study import run_biomechanics  # noqa: E402
-from dicom_io.phantom import make_spine_phantom  # noqa: E402
+from spinegate.biomech.anthropometry import Subject  # noqa: E402
+from spinegate.biomech.loads import GRAVITY, Task, solve_task  # noqa: E402
+from spinegate.biomech.spine_geometry import JOINTS, spine_geometry  # noqa: E402
+from spinegate.biomech.study import run_biomechanics  # noqa: E402
+from spinegate.dicom_io.phantom import make_spine_phantom  # noqa: E402
 
 REFERENCE = {
     "upright_standing": (817, 634, 578, 565, 573, 599),

@@ -35,14 +35,14 @@ BACKENDS = {"sagittal_spine": ("onnxruntime", "torch"), "axial_muscle": ("onnxru
 
 
 def _series(engine: str, short: bool) -> tuple[np.ndarray, np.ndarray]:
-    from dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagittal_grid
+    from spinegate.dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagittal_grid
 
     if engine == "sagittal_spine":
         n, size, ps = (6, 192, 1.3) if short else (15, 512, 0.5)
         grid = sagittal_grid(n, size, size, ps, 4.0)
         image, _ = render_phantom(make_spine_phantom(3), grid, Weighting.T2, subplanes=1)
         return image.astype(np.float32), grid.affine
-    from dicom_io.paraspinal import axial_grid, make_paraspinal_anatomy, muscle_field
+    from spinegate.dicom_io.paraspinal import axial_grid, make_paraspinal_anatomy, muscle_field
 
     n, size = (8, 160) if short else (40, 256)
     ph = make_spine_phantom(3)
@@ -55,19 +55,19 @@ def _series(engine: str, short: bool) -> tuple[np.ndarray, np.ndarray]:
 
 def measure_one(engine: str, backend: str, runs: int, short: bool) -> dict:
     """In this process: load, one warm-up, ``runs`` timed series."""
-    from dicom_io.volume import SeriesVolume
-    from service.engines import model_stem
+    from spinegate.dicom_io.volume import SeriesVolume
+    from spinegate.service.engines import model_stem
 
     image, affine = _series(engine, short)
     volume = SeriesVolume.from_array(image, affine, 4.0)
     model_dir = REPO / "inference" / "models"
     t0 = time.perf_counter()
     if engine == "sagittal_spine":
-        from inference.engine import SagittalSpineEngine
+        from spinegate.inference.engine import SagittalSpineEngine
 
         eng = SagittalSpineEngine(model_dir, threads=2, backend=backend)
     else:
-        from inference.axial_engine import AxialMuscleEngine
+        from spinegate.inference.axial_engine import AxialMuscleEngine
 
         precision = "int8" if backend == "onnxruntime-int8" else "fp32"
         eng = AxialMuscleEngine(model_dir, threads=2, backend=backend.removesuffix("-int8"),

@@ -38,9 +38,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series  # noqa: E402
-from dicom_io.phantom import sagittal_grid  # noqa: E402
-from service.demo import free_port, stop_process, wait_for_echo  # noqa: E402
+from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series  # noqa: E402
+from spinegate.dicom_io.phantom import sagittal_grid  # noqa: E402
+from spinegate.service.demo import free_port, stop_process, wait_for_echo  # noqa: E402
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 # spinegate-2proc: network.receiver_processes 2 (two processes on the port).
@@ -99,7 +99,7 @@ def _start(kind: str, work: Path) -> tuple[subprocess.Popen, int, str]:
         cfg = {"network": {"port": port, "receiver_processes": processes}, "http": {"enabled": False},
                "storage": {"root": str(work / "var")}, "assembly": {"quiet_period_s": 3600}}
         (work / "c.yaml").write_text(yaml.safe_dump(cfg))
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--log-level", "WARNING", "--config",
+        proc = subprocess.Popen([sys.executable, "-m", "spinegate.service.cli", "--log-level", "WARNING", "--config",
                                  str(work / "c.yaml"), "serve"], cwd=REPO, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         return proc, port, "SPINEGATE"

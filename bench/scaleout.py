@@ -31,10 +31,10 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dicom_io.mr_writer import StudyInfo  # noqa: E402
-from dicom_io.phantom_study import write_phantom_study  # noqa: E402
-from dicom_io.send import send_files  # noqa: E402
-from service.demo import LocalReceiver, free_port, stop_process, wait_for_echo  # noqa: E402
+from spinegate.dicom_io.mr_writer import StudyInfo  # noqa: E402
+from spinegate.dicom_io.phantom_study import write_phantom_study  # noqa: E402
+from spinegate.dicom_io.send import send_files  # noqa: E402
+from spinegate.service.demo import LocalReceiver, free_port, stop_process, wait_for_echo  # noqa: E402
 
 
 def _redis(folder: Path) -> tuple[subprocess.Popen, int]:
@@ -62,7 +62,7 @@ def batch(n_workers: int, studies: list[dict], work: Path) -> float:
            "queue": {"backend": "redis", "redis_url": f"redis://127.0.0.1:{redis_port}/0", "consume_in_serve": False},
            "export": {"destinations": [{"ae_title": receiver.ae_title, "host": "127.0.0.1", "port": receiver.port}]}}
     (work / "c.yaml").write_text(yaml.safe_dump(cfg))
-    cli = [sys.executable, "-m", "service.cli", "--log-level", "WARNING", "--config", str(work / "c.yaml")]
+    cli = [sys.executable, "-m", "spinegate.service.cli", "--log-level", "WARNING", "--config", str(work / "c.yaml")]
     procs = [subprocess.Popen(cli + ["serve"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     procs += [subprocess.Popen(cli + ["worker"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
               for _ in range(n_workers)]

@@ -31,11 +31,11 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dicom_io.mr_writer import StudyInfo  # noqa: E402
-from dicom_io.phantom_study import write_axial_phantom_study  # noqa: E402
-from dicom_io.send import send_files  # noqa: E402
+from spinegate.dicom_io.mr_writer import StudyInfo  # noqa: E402
+from spinegate.dicom_io.phantom_study import write_axial_phantom_study  # noqa: E402
+from spinegate.dicom_io.send import send_files  # noqa: E402
 from inference_backends import measure_one  # noqa: E402  (bench/ is this script's folder)
-from service.demo import LocalReceiver, free_port, wait_for_echo  # noqa: E402
+from spinegate.service.demo import LocalReceiver, free_port, wait_for_echo  # noqa: E402
 
 
 def _stage_times(doc: dict) -> dict[str, float]:
@@ -59,7 +59,7 @@ def turnaround(size: int, axial_size: int, runs: int, quiet_s: float) -> dict[st
            "export": {"destinations": [{"ae_title": receiver.ae_title, "host": "127.0.0.1", "port": receiver.port}]}}
     (work / "c.yaml").write_text(yaml.safe_dump(cfg))
     log = open(work / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--config", str(work / "c.yaml"), "serve"], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "spinegate.service.cli", "--config", str(work / "c.yaml"), "serve"], cwd=REPO,
                             stdout=log, stderr=subprocess.STDOUT)
     results = []
     stages: list[dict[str, float]] = []

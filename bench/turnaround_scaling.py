@@ -34,12 +34,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dicom_io.mr_writer import StudyInfo  # noqa: E402
-from dicom_io.phantom_study import write_axial_phantom_study, write_phantom_study  # noqa: E402
-from service.config import load_config  # noqa: E402
-from service.biomech_stage import BiomechSolver  # noqa: E402
-from service.engines import Engines  # noqa: E402
-from service.pipeline import analyze_study  # noqa: E402
+from spinegate.dicom_io.mr_writer import StudyInfo  # noqa: E402
+from spinegate.dicom_io.phantom_study import write_axial_phantom_study, write_phantom_study  # noqa: E402
+from spinegate.service.config import load_config  # noqa: E402
+from spinegate.service.biomech_stage import BiomechSolver  # noqa: E402
+from spinegate.service.engines import Engines  # noqa: E402
+from spinegate.service.pipeline import analyze_study  # noqa: E402
 
 MODEL_DIR = REPO / "inference" / "models"
 # Series numbers written by dicom_io.phantom_study.

@@ -13,8 +13,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from biomech.axial_levels import disc_midplane_slices, levels_from_centroids, levels_from_disc_order
-from biomech.muscle_morphometry import (
+from spinegate.biomech.axial_levels import disc_midplane_slices, levels_from_centroids, levels_from_disc_order
+from spinegate.biomech.muscle_morphometry import (
     asymmetry,
     centroid_2d_lps_mm,
     csa_cm2,
@@ -22,9 +22,9 @@ from biomech.muscle_morphometry import (
     fat_infiltration,
     relative_csa,
 )
-from dicom_io.levels import StructureKind, structure_by_name
-from dicom_io.measurements import MuscleLevelMeasurements
-from dicom_io.muscles import MuscleStructure, muscle_by_name
+from spinegate.dicom_io.levels import StructureKind, structure_by_name
+from spinegate.dicom_io.measurements import MuscleLevelMeasurements
+from spinegate.dicom_io.muscles import MuscleStructure, muscle_by_name
 
 __all__ = ["AxialGeometry", "nearest_disc_levels", "disc_centroids_from_axial", "axial_spine_labels",
            "measure_muscles", "model_acsa_cm2", "FLAG_LEVELS_FROM_AXIAL", "FLAG_NO_MIDPLANE", "FLAG_NO_DISC_ON_MIDPLANE",

@@ -28,9 +28,9 @@ from typing import Mapping
 
 import numpy as np
 
-from biomech.anthropometry import Subject
-from biomech.spine_geometry import JOINTS, LUMBAR, SpineGeometry
-from biomech.trunk_model import BODY_ABOVE, BODY_BELOW, COORDINATES, PARENT, build_trunk_model
+from spinegate.biomech.anthropometry import Subject
+from spinegate.biomech.spine_geometry import JOINTS, LUMBAR, SpineGeometry
+from spinegate.biomech.trunk_model import BODY_ABOVE, BODY_BELOW, COORDINATES, PARENT, build_trunk_model
 
 __all__ = [
     "Task",
@@ -195,6 +195,9 @@ def solve_task(subject: Subject, geometry: SpineGeometry, task: Task, out_dir: P
     """
     osim = _quiet_opensim()
     t0 = time.perf_counter()
+    # OpenSim reads the file names inside a setup file relative to that
+    # file's folder: a relative out_dir would be applied twice.
+    out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     built = build_trunk_model(subject, geometry, task.hand_load_kg, measured_acsa_cm2, name=f"spinegate_{task.name}")
     model_path = out_dir / f"{task.name}.osim"

@@ -12,9 +12,9 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from dicom_io.levels import SpineStructure
-from dicom_io.measurements import HeightLine, StructureMeasurements
-from dicom_io.volume import index_to_lps
+from spinegate.dicom_io.levels import SpineStructure
+from spinegate.dicom_io.measurements import HeightLine, StructureMeasurements
+from spinegate.dicom_io.volume import index_to_lps
 
 __all__ = [
     "Rectangle",

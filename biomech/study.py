@@ -15,9 +15,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from biomech.anthropometry import Subject
-from biomech.loads import TASKS, TaskLoads, lumbopelvic_rhythm, solve_task
-from biomech.spine_geometry import GeometryError, SpineGeometry, spine_geometry
+from spinegate.biomech.anthropometry import Subject
+from spinegate.biomech.loads import TASKS, TaskLoads, lumbopelvic_rhythm, solve_task
+from spinegate.biomech.spine_geometry import GeometryError, SpineGeometry, spine_geometry
 
 __all__ = ["StudyBiomechanics", "run_biomechanics", "FLAG_LITERATURE_MUSCLES", "FLAG_NOT_RUN"]
 

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from biomech.anthropometry import (
+from spinegate.biomech.anthropometry import (
     LEVEL_COM_ANTERIOR_MM,
     Subject,
     arm_com_from_shoulder_m,
@@ -38,8 +38,8 @@ from biomech.anthropometry import (
     segment_masses,
     shoulder_above_t12l1_m,
 )
-from biomech.muscles import LATERAL_M, MOMENT_ARM_MM, Fascicle, MuscleGroup, fascicles
-from biomech.spine_geometry import JOINTS, LUMBAR, SpineGeometry
+from spinegate.biomech.muscles import LATERAL_M, MOMENT_ARM_MM, Fascicle, MuscleGroup, fascicles
+from spinegate.biomech.spine_geometry import JOINTS, LUMBAR, SpineGeometry
 
 __all__ = ["MODEL_NAME", "MODEL_VERSION", "STACK", "BODY_BELOW", "BODY_ABOVE", "PARENT", "COORDINATES", "RESERVE_OPTIMAL_FORCE_NM", "TrunkModel", "build_trunk_model"]
 

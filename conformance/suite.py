@@ -35,7 +35,7 @@ from conformance.cases import StudyCase, matrix_case, status_cases, whole_study_
 from conformance.checks import Check, ToolMissing, check_returned_object, tool
 from conformance.encode import encoder_name
 from conformance.pacs import StoreSCP, echoscu, storescu_statuses
-from dicom_io import codes as sg_codes
+from spinegate.dicom_io import codes as sg_codes
 
 __all__ = ["Claims", "Target", "main", "read_claims", "run_suite", "write_report"]
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_io.volume import SeriesError, frame_geometry
+from spinegate.dicom_io.volume import SeriesError, frame_geometry
 
 __all__ = ["Plane", "Weighting", "SeriesClass", "classify_series", "plane_from_orientation"]
 

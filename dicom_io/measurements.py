@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dicom_io.levels import SpineStructure
-from dicom_io.muscles import MuscleStructure
+from spinegate.dicom_io.levels import SpineStructure
+from spinegate.dicom_io.muscles import MuscleStructure
 
 __all__ = ["HeightLine", "StructureMeasurements", "MuscleLevelMeasurements", "TaskLoadReport", "LoadReport"]
 

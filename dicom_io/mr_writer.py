@@ -22,7 +22,7 @@ from pydicom.uid import (
     MRImageStorage,
 )
 
-from dicom_io.uids import derive_uid
+from spinegate.dicom_io.uids import derive_uid
 
 __all__ = ["StudyInfo", "SeriesSpec", "MultiFrameClass", "write_mr_series", "write_multiframe_mr"]
 

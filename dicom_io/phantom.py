@@ -19,8 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
-from dicom_io.levels import DISC_LEVELS, VERTEBRAL_BODY_LEVELS, structure_by_name
-from dicom_io.volume import index_to_lps
+from spinegate.dicom_io.levels import DISC_LEVELS, VERTEBRAL_BODY_LEVELS, structure_by_name
+from spinegate.dicom_io.volume import index_to_lps
 
 
 # Trunk envelope: half-depths (y) of the whole trunk and of its inner

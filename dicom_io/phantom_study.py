@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
-from dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagittal_grid
+from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
+from spinegate.dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagittal_grid
 
 __all__ = ["write_phantom_study", "write_axial_phantom_study"]
 
@@ -63,7 +63,7 @@ def write_axial_phantom_study(
         exact ``csa_cm2``, ``fat_fraction`` and ``fat_area_share`` of
         `dicom_io.paraspinal.slice_muscle_truth`.
     """
-    from dicom_io.paraspinal import axial_grid, make_paraspinal_anatomy, muscle_field, slice_muscle_truth
+    from spinegate.dicom_io.paraspinal import axial_grid, make_paraspinal_anatomy, muscle_field, slice_muscle_truth
 
     if not dixon and not set(axial_weightings) & {"T1", "T2"}:
         raise ValueError(f"no axial series to write: 'axial_weightings' is {axial_weightings!r} and 'dixon' is off")

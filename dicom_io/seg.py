@@ -16,11 +16,11 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from dicom_io.charset import declare_character_set
-from dicom_io.levels import SpineStructure, structure_by_label
-from dicom_io.muscles import MuscleStructure, muscle_by_label
-from dicom_io.uids import derive_uid
-from dicom_io.volume import SeriesVolume
+from spinegate.dicom_io.charset import declare_character_set
+from spinegate.dicom_io.levels import SpineStructure, structure_by_label
+from spinegate.dicom_io.muscles import MuscleStructure, muscle_by_label
+from spinegate.dicom_io.uids import derive_uid
+from spinegate.dicom_io.volume import SeriesVolume
 
 __all__ = ["AlgorithmInfo", "build_segmentation", "segment_numbers", "structure_of_label"]
 

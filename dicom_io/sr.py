@@ -16,13 +16,13 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from dicom_io import codes as sg_codes
-from dicom_io.charset import declare_character_set
-from dicom_io.levels import structure_by_name
-from dicom_io.measurements import LoadReport, MuscleLevelMeasurements, StructureMeasurements
-from dicom_io.seg import AlgorithmInfo
-from dicom_io.uids import derive_uid
-from dicom_io.volume import SeriesVolume
+from spinegate.dicom_io import codes as sg_codes
+from spinegate.dicom_io.charset import declare_character_set
+from spinegate.dicom_io.levels import structure_by_name
+from spinegate.dicom_io.measurements import LoadReport, MuscleLevelMeasurements, StructureMeasurements
+from spinegate.dicom_io.seg import AlgorithmInfo
+from spinegate.dicom_io.uids import derive_uid
+from spinegate.dicom_io.volume import SeriesVolume
 
 # A TID 1500 measurement group of any of highdicom's three kinds.
 MeasurementGroup = (hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydicom.dataset import Dataset
 
-from dicom_io.uids import MR_STORAGE_SOP_CLASSES
+from spinegate.dicom_io.uids import MR_STORAGE_SOP_CLASSES
 
 __all__ = ["InstanceProblem", "check_received_instance"]
 

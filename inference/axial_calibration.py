@@ -1,6 +1,6 @@
 """Area calibration of the axial model: one log-score offset per muscle class.
 
-    python -m inference.axial_calibration --out inference/models [--model axial_muscle.int8]
+    python -m spinegate.inference.axial_calibration --out inference/models [--model axial_muscle.int8]
 
 The network's boundaries lie slightly outside the muscles on held-out
 phantoms (2–7 % too much area, mostly a one-pixel rim against background),
@@ -26,12 +26,12 @@ from typing import Callable
 
 import numpy as np
 
-from inference.axial_classes import AXIAL_CLASS_NAMES, MUSCLE_CLASSES
+from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES, MUSCLE_CLASSES
 
 __all__ = ["CALIBRATION_PHANTOM_SEEDS", "ClassOffsets", "calibrate", "fit_class_offsets", "load_class_offsets",
            "undecided_pixels"]
 
-log = logging.getLogger("inference.axial_calibration")
+log = logging.getLogger("spinegate.inference.axial_calibration")
 
 # inference.axial_data.VALIDATION_PHANTOM_SEEDS holds 1000-1003; validation
 # scores 1000 and 1001, the pipeline test 1000; calibration takes 1002-1005
@@ -86,7 +86,7 @@ def load_class_offsets(model_dir: Path, model_name: str, model_sha256: str) -> C
     record = json.loads(raw)
     if record.get("model_sha256") != model_sha256:
         raise ValueError(f"{path} was fitted for model sha256 {str(record.get('model_sha256'))[:12]}, the model is "
-                         f"{model_sha256[:12]}; re-run 'python -m inference.axial_calibration --out {model_dir} "
+                         f"{model_sha256[:12]}; re-run 'python -m spinegate.inference.axial_calibration --out {model_dir} "
                          f"--model {model_name}'")
     offsets = [record["offsets"].get(name, 0.0) for name in AXIAL_CLASS_NAMES]
     return ClassOffsets(np.array(offsets), "cal-" + hashlib.sha256(raw).hexdigest()[:8])
@@ -137,9 +137,9 @@ def fit_class_offsets(log_probs: np.ndarray, fixed_area: np.ndarray, true_area: 
 def _calibration_pixels(model_dir: Path, model_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict], str]:
     """Movable pixels' log scores, the fixed and the true area per class,
     over every calibration series."""
-    from dicom_io.phantom import Weighting
-    from inference.axial_data import canonical_axial_volume, phantom_axial_series
-    from inference.axial_engine import AxialMuscleEngine
+    from spinegate.dicom_io.phantom import Weighting
+    from spinegate.inference.axial_data import canonical_axial_volume, phantom_axial_series
+    from spinegate.inference.axial_engine import AxialMuscleEngine
 
     n = len(AXIAL_CLASS_NAMES)
     engine = AxialMuscleEngine(model_dir, model_name=model_name, calibrated=False)
@@ -197,7 +197,7 @@ def run_model_command(argv: list[str] | None, module: str, doc: str, run: Callab
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_model_command(argv, "inference.axial_calibration", __doc__ or "", calibrate,
+    return run_model_command(argv, "spinegate.inference.axial_calibration", __doc__ or "", calibrate,
                              "model file stem (axial_muscle or axial_muscle.int8)")
 
 

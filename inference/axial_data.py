@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from dicom_io.levels import StructureKind, structure_by_label
-from dicom_io.paraspinal import MUSCLE_LABELS, PHANTOM_REVISION, axial_grid, make_paraspinal_anatomy, muscle_field
-from dicom_io.phantom import Weighting, make_spine_phantom, render_phantom
-from dicom_io.volume import SeriesVolume
-from inference.axial_classes import AXIAL_SPACING_MM, DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
-from inference.preprocessing import normalise_intensity, to_training_grid
+from spinegate.dicom_io.levels import StructureKind, structure_by_label
+from spinegate.dicom_io.paraspinal import MUSCLE_LABELS, PHANTOM_REVISION, axial_grid, make_paraspinal_anatomy, muscle_field
+from spinegate.dicom_io.phantom import Weighting, make_spine_phantom, render_phantom
+from spinegate.dicom_io.volume import SeriesVolume
+from spinegate.inference.axial_classes import AXIAL_SPACING_MM, DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
+from spinegate.inference.preprocessing import normalise_intensity, to_training_grid
 
 __all__ = ["REAL_FOLDS", "VALIDATION_PHANTOM_SEEDS", "TUM_LABELS", "class_map_of_phantom_labels",
            "phantom_axial_series", "load_tum_planes", "tum_classes", "canonical_axial_volume",

@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from dicom_io.volume import SeriesVolume
-from inference.axial_calibration import load_class_offsets
-from inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM, AXIAL_TILE
-from inference.backends import make_backend
-from inference.engine import EngineError, load_model_info
-from inference.postprocess import fill_holes_2d
-from inference.preprocessing import from_training_grid, normalise_intensity, to_training_grid
-from inference.tiling import sliding_window_softmax
+from spinegate.dicom_io.volume import SeriesVolume
+from spinegate.inference.axial_calibration import load_class_offsets
+from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM, AXIAL_TILE
+from spinegate.inference.backends import make_backend
+from spinegate.inference.engine import EngineError, load_model_info
+from spinegate.inference.postprocess import fill_holes_2d
+from spinegate.inference.preprocessing import from_training_grid, normalise_intensity, to_training_grid
+from spinegate.inference.tiling import sliding_window_softmax
 
 __all__ = ["AxialMuscleEngine", "AxialSegmentation", "MODEL_NAME", "axial_canonical_axes",
            "clean_axial_classes"]

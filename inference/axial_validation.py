@@ -1,8 +1,8 @@
 """Score the axial model: the real subject by cross-validation over slice
 blocks, and held-out phantoms, as the model card reports them.
 
-    python -m inference.axial_validation --data ../shared/data/axial_muscle --out inference/models
-    python -m inference.axial_validation --out inference/models --model axial_muscle.int8
+    python -m spinegate.inference.axial_validation --data ../shared/data/axial_muscle --out inference/models
+    python -m spinegate.inference.axial_validation --out inference/models --model axial_muscle.int8
 
 Real subject (TUM01, erector spinae and multifidus labelled): each fold
 model (``axial_muscle.fold{k}.onnx``, trained without that block of slices)
@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.axial_classes import AXIAL_CLASS_NAMES, MUSCLE_CLASSES
-from inference.axial_data import REAL_FOLDS, canonical_axial_volume, load_tum_planes, phantom_axial_series, tum_classes
-from inference.axial_engine import MODEL_NAME, AxialMuscleEngine, clean_axial_classes
+from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES, MUSCLE_CLASSES
+from spinegate.inference.axial_data import REAL_FOLDS, canonical_axial_volume, load_tum_planes, phantom_axial_series, tum_classes
+from spinegate.inference.axial_engine import MODEL_NAME, AxialMuscleEngine, clean_axial_classes
 
 __all__ = ["dice", "real_fold_dice", "phantom_scores"]
 
-log = logging.getLogger("inference.axial_validation")
+log = logging.getLogger("spinegate.inference.axial_validation")
 
 REAL_MUSCLES = ("ES_R", "MF_R", "MF_L", "ES_L")
 
@@ -67,7 +67,7 @@ def real_fold_dice(data_dir: Path, model_dir: Path) -> dict:
 def phantom_scores(model_dir: Path, seeds: tuple[int, ...], model_name: str = MODEL_NAME) -> dict:
     """Dice per class and per-slice CSA error of a committed model on
     held-out phantom series."""
-    from dicom_io.phantom import Weighting
+    from spinegate.dicom_io.phantom import Weighting
 
     engine = AxialMuscleEngine(model_dir, model_name=model_name)
     per_series = []

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dicom_io.volume import SeriesVolume
-from inference.backends import make_backend
-from inference.postprocess import NamedLabels, name_levels
-from inference.preprocessing import from_training_grid, normalise_intensity, to_training_grid
+from spinegate.dicom_io.volume import SeriesVolume
+from spinegate.inference.backends import make_backend
+from spinegate.inference.postprocess import NamedLabels, name_levels
+from spinegate.inference.preprocessing import from_training_grid, normalise_intensity, to_training_grid
 
 __all__ = ["ModelInfo", "SagittalSpineEngine", "EngineError", "load_model_info", "with_neighbours"]
 
@@ -51,7 +51,7 @@ def _check_source(model_dir: Path, record: dict, path: Path) -> None:
         return
     if hashlib.sha256((model_dir / source).read_bytes()).hexdigest() != record.get("source_sha256"):
         raise EngineError(f"{path} was derived from another version of {source}; re-run "
-                          f"'python -m inference.quantize --out {model_dir}' (docs/models.md, the axial model)")
+                          f"'python -m spinegate.inference.quantize --out {model_dir}' (docs/models.md, the axial model)")
 
 
 def load_model_info(model_dir: Path, name: str = MODEL_NAME) -> ModelInfo:
@@ -64,8 +64,8 @@ def load_model_info(model_dir: Path, name: str = MODEL_NAME) -> ModelInfo:
     """
     path = model_dir / f"{name}.onnx"
     if not path.exists():
-        command = {"sagittal_spine": "python -m inference.train", "axial_muscle": "python -m inference.train_axial",
-                   "axial_muscle.int8": "python -m inference.quantize"}
+        command = {"sagittal_spine": "python -m spinegate.inference.train", "axial_muscle": "python -m spinegate.inference.train_axial",
+                   "axial_muscle.int8": "python -m spinegate.inference.quantize"}
         how = command.get(name, command.get(name.split(".")[0], "the training command in docs/models.md"))
         raise EngineError(f"model file {path} is missing; train it with '{how}' (docs/models.md)")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()

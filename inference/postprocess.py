@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from dicom_io.levels import VERTEBRAL_BODY_LEVELS, disc_between, structure_by_name
-from dicom_io.volume import index_to_lps
+from spinegate.dicom_io.levels import VERTEBRAL_BODY_LEVELS, disc_between, structure_by_name
+from spinegate.dicom_io.volume import index_to_lps
 
 __all__ = ["NamedLabels", "body_height_mm", "clean_class_mask", "fill_holes_2d", "merge_fragments", "name_levels",
            "regularise_body_heights", "absorb_into_s1", "CLASS_VB", "CLASS_S1",

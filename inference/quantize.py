@@ -1,6 +1,6 @@
 """INT8 version of the axial model for ONNX Runtime on CPU.
 
-    python -m inference.quantize --out inference/models
+    python -m spinegate.inference.quantize --out inference/models
 
 Static quantisation (QDQ format, weights int8 per output channel,
 activations uint8) of ``axial_muscle.onnx`` into ``axial_muscle.int8.onnx``.
@@ -25,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.axial_calibration import calibrate, run_model_command
-from inference.axial_classes import AXIAL_TILE
-from inference.axial_data import PHANTOM_CACHE, phantom_training_planes
-from inference.engine import load_model_info
+from spinegate.inference.axial_calibration import calibrate, run_model_command
+from spinegate.inference.axial_classes import AXIAL_TILE
+from spinegate.inference.axial_data import PHANTOM_CACHE, phantom_training_planes
+from spinegate.inference.engine import load_model_info
 
 __all__ = ["INT8_SUFFIX", "build_int8", "calibration_tiles", "quantize_axial"]
 
-log = logging.getLogger("inference.quantize")
+log = logging.getLogger("spinegate.inference.quantize")
 
 INT8_SUFFIX = ".int8"
 TILES_PER_SERIES = 2
@@ -43,7 +43,7 @@ def calibration_tiles(phantom_seeds: tuple[int, ...], cache_dir: Path | None = P
     """Network-input tiles (1, 1, rows, cols) from random slices and
     positions of each seed's T1, T2 and Dixon water series, read from the
     training cache (rendered there when missing: the same planes)."""
-    from dicom_io.phantom import Weighting
+    from spinegate.dicom_io.phantom import Weighting
 
     rng = np.random.default_rng(TILE_SEED)
     tiles = []
@@ -107,7 +107,7 @@ def build_int8(model_dir: Path, model_name: str = "axial_muscle", cache_dir: Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_model_command(argv, "inference.quantize", __doc__ or "", build_int8, "FP32 model file stem to quantise")
+    return run_model_command(argv, "spinegate.inference.quantize", __doc__ or "", build_int8, "FP32 model file stem to quantise")
 
 
 if __name__ == "__main__":

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dicom_io.phantom import Weighting
-from inference.backends import make_backend
-from inference.network import DEFAULT_CHANNELS, ResidualUNet2D, from_weights, load_from_onnx
-from inference.training_data import (
+from spinegate.dicom_io.phantom import Weighting
+from spinegate.inference.backends import make_backend
+from spinegate.inference.network import DEFAULT_CHANNELS, ResidualUNet2D, from_weights, load_from_onnx
+from spinegate.inference.training_data import (
     CLASS_NAMES,
     SPLIT,
     TrainingCase,
@@ -45,9 +45,9 @@ from inference.training_data import (
     unpack_cases,
     with_teacher_s1,
 )
-from inference.training_samples import PATCH, SampleStream, draw_batch
+from spinegate.inference.training_samples import PATCH, SampleStream, draw_batch
 
-log = logging.getLogger("inference.train")
+log = logging.getLogger("spinegate.inference.train")
 
 # A time-budgeted run measures its speed over this many iterations.
 _BUDGET_START_ITERATIONS = 100

@@ -9,7 +9,7 @@ disc, psoas and quadratus lumborum: `inference.train.partial_label_loss`).
 The committed model and its cross-validation come from one command
 (docs/models.md, "The axial model")::
 
-    python -m inference.train_axial --data ../shared/data/axial_muscle --out inference/models --all
+    python -m spinegate.inference.train_axial --data ../shared/data/axial_muscle --out inference/models --all
 
 which trains a phantom-only base, then fine-tunes it once per held-out block
 of TUM01 slices (``axial_muscle.fold{k}.onnx``, scored in
@@ -32,17 +32,17 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from dicom_io.phantom import Weighting
-from inference.axial_calibration import calibrate
-from inference.quantize import build_int8
-from inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM, AXIAL_TILE, MUSCLE_CLASSES
-from inference.axial_data import (PHANTOM_CACHE, REAL_FOLDS, TUM_LABELS, load_tum_planes, phantom_training_planes,
+from spinegate.dicom_io.phantom import Weighting
+from spinegate.inference.axial_calibration import calibrate
+from spinegate.inference.quantize import build_int8
+from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM, AXIAL_TILE, MUSCLE_CLASSES
+from spinegate.inference.axial_data import (PHANTOM_CACHE, REAL_FOLDS, TUM_LABELS, load_tum_planes, phantom_training_planes,
                                   training_planes, tum_classes)
-from inference.network import ResidualUNet2D
-from inference.preprocessing import normalise_intensity
-from inference.train import export_onnx, optimisation_step
+from spinegate.inference.network import ResidualUNet2D
+from spinegate.inference.preprocessing import normalise_intensity
+from spinegate.inference.train import export_onnx, optimisation_step
 
-log = logging.getLogger("inference.train_axial")
+log = logging.getLogger("spinegate.inference.train_axial")
 
 MODEL_NAME = "axial_muscle"
 CHANNELS = (16, 32, 64, 128)

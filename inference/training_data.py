@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from dicom_io.levels import StructureKind, structure_by_label
-from dicom_io.phantom import SliceGrid, Weighting, make_spine_phantom, render_phantom
-from inference.backends import Backend
-from inference.engine import with_neighbours
-from inference.postprocess import MIN_BODY_MM3
-from inference.preprocessing import TRAINING_SPACING_MM, normalise_intensity, to_training_grid
+from spinegate.dicom_io.levels import StructureKind, structure_by_label
+from spinegate.dicom_io.phantom import SliceGrid, Weighting, make_spine_phantom, render_phantom
+from spinegate.inference.backends import Backend
+from spinegate.inference.engine import with_neighbours
+from spinegate.inference.postprocess import MIN_BODY_MM3
+from spinegate.inference.preprocessing import TRAINING_SPACING_MM, normalise_intensity, to_training_grid
 
 __all__ = [
     "CLASS_NAMES",

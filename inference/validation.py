@@ -6,7 +6,7 @@ DICOM files, read back with `dicom_io.volume.read_series`, segmented by the
 engine, and compared per level with the manual labels on the same slab grid
 (a voxel belongs to a level when at least half of its slab does).
 
-``python -m inference.validation --data ../shared/data/lumbar_mri`` writes
+``python -m spinegate.inference.validation --data ../shared/data/lumbar_mri`` writes
 ``inference/models/sagittal_spine.validation.json`` (used by the model card);
 ``--training-volumes`` adds a naming check on every training volume.
 """
@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from dicom_io.levels import structure_by_name
-from dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
-from dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagittal_grid
-from dicom_io.volume import read_series
-from inference.engine import SagittalSpineEngine
-from inference.training_data import SPLIT, training_stems
+from spinegate.dicom_io.levels import structure_by_name
+from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
+from spinegate.dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagittal_grid
+from spinegate.dicom_io.volume import read_series
+from spinegate.inference.engine import SagittalSpineEngine
+from spinegate.inference.training_data import SPLIT, training_stems
 
 __all__ = ["dice", "thick_slice_series", "validate_volume", "validate_phantom", "main"]
 

@@ -16,13 +16,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from service.config import SpinegateConfig
-from service.http_api import ReadinessProbe, StatusApi, start_http
-from service.metrics import Metrics, StateCollector
-from service.receivers import ReceiverProcesses
-from service.scp import Receiver, start_scp
-from service.store import StateStore, StudyState
-from service.worker import StudyWorker, build_queue
+from spinegate.service.config import SpinegateConfig
+from spinegate.service.http_api import ReadinessProbe, StatusApi, start_http
+from spinegate.service.metrics import Metrics, StateCollector
+from spinegate.service.receivers import ReceiverProcesses
+from spinegate.service.scp import Receiver, start_scp
+from spinegate.service.store import StateStore, StudyState
+from spinegate.service.worker import StudyWorker, build_queue
 
 __all__ = ["run", "run_worker", "open_store", "build_worker", "start_service", "Service", "queue_depth"]
 
@@ -33,7 +33,7 @@ def open_store(config: SpinegateConfig) -> StateStore:
     """SQLite under the storage root, or Redis beside the queue (scale-out:
     receivers then keep nothing but the spool)."""
     if config.queue.backend == "redis":
-        from service.store_redis import RedisStateStore
+        from spinegate.service.store_redis import RedisStateStore
 
         return RedisStateStore(config.queue.redis_url, config.queue.name)  # type: ignore[return-value]
     return StateStore(config.storage.state_db)

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
-from biomech.axial_measurements import (
+from spinegate.biomech.axial_measurements import (
     FLAG_LEVELS_FROM_AXIAL,
     AxialGeometry,
     axial_spine_labels,
@@ -25,13 +25,13 @@ from biomech.axial_measurements import (
     measure_muscles,
     nearest_disc_levels,
 )
-from biomech.muscle_morphometry import magnitude_noise_sigma
-from dicom_io.classify import Weighting
-from dicom_io.levels import StructureKind
-from dicom_io.measurements import MuscleLevelMeasurements
-from dicom_io.muscles import MUSCLE_LABELS
-from dicom_io.volume import SeriesError, SeriesVolume, read_series
-from inference.axial_classes import DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
+from spinegate.biomech.muscle_morphometry import magnitude_noise_sigma
+from spinegate.dicom_io.classify import Weighting
+from spinegate.dicom_io.levels import StructureKind
+from spinegate.dicom_io.measurements import MuscleLevelMeasurements
+from spinegate.dicom_io.muscles import MUSCLE_LABELS
+from spinegate.dicom_io.volume import SeriesError, SeriesVolume, read_series
+from spinegate.inference.axial_classes import DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
 
 __all__ = ["AxialResult", "SegmentedAxialSeries", "dixon_partner", "measure_axial_series", "segment_axial_series",
            "sagittal_disc_centroids", "FLAG_DIXON_MISMATCH", "FLAG_DIXON_NOISE_UNKNOWN"]
@@ -104,7 +104,7 @@ def segment_axial_series(datasets: Sequence[Dataset], engine: Any) -> SegmentedA
         From `read_series`, or ``not_axial_grid`` when the in-plane axes are
         not patient x/y.
     """
-    from inference.engine import EngineError
+    from spinegate.inference.engine import EngineError
 
     t0 = time.perf_counter()
     volume = read_series(datasets, min_slices=1, allow_gaps=True)

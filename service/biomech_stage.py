@@ -22,12 +22,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
-from biomech.anthropometry import Subject
-from biomech.spine_geometry import CHAIN, JOINTS, LUMBAR
-from biomech.study import StudyBiomechanics, run_biomechanics
-from biomech.trunk_model import MODEL_NAME, MODEL_VERSION
-from dicom_io.levels import structure_by_name
-from dicom_io.measurements import LoadReport, StructureMeasurements, TaskLoadReport
+from spinegate.biomech.anthropometry import Subject
+from spinegate.biomech.spine_geometry import CHAIN, JOINTS, LUMBAR
+from spinegate.biomech.study import StudyBiomechanics, run_biomechanics
+from spinegate.biomech.trunk_model import MODEL_NAME, MODEL_VERSION
+from spinegate.dicom_io.levels import structure_by_name
+from spinegate.dicom_io.measurements import LoadReport, StructureMeasurements, TaskLoadReport
 
 __all__ = ["BiomechSolver", "subject_from_header", "subject_from_document", "centroids_from_document",
            "choose_centroids", "run_stage", "load_report", "loads_table"]

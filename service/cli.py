@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from service.config import ConfigError, load_config
-from service.logging_setup import configure_logging
+from spinegate.service.config import ConfigError, load_config
+from spinegate.service.logging_setup import configure_logging
 
 EXIT_OK, EXIT_CONFIG, EXIT_STUDY_FAILED, EXIT_NO_MODEL = 0, 2, 3, 4
 
@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spinegate: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     if args.command in ("serve", "worker"):
-        from inference.engine import EngineError
-        from service.app import run, run_worker
+        from spinegate.inference.engine import EngineError
+        from spinegate.service.app import run, run_worker
 
         if args.command == "worker" and config.queue.backend == "sqlite":
             print("spinegate: 'worker' needs a shared queue: set queue.backend to redis", file=sys.stderr)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"spinegate: {e}", file=sys.stderr)
             return EXIT_NO_MODEL
     if args.command == "process":
-        from service.app import build_worker
+        from spinegate.service.app import build_worker
 
         store, worker = build_worker(config)
         if not worker.request_processing(args.study_uid):
@@ -85,11 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "loads":
         return _loads(args)
     if args.command == "demo":
-        from service.demo import run_demo
+        from spinegate.service.demo import run_demo
 
         return run_demo(args.work_dir, args.seed)
     if args.command == "phantom":
-        from dicom_io.phantom_study import write_phantom_study
+        from spinegate.dicom_io.phantom_study import write_phantom_study
 
         truth = write_phantom_study(args.out_dir, seed=args.seed)
         (args.out_dir / "truth.json").write_text(json.dumps(truth["structures"], indent=1))
@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _analyze(config, dicom_dir: Path, out: Path) -> int:  # type: ignore[no-untyped-def]
-    from inference.engine import EngineError
-    from service.engines import Engines
-    from service.pipeline import StudyFailed, analyze_study, structure_table
+    from spinegate.inference.engine import EngineError
+    from spinegate.service.engines import Engines
+    from spinegate.service.pipeline import StudyFailed, analyze_study, structure_table
 
     paths = sorted(p for p in dicom_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
     engines = Engines(config.inference.model_dir, config.inference.threads,
@@ -123,7 +123,7 @@ def _analyze(config, dicom_dir: Path, out: Path) -> int:  # type: ignore[no-unty
 
 
 def _loads(args: argparse.Namespace) -> int:
-    from service.biomech_stage import centroids_from_document, loads_table, run_stage, subject_from_document
+    from spinegate.service.biomech_stage import centroids_from_document, loads_table, run_stage, subject_from_document
 
     try:
         doc = json.loads(args.measurements.read_text())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -112,7 +113,9 @@ class InferenceConfig:
     # `inference.quantize`; ~1.6x faster, its own area calibration) or
     # "fp32" (the trained model itself).
     axial_precision: str = "int8"
-    model_dir: Path = Path(__file__).resolve().parent.parent / "inference" / "models"
+    # The models shipped inside the package (importlib.resources: a file
+    # system path in a wheel and in an editable install alike).
+    model_dir: Path = Path(str(resources.files("spinegate.inference") / "models"))
 
 
 @dataclass(frozen=True)

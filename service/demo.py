@@ -24,9 +24,9 @@ import yaml
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
-from dicom_io.phantom_study import write_axial_phantom_study
-from dicom_io.send import send_files
-from dicom_io.uids import COMPREHENSIVE_3D_SR_SOP_CLASS, SEG_SOP_CLASS
+from spinegate.dicom_io.phantom_study import write_axial_phantom_study
+from spinegate.dicom_io.send import send_files
+from spinegate.dicom_io.uids import COMPREHENSIVE_3D_SR_SOP_CLASS, SEG_SOP_CLASS
 
 __all__ = ["LocalReceiver", "free_port", "run_demo", "wait_for_echo"]
 
@@ -131,7 +131,7 @@ def run_demo(work_dir: Path | None = None, seed: int = 7, timeout_s: float = 180
     }
     (work / "spinegate.yaml").write_text(yaml.safe_dump(config))
     log = open(work / "serve.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--config", str(work / "spinegate.yaml"), "serve"],
+    proc = subprocess.Popen([sys.executable, "-m", "spinegate.service.cli", "--config", str(work / "spinegate.yaml"), "serve"],
                             stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
     try:
         wait_for_echo("127.0.0.1", port, "SPINEGATE", 90, proc)
@@ -166,7 +166,7 @@ def _print_results(work: Path, truth: dict[str, Any], receiver: LocalReceiver) -
                   f"{t.get('height_mm', float('nan')):>6.1f} {m['volume_cm3']:>10.2f} {t.get('volume_cm3', float('nan')):>6.2f}")
     _print_muscles(doc, truth)
     if doc.get("biomechanics"):
-        from service.biomech_stage import loads_table
+        from spinegate.service.biomech_stage import loads_table
 
         print("\n[demo] spinal loads (OpenSim, subject model from the measured spine):")
         print(loads_table(doc["biomechanics"]))

@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from inference.engine import EngineError, ModelInfo, load_model_info
-from service.config import AXIAL_PRECISIONS
+from spinegate.inference.engine import EngineError, ModelInfo, load_model_info
+from spinegate.service.config import AXIAL_PRECISIONS
 
 __all__ = ["Engines", "ENGINE_MODELS", "model_stem"]
 
@@ -32,10 +32,10 @@ def model_stem(name: str, axial_precision: str = "int8") -> str:
 
 def _construct(name: str, model_dir: Path, threads: int, axial_precision: str) -> Any:
     if name == "sagittal_spine":
-        from inference.engine import SagittalSpineEngine
+        from spinegate.inference.engine import SagittalSpineEngine
 
         return SagittalSpineEngine(model_dir, threads)
-    from inference.axial_engine import AxialMuscleEngine
+    from spinegate.inference.axial_engine import AxialMuscleEngine
 
     # The axial engine runs in the pipeline's second lane, beside the
     # sagittal stage: half the threads, so the two lanes do not oversubscribe

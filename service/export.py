@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from dicom_io.send import SendError, send_files
-from service.config import Destination, ExportConfig
+from spinegate.dicom_io.send import SendError, send_files
+from spinegate.service.config import Destination, ExportConfig
 
 __all__ = ["ExportOutcome", "export_outputs"]
 

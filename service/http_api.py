@@ -28,9 +28,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.config import SpinegateConfig
-from service.metrics import Metrics
-from service.store import StateStore, StudyRecord, StudyState
+from spinegate.service.config import SpinegateConfig
+from spinegate.service.metrics import Metrics
+from spinegate.service.store import StateStore, StudyRecord, StudyState
 
 __all__ = ["ReadinessProbe", "StatusApi", "start_http"]
 

@@ -22,22 +22,22 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from biomech.axial_measurements import model_acsa_cm2
-from biomech.morphometry import measure_structure
-from dicom_io.classify import Plane, SeriesClass, Weighting, classify_series
-from dicom_io.levels import StructureKind
-from dicom_io.measurements import MuscleLevelMeasurements, StructureMeasurements
-from dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
-from dicom_io.sr import SeriesReport, build_measurement_report, series_measurement_groups
-from dicom_io.uids import derive_uid
-from dicom_io.volume import SeriesError, SeriesVolume, read_series
-from service.axial_stage import (AxialResult, dixon_partner, measure_axial_series, sagittal_disc_centroids,
+from spinegate.biomech.axial_measurements import model_acsa_cm2
+from spinegate.biomech.morphometry import measure_structure
+from spinegate.dicom_io.classify import Plane, SeriesClass, Weighting, classify_series
+from spinegate.dicom_io.levels import StructureKind
+from spinegate.dicom_io.measurements import MuscleLevelMeasurements, StructureMeasurements
+from spinegate.dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
+from spinegate.dicom_io.sr import SeriesReport, build_measurement_report, series_measurement_groups
+from spinegate.dicom_io.uids import derive_uid
+from spinegate.dicom_io.volume import SeriesError, SeriesVolume, read_series
+from spinegate.service.axial_stage import (AxialResult, dixon_partner, measure_axial_series, sagittal_disc_centroids,
                                  segment_axial_series)
-from service.biomech_stage import BiomechSolver, choose_centroids, load_report, subject_from_header
-from service.config import RoutingRule
-from service.engines import Engines
-from service.routing import RoutingDecision, route
-from service.version import __version__
+from spinegate.service.biomech_stage import BiomechSolver, choose_centroids, load_report, subject_from_header
+from spinegate.service.config import RoutingRule
+from spinegate.service.engines import Engines
+from spinegate.service.routing import RoutingDecision, route
+from spinegate.service.version import __version__
 
 __all__ = ["StudyFailed", "SeriesOutcome", "StudyResult", "analyze_study", "measurements_document"]
 

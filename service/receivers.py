@@ -24,8 +24,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.config import SpinegateConfig
-from service.metrics import Metrics
+from spinegate.service.config import SpinegateConfig
+from spinegate.service.metrics import Metrics
 
 __all__ = ["MetricsRelay", "ReceiverProcesses", "RELAYED_COUNTERS"]
 
@@ -58,9 +58,9 @@ class MetricsRelay:
 
 def _receive(config: SpinegateConfig, sink: Any, parent_pid: int, log_level: str) -> None:
     """Body of a receiver process: SCP only, until SIGTERM or the parent is gone."""
-    from service.app import build_worker
-    from service.logging_setup import configure_logging
-    from service.scp import Receiver, start_scp
+    from spinegate.service.app import build_worker
+    from spinegate.service.logging_setup import configure_logging
+    from spinegate.service.scp import Receiver, start_scp
 
     configure_logging(log_level)
     stop = threading.Event()

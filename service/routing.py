@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dicom_io.classify import SeriesClass
-from service.config import RoutingRule
+from spinegate.dicom_io.classify import SeriesClass
+from spinegate.service.config import RoutingRule
 
 __all__ = ["RoutingDecision", "route"]
 

@@ -20,12 +20,12 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicom_io.uids import ACCEPTED_TRANSFER_SYNTAXES, MR_STORAGE_SOP_CLASSES
-from dicom_io.validate import InstanceProblem, check_received_instance
-from service.config import SpinegateConfig
-from service.metrics import Metrics
-from service.spool import durable_write, quarantine_write, spool_path
-from service.store import InstanceRecord, StateStore
+from spinegate.dicom_io.uids import ACCEPTED_TRANSFER_SYNTAXES, MR_STORAGE_SOP_CLASSES
+from spinegate.dicom_io.validate import InstanceProblem, check_received_instance
+from spinegate.service.config import SpinegateConfig
+from spinegate.service.metrics import Metrics
+from spinegate.service.spool import durable_write, quarantine_write, spool_path
+from spinegate.service.store import InstanceRecord, StateStore
 
 __all__ = ["Status", "Receiver", "SharedPortServer", "build_ae", "configure_pynetdicom", "start_scp"]
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from service.store import InstanceRecord, StudyRecord, StudyState
+from spinegate.service.store import InstanceRecord, StudyRecord, StudyState
 
 __all__ = ["RedisStateStore"]
 

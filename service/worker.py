@@ -19,13 +19,13 @@ from typing import Any
 from huey import SqliteHuey
 from huey.api import Huey
 
-from service.config import SpinegateConfig
-from service.export import export_outputs
-from service.metrics import Metrics
-from service.biomech_stage import BiomechSolver
-from service.engines import Engines
-from service.pipeline import StudyFailed, analyze_study
-from service.store import StateStore, StudyState
+from spinegate.service.config import SpinegateConfig
+from spinegate.service.export import export_outputs
+from spinegate.service.metrics import Metrics
+from spinegate.service.biomech_stage import BiomechSolver
+from spinegate.service.engines import Engines
+from spinegate.service.pipeline import StudyFailed, analyze_study
+from spinegate.service.store import StateStore, StudyState
 
 __all__ = ["StudyWorker", "build_queue"]
 

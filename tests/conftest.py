@@ -29,7 +29,7 @@ def require_shared_data(sub: str = "lumbar_mri") -> Path:
 @pytest.fixture(scope="session")
 def phantom_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Sagittal T1+T2 phantom study (15 slices, 256x256 at 1.2 mm) with truth."""
-    from dicom_io.phantom_study import write_phantom_study
+    from spinegate.dicom_io.phantom_study import write_phantom_study
 
     out = tmp_path_factory.mktemp("phantom_study")
     return write_phantom_study(out, seed=1001, rows=256, columns=256, pixel_spacing_mm=1.2)
@@ -37,14 +37,14 @@ def phantom_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="session")
 def engine():
-    from inference.engine import SagittalSpineEngine
+    from spinegate.inference.engine import SagittalSpineEngine
 
     return SagittalSpineEngine(MODEL_DIR)
 
 
 @pytest.fixture(scope="session")
 def engines():
-    from service.engines import Engines
+    from spinegate.service.engines import Engines
 
     return Engines(MODEL_DIR)
 
@@ -55,13 +55,13 @@ def write_seg_and_sr(out: Path, study, seed: int, grid: tuple, loads=None) -> di
     ``study`` a `StudyInfo` (its ``uid_seed`` seeds the output UIDs)."""
     import pydicom
 
-    from biomech.morphometry import measure_structure
-    from dicom_io.mr_writer import SeriesSpec, write_mr_series
-    from dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
-    from dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
-    from dicom_io.sr import SeriesReport, build_measurement_report
-    from dicom_io.uids import derive_uid
-    from dicom_io.volume import read_series
+    from spinegate.biomech.morphometry import measure_structure
+    from spinegate.dicom_io.mr_writer import SeriesSpec, write_mr_series
+    from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
+    from spinegate.dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
+    from spinegate.dicom_io.sr import SeriesReport, build_measurement_report
+    from spinegate.dicom_io.uids import derive_uid
+    from spinegate.dicom_io.volume import read_series
 
     algorithm = AlgorithmInfo("sagittal_spine", "test", "0" * 64)
     grid = sagittal_grid(*grid)

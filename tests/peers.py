@@ -14,7 +14,7 @@ import yaml
 from conformance.pacs import DCMTK_ENV
 from conformance.pacs import StoreSCP as _StoreSCP
 from conftest import REPO, require_tool
-from service.demo import free_port, stop_process, wait_for_echo
+from spinegate.service.demo import free_port, stop_process, wait_for_echo
 
 __all__ = ["StoreSCP", "Spinegate", "Prometheus", "RedisServer", "Orthanc", "storescu", "storescu_to",
            "start_worker", "free_port", "stop_process"]
@@ -59,7 +59,7 @@ class Spinegate:
         config_path = root / "spinegate.yaml"
         config_path.write_text(yaml.safe_dump(cfg))
         log = open(root / "serve.log", "a")
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--config", str(config_path), "serve"],
+        proc = subprocess.Popen([sys.executable, "-m", "spinegate.service.cli", "--config", str(config_path), "serve"],
                                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for_echo("127.0.0.1", port, "SPINEGATE", 90, proc)
@@ -190,7 +190,7 @@ class RedisServer:
 
 def start_worker(config_path: Path, log_path: Path) -> subprocess.Popen:
     """A ``spinegate worker`` process on the configuration of a receiver."""
-    return subprocess.Popen([sys.executable, "-m", "service.cli", "--config", str(config_path), "worker"],
+    return subprocess.Popen([sys.executable, "-m", "spinegate.service.cli", "--config", str(config_path), "worker"],
                             cwd=REPO, stdout=open(log_path, "a"), stderr=subprocess.STDOUT)
 
 

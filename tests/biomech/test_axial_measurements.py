@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from biomech.axial_measurements import (
+from spinegate.biomech.axial_measurements import (
     FLAG_LEVELS_FROM_AXIAL,
     FLAG_NO_DISC_ON_MIDPLANE,
     FLAG_SMALL_SECTION,
@@ -15,7 +15,7 @@ from biomech.axial_measurements import (
     model_acsa_cm2,
     nearest_disc_levels,
 )
-from dicom_io.levels import structure_by_name
+from spinegate.dicom_io.levels import structure_by_name
 
 PIXEL_MM = 0.5
 SLICE_MM = 4.0

@@ -6,14 +6,16 @@ Reference spine: the analytic phantom of seed 6 (sacral slope 35°, lordosis
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from biomech.anthropometry import Subject
-from biomech.loads import FLAG_INFEASIBLE, FLEXION_60_5KG, GRAVITY, UPRIGHT, Task, solve_task
-from biomech.muscles import REFERENCE_ACSA_CM2
-from biomech.spine_geometry import JOINTS, spine_geometry
-from dicom_io.phantom import make_spine_phantom
+from spinegate.biomech.anthropometry import Subject
+from spinegate.biomech.loads import FLAG_INFEASIBLE, FLEXION_60_5KG, GRAVITY, UPRIGHT, Task, solve_task
+from spinegate.biomech.muscles import REFERENCE_ACSA_CM2
+from spinegate.biomech.spine_geometry import JOINTS, spine_geometry
+from spinegate.dicom_io.phantom import make_spine_phantom
 
 pytest.importorskip("opensim", reason="opensim is a runtime dependency: pip install -e .")
 
@@ -113,3 +115,13 @@ def test_muscles_too_weak_for_the_pose_are_reported_not_clipped(tmp_path):
     r = solve_task(Subject(), geometry_of(), FLEXION_60_5KG, tmp_path / "weak", weak)
     assert FLAG_INFEASIBLE in r.flags and not r.feasible
     assert max(abs(j.reserve_torque_nm) for j in r.joints.values()) > 2.0
+
+
+def test_a_relative_output_folder_is_solved_like_an_absolute_one(tmp_path, monkeypatch, reference):
+    """`spinegate analyze study --out res` (a relative folder): OpenSim reads
+    a setup file's paths relative to that file, so a relative folder once
+    failed every task."""
+    monkeypatch.chdir(tmp_path)
+    result = solve_task(Subject(1.75, 79.6), geometry_of(), FLEXION_60_5KG, Path("res") / "flexion")
+    assert np.allclose(compressions(result), compressions(reference[FLEXION_60_5KG.name]), rtol=1e-6)
+    assert (tmp_path / "res" / "flexion" / f"{FLEXION_60_5KG.name}.osim").exists()

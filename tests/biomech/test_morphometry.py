@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from biomech.morphometry import (
+from spinegate.biomech.morphometry import (
     centroid_index,
     centroid_lps_mm,
     height_on_centroid_slice,
@@ -9,7 +9,7 @@ from biomech.morphometry import (
     min_area_rectangle,
     volume_cm3,
 )
-from dicom_io.levels import structure_by_name
+from spinegate.dicom_io.levels import structure_by_name
 
 
 def _rotated_rectangle_points(w: float, h: float, angle_deg: float) -> np.ndarray:
@@ -82,7 +82,7 @@ def test_height_uses_centroid_slice():
 
 
 def test_measure_structure_on_phantom_disc_matches_truth():
-    from dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
+    from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
 
     phantom = make_spine_phantom(3)
     grid = sagittal_grid(15, 256, 256, 1.2, 4.0)
@@ -96,7 +96,7 @@ def test_measure_structure_on_phantom_disc_matches_truth():
 
 
 def test_height_ignores_a_stray_fragment_on_the_centroid_slice():
-    from biomech.morphometry import height_on_centroid_slice
+    from spinegate.biomech.morphometry import height_on_centroid_slice
 
     mask = np.zeros((3, 80, 80), bool)
     mask[:, 20:40, 10:60] = True  # a 20 × 50 pixel box on every slice

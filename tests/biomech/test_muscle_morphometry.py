@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from biomech.muscle_morphometry import (
+from spinegate.biomech.muscle_morphometry import (
     asymmetry,
     centroid_2d_lps_mm,
     csa_cm2,

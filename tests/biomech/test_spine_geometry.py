@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from biomech.spine_geometry import CHAIN, GeometryError, spine_geometry
+from spinegate.biomech.spine_geometry import CHAIN, GeometryError, spine_geometry
 
 
 def straight_spine(tilt_deg: float = 0.0, step_mm: float = 20.0) -> dict:

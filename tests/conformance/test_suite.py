@@ -12,7 +12,7 @@ from pydicom.uid import JPEGBaseline8Bit, MRImageStorage
 from conformance.cases import storescu_proposal
 from conformance.suite import read_claims
 from conftest import REPO
-from dicom_io.uids import ACCEPTED_TRANSFER_SYNTAXES, MR_STORAGE_SOP_CLASSES
+from spinegate.dicom_io.uids import ACCEPTED_TRANSFER_SYNTAXES, MR_STORAGE_SOP_CLASSES
 from peers import Spinegate, free_port
 
 

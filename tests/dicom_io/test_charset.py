@@ -6,13 +6,13 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from biomech.loads import TASKS
+from spinegate.biomech.loads import TASKS
 from conformance.checks import check_returned_object
 from conftest import write_seg_and_sr
-from dicom_io.charset import CharacterSet, declare_character_set, required_character_set
-from dicom_io.levels import structure_by_name
-from dicom_io.measurements import LoadReport, TaskLoadReport
-from dicom_io.mr_writer import StudyInfo
+from spinegate.dicom_io.charset import CharacterSet, declare_character_set, required_character_set
+from spinegate.dicom_io.levels import structure_by_name
+from spinegate.dicom_io.measurements import LoadReport, TaskLoadReport
+from spinegate.dicom_io.mr_writer import StudyInfo
 
 # (declared by the source, patient name, the set the outputs must declare)
 SOURCES = {

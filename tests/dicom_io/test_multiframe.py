@@ -5,12 +5,12 @@ import pydicom
 import pytest
 
 from conftest import dciodvfy_errors
-from dicom_io.classify import Weighting, classify_series
-from dicom_io.mr_writer import MultiFrameClass, SeriesSpec, StudyInfo, write_mr_series, write_multiframe_mr
-from dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
-from dicom_io.seg import AlgorithmInfo, build_segmentation
-from dicom_io.uids import derive_uid
-from dicom_io.volume import read_series
+from spinegate.dicom_io.classify import Weighting, classify_series
+from spinegate.dicom_io.mr_writer import MultiFrameClass, SeriesSpec, StudyInfo, write_mr_series, write_multiframe_mr
+from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
+from spinegate.dicom_io.seg import AlgorithmInfo, build_segmentation
+from spinegate.dicom_io.uids import derive_uid
+from spinegate.dicom_io.volume import read_series
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ rendering when no muscles are asked for."""
 import numpy as np
 import pytest
 
-from dicom_io.paraspinal import (
+from spinegate.dicom_io.paraspinal import (
     BLOB_FAT_FRACTION,
     FASCIA_FAT_FRACTION,
     LEAN_FAT_FRACTION,
@@ -15,7 +15,7 @@ from dicom_io.paraspinal import (
     muscle_field,
     slice_muscle_truth,
 )
-from dicom_io.phantom import Weighting, make_spine_phantom, render_phantom
+from spinegate.dicom_io.phantom import Weighting, make_spine_phantom, render_phantom
 
 
 @pytest.fixture(scope="module")
@@ -111,10 +111,10 @@ def test_axial_render_holds_every_muscle_and_sagittal_render_is_unchanged(subjec
     grid = axial_grid(z3 + 2, z3 - 2, 4.0, 160, 160, 1.2)
     img, lab = render_phantom(ph, grid, Weighting.T1, subplanes=1, muscles=field)
     assert set(MUSCLE_LABELS.values()) <= set(np.unique(lab).tolist())
-    from dicom_io.levels import structure_by_name
+    from spinegate.dicom_io.levels import structure_by_name
 
     assert structure_by_name("L3").label in np.unique(lab)  # the L3 body
-    from dicom_io.phantom import sagittal_grid
+    from spinegate.dicom_io.phantom import sagittal_grid
 
     sag = sagittal_grid(3, 64, 64, 4.0, 4.0)
     a, la = render_phantom(ph, sag, Weighting.T2, subplanes=1)
@@ -133,7 +133,7 @@ def test_axial_grid_runs_superior_to_inferior():
 def test_axial_phantom_study_shares_the_frame_of_reference_and_carries_truth(tmp_path):
     import pydicom
 
-    from dicom_io.phantom_study import write_axial_phantom_study
+    from spinegate.dicom_io.phantom_study import write_axial_phantom_study
 
     truth = write_axial_phantom_study(tmp_path, seed=5, rows=96, columns=96, pixel_spacing_mm=2.0,
                                       slice_spacing_mm=8.0, sagittal=True, dixon=True)
@@ -153,7 +153,7 @@ def test_axial_phantom_study_shares_the_frame_of_reference_and_carries_truth(tmp
 
 
 def test_dixon_water_and_fat_images_give_the_true_fat_fraction(subject):
-    from biomech.muscle_morphometry import fat_fraction
+    from spinegate.biomech.muscle_morphometry import fat_fraction
 
     ph, an, field = subject
     z3 = ph.element("L3").centre_lps[2]
@@ -176,7 +176,7 @@ def test_the_slab_truth_is_the_fat_a_thick_slice_images(subject):
     pixels hold: read with the border from the interior, the exact label
     map gives it to 0.003 on average and within 0.02 for every section of
     >= 1 cm² (read whole, 0.006; against the centre plane's fat, 0.005)."""
-    from biomech.muscle_morphometry import fat_fraction
+    from spinegate.biomech.muscle_morphometry import fat_fraction
 
     ph, _, field = subject
     z4, z1 = ph.element("L4").centre_lps[2], ph.element("L1").centre_lps[2]

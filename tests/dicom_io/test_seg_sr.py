@@ -7,9 +7,9 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from conftest import dciodvfy_errors, write_seg_and_sr
-from dicom_io.levels import structure_by_label
-from dicom_io.mr_writer import StudyInfo
-from dicom_io.seg import AlgorithmInfo, build_segmentation
+from spinegate.dicom_io.levels import structure_by_label
+from spinegate.dicom_io.mr_writer import StudyInfo
+from spinegate.dicom_io.seg import AlgorithmInfo, build_segmentation
 
 ALGO = AlgorithmInfo("sagittal_spine", "test", "0" * 64)
 

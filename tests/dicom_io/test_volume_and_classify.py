@@ -5,10 +5,10 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from dicom_io.classify import Plane, Weighting, classify_series, plane_from_orientation
-from dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
-from dicom_io.phantom import sagittal_grid
-from dicom_io.volume import SeriesError, read_series
+from spinegate.dicom_io.classify import Plane, Weighting, classify_series, plane_from_orientation
+from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
+from spinegate.dicom_io.phantom import sagittal_grid
+from spinegate.dicom_io.volume import SeriesError, read_series
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import MODEL_DIR
-from inference.axial_calibration import ClassOffsets, fit_class_offsets, load_class_offsets, undecided_pixels
-from inference.axial_classes import AXIAL_CLASS_NAMES
+from spinegate.inference.axial_calibration import ClassOffsets, fit_class_offsets, load_class_offsets, undecided_pixels
+from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES
 
 
 def test_offset_reaches_the_true_area_exactly():
@@ -58,7 +58,7 @@ def test_committed_calibration_is_small_and_joins_the_model_version():
     # A large offset would mean the model is wrong, not slightly biased.
     assert all(abs(v) < 1.0 for v in record["offsets"].values())
     assert all(abs(v) < 0.005 for v in record["area_error_after"].values())
-    from inference.axial_engine import AxialMuscleEngine
+    from spinegate.inference.axial_engine import AxialMuscleEngine
 
     engine = AxialMuscleEngine(MODEL_DIR)
     assert record["model_sha256"] == engine.info.sha256
@@ -71,8 +71,8 @@ def test_committed_calibration_is_small_and_joins_the_model_version():
 def test_a_stale_calibration_is_refused(tmp_path):
     """A model retrained without re-calibrating must not run with the old
     offsets."""
-    from inference.axial_engine import AxialMuscleEngine
-    from inference.engine import EngineError
+    from spinegate.inference.axial_engine import AxialMuscleEngine
+    from spinegate.inference.engine import EngineError
 
     for name in ("axial_muscle.onnx", "axial_muscle.training.json"):
         (tmp_path / name).write_bytes((MODEL_DIR / name).read_bytes())

@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 
 from conftest import MODEL_DIR, require_shared_data
-from dicom_io.phantom import Weighting
-from dicom_io.volume import SeriesVolume
-from inference.axial_classes import AXIAL_CLASS_NAMES, MUSCLE_CLASSES
-from inference.axial_data import canonical_axial_volume, phantom_axial_series
-from inference.axial_validation import dice, real_fold_dice
+from spinegate.dicom_io.phantom import Weighting
+from spinegate.dicom_io.volume import SeriesVolume
+from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES, MUSCLE_CLASSES
+from spinegate.inference.axial_data import canonical_axial_volume, phantom_axial_series
+from spinegate.inference.axial_validation import dice, real_fold_dice
 
 RECORD = json.loads((MODEL_DIR / "axial_muscle.validation.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def axial_engine():
-    from inference.axial_engine import AxialMuscleEngine
+    from spinegate.inference.axial_engine import AxialMuscleEngine
 
     return AxialMuscleEngine(MODEL_DIR)
 
@@ -56,7 +56,7 @@ def test_laterality_follows_patient_coordinates_not_the_image_grid(axial_engine,
 
 
 def test_non_axial_grid_is_refused(axial_engine, held_out):
-    from inference.engine import EngineError
+    from spinegate.inference.engine import EngineError
 
     image, _, aff = held_out
     sagittal = np.eye(4)

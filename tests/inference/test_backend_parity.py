@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import MODEL_DIR, require_shared_data
-from dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagittal_grid
-from dicom_io.volume import SeriesVolume
-from inference.validation import dice
+from spinegate.dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagittal_grid
+from spinegate.dicom_io.volume import SeriesVolume
+from spinegate.inference.validation import dice
 
 pytest.importorskip("torch", reason="torch is the training extra: pip install '.[train]'")
 
@@ -35,7 +35,7 @@ def _sagittal_labels(engine, volume):
 
 
 def test_sagittal_onnxruntime_matches_torch_on_a_held_out_phantom():
-    from inference.engine import SagittalSpineEngine
+    from spinegate.inference.engine import SagittalSpineEngine
 
     ort_engine, torch_engine = _pair(SagittalSpineEngine)
     grid = sagittal_grid(12, 256, 256, 1.2, 4.0)
@@ -47,8 +47,8 @@ def test_sagittal_onnxruntime_matches_torch_on_a_held_out_phantom():
 
 
 def test_axial_onnxruntime_matches_torch_on_a_held_out_phantom():
-    from inference.axial_data import canonical_axial_volume, phantom_axial_series
-    from inference.axial_engine import AxialMuscleEngine
+    from spinegate.inference.axial_data import canonical_axial_volume, phantom_axial_series
+    from spinegate.inference.axial_engine import AxialMuscleEngine
 
     ort_engine, torch_engine = _pair(AxialMuscleEngine)
     image, _, spacing = phantom_axial_series(1002, Weighting.T2)
@@ -60,8 +60,8 @@ def test_axial_onnxruntime_matches_torch_on_a_held_out_phantom():
 def test_sagittal_onnxruntime_matches_torch_on_a_real_volume():
     import nibabel as nib
 
-    from inference.engine import SagittalSpineEngine
-    from inference.validation import thick_slice_series
+    from spinegate.inference.engine import SagittalSpineEngine
+    from spinegate.inference.validation import thick_slice_series
 
     data = require_shared_data()
     img = nib.load(str(data / "VB3_05_image.nii.gz"))
@@ -73,8 +73,8 @@ def test_sagittal_onnxruntime_matches_torch_on_a_real_volume():
 
 @pytest.mark.shared_data
 def test_axial_onnxruntime_matches_torch_on_the_real_subject():
-    from inference.axial_data import canonical_axial_volume, load_tum_planes
-    from inference.axial_engine import AxialMuscleEngine
+    from spinegate.inference.axial_data import canonical_axial_volume, load_tum_planes
+    from spinegate.inference.axial_engine import AxialMuscleEngine
 
     water, _, _, spacing = load_tum_planes(require_shared_data("axial_muscle"))
     volume = canonical_axial_volume(water[::2], (spacing, spacing))

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import MODEL_DIR, REPO, require_shared_data
-from dicom_io.phantom import SliceGrid, Weighting, make_spine_phantom, render_phantom, sagittal_grid
-from dicom_io.volume import SeriesVolume
-from inference.validation import dice, validate_volume
+from spinegate.dicom_io.phantom import SliceGrid, Weighting, make_spine_phantom, render_phantom, sagittal_grid
+from spinegate.dicom_io.volume import SeriesVolume
+from spinegate.inference.validation import dice, validate_volume
 
 LUMBAR = ("L1", "L2", "L3", "L4", "L5")
 
@@ -57,8 +57,8 @@ def test_real_validation_subject_through_spinegate_analyze(tmp_path):
     data = require_shared_data()
     import nibabel as nib
 
-    from dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
-    from inference.validation import VB_TABLE, slab_labels, thick_slice_series
+    from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
+    from spinegate.inference.validation import VB_TABLE, slab_labels, thick_slice_series
 
     img = nib.load(str(data / "VB3_05_image.nii.gz"))
     lab = nib.load(str(data / "VB3_05_label.nii.gz"))
@@ -66,7 +66,7 @@ def test_real_validation_subject_through_spinegate_analyze(tmp_path):
     truth = slab_labels(np.asarray(lab.dataobj).astype(np.uint8))
     files = write_mr_series(pixels, affine, StudyInfo("shared-VB3_05"), SeriesSpec(2, "SAG T2", 3500, 100, 4.0),
                             tmp_path / "in")
-    subprocess.run([sys.executable, "-m", "service.cli", "analyze", str(tmp_path / "in"), "--out", str(tmp_path / "out")],
+    subprocess.run([sys.executable, "-m", "spinegate.service.cli", "analyze", str(tmp_path / "in"), "--out", str(tmp_path / "out")],
                    cwd=REPO, check=True, timeout=300)
     seg = hd.seg.segread(next((tmp_path / "out").glob("seg_*.dcm")))
     uids = [f.stem for f in files]
@@ -92,7 +92,7 @@ def test_real_validation_subject_through_spinegate_analyze(tmp_path):
 @pytest.mark.shared_data
 def test_model_card_validation_numbers_are_reproduced():
     data = require_shared_data()
-    from inference.engine import SagittalSpineEngine
+    from spinegate.inference.engine import SagittalSpineEngine
 
     record = json.loads((MODEL_DIR / "sagittal_spine.validation.json").read_text())
     engine = SagittalSpineEngine(MODEL_DIR)
@@ -109,7 +109,7 @@ def test_a_merged_and_a_broken_body_do_not_rename_the_levels_above():
     with L5, the disc missed) or breaks in two (VB1_12: L3); counting
     them as they came renamed every level above (Dice 0.10 and 0.35)."""
     data = require_shared_data()
-    from inference.engine import SagittalSpineEngine
+    from spinegate.inference.engine import SagittalSpineEngine
 
     engine = SagittalSpineEngine(MODEL_DIR)
     for stem in ("VB3_35", "VB1_12"):
@@ -119,7 +119,7 @@ def test_a_merged_and_a_broken_body_do_not_rename_the_levels_above():
 
 
 def test_each_slice_is_fed_with_its_neighbours_and_edges_repeat():
-    from inference.engine import EngineError, with_neighbours
+    from spinegate.inference.engine import EngineError, with_neighbours
 
     np.testing.assert_array_equal(with_neighbours(4, 3), [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 3]])
     np.testing.assert_array_equal(with_neighbours(2, 1), [[0], [1]])

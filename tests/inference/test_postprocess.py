@@ -1,8 +1,8 @@
 """Level naming on synthetic class maps with known answers."""
 import numpy as np
 
-from dicom_io.levels import structure_by_name
-from inference.postprocess import CLASS_DISC, CLASS_S1, CLASS_VB, FLAG_UNANCHORED, clean_class_mask, name_levels
+from spinegate.dicom_io.levels import structure_by_name
+from spinegate.inference.postprocess import CLASS_DISC, CLASS_S1, CLASS_VB, FLAG_UNANCHORED, clean_class_mask, name_levels
 
 # Sagittal grid: rows run inferior (row step -z), 2 mm pixels, 4 mm slices.
 AFFINE = np.array([[4.0, 0, 0, 0], [0, 0, 2.0, 0], [0, -2.0, 0, 200.0], [0, 0, 0, 1]])
@@ -93,7 +93,7 @@ def test_bodies_joined_by_a_thin_bridge_are_split():
 
 
 def test_small_touching_fragment_is_merged_but_edge_partial_body_is_kept():
-    from inference.postprocess import merge_fragments
+    from spinegate.inference.postprocess import merge_fragments
 
     a = np.zeros((3, 60, 20), bool)
     a[:, 5:25, 5:15] = True  # body (3000 vx)
@@ -110,7 +110,7 @@ def test_small_touching_fragment_is_merged_but_edge_partial_body_is_kept():
 
 
 def test_off_column_components_are_not_bodies():
-    from inference.postprocess import on_spinal_column
+    from spinegate.inference.postprocess import on_spinal_column
 
     z = np.array([-80.0, -45, -10, 25, 60, 95])
     y = 0.004 * z**2 - 10  # lordotic curve
@@ -122,7 +122,7 @@ def test_off_column_components_are_not_bodies():
 
 
 def test_clean_axial_classes_keeps_the_largest_component_and_fills_its_holes():
-    from inference.axial_engine import clean_axial_classes
+    from spinegate.inference.axial_engine import clean_axial_classes
 
     classes = np.zeros((1, 40, 40), np.uint8)
     classes[0, 5:20, 5:20] = 3  # a muscle with a hole ...
@@ -144,7 +144,7 @@ def test_clean_axial_classes_keeps_the_largest_component_and_fills_its_holes():
 def test_fill_holes_2d_is_scipys_fill_holes():
     from scipy import ndimage
 
-    from inference.postprocess import fill_holes_2d
+    from spinegate.inference.postprocess import fill_holes_2d
 
     rng = np.random.default_rng(3)
     for _ in range(20):
@@ -188,7 +188,7 @@ def _four_bodies() -> list[np.ndarray]:
 
 
 def test_a_body_broken_in_two_is_one_body_and_neighbours_stay_apart():
-    from inference.postprocess import regularise_body_heights
+    from spinegate.inference.postprocess import regularise_body_heights
 
     bodies = _four_bodies()
     # a body cut into two touching halves (as the core split
@@ -207,7 +207,7 @@ def test_a_body_broken_in_two_is_one_body_and_neighbours_stay_apart():
 
 
 def test_a_tall_body_without_a_waist_is_not_split():
-    from inference.postprocess import regularise_body_heights
+    from spinegate.inference.postprocess import regularise_body_heights
 
     bodies = _four_bodies()
     tilted = np.zeros((3, 220, 60), bool)
@@ -236,7 +236,7 @@ def test_s1_called_a_body_in_the_midline_slice_stays_s1_and_sacral_segments_stay
 
 
 def test_absorb_into_s1_takes_only_components_mostly_inside_s1s_footprint():
-    from inference.postprocess import absorb_into_s1
+    from spinegate.inference.postprocess import absorb_into_s1
 
     s1 = np.zeros((3, 100, 40), bool)
     s1[[0, 2], 60:75, 10:30] = True
@@ -254,7 +254,7 @@ def test_absorb_into_s1_takes_only_components_mostly_inside_s1s_footprint():
 
 
 def test_a_body_split_side_by_side_is_one_body_though_each_part_is_full_height():
-    from inference.postprocess import regularise_body_heights
+    from spinegate.inference.postprocess import regularise_body_heights
 
     bodies = _four_bodies()
     # one body cut obliquely into two touching parts, each as tall as a body

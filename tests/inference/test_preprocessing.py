@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from inference.preprocessing import SIZE_MULTIPLE, from_training_grid, normalise_intensity, to_training_grid
+from spinegate.inference.preprocessing import SIZE_MULTIPLE, from_training_grid, normalise_intensity, to_training_grid
 
 
 def _scipy_zoom(a: np.ndarray, zr: float, zc: float) -> np.ndarray:

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import MODEL_DIR
-from dicom_io.phantom import Weighting
-from inference.axial_classes import AXIAL_CLASS_NAMES
-from inference.engine import EngineError, load_model_info
-from inference.validation import dice
+from spinegate.dicom_io.phantom import Weighting
+from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES
+from spinegate.inference.engine import EngineError, load_model_info
+from spinegate.inference.validation import dice
 
 INT8 = "axial_muscle.int8"
 # Quantisation moves boundaries by about a pixel: per class the two models
@@ -23,8 +23,8 @@ MIN_DICE_INT8_VS_FP32 = 0.97
 
 
 def test_int8_model_segments_like_the_fp32_model_on_a_held_out_phantom():
-    from inference.axial_data import canonical_axial_volume, phantom_axial_series
-    from inference.axial_engine import AxialMuscleEngine
+    from spinegate.inference.axial_data import canonical_axial_volume, phantom_axial_series
+    from spinegate.inference.axial_engine import AxialMuscleEngine
 
     image, truth, spacing = phantom_axial_series(1002, Weighting.T2)
     volume = canonical_axial_volume(image[::4], spacing)
@@ -37,7 +37,7 @@ def test_int8_model_segments_like_the_fp32_model_on_a_held_out_phantom():
 
 
 def test_int8_model_has_its_own_calibration_and_identity():
-    from inference.axial_engine import AxialMuscleEngine
+    from spinegate.inference.axial_engine import AxialMuscleEngine
 
     record = json.loads((MODEL_DIR / f"{INT8}.quantization.json").read_text())
     source = load_model_info(MODEL_DIR, "axial_muscle")
@@ -53,7 +53,7 @@ def test_int8_model_has_its_own_calibration_and_identity():
 
 
 def test_int8_model_of_another_fp32_model_is_refused(tmp_path):
-    from inference.axial_engine import AxialMuscleEngine
+    from spinegate.inference.axial_engine import AxialMuscleEngine
 
     for name in (f"{INT8}.onnx", f"{INT8}.quantization.json", f"{INT8}.calibration.json", "axial_muscle.training.json"):
         (tmp_path / name).write_bytes((MODEL_DIR / name).read_bytes())
@@ -65,7 +65,7 @@ def test_int8_model_of_another_fp32_model_is_refused(tmp_path):
 
 
 def test_service_runs_the_int8_axial_model_unless_configured_otherwise():
-    from service.engines import Engines
+    from spinegate.service.engines import Engines
 
     assert Engines(MODEL_DIR).model_info("axial_muscle").name == INT8
     assert Engines(MODEL_DIR, axial_precision="fp32").model_info("axial_muscle").name == "axial_muscle"
@@ -75,7 +75,7 @@ def test_service_runs_the_int8_axial_model_unless_configured_otherwise():
 
 
 def test_int8_validation_record_belongs_to_the_int8_model_and_the_card_reports_it():
-    from inference.axial_engine import AxialMuscleEngine
+    from spinegate.inference.axial_engine import AxialMuscleEngine
 
     record = json.loads((MODEL_DIR / f"{INT8}.validation.json").read_text())
     assert record["model_sha256"] == AxialMuscleEngine(MODEL_DIR, model_name=INT8).info.sha256
@@ -87,9 +87,9 @@ def test_int8_validation_record_belongs_to_the_int8_model_and_the_card_reports_i
 @pytest.mark.shared_data
 def test_int8_model_segments_the_real_subject_like_the_fp32_model():
     from conftest import require_shared_data
-    from inference.axial_classes import MUSCLE_CLASSES
-    from inference.axial_data import canonical_axial_volume, load_tum_planes
-    from inference.axial_engine import AxialMuscleEngine
+    from spinegate.inference.axial_classes import MUSCLE_CLASSES
+    from spinegate.inference.axial_data import canonical_axial_volume, load_tum_planes
+    from spinegate.inference.axial_engine import AxialMuscleEngine
 
     water, _, _, spacing = load_tum_planes(require_shared_data("axial_muscle"))
     volume = canonical_axial_volume(water, (spacing, spacing))

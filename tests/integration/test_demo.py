@@ -10,7 +10,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_demo_prints_measurements_beside_truth(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "service.cli", "--log-level", "WARNING", "demo", "--work-dir",
+    proc = subprocess.run([sys.executable, "-m", "spinegate.service.cli", "--log-level", "WARNING", "demo", "--work-dir",
                            str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout

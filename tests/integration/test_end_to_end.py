@@ -19,11 +19,11 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, JPEGLSLossless
 
 from conformance.checks import check_returned_object
 from conformance.encode import encode
-from dicom_io import codes as sg_codes
-from dicom_io.mr_writer import StudyInfo
-from dicom_io.phantom_study import write_phantom_study
+from spinegate.dicom_io import codes as sg_codes
+from spinegate.dicom_io.mr_writer import StudyInfo
+from spinegate.dicom_io.phantom_study import write_phantom_study
 from peers import Spinegate, StoreSCP, storescu
-from service.store import StateStore, StudyState
+from spinegate.service.store import StateStore, StudyState
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,7 @@ def _sr_values(sr_path) -> dict[tuple[str, str], dict[str, float]]:
 
 
 def _disc_label(level: str) -> str:
-    from dicom_io.levels import structure_by_name
+    from spinegate.dicom_io.levels import structure_by_name
 
     return structure_by_name(level).display_name
 
@@ -117,7 +117,7 @@ def test_sagittal_and_axial_study_round_trip(tmp_path, pacs, spinegate):
     """Sagittal T1/T2 and axial T1/T2 of one phantom (one frame of
     reference): a SEG per series and one SR holding both sets of
     measurements arrive at the PACS; every reader parses them."""
-    from dicom_io.phantom_study import write_axial_phantom_study
+    from spinegate.dicom_io.phantom_study import write_axial_phantom_study
 
     truth = write_axial_phantom_study(tmp_path / "axial", seed=1002, rows=256, columns=256, pixel_spacing_mm=0.8,
                                       study=StudyInfo(uid_seed="e2e-axial-1002"))
@@ -154,7 +154,7 @@ def test_study_interrupted_by_restart_is_processed_after_restart(tmp_path, pacs)
 
 def test_pacs_down_then_back_loses_nothing(tmp_path):
     truth = _study(tmp_path, "pacsdown", seed=2200)
-    from service.demo import free_port
+    from spinegate.service.demo import free_port
 
     pacs_port = free_port()  # nothing listens here yet
     sg = Spinegate.start(tmp_path / "sg", pacs_port, quiet_period_s=1.0, attempts=2)
@@ -177,7 +177,7 @@ def test_pacs_down_then_back_loses_nothing(tmp_path):
 
             from conftest import REPO
 
-            subprocess.run([sys.executable, "-m", "service.cli", "--config", str(sg.config_path), "process",
+            subprocess.run([sys.executable, "-m", "spinegate.service.cli", "--config", str(sg.config_path), "process",
                             truth["study_instance_uid"]], cwd=REPO, check=True, timeout=60)
             objs = pacs.wait_for(truth["study_instance_uid"], n_seg=2)
             assert len(objs["SR"]) == 1

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from dicom_io.mr_writer import StudyInfo
-from dicom_io.phantom_study import write_phantom_study
+from spinegate.dicom_io.mr_writer import StudyInfo
+from spinegate.dicom_io.phantom_study import write_phantom_study
 from peers import Orthanc, Spinegate, free_port, storescu_to
 
 pytestmark = pytest.mark.integration

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from dicom_io.mr_writer import StudyInfo
-from dicom_io.phantom_study import write_phantom_study
+from spinegate.dicom_io.mr_writer import StudyInfo
+from spinegate.dicom_io.phantom_study import write_phantom_study
 from peers import Prometheus, Spinegate, StoreSCP, storescu
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from dicom_io.mr_writer import StudyInfo
-from dicom_io.phantom_study import write_phantom_study
+from spinegate.dicom_io.mr_writer import StudyInfo
+from spinegate.dicom_io.phantom_study import write_phantom_study
 from peers import Spinegate, StoreSCP, storescu
-from service.store import StateStore
+from spinegate.service.store import StateStore
 
 pytestmark = pytest.mark.integration
 

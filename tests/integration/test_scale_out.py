@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from dicom_io.mr_writer import StudyInfo
-from dicom_io.phantom_study import write_phantom_study
+from spinegate.dicom_io.mr_writer import StudyInfo
+from spinegate.dicom_io.phantom_study import write_phantom_study
 from peers import RedisServer, Spinegate, StoreSCP, start_worker, stop_process, storescu
 
 pytestmark = pytest.mark.integration

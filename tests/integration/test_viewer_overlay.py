@@ -21,8 +21,8 @@ import pydicom
 import pytest
 
 from conftest import REPO, require_tool
-from dicom_io.mr_writer import StudyInfo
-from dicom_io.phantom_study import write_phantom_study
+from spinegate.dicom_io.mr_writer import StudyInfo
+from spinegate.dicom_io.phantom_study import write_phantom_study
 from peers import DICOMWEB_PLUGIN, Orthanc, free_port
 
 pytestmark = pytest.mark.integration

@@ -12,13 +12,13 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 
-from biomech.axial_measurements import FLAG_SMALL_SECTION
+from spinegate.biomech.axial_measurements import FLAG_SMALL_SECTION
 from conftest import dciodvfy_errors
-from dicom_io import codes as sg_codes
-from dicom_io.muscles import MUSCLE_GROUPS
-from dicom_io.mr_writer import StudyInfo
-from service.config import load_config
-from service.pipeline import analyze_study
+from spinegate.dicom_io import codes as sg_codes
+from spinegate.dicom_io.muscles import MUSCLE_GROUPS
+from spinegate.dicom_io.mr_writer import StudyInfo
+from spinegate.service.config import load_config
+from spinegate.service.pipeline import analyze_study
 
 RULES = load_config(environ={}).routing
 SEED = 1000  # inference.train_axial.VALIDATION_PHANTOM_SEEDS
@@ -32,7 +32,7 @@ FF_MEAN_MAX, FF_WITHIN_MIN, FF_WORST_MAX = 0.012, 0.95, 0.10
 
 @pytest.fixture(scope="module")
 def axial_study(tmp_path_factory):
-    from dicom_io.phantom_study import write_axial_phantom_study
+    from spinegate.dicom_io.phantom_study import write_axial_phantom_study
 
     out = tmp_path_factory.mktemp("axial_study")
     truth = write_axial_phantom_study(out, seed=SEED, rows=256, columns=256, pixel_spacing_mm=0.8, dixon=True,
@@ -132,7 +132,7 @@ def test_network_csa_and_fat_fraction_against_the_truth(analysed, axial_study):
 
 def test_a_second_held_out_subject_on_another_grid(engines, tmp_path):
     """Seed 1001 (never trained on) at 0.7 mm pixels and 5 mm slices."""
-    from dicom_io.phantom_study import write_axial_phantom_study
+    from spinegate.dicom_io.phantom_study import write_axial_phantom_study
 
     truth = write_axial_phantom_study(tmp_path / "in", seed=SEED + 1, rows=288, columns=288, pixel_spacing_mm=0.7,
                                       slice_spacing_mm=5.0, dixon=True, study=StudyInfo(uid_seed="axial-pipeline-2"))
@@ -204,7 +204,7 @@ def test_one_slice_per_disc_in_any_order_without_sagittal_series(axial_study, en
     """A gapped T2 series (one slice nearest each disc), unsorted, no
     sagittal series: levels from the axial disc order, flagged; no volume."""
     z = np.array([s["z_mm"] for s in axial_study["axial"]])
-    from dicom_io.phantom import make_spine_phantom
+    from spinegate.dicom_io.phantom import make_spine_phantom
 
     ph = make_spine_phantom(SEED)
     picks = sorted({int(np.argmin(np.abs(z - ph.element(d).centre_lps[2])))

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from biomech.loads import FLEXION_60_5KG
+from spinegate.biomech.loads import FLEXION_60_5KG
 from conftest import REPO, dciodvfy_errors
-from dicom_io import codes as sg_codes
-from dicom_io.phantom import make_spine_phantom
-from service.biomech_stage import (
+from spinegate.dicom_io import codes as sg_codes
+from spinegate.dicom_io.phantom import make_spine_phantom
+from spinegate.service.biomech_stage import (
     centroids_from_document,
     load_report,
     run_stage,
@@ -84,13 +84,13 @@ def test_missing_levels_and_defaults_are_flagged_but_loads_are_computed(stage):
 
 def _sr_with_loads(tmp_path, report):
     """A minimal SR: the phantom SEG/SR fixture's series plus the loads."""
-    from dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
-    from dicom_io.phantom import render_phantom, sagittal_grid
-    from dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
-    from dicom_io.sr import SeriesReport, build_measurement_report
-    from dicom_io.uids import derive_uid
-    from dicom_io.volume import read_series
-    from biomech.morphometry import measure_structure
+    from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
+    from spinegate.dicom_io.phantom import render_phantom, sagittal_grid
+    from spinegate.dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
+    from spinegate.dicom_io.sr import SeriesReport, build_measurement_report
+    from spinegate.dicom_io.uids import derive_uid
+    from spinegate.dicom_io.volume import read_series
+    from spinegate.biomech.morphometry import measure_structure
     import pydicom
 
     algo = AlgorithmInfo("sagittal_spine", "test", "0" * 64)
@@ -144,7 +144,7 @@ def test_implausible_centroids_give_a_flag_in_the_sr_not_a_crash(tmp_path):
 
 
 def _loads_cli(*args):
-    return subprocess.run([sys.executable, "-m", "service.cli", "--log-level", "WARNING", "loads", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "spinegate.service.cli", "--log-level", "WARNING", "loads", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -178,7 +178,7 @@ def test_loads_command_refuses_an_implausible_override(tmp_path):
 def test_solver_process_gives_the_loads_of_an_in_process_solve(stage, tmp_path):
     """The service solves in a child process (beside the SEG and SR
     writing); the answer is the one this process computes."""
-    from service.biomech_stage import BiomechSolver
+    from spinegate.service.biomech_stage import BiomechSolver
 
     cents = phantom_centroids()
     cents.pop("T12")
@@ -198,7 +198,7 @@ def test_solver_process_that_dies_costs_a_slower_study_not_a_lost_one(tmp_path):
     import os
     import signal
 
-    from service.biomech_stage import BiomechSolver
+    from spinegate.service.biomech_stage import BiomechSolver
 
     solver = BiomechSolver()
     try:
@@ -225,7 +225,7 @@ def test_solver_process_ends_with_a_killed_parent(tmp_path):
     script.write_text(
         "import sys, time\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from service.biomech_stage import BiomechSolver\n"
+        "from spinegate.service.biomech_stage import BiomechSolver\n"
         "if __name__ == '__main__':\n"
         "    solver = BiomechSolver()\n"
         "    solver.start()\n"

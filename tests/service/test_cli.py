@@ -6,7 +6,7 @@ from conftest import REPO
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "spinegate.service.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=120, env=env)
 
 

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from service.config import ConfigError, Destination, load_config
-from service.store import InstanceRecord, StateStore, StudyState
+from spinegate.service.config import ConfigError, Destination, load_config
+from spinegate.service.store import InstanceRecord, StateStore, StudyState
 
 
 def test_defaults_file_env_and_cli_layer_in_order(tmp_path):
@@ -56,7 +56,7 @@ def open_store(request, tmp_path):
         yield lambda: StateStore(tmp_path / "s.sqlite")
         return
     from peers import RedisServer
-    from service.store_redis import RedisStateStore
+    from spinegate.service.store_redis import RedisStateStore
 
     server = RedisServer.start(tmp_path / "redis")
     yield lambda: RedisStateStore(server.url, "test")

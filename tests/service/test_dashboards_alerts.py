@@ -11,9 +11,9 @@ import subprocess
 import yaml
 
 from conftest import REPO, require_tool
-from service.app import start_service
-from service.config import load_config
-from service.demo import free_port
+from spinegate.service.app import start_service
+from spinegate.service.config import load_config
+from spinegate.service.demo import free_port
 
 PROM = REPO / "deploy" / "prometheus"
 DASHBOARD = REPO / "deploy" / "grafana" / "spinegate-dashboard.json"

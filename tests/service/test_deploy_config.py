@@ -1,7 +1,7 @@
 from pathlib import Path
 
 
-from service.config import load_config
+from spinegate.service.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,11 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
 
-from dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
-from dicom_io.phantom import sagittal_grid
-from service.app import start_service
-from service.config import load_config
-from service.demo import free_port
+from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
+from spinegate.dicom_io.phantom import sagittal_grid
+from spinegate.service.app import start_service
+from spinegate.service.config import load_config
+from spinegate.service.demo import free_port
 
 
 @pytest.fixture

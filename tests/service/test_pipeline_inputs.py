@@ -7,10 +7,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
-from dicom_io.phantom import SliceGrid, make_spine_phantom, render_phantom, sagittal_grid
-from service.config import load_config
-from service.pipeline import StudyFailed, analyze_study
+from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
+from spinegate.dicom_io.phantom import SliceGrid, make_spine_phantom, render_phantom, sagittal_grid
+from spinegate.service.config import load_config
+from spinegate.service.pipeline import StudyFailed, analyze_study
 
 RULES = load_config(environ={}).routing
 STUDY = StudyInfo("pipeline-inputs")

@@ -12,12 +12,12 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
-from dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
-from dicom_io.phantom import sagittal_grid
-from service.config import load_config
-from service.demo import free_port
-from service.scp import Receiver, Status, start_scp
-from service.store import StateStore
+from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
+from spinegate.dicom_io.phantom import sagittal_grid
+from spinegate.service.config import load_config
+from spinegate.service.demo import free_port
+from spinegate.service.scp import Receiver, Status, start_scp
+from spinegate.service.store import StateStore
 
 
 @pytest.fixture

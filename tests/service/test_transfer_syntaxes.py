@@ -10,14 +10,14 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
 
 from conformance.encode import LOSSY, encode, to_8bit
-from dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
-from dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
-from dicom_io.uids import ACCEPTED_TRANSFER_SYNTAXES
-from dicom_io.volume import read_series
-from service.config import load_config
-from service.demo import free_port
-from service.scp import Receiver, start_scp
-from service.store import StateStore
+from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
+from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
+from spinegate.dicom_io.uids import ACCEPTED_TRANSFER_SYNTAXES
+from spinegate.dicom_io.volume import read_series
+from spinegate.service.config import load_config
+from spinegate.service.demo import free_port
+from spinegate.service.scp import Receiver, start_scp
+from spinegate.service.store import StateStore
 
 pytestmark = pytest.mark.integration  # dcmtk codecs produce the compressed input
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pydicom
 
-from service.config import load_config
-from service.store import InstanceRecord, StateStore, StudyState
-from service.worker import StudyWorker, build_queue
+from spinegate.service.config import load_config
+from spinegate.service.store import InstanceRecord, StateStore, StudyState
+from spinegate.service.worker import StudyWorker, build_queue
 
 
 def _worker(tmp_path, quiet: float = 0.0):
