@@ -35,12 +35,20 @@ $(VIEWER)/.ready:
 	npm install -q --prefix $(VIEWER) --no-save --no-audit --no-fund playwright-core@1.65.1 >/dev/null
 	touch $@
 
+# Wheels of spinegate's runtime dependencies and build backend, fetched while
+# the network is up: tests/test_packaging.py builds and installs the wheel
+# into a clean venv from them inside the suite's network namespace.
+WHEELHOUSE := .cache/wheelhouse
+$(WHEELHOUSE)/.ready: pyproject.toml $(VENV)/.runtime
+	$(PIP) download -q -d $(WHEELHOUSE) . "setuptools>=68" wheel
+	touch $@
+
 demo: $(VENV)/.runtime
 	$(VENV)/bin/spinegate demo
 
 # The whole suite runs in a private network namespace holding only loopback,
 # so no peer started by a test is reachable from outside this machine.
-test: $(VENV)/.testdeps peers $(VIEWER)/.ready
+test: $(VENV)/.testdeps peers $(VIEWER)/.ready $(WHEELHOUSE)/.ready
 	@if unshare -n true 2>/dev/null; then \
 	  unshare -n sh -c 'ip link set lo up && exec $(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)'; \
 	else \

@@ -13,12 +13,21 @@ from conftest import REPO
 
 pytestmark = pytest.mark.integration  # builds a wheel and a virtual environment (pip, ~1 min)
 
+# `make test` fills it while the network is up (the suite runs without one);
+# elsewhere pip uses its index.
+WHEELHOUSE = REPO / ".cache" / "wheelhouse"
+
+
+def _pip_sources() -> list[str]:
+    return ["--no-index", "--find-links", str(WHEELHOUSE)] if (WHEELHOUSE / ".ready").exists() else []
+
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)], check=True,
-                   capture_output=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *_pip_sources(), "-w", str(out),
+                           str(REPO)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = out.glob("spinegate-*.whl")
     return path
 
@@ -38,7 +47,7 @@ def test_wheel_holds_one_import_package_and_the_runtime_models(wheel):
 def test_spinegate_analyze_runs_from_a_clean_environment(wheel, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    install = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)],
+    install = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *_pip_sources(), str(wheel)],
                              capture_output=True, text=True, timeout=1200)
     assert install.returncode == 0, install.stderr[-3000:]
     work = tmp_path / "work"  # outside the checkout: nothing of it is importable from here
