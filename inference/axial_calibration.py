@@ -12,13 +12,13 @@ series are phantom seeds kept out of both training and validation
 (`CALIBRATION_PHANTOM_SEEDS`), in T1, T2 and Dixon water contrast, so the
 validation numbers stay honest. Writes ``axial_muscle.calibration.json``
 (``--model axial_muscle.int8``: ``axial_muscle.int8.calibration.json`` for
-the INT8 model, `inference.quantize`), which the engine applies and whose
-checksum joins the model version.
+the INT8 model, `inference.quantize`), which the engine applies
+(`inference.class_offsets`, the runtime side) and whose checksum joins the
+model version.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -26,10 +26,12 @@ from typing import Callable
 
 import numpy as np
 
+from spinegate.dicom_io.phantom import Weighting
 from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES, MUSCLE_CLASSES
+from spinegate.inference.axial_data import canonical_axial_volume, phantom_axial_series
+from spinegate.inference.axial_engine import AxialMuscleEngine
 
-__all__ = ["CALIBRATION_PHANTOM_SEEDS", "ClassOffsets", "calibrate", "fit_class_offsets", "load_class_offsets",
-           "undecided_pixels"]
+__all__ = ["CALIBRATION_PHANTOM_SEEDS", "calibrate", "fit_class_offsets", "undecided_pixels"]
 
 log = logging.getLogger("spinegate.inference.axial_calibration")
 
@@ -41,55 +43,6 @@ CALIBRATION_PHANTOM_SEEDS = (1002, 1003, 1004, 1005)
 # cannot change class under offsets within ±_MAX_OFFSET.
 _MAX_OFFSET = 2.0
 _DECIDED_MARGIN = 2 * _MAX_OFFSET + 0.5
-
-
-class ClassOffsets:
-    """Log-score offsets per output class, applied before the arg-max.
-
-    Parameters
-    ----------
-    offsets : numpy.ndarray
-        One offset per class of `inference.axial_classes.AXIAL_CLASS_NAMES`
-        (background 0).
-    tag : str
-        Short identity joined to the model version (checksum of the file).
-    """
-
-    def __init__(self, offsets: np.ndarray, tag: str = "") -> None:
-        offsets = np.asarray(offsets, np.float32)
-        if offsets.shape != (len(AXIAL_CLASS_NAMES),) or not np.all(np.isfinite(offsets)):
-            raise ValueError(f"class offsets need {len(AXIAL_CLASS_NAMES)} finite values, got {offsets!r}")
-        self.offsets = offsets
-        self.tag = tag
-
-    def classes(self, probs: np.ndarray, axis: int = 1) -> np.ndarray:
-        """Arg-max class of ``probs`` (softmax scores) after the offsets."""
-        shape = [1] * probs.ndim
-        shape[axis] = -1
-        scores = np.log(np.maximum(probs, 1e-12)) + self.offsets.reshape(shape)
-        return scores.argmax(axis=axis).astype(np.uint8)
-
-
-def load_class_offsets(model_dir: Path, model_name: str, model_sha256: str) -> ClassOffsets | None:
-    """The calibration written beside a model, or None when there is none.
-
-    Raises
-    ------
-    ValueError
-        If the file was fitted for another model file (retrained without
-        re-calibrating) or does not hold one offset per class.
-    """
-    path = model_dir / f"{model_name}.calibration.json"
-    if not path.exists():
-        return None
-    raw = path.read_bytes()
-    record = json.loads(raw)
-    if record.get("model_sha256") != model_sha256:
-        raise ValueError(f"{path} was fitted for model sha256 {str(record.get('model_sha256'))[:12]}, the model is "
-                         f"{model_sha256[:12]}; re-run 'python -m spinegate.inference.axial_calibration --out {model_dir} "
-                         f"--model {model_name}'")
-    offsets = [record["offsets"].get(name, 0.0) for name in AXIAL_CLASS_NAMES]
-    return ClassOffsets(np.array(offsets), "cal-" + hashlib.sha256(raw).hexdigest()[:8])
 
 
 def undecided_pixels(log_probs: np.ndarray) -> np.ndarray:
@@ -137,10 +90,6 @@ def fit_class_offsets(log_probs: np.ndarray, fixed_area: np.ndarray, true_area: 
 def _calibration_pixels(model_dir: Path, model_name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict], str]:
     """Movable pixels' log scores, the fixed and the true area per class,
     over every calibration series."""
-    from spinegate.dicom_io.phantom import Weighting
-    from spinegate.inference.axial_data import canonical_axial_volume, phantom_axial_series
-    from spinegate.inference.axial_engine import AxialMuscleEngine
-
     n = len(AXIAL_CLASS_NAMES)
     engine = AxialMuscleEngine(model_dir, model_name=model_name, calibrated=False)
     movable, fixed, true_area, series = [], np.zeros(n, np.int64), np.zeros(n, np.int64), []

@@ -9,8 +9,9 @@ guessed. The network runs on overlapping tiles of its training patch size
 (`inference.tiling`). Post-processing per slice: each muscle keeps its largest
 connected component with holes filled (intramuscular fat belongs to the
 muscle's area), vertebral body and disc their largest component. Before the
-arg-max the area calibration (`inference.axial_calibration`) shifts each
-muscle's log score, so CSAs come out unbiased on held-out phantoms.
+arg-max the area calibration (`inference.class_offsets`, fitted by
+`inference.axial_calibration`) shifts each muscle's log score, so CSAs
+come out unbiased on held-out phantoms.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from spinegate.dicom_io.volume import SeriesVolume
-from spinegate.inference.axial_calibration import load_class_offsets
+from spinegate.inference.class_offsets import load_class_offsets
 from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM, AXIAL_TILE
 from spinegate.inference.backends import make_backend
 from spinegate.inference.engine import EngineError, load_model_info

@@ -22,26 +22,11 @@ from spinegate.service.metrics import Metrics, StateCollector
 from spinegate.service.receivers import ReceiverProcesses
 from spinegate.service.scp import Receiver, start_scp
 from spinegate.service.store import StateStore, StudyState
-from spinegate.service.worker import StudyWorker, build_queue
+from spinegate.service.worker import StudyWorker, build_worker
 
-__all__ = ["run", "run_worker", "open_store", "build_worker", "start_service", "Service", "queue_depth"]
+__all__ = ["run", "run_worker", "start_service", "Service", "queue_depth"]
 
 log = logging.getLogger(__name__)
-
-
-def open_store(config: SpinegateConfig) -> StateStore:
-    """SQLite under the storage root, or Redis beside the queue (scale-out:
-    receivers then keep nothing but the spool)."""
-    if config.queue.backend == "redis":
-        from spinegate.service.store_redis import RedisStateStore
-
-        return RedisStateStore(config.queue.redis_url, config.queue.name)  # type: ignore[return-value]
-    return StateStore(config.storage.state_db)
-
-
-def build_worker(config: SpinegateConfig, metrics: Metrics | None = None) -> tuple[StateStore, StudyWorker]:
-    store = open_store(config)
-    return store, StudyWorker(config, store, build_queue(config), metrics)
 
 
 def queue_depth(worker: StudyWorker) -> int:

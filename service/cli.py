@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"spinegate: {e}", file=sys.stderr)
             return EXIT_NO_MODEL
     if args.command == "process":
-        from spinegate.service.app import build_worker
+        from spinegate.service.worker import build_worker
 
         store, worker = build_worker(config)
         if not worker.request_processing(args.study_uid):

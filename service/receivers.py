@@ -25,7 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spinegate.service.config import SpinegateConfig
+from spinegate.service.logging_setup import configure_logging
 from spinegate.service.metrics import Metrics
+from spinegate.service.scp import Receiver, start_scp
+from spinegate.service.worker import build_worker
 
 __all__ = ["MetricsRelay", "ReceiverProcesses", "RELAYED_COUNTERS"]
 
@@ -58,10 +61,6 @@ class MetricsRelay:
 
 def _receive(config: SpinegateConfig, sink: Any, parent_pid: int, log_level: str) -> None:
     """Body of a receiver process: SCP only, until SIGTERM or the parent is gone."""
-    from spinegate.service.app import build_worker
-    from spinegate.service.logging_setup import configure_logging
-    from spinegate.service.scp import Receiver, start_scp
-
     configure_logging(log_level)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

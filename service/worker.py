@@ -26,8 +26,9 @@ from spinegate.service.biomech_stage import BiomechSolver
 from spinegate.service.engines import Engines
 from spinegate.service.pipeline import StudyFailed, analyze_study
 from spinegate.service.store import StateStore, StudyState
+from spinegate.service.store_redis import RedisStateStore
 
-__all__ = ["StudyWorker", "build_queue"]
+__all__ = ["StudyWorker", "build_queue", "build_worker", "open_store"]
 
 log = logging.getLogger(__name__)
 
@@ -223,3 +224,18 @@ class StudyWorker:
         log.info("study changed while processing, re-assembling study_uid=%s", study_uid)
         self.on_instance_stored(study_uid)
         return False
+
+
+def open_store(config: SpinegateConfig) -> StateStore:
+    """SQLite under the storage root, or Redis beside the queue (scale-out:
+    receivers then keep nothing but the spool)."""
+    if config.queue.backend == "redis":
+        return RedisStateStore(config.queue.redis_url, config.queue.name)  # type: ignore[return-value]
+    return StateStore(config.storage.state_db)
+
+
+def build_worker(config: SpinegateConfig, metrics: Metrics | None = None) -> tuple[StateStore, StudyWorker]:
+    """The state store and a study worker on the configured queue (for
+    `serve`, `worker`, `process` and the receiver processes alike)."""
+    store = open_store(config)
+    return store, StudyWorker(config, store, build_queue(config), metrics)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import MODEL_DIR
-from spinegate.inference.axial_calibration import ClassOffsets, fit_class_offsets, load_class_offsets, undecided_pixels
+from spinegate.inference.axial_calibration import fit_class_offsets, undecided_pixels
+from spinegate.inference.class_offsets import ClassOffsets, load_class_offsets
 from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES
 
 
