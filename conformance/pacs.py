@@ -8,7 +8,7 @@ import re
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
@@ -62,6 +62,10 @@ class StoreSCP:
     folder: Path
     port: int
     proc: subprocess.Popen
+    # (StudyInstanceUID, Modality) of each file already read: the header
+    # does not change while storescp appends the rest, so each file is
+    # parsed once, not on every poll.
+    _seen: dict[Path, tuple[str, str]] = field(default_factory=dict)
 
     @classmethod
     def start(cls, folder: Path, port: int, ae_title: str = "PACS", timeout_s: float = 20) -> "StoreSCP":
@@ -88,12 +92,15 @@ class StoreSCP:
         for p in self.folder.iterdir():
             if p.name.startswith("."):
                 continue
-            try:
-                ds = pydicom.dcmread(p, stop_before_pixels=True)
-            except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError):
-                continue  # storescp is still writing it: read it on the next poll
-            if ds.StudyInstanceUID == study_uid and ds.Modality in found:
-                found[ds.Modality].append(p)
+            if p not in self._seen:
+                try:
+                    ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "Modality"])
+                    self._seen[p] = (str(ds.StudyInstanceUID), str(ds.Modality))
+                except (pydicom.errors.InvalidDicomError, EOFError, OSError, ValueError, AttributeError):
+                    continue  # storescp is still writing it: read it on the next poll
+            study, modality = self._seen[p]
+            if study == study_uid and modality in found:
+                found[modality].append(p)
         return found
 
     def wait_for(self, study_uid: str, n_seg: int, timeout_s: float = 240) -> dict[str, list[Path]]:

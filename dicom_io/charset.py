@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
-__all__ = ["CharacterSet", "TEXT_VRS", "declare_character_set", "required_character_set", "text_values"]
+__all__ = ["CharacterSet", "TEXT_VRS", "declare_character_set", "required_character_set"]
 
 # VRs whose values are subject to (0008,0005) (PS3.5 6.1.2.3); AE, AS, CS,
 # DA, DS, DT, IS, TM, UI, UR are restricted to the default repertoire.
@@ -49,24 +49,25 @@ def _as_strings(value: object) -> Iterator[str]:
         yield value.decode("latin-1")
 
 
-def text_values(ds: Dataset) -> Iterator[tuple[str, str]]:
-    """Every (keyword or tag, text) of ``ds`` whose VR takes a character
-    set, sequence items included."""
+def _walk(ds: Dataset, drop_item_declarations: bool) -> bool:
+    """Whether any text of ``ds`` (sequence items included) is not ASCII;
+    with ``drop_item_declarations`` each item's own (0008,0005) goes on the
+    way, so one pass serves both."""
+    non_ascii = False
     for elem in ds:
         if elem.VR == "SQ":
             for item in elem.value:
-                yield from text_values(item)
-        elif elem.VR in TEXT_VRS:
-            for text in _as_strings(elem.value):
-                yield elem.keyword or str(elem.tag), text
+                if drop_item_declarations and "SpecificCharacterSet" in item:
+                    del item.SpecificCharacterSet
+                non_ascii = _walk(item, drop_item_declarations) or non_ascii
+        elif not non_ascii and elem.VR in TEXT_VRS:
+            non_ascii = any(not text.isascii() for text in _as_strings(elem.value))
+    return non_ascii
 
 
 def required_character_set(ds: Dataset) -> CharacterSet:
     """The smallest repertoire that holds all of ``ds``'s text."""
-    for _, text in text_values(ds):
-        if not text.isascii():
-            return CharacterSet.UTF8
-    return CharacterSet.DEFAULT
+    return CharacterSet.UTF8 if _walk(ds, drop_item_declarations=False) else CharacterSet.DEFAULT
 
 
 def declare_character_set(ds: Dataset) -> CharacterSet:
@@ -75,20 +76,10 @@ def declare_character_set(ds: Dataset) -> CharacterSet:
     Items of sequences inherit the top-level declaration, so any (0008,0005)
     an item carried over from a source is removed.
     """
-    needed = required_character_set(ds)
-    _drop_item_declarations(ds)
+    needed = CharacterSet.UTF8 if _walk(ds, drop_item_declarations=True) else CharacterSet.DEFAULT
     if needed is CharacterSet.DEFAULT:
         if "SpecificCharacterSet" in ds:
             del ds.SpecificCharacterSet
     else:
         ds.SpecificCharacterSet = needed.value
     return needed
-
-
-def _drop_item_declarations(ds: Dataset) -> None:
-    for elem in ds:
-        if elem.VR == "SQ":
-            for item in elem.value:
-                if "SpecificCharacterSet" in item:
-                    del item.SpecificCharacterSet
-                _drop_item_declarations(item)
