@@ -9,7 +9,7 @@ Each (engine, backend) runs in a fresh process so its peak resident memory
 15 × 512² at 0.5 mm (a clinical T2) and axial 40 × 256² at 0.8 mm (the
 issue 6 standard study); the short mode uses 6 × 192² / 8 × 160². Times
 cover pre-processing, the network and resampling back (`engine.scores`).
-The axial engine also runs its INT8 model (`inference.quantize`, the
+The axial engine also runs its INT8 model (`inference.training.quantize`, the
 service's CPU default) on ONNX Runtime.
 Writes bench/results/inference_backends.json and prints a Markdown table.
 """
@@ -35,14 +35,15 @@ BACKENDS = {"sagittal_spine": ("onnxruntime", "torch"), "axial_muscle": ("onnxru
 
 
 def _series(engine: str, short: bool) -> tuple[np.ndarray, np.ndarray]:
-    from spinegate.dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagittal_grid
+    from spinegate.dicom_io.classify import Weighting
+    from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
 
     if engine == "sagittal_spine":
         n, size, ps = (6, 192, 1.3) if short else (15, 512, 0.5)
         grid = sagittal_grid(n, size, size, ps, 4.0)
         image, _ = render_phantom(make_spine_phantom(3), grid, Weighting.T2, subplanes=1)
         return image.astype(np.float32), grid.affine
-    from spinegate.dicom_io.paraspinal import axial_grid, make_paraspinal_anatomy, muscle_field
+    from spinegate.dicom_io.phantom.paraspinal import axial_grid, make_paraspinal_anatomy, muscle_field
 
     n, size = (8, 160) if short else (40, 256)
     ph = make_spine_phantom(3)

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from spinegate.dicom_io.mr_writer import StudyInfo  # noqa: E402
-from spinegate.dicom_io.phantom_study import write_axial_phantom_study  # noqa: E402
+from spinegate.dicom_io.phantom.study import write_axial_phantom_study  # noqa: E402
 from spinegate.dicom_io.send import send_files  # noqa: E402
 from inference_backends import measure_one  # noqa: E402  (bench/ is this script's folder)
 from spinegate.service.demo import LocalReceiver, free_port, wait_for_echo  # noqa: E402

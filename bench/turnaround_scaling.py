@@ -35,14 +35,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from spinegate.dicom_io.mr_writer import StudyInfo  # noqa: E402
-from spinegate.dicom_io.phantom_study import write_axial_phantom_study, write_phantom_study  # noqa: E402
+from spinegate.dicom_io.phantom.study import write_axial_phantom_study, write_phantom_study  # noqa: E402
 from spinegate.service.config import load_config  # noqa: E402
 from spinegate.service.biomech_stage import BiomechSolver  # noqa: E402
 from spinegate.service.engines import Engines  # noqa: E402
 from spinegate.service.pipeline import analyze_study  # noqa: E402
 
 MODEL_DIR = REPO / "inference" / "models"
-# Series numbers written by dicom_io.phantom_study.
+# Series numbers written by dicom_io.phantom.study.
 SAG_T1, SAG_T2, AX_T1, AX_T2 = 2, 3, 4, 5
 SERIES_STEPS = (("sag T2", {SAG_T2}), ("+ sag T1", {SAG_T1, SAG_T2}), ("+ ax T2", {SAG_T1, SAG_T2, AX_T2}),
                 ("+ ax T1", {SAG_T1, SAG_T2, AX_T2, AX_T1}))

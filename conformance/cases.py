@@ -16,7 +16,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGBaseline8Bit, MRImageSt
 from conformance.encode import encode, to_8bit
 from spinegate.dicom_io.mr_writer import MultiFrameClass, SeriesSpec, StudyInfo, write_mr_series, write_multiframe_mr
 from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
-from spinegate.dicom_io.phantom_study import write_axial_phantom_study, write_phantom_study
+from spinegate.dicom_io.phantom.study import write_axial_phantom_study, write_phantom_study
 from spinegate.dicom_io.uids import derive_uid
 
 __all__ = ["NAMES", "StatusCase", "StudyCase", "matrix_case", "status_cases", "storescu_proposal", "whole_study_cases"]

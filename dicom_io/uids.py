@@ -29,6 +29,7 @@ MR_STORAGE_SOP_CLASSES = {
 }
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"  # C-ECHO
 
 # Every syntax listed here decodes through pydicom + pylibjpeg plugins.
 ACCEPTED_TRANSFER_SYNTAXES = [

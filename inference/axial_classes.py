@@ -5,7 +5,7 @@ does not), so the class order cannot drift between the two.
 """
 from __future__ import annotations
 
-from spinegate.dicom_io.paraspinal import MUSCLE_LABELS
+from spinegate.dicom_io.muscles import MUSCLE_LABELS
 
 __all__ = ["AXIAL_CLASS_NAMES", "AXIAL_SPACING_MM", "AXIAL_TILE", "MUSCLE_CLASSES", "VB_CLASS", "DISC_CLASS"]
 

@@ -10,7 +10,7 @@ guessed. The network runs on overlapping tiles of its training patch size
 connected component with holes filled (intramuscular fat belongs to the
 muscle's area), vertebral body and disc their largest component. Before the
 arg-max the area calibration (`inference.class_offsets`, fitted by
-`inference.axial_calibration`) shifts each muscle's log score, so CSAs
+`inference.training.axial_calibration`) shifts each muscle's log score, so CSAs
 come out unbiased on held-out phantoms.
 """
 from __future__ import annotations
@@ -119,7 +119,7 @@ class AxialMuscleEngine:
         ``"onnxruntime"`` (the product) or ``"torch"`` (reference, parity tests).
     calibrated : bool
         Apply the area calibration written beside the model
-        (`inference.axial_calibration`), when there is one; its checksum
+        (`inference.training.axial_calibration`), when there is one; its checksum
         joins the model version.
     """
 

@@ -60,7 +60,7 @@ class TorchBackend:
     def __init__(self, path: Path, threads: int = 2) -> None:
         import torch
 
-        from spinegate.inference.network import load_from_onnx
+        from spinegate.inference.training.network import load_from_onnx
 
         model = load_from_onnx(path)
         self.input_channels = model.in_channels

@@ -1,5 +1,5 @@
 """The axial model's area calibration at run time: one log-score offset per
-class, read from the file `inference.axial_calibration` fits beside the
+class, read from the file `inference.training.axial_calibration` fits beside the
 model, applied before the arg-max. The engine needs only this module; the
 fitting (phantoms, the engine itself) stays in `axial_calibration`."""
 from __future__ import annotations
@@ -58,7 +58,7 @@ def load_class_offsets(model_dir: Path, model_name: str, model_sha256: str) -> C
     record = json.loads(raw)
     if record.get("model_sha256") != model_sha256:
         raise ValueError(f"{path} was fitted for model sha256 {str(record.get('model_sha256'))[:12]}, the model is "
-                         f"{model_sha256[:12]}; re-run 'python -m spinegate.inference.axial_calibration --out {model_dir} "
+                         f"{model_sha256[:12]}; re-run 'python -m spinegate.inference.training.axial_calibration --out {model_dir} "
                          f"--model {model_name}'")
     offsets = [record["offsets"].get(name, 0.0) for name in AXIAL_CLASS_NAMES]
     return ClassOffsets(np.array(offsets), "cal-" + hashlib.sha256(raw).hexdigest()[:8])

@@ -4,7 +4,8 @@ Pre-processing is `inference.preprocessing` (the same code as training):
 slices turned to the training orientation (rows superior→inferior, columns
 anterior→posterior), intensity-normalised per series, resampled to the
 training pixel spacing; softmax scores are resampled back to the native grid
-before the argmax, then `inference.postprocess` names the levels.
+before the argmax, then `inference.postprocess` cleans the components and
+`inference.level_naming` names the levels.
 """
 from __future__ import annotations
 
@@ -14,15 +15,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from spinegate.dicom_io.volume import SeriesVolume
 from spinegate.inference.backends import make_backend
-from spinegate.inference.postprocess import NamedLabels, name_levels
+from spinegate.inference.level_naming import NamedLabels, name_levels
 from spinegate.inference.preprocessing import from_training_grid, normalise_intensity, to_training_grid
 
-__all__ = ["ModelInfo", "SagittalSpineEngine", "EngineError", "load_model_info", "with_neighbours"]
+__all__ = ["ModelInfo", "SegmentationEngine", "SagittalSpineEngine", "EngineError", "load_model_info", "with_neighbours"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,19 @@ class ModelInfo:
     sha256: str
 
 
+SegmentationT_co = TypeVar("SegmentationT_co", covariant=True)
+
+
+class SegmentationEngine(Protocol[SegmentationT_co]):
+    """What every engine offers: the identity of its model, and one series'
+    segmentation (`SpineSegmentation`, `AxialSegmentation`). Engines are
+    thread-safe: several series may be segmented at once."""
+
+    info: ModelInfo
+
+    def segment(self, volume: SeriesVolume) -> SegmentationT_co: ...
+
+
 def _check_source(model_dir: Path, record: dict, path: Path) -> None:
     """A derived model must come from the model file now beside it (a
     retrained model makes its quantised version stale)."""
@@ -51,7 +66,7 @@ def _check_source(model_dir: Path, record: dict, path: Path) -> None:
         return
     if hashlib.sha256((model_dir / source).read_bytes()).hexdigest() != record.get("source_sha256"):
         raise EngineError(f"{path} was derived from another version of {source}; re-run "
-                          f"'python -m spinegate.inference.quantize --out {model_dir}' (docs/models.md, the axial model)")
+                          f"'python -m spinegate.inference.training.quantize --out {model_dir}' (docs/models.md, the axial model)")
 
 
 def load_model_info(model_dir: Path, name: str = MODEL_NAME) -> ModelInfo:
@@ -64,8 +79,9 @@ def load_model_info(model_dir: Path, name: str = MODEL_NAME) -> ModelInfo:
     """
     path = model_dir / f"{name}.onnx"
     if not path.exists():
-        command = {"sagittal_spine": "python -m spinegate.inference.train", "axial_muscle": "python -m spinegate.inference.train_axial",
-                   "axial_muscle.int8": "python -m spinegate.inference.quantize"}
+        command = {"sagittal_spine": "python -m spinegate.inference.training.train fit",
+                   "axial_muscle": "python -m spinegate.inference.training.train_axial",
+                   "axial_muscle.int8": "python -m spinegate.inference.training.quantize"}
         how = command.get(name, command.get(name.split(".")[0], "the training command in docs/models.md"))
         raise EngineError(f"model file {path} is missing; train it with '{how}' (docs/models.md)")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()

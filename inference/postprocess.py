@@ -1,49 +1,36 @@
-"""Post-processing of network classes into named structures.
+"""Post-processing of network classes into clean components.
 
 Per class: fill holes, smooth (binary opening/closing in-plane), split into
 3D connected components and drop those under a minimum volume; bodies
 holding two, or broken in two, are split or joined by their height against
 the median body or by sharing their superior-inferior extent
-(`regularise_body_heights`). Then name levels: S1 is
-the largest S1-class component, with any body component inside its
-footprint (`absorb_into_s1`); bodies above it are counted upward L5, L4,
-… (DOMAIN.md §3: count from S1 when S1 is visible). Without
-S1 the lowest body is taken as L5 and the result is flagged for review.
-Each disc is named by the two bodies it lies between (the one under L5 is
-L5S1 even when S1 was not found).
+(`regularise_body_heights`). `inference.level_naming` names the components.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
-from spinegate.dicom_io.levels import VERTEBRAL_BODY_LEVELS, disc_between, structure_by_name
 from spinegate.dicom_io.volume import index_to_lps
 
-__all__ = ["NamedLabels", "body_height_mm", "clean_class_mask", "fill_holes_2d", "merge_fragments", "name_levels",
-           "regularise_body_heights", "absorb_into_s1", "CLASS_VB", "CLASS_S1",
-           "CLASS_DISC", "MIN_BODY_MM3"]
+__all__ = ["body_height_mm", "centroid_lps", "clean_class_mask", "fill_holes_2d", "merge_fragments",
+           "regularise_body_heights", "superior_mm", "touches_edge", "z_extent_mm"]
 
-CLASS_VB, CLASS_S1, CLASS_DISC = 1, 2, 3
-
-FLAG_UNANCHORED = "level_naming_unanchored_no_s1"
-# Smallest body or S1 component kept (mm³).
-MIN_BODY_MM3 = 2000.0
-FLAG_PARTIAL = "touches_field_of_view_edge"
-
-
-@dataclass(frozen=True)
-class NamedLabels:
-    """A spinegate label map (values from `dicom_io.levels`) with flags.
-
-    ``structure_flags`` maps a level name to its review flags.
-    """
-
-    label_map: np.ndarray
-    series_flags: tuple[str, ...]
-    structure_flags: dict[str, tuple[str, ...]]
+# Splitting structures joined through lateral slices (`_split_on_central_cores`).
+_CENTRAL_AREA_FRACTION = 0.5
+_FAR_FROM_CORES_MM = 30.0
+# Components under this share of the median size are fragments (`merge_fragments`).
+_FRAGMENT_FRACTION = 0.35
+# A body this many times the median body height holds two bodies whose disc
+# the network missed; two neighbours no taller together than this many
+# median heights are one body the network broke in two (two real bodies and
+# their disc measure about twice the median or more).
+_MERGED_HEIGHT_FACTOR = 1.6
+_BROKEN_PAIR_HEIGHT_FACTOR = 1.35
+_BROKEN_PART_HEIGHT_FACTOR = 0.8
+_SIDE_BY_SIDE_SHARE = 0.5
+# A waist is a level at most this share of the body's median cross-section.
+_WAIST_FRACTION = 0.7
 
 
 def fill_holes_2d(mask: np.ndarray) -> np.ndarray:
@@ -89,10 +76,6 @@ def clean_class_mask(mask: np.ndarray, min_voxels: int, spacing_mm: tuple[float,
     return [labels == (i + 1) for i in order if sizes[i] >= min_voxels]
 
 
-_CENTRAL_AREA_FRACTION = 0.5
-_FAR_FROM_CORES_MM = 30.0
-
-
 def _split_on_central_cores(
     m: np.ndarray, spacing_mm: tuple[float, float, float], radius_mm: float
 ) -> tuple[np.ndarray, int]:
@@ -126,7 +109,7 @@ def _split_on_central_cores(
         key = (n, int(area[k]))
         if key > best_key:
             best, best_key, best_labels = int(k), key, lab
-    if best < 0 or best_key[0] == 0:
+    if best < 0 or best_key[0] == 0 or best_labels is None:
         return ndimage.label(m, structure=conn)
     _, relabelled = np.unique(best_labels, return_inverse=True)
     seeds2d = relabelled.reshape(best_labels.shape)
@@ -144,9 +127,6 @@ def _split_on_central_cores(
     return labels, n
 
 
-_FRAGMENT_FRACTION = 0.35
-
-
 def merge_fragments(parts: list[np.ndarray], fraction: float = _FRAGMENT_FRACTION) -> list[np.ndarray]:
     """Merge components smaller than ``fraction`` × the median size into the
     touching component they share most boundary with.
@@ -162,7 +142,7 @@ def merge_fragments(parts: list[np.ndarray], fraction: float = _FRAGMENT_FRACTIO
     kept = [p.copy() for p in parts]
     conn = ndimage.generate_binary_structure(3, 1)
     for i in sorted(range(len(kept)), key=lambda i: sizes[i]):
-        if sizes[i] >= fraction * median or not kept[i].any() or _touches_edge(kept[i]):
+        if sizes[i] >= fraction * median or not kept[i].any() or touches_edge(kept[i]):
             continue
         grown = ndimage.binary_dilation(kept[i], structure=conn)
         contacts = [(int((grown & kept[j]).sum()), j) for j in range(len(kept)) if j != i and kept[j].any()]
@@ -171,18 +151,6 @@ def merge_fragments(parts: list[np.ndarray], fraction: float = _FRAGMENT_FRACTIO
             kept[j] |= kept[i]
             kept[i] = np.zeros_like(kept[i])
     return sorted((p for p in kept if p.any()), key=lambda p: -int(p.sum()))
-
-
-# A body this many times the median body height holds two bodies whose disc
-# the network missed; two neighbours no taller together than this many
-# median heights are one body the network broke in two (two real bodies and
-# their disc measure about twice the median or more).
-_MERGED_HEIGHT_FACTOR = 1.6
-_BROKEN_PAIR_HEIGHT_FACTOR = 1.35
-_BROKEN_PART_HEIGHT_FACTOR = 0.8
-_SIDE_BY_SIDE_SHARE = 0.5
-# A waist is a level at most this share of the body's median cross-section.
-_WAIST_FRACTION = 0.7
 
 
 def body_height_mm(mask: np.ndarray, affine: np.ndarray) -> float:
@@ -221,7 +189,7 @@ def _split_at_waist(mask: np.ndarray, affine: np.ndarray) -> list[np.ndarray]:
     return [upper, lower]
 
 
-def _z_extent_mm(mask: np.ndarray, affine: np.ndarray) -> tuple[float, float]:
+def z_extent_mm(mask: np.ndarray, affine: np.ndarray) -> tuple[float, float]:
     """Lowest and highest patient z (mm) of a component's voxels."""
     z = np.argwhere(mask) @ affine[2, :3] + affine[2, 3]
     return float(z.min()), float(z.max())
@@ -230,7 +198,7 @@ def _z_extent_mm(mask: np.ndarray, affine: np.ndarray) -> tuple[float, float]:
 def _side_by_side(a: np.ndarray, b: np.ndarray, affine: np.ndarray) -> bool:
     """Whether two components share at least half of the shorter one's
     superior-inferior extent."""
-    (alo, ahi), (blo, bhi) = _z_extent_mm(a, affine), _z_extent_mm(b, affine)
+    (alo, ahi), (blo, bhi) = z_extent_mm(a, affine), z_extent_mm(b, affine)
     return min(ahi, bhi) - max(alo, blo) >= _SIDE_BY_SIDE_SHARE * min(ahi - alo, bhi - blo)
 
 
@@ -249,7 +217,7 @@ def regularise_body_heights(bodies: list[np.ndarray], affine: np.ndarray) -> lis
     """
     # each body's height once; a body cut by the field of view has none that
     # counts (inf: never tall, never short)
-    heights = [np.inf if _touches_edge(b) else body_height_mm(b, affine) for b in bodies]
+    heights = [np.inf if touches_edge(b) else body_height_mm(b, affine) for b in bodies]
     whole = [(b, h) for b, h in zip(bodies, heights) if np.isfinite(h)]
     if len(whole) < 3:
         return bodies
@@ -265,7 +233,7 @@ def regularise_body_heights(bodies: list[np.ndarray], affine: np.ndarray) -> lis
                 out.extend((p, body_height_mm(p, affine)) for p in parts)
                 continue
         out.append((b, h))
-    out.sort(key=lambda item: _superior_mm(item[0], affine))
+    out.sort(key=lambda item: superior_mm(item[0], affine))
     conn = ndimage.generate_binary_structure(3, 1)
     i = 0
     while i < len(out) - 1:
@@ -281,160 +249,14 @@ def regularise_body_heights(bodies: list[np.ndarray], affine: np.ndarray) -> lis
     return sorted((b for b, _ in out), key=lambda p: -int(p.sum()))
 
 
-_OFF_CHAIN_MM = 20.0
-
-
-_S1_FOOTPRINT_SHARE = 0.5
-
-
-def absorb_into_s1(s1: np.ndarray, bodies: list[np.ndarray], affine: np.ndarray,
-                   min_share: float = _S1_FOOTPRINT_SHARE) -> tuple[np.ndarray, list[np.ndarray]]:
-    """S1 with the body components that are part of it; the other bodies.
-
-    Why: in the midline slices of a thick-slice series the network can
-    call part of S1 a lumbar body while the lateral slices call it S1. Such
-    a component lies within S1's in-plane footprint (its projection across
-    the sagittal slices), its centroid below S1's top; L5 lies above S1,
-    mostly outside that footprint, and sacral segments lie below it. A
-    component joins S1 when at least ``min_share`` of its voxels fall in
-    the footprint and its centroid is not above S1's highest voxel.
-    """
-    footprint = s1.any(axis=0)
-    s1_top_mm = _z_extent_mm(s1, affine)[1]
-    merged, rest = s1.copy(), []
-    for b in bodies:
-        inside = float((b & footprint[None]).sum()) / max(int(b.sum()), 1)
-        if inside >= min_share and _superior_mm(b, affine) <= s1_top_mm:
-            merged |= b
-        else:
-            rest.append(b)
-    return merged, rest
-
-
-def on_spinal_column(centroids_lps: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Which body centroids lie on the spinal column (boolean per body).
-
-    The column is fitted through the centroids, weighted by size: the AP
-    position as a quadratic in z (lordosis), the LR position as a line.
-    Bodies farther than 20 mm from the fit are dropped and the fit repeated
-    once. With fewer than 4 bodies every body is kept.
-    """
-    c = np.asarray(centroids_lps, float)
-    keep = np.ones(len(c), bool)
-    if len(c) < 4:
-        return keep
-    w = np.sqrt(np.asarray(sizes, float))
-    for _ in range(2):
-        z = c[keep, 2]
-        fy = np.polyfit(z, c[keep, 1], 2, w=w[keep])
-        fx = np.polyfit(z, c[keep, 0], 1, w=w[keep])
-        off = np.hypot(c[:, 1] - np.polyval(fy, c[:, 2]), c[:, 0] - np.polyval(fx, c[:, 2]))
-        keep = off <= _OFF_CHAIN_MM
-        if keep.sum() < 4:
-            return np.ones(len(c), bool)
-    return keep
-
-
-_DISC_MAX_OFFSET_MM = 30.0
-_DISC_PART_JOIN_MM = 15.0
-
-
-def _centroid_lps(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+def centroid_lps(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return index_to_lps(affine, np.array(ndimage.center_of_mass(mask)))
 
 
-def _superior_mm(mask: np.ndarray, affine: np.ndarray) -> float:
+def superior_mm(mask: np.ndarray, affine: np.ndarray) -> float:
     """Patient z (superior, mm) of a component's centroid."""
-    return float(_centroid_lps(mask, affine)[2])
+    return float(centroid_lps(mask, affine)[2])
 
 
-def _touches_edge(mask: np.ndarray) -> bool:
+def touches_edge(mask: np.ndarray) -> bool:
     return bool(mask[:, 0, :].any() or mask[:, -1, :].any() or mask[:, :, 0].any() or mask[:, :, -1].any())
-
-
-def name_levels(classes: np.ndarray, affine: np.ndarray, voxel_volume_mm3: float) -> NamedLabels:
-    """Turn a class map (0 bg, 1 body, 2 S1, 3 disc) into named levels.
-
-    Parameters
-    ----------
-    classes : numpy.ndarray
-        (slices, rows, columns) network classes on the native grid.
-    affine : numpy.ndarray
-        Index → LPS mm map (used for superior/inferior ordering).
-    voxel_volume_mm3 : float
-        Sets the minimum component sizes (bodies 2 cm³, S1 2 cm³, discs 0.4 cm³).
-    """
-    min_body = max(1, int(MIN_BODY_MM3 / voxel_volume_mm3))
-    min_disc = max(1, int(400 / voxel_volume_mm3))
-    spacing = tuple(float(np.linalg.norm(affine[:3, i])) for i in range(3))
-    series_flags: list[str] = []
-    # Bodies are ~25 mm high and discs 5-12 mm: eroding 3 mm (bodies) and
-    # 1.5 mm (discs) in-plane breaks bridges without losing a structure.
-    bodies = merge_fragments(clean_class_mask(classes == CLASS_VB, min_body, spacing, split_radius_mm=3.0))
-    bodies = regularise_body_heights(bodies, affine)
-    s1_parts = clean_class_mask(classes == CLASS_S1, min_body, spacing)
-    if s1_parts:
-        s1_parts[0], bodies = absorb_into_s1(s1_parts[0], bodies, affine)
-    if bodies:
-        inliers = on_spinal_column(np.array([_centroid_lps(b, affine) for b in bodies]),
-                                   np.array([b.sum() for b in bodies]))
-        if not inliers.all():
-            series_flags.append("off_column_components_dropped")
-        bodies = [b for b, k in zip(bodies, inliers) if k]
-    discs = clean_class_mask(classes == CLASS_DISC, min_disc, spacing, split_radius_mm=1.5)
-    out = np.zeros(classes.shape, np.uint8)
-    flags: dict[str, tuple[str, ...]] = {}
-
-    s1 = s1_parts[0] if s1_parts else None
-    s1_z = _superior_mm(s1, affine) if s1 is not None else -np.inf
-    # Bodies below S1 are sacral segments the network called vertebral bodies.
-    body_z = sorted(((z, b) for z, b in ((_superior_mm(b, affine), b) for b in bodies) if z > s1_z),
-                    key=lambda t: t[0])
-    named: list[tuple[str, float, np.ndarray]] = []
-    if s1 is not None:
-        named.append(("S1", s1_z, s1))
-        start = VERTEBRAL_BODY_LEVELS.index("L5")
-    else:
-        series_flags.append(FLAG_UNANCHORED)
-        start = VERTEBRAL_BODY_LEVELS.index("L5")
-    for i, (z, b) in enumerate(body_z):
-        idx = start - i
-        if idx < 0:
-            series_flags.append("more_bodies_than_levels")
-            break
-        named.append((VERTEBRAL_BODY_LEVELS[idx], z, b))
-    for name, _, m in named:
-        out[m & (out == 0)] = structure_by_name(name).label
-        flags[name] = (FLAG_PARTIAL,) if _touches_edge(m) else ()
-    # Discs: between consecutive named bodies, near the midpoint of their
-    # centroids; parts of one disc join only when close to its largest part.
-    ladder = sorted(named, key=lambda t: t[1])
-    centre = {name: _centroid_lps(m, affine) for name, _, m in named}
-    candidates: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
-    for d in discs:
-        c = _centroid_lps(d, affine)
-        z = float(c[2])
-        name, expected = None, None
-        for (lower, z_lo, _), (upper, z_hi, _) in zip(ladder, ladder[1:]):
-            if z_lo < z < z_hi:
-                name, expected = disc_between(upper), (centre[upper] + centre[lower]) / 2
-                break
-        if name is None and ladder and z > ladder[-1][1]:
-            top = VERTEBRAL_BODY_LEVELS.index(ladder[-1][0])
-            if top > 0:
-                name, expected = disc_between(VERTEBRAL_BODY_LEVELS[top - 1]), centre[ladder[-1][0]]
-        if name is None and s1 is None and ladder and ladder[0][0] == "L5" and z < ladder[0][1]:
-            # Without S1 the disc under the lowest body (taken as L5) is
-            # still L5S1: its level is as sure as L5's, which is flagged.
-            name, expected = disc_between("L5"), centre["L5"]
-        if name is None or np.linalg.norm(c - expected) > _DISC_MAX_OFFSET_MM:
-            continue
-        candidates.setdefault(name, []).append((int(d.sum()), c, d))
-    for name, parts in candidates.items():
-        parts.sort(key=lambda t: -t[0])
-        label = structure_by_name(name).label
-        for _, c, d in parts:
-            if np.linalg.norm(c - parts[0][1]) <= _DISC_PART_JOIN_MM:
-                out[d & (out == 0)] = label
-        flags[name] = (FLAG_PARTIAL,) if _touches_edge(out == label) else ()
-    return NamedLabels(out, tuple(series_flags), flags)

@@ -53,6 +53,17 @@ class Service:
         self.store.close()
 
 
+def _operations_endpoint(config: SpinegateConfig, metrics: Metrics, store: StateStore, worker: StudyWorker,
+                         probe: ReadinessProbe) -> Any:
+    """The state collector on the metrics, and the HTTP endpoint (when
+    enabled): /metrics, /healthz, /readyz and the status API."""
+    metrics.registry.register(StateCollector(store.count_by_state, lambda: queue_depth(worker),
+                                             store.oldest_waiting_s, [s.value for s in StudyState],
+                                             probe.free_bytes, probe.ready))
+    return start_http(config, StatusApi(store, metrics, probe, worker.request_processing,
+                                        config.storage.outputs)) if config.http.enabled else None
+
+
 def start_service(config: SpinegateConfig, load_model: bool = True) -> Service:
     """Metrics, store, worker, then the SCP and the HTTP endpoint.
 
@@ -66,11 +77,7 @@ def start_service(config: SpinegateConfig, load_model: bool = True) -> Service:
     scp = start_scp(config, Receiver(config, store, worker.on_instance_stored, metrics))
     probe = ReadinessProbe(config, lambda: scp.server_address[1], lambda: queue_depth(worker),
                            lambda: worker.engine_loaded, needs_model=config.queue.consume_in_serve)
-    metrics.registry.register(StateCollector(store.count_by_state, lambda: queue_depth(worker),
-                                             store.oldest_waiting_s, [s.value for s in StudyState],
-                                             probe.free_bytes, probe.ready))
-    http = start_http(config, StatusApi(store, metrics, probe, worker.request_processing,
-                                        config.storage.outputs)) if config.http.enabled else None
+    http = _operations_endpoint(config, metrics, store, worker, probe)
     return Service(config, metrics, store, worker, scp, probe, http)
 
 
@@ -115,14 +122,21 @@ def run(config: SpinegateConfig) -> int:
 
 
 def run_worker(config: SpinegateConfig) -> int:
-    """``spinegate worker``: process studies from the shared queue (no SCP,
-    no HTTP); the spool and state store are the receivers'."""
+    """``spinegate worker``: process studies from the shared queue (no SCP);
+    the spool and state store are the receivers'. Its own HTTP endpoint
+    (``http.port``, one per worker) serves the stage, turnaround and export
+    metrics of the studies it processes, with /healthz and /readyz."""
     log.info("effective configuration %s", json.dumps(config.redacted(), sort_keys=True))
-    store, worker = build_worker(config)
+    metrics = Metrics()
+    store, worker = build_worker(config, metrics)
     worker.load_engines()
+    probe = ReadinessProbe(config, None, lambda: queue_depth(worker), lambda: worker.engine_loaded)
+    http = _operations_endpoint(config, metrics, store, worker, probe)
     try:
         _consume(worker)
     finally:
+        if http is not None:
+            http.shutdown()
         worker.close()
         store.close()
         log.info("worker stopped")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from pydicom.dataset import Dataset
+from spinegate.dicom_io.study import Header
 
 from spinegate.biomech.axial_measurements import (
     FLAG_LEVELS_FROM_AXIAL,
@@ -32,6 +32,8 @@ from spinegate.dicom_io.measurements import MuscleLevelMeasurements
 from spinegate.dicom_io.muscles import MUSCLE_LABELS
 from spinegate.dicom_io.volume import SeriesError, SeriesVolume, read_series
 from spinegate.inference.axial_classes import DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
+from spinegate.inference.axial_engine import AxialSegmentation
+from spinegate.inference.engine import EngineError, SegmentationEngine
 
 __all__ = ["AxialResult", "SegmentedAxialSeries", "dixon_partner", "measure_axial_series", "segment_axial_series",
            "sagittal_disc_centroids", "FLAG_DIXON_MISMATCH", "FLAG_DIXON_NOISE_UNKNOWN"]
@@ -82,7 +84,7 @@ def _same_grid(a: SeriesVolume, b: SeriesVolume) -> str:
     return ""
 
 
-def dixon_partner(water: Sequence[Dataset], fat_series: Mapping[str, Sequence[Dataset]]) -> tuple[str, Sequence[Dataset]] | None:
+def dixon_partner(water: Sequence[Header], fat_series: Mapping[str, Sequence[Header]]) -> tuple[str, Sequence[Header]] | None:
     """The fat series acquired with a water series: same frame of reference
     and acquisition (same slice count, nearest series number)."""
     w = water[0]
@@ -94,7 +96,8 @@ def dixon_partner(water: Sequence[Dataset], fat_series: Mapping[str, Sequence[Da
     return min(candidates, key=lambda c: (len(c[1]) != len(water), abs(int(c[1][0].get("SeriesNumber") or 0) - number)))
 
 
-def segment_axial_series(datasets: Sequence[Dataset], engine: Any) -> SegmentedAxialSeries:
+def segment_axial_series(datasets: Sequence[Header], engine: SegmentationEngine[AxialSegmentation]
+                         ) -> SegmentedAxialSeries:
     """Read an axial series and segment it (network, calibration,
     post-processing); `measure_axial_series` names the levels and measures.
 
@@ -104,8 +107,6 @@ def segment_axial_series(datasets: Sequence[Dataset], engine: Any) -> SegmentedA
         From `read_series`, or ``not_axial_grid`` when the in-plane axes are
         not patient x/y.
     """
-    from spinegate.inference.engine import EngineError
-
     t0 = time.perf_counter()
     volume = read_series(datasets, min_slices=1, allow_gaps=True)
     t1 = time.perf_counter()
@@ -119,7 +120,7 @@ def segment_axial_series(datasets: Sequence[Dataset], engine: Any) -> SegmentedA
 
 def measure_axial_series(
     segmented: SegmentedAxialSeries, weighting: Weighting,
-    sagittal_disc_centroids: Mapping[str, Mapping[str, Any]], fat_datasets: Sequence[Dataset] | None = None,
+    sagittal_disc_centroids: Mapping[str, Mapping[str, Any]], fat_datasets: Sequence[Header] | None = None,
 ) -> AxialResult:
     """Assign levels to a segmented axial series and measure its muscles.
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-from pydicom.dataset import Dataset
+from spinegate.dicom_io.study import Header
 
 from spinegate.biomech.anthropometry import Subject
 from spinegate.biomech.spine_geometry import CHAIN, JOINTS, LUMBAR
@@ -35,7 +35,7 @@ __all__ = ["BiomechSolver", "subject_from_header", "subject_from_document", "cen
 log = logging.getLogger(__name__)
 
 
-def subject_from_header(ds: Dataset) -> Subject:
+def subject_from_header(ds: Header) -> Subject:
     """Height (PatientSize, m), weight (PatientWeight, kg), sex (PatientSex)."""
     return Subject.from_dicom_values(ds.get("PatientSize"), ds.get("PatientWeight"), ds.get("PatientSex"))
 

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from spinegate.service.config import ConfigError, load_config
+from spinegate.service.config import ConfigError, SpinegateConfig, load_config
 from spinegate.service.logging_setup import configure_logging
 
 EXIT_OK, EXIT_CONFIG, EXIT_STUDY_FAILED, EXIT_NO_MODEL = 0, 2, 3, 4
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_demo(args.work_dir, args.seed)
     if args.command == "phantom":
-        from spinegate.dicom_io.phantom_study import write_phantom_study
+        from spinegate.dicom_io.phantom.study import write_phantom_study
 
         truth = write_phantom_study(args.out_dir, seed=args.seed)
         (args.out_dir / "truth.json").write_text(json.dumps(truth["structures"], indent=1))
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_CONFIG
 
 
-def _analyze(config, dicom_dir: Path, out: Path) -> int:  # type: ignore[no-untyped-def]
+def _analyze(config: SpinegateConfig, dicom_dir: Path, out: Path) -> int:
     from spinegate.inference.engine import EngineError
     from spinegate.service.engines import Engines
     from spinegate.service.pipeline import StudyFailed, analyze_study, structure_table

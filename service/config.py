@@ -1,81 +1,144 @@
-"""One frozen, typed configuration for spinegate.
+"""One frozen, validated configuration for spinegate (pydantic-settings).
 
 Built once: defaults, then a YAML file, then ``SPINEGATE_<SECTION>__<KEY>``
 environment variables (e.g. ``SPINEGATE_NETWORK__PORT=11113``), then CLI
-overrides. Bad values raise `ConfigError` naming the key and value. This is
-the only module that reads ``os.environ``.
+overrides. Every key is checked for its type and range; routing planes and
+weightings are parsed into the classifier's enums. Any invalid value raises
+`ConfigError` naming the key (the CLI exits with status 2). Secrets are
+`SecretStr` and print as ``**********``. This is the only module that reads
+``os.environ``.
 """
 from __future__ import annotations
 
-import dataclasses
+import enum
 import os
+from contextvars import ContextVar
 from importlib import resources
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
 import yaml
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError,
+                      field_validator, model_validator)
+from pydantic_settings import (BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict,
+                               YamlConfigSettingsSource)
 
-__all__ = ["ConfigError", "Destination", "RoutingRule", "SpinegateConfig", "load_config"]
+from spinegate.dicom_io.classify import Plane, Weighting
+
+__all__ = ["ConfigError", "Destination", "EngineName", "RoutingRule", "SpinegateConfig", "load_config"]
 
 ENV_PREFIX = "SPINEGATE_"
-# inference.axial_precision values (service.engines maps them to model files).
-AXIAL_PRECISIONS = ("int8", "fp32")
+_ENV_DELIMITER = "__"
 
 
 class ConfigError(ValueError):
-    """A configuration value is invalid; the message names key and value."""
+    """A configuration value is invalid; the message names the key and value."""
 
 
-@dataclass(frozen=True)
-class Destination:
+class EngineName(str, enum.Enum):
+    """The engines a routing rule can send a series to."""
+
+    SAGITTAL_SPINE = "sagittal_spine"
+    AXIAL_MUSCLE = "axial_muscle"
+
+
+class AxialPrecision(str, enum.Enum):
+    """The axial model ONNX Runtime runs on CPU."""
+
+    INT8 = "int8"  # quantised (`inference.training.quantize`), ~1.6x faster, its own area calibration
+    FP32 = "fp32"  # the trained model itself
+
+
+class InferenceBackend(str, enum.Enum):
+    ONNXRUNTIME = "onnxruntime"
+    AUTO = "auto"
+
+
+class QueueBackend(str, enum.Enum):
+    SQLITE = "sqlite"  # embedded, one process
+    REDIS = "redis"  # scale-out: receivers and 'spinegate worker' processes share it
+
+
+def _application_entity(title: str) -> str:
+    # PS3.5 AE VR: up to 16 characters, no backslash or control characters,
+    # not only spaces.
+    if not title.strip():
+        raise ValueError("must not be empty")
+    if "\\" in title or any(ord(c) < 32 or ord(c) > 126 for c in title):
+        raise ValueError("must be printable ASCII without a backslash")
+    return title
+
+
+AETitle = Annotated[str, Field(min_length=1, max_length=16), AfterValidator(_application_entity)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0, le=86_400)]
+
+
+def _enum_member(enum_type: type[enum.Enum]) -> Any:
+    """Parse a routing value case-insensitively ('Sagittal', 'WATER'), so a
+    capitalised plane is read, not silently matched against nothing."""
+
+    def parse(value: Any) -> Any:
+        if isinstance(value, enum_type):
+            return value
+        by_value = {str(m.value).lower(): m for m in enum_type}
+        member = by_value.get(str(value).lower())
+        if member is None:
+            raise ValueError(f"{value!r} is not one of {', '.join(str(m.value) for m in enum_type)}")
+        return member
+
+    return BeforeValidator(parse)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class Destination(_Section):
     """A DICOM peer that receives our SEG and SR (C-STORE SCP)."""
 
-    ae_title: str
-    host: str
-    port: int
+    ae_title: AETitle
+    host: str = Field(min_length=1)
+    port: Port
 
-    def __post_init__(self) -> None:
-        if not (1 <= len(self.ae_title) <= 16):
-            raise ConfigError(f"Invalid 'ae_title' value {self.ae_title!r} - must be 1-16 characters")
-        if not (0 < int(self.port) < 65536):
-            raise ConfigError(f"Invalid 'port' value {self.port!r} - must be 1-65535")
+    def __init__(self, ae_title: str | None = None, host: str | None = None, port: int | None = None,
+                 **data: Any) -> None:
+        # Positional construction, as the field order reads: Destination("PACS", "pacs", 104).
+        positional = {k: v for k, v in (("ae_title", ae_title), ("host", host), ("port", port)) if v is not None}
+        super().__init__(**positional, **data)
 
 
-@dataclass(frozen=True)
-class RoutingRule:
+class RoutingRule(_Section):
     """Maps a series class to an engine; the first matching rule wins.
 
     ``planes`` and ``weightings`` list accepted values (empty = any).
     """
 
-    name: str
-    engine: str
-    planes: tuple[str, ...] = ()
-    weightings: tuple[str, ...] = ()
+    name: str = Field(min_length=1)
+    engine: EngineName
+    planes: tuple[Annotated[Plane, _enum_member(Plane)], ...] = ()
+    weightings: tuple[Annotated[Weighting, _enum_member(Weighting)], ...] = ()
 
 
-@dataclass(frozen=True)
-class NetworkConfig:
-    ae_title: str = "SPINEGATE"
-    host: str = "127.0.0.1"
-    port: int = 11112
-    acse_timeout_s: float = 30.0
-    dimse_timeout_s: float = 30.0
-    network_timeout_s: float = 60.0
-    maximum_associations: int = 10
+class NetworkConfig(_Section):
+    ae_title: AETitle = "SPINEGATE"
+    host: str = Field("127.0.0.1", min_length=1)
+    port: Port = 11112
+    acse_timeout_s: Seconds = 30.0
+    dimse_timeout_s: Seconds = 30.0
+    network_timeout_s: Seconds = 60.0
+    maximum_associations: int = Field(10, ge=1, le=1000)
     # Largest PDU we accept (bytes). Peers send P-DATA in pieces of this size:
     # pynetdicom's default 16 KiB cuts a 512x512 image into 32 PDUs, 1 MiB
     # sends it whole (+13 % instances/s, -15 % CPU per instance measured).
-    maximum_pdu_bytes: int = 1_048_576
+    maximum_pdu_bytes: int = Field(1_048_576, ge=4096, le=64 * 1_048_576)
     # Processes accepting associations on the port (SO_REUSEPORT: the kernel
     # spreads new connections over them). One Python process is bound by the
     # GIL; parallel senders gain from more.
-    receiver_processes: int = 1
+    receiver_processes: int = Field(1, ge=1, le=64)
 
 
-@dataclass(frozen=True)
-class StorageConfig:
+class StorageConfig(_Section):
     root: Path = Path("var")
     delete_inputs_after_export: bool = False
 
@@ -100,173 +163,154 @@ class StorageConfig:
         return self.root / "queue.sqlite"
 
 
-@dataclass(frozen=True)
-class AssemblyConfig:
-    quiet_period_s: float = 20.0
+class AssemblyConfig(_Section):
+    quiet_period_s: float = Field(20.0, ge=0, le=86_400)
 
 
-@dataclass(frozen=True)
-class InferenceConfig:
-    backend: str = "onnxruntime"
-    threads: int = 2
-    # The axial model ONNX Runtime runs on CPU: "int8" (quantised,
-    # `inference.quantize`; ~1.6x faster, its own area calibration) or
-    # "fp32" (the trained model itself).
-    axial_precision: str = "int8"
+class InferenceConfig(_Section):
+    backend: InferenceBackend = InferenceBackend.ONNXRUNTIME
+    threads: int = Field(2, ge=1, le=256)
+    axial_precision: AxialPrecision = AxialPrecision.INT8
     # The models shipped inside the package (importlib.resources: a file
     # system path in a wheel and in an editable install alike).
     model_dir: Path = Path(str(resources.files("spinegate.inference") / "models"))
 
 
-@dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(_Section):
     destinations: tuple[Destination, ...] = ()
-    calling_ae_title: str = "SPINEGATE"
-    attempts: int = 5
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 60.0
+    calling_ae_title: AETitle = "SPINEGATE"
+    attempts: int = Field(5, ge=1, le=100)
+    backoff_initial_s: Seconds = 1.0
+    backoff_max_s: Seconds = 60.0
+
+    @model_validator(mode="after")
+    def _backoff_grows(self) -> ExportConfig:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError(f"backoff_max_s ({self.backoff_max_s}) is below backoff_initial_s "
+                             f"({self.backoff_initial_s})")
+        return self
 
 
-@dataclass(frozen=True)
-class QueueConfig:
+class QueueConfig(_Section):
     """The task queue: embedded SQLite (one process) or Redis (scale-out:
     receivers and ``spinegate worker`` processes share it)."""
 
-    backend: str = "sqlite"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    name: str = "spinegate"
+    backend: QueueBackend = QueueBackend.SQLITE
+    # May carry a password (redis://:secret@host/0): kept as a secret.
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    name: str = Field("spinegate", min_length=1)
     consume_in_serve: bool = True  # false: 'serve' only receives; 'spinegate worker' processes
-    processing_lease_s: float = 900.0  # Redis mode: a study 'processing' longer than this is re-queued
+    processing_lease_s: Seconds = 900.0  # Redis mode: a study 'processing' longer than this is re-queued
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: SecretStr) -> SecretStr:
+        if not url.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
 
 
-@dataclass(frozen=True)
-class HttpConfig:
+class HttpConfig(_Section):
     """The HTTP endpoint: /metrics, /healthz, /readyz and the status API."""
 
     enabled: bool = True
-    host: str = "127.0.0.1"
-    port: int = 8080
-    min_free_disk_bytes: int = 1_000_000_000  # /readyz fails below this on the storage volume
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(8080, ge=0, le=65535)  # 0: any free port
+    min_free_disk_bytes: int = Field(1_000_000_000, ge=0)  # /readyz fails below this on the storage volume
 
 
-@dataclass(frozen=True)
-class BiomechanicsConfig:
+class BiomechanicsConfig(_Section):
     """Subject-specific OpenSim loads after the sagittal measurements."""
 
     enabled: bool = True
 
 
-@dataclass(frozen=True)
-class SpinegateConfig:
+DEFAULT_ROUTING = (
+    RoutingRule(name="sag_t1", engine=EngineName.SAGITTAL_SPINE, planes=(Plane.SAGITTAL,), weightings=(Weighting.T1,)),
+    RoutingRule(name="sag_t2", engine=EngineName.SAGITTAL_SPINE, planes=(Plane.SAGITTAL,), weightings=(Weighting.T2,)),
+    RoutingRule(name="ax_t1_t2", engine=EngineName.AXIAL_MUSCLE, planes=(Plane.AXIAL,),
+                weightings=(Weighting.T1, Weighting.T2)),
+    RoutingRule(name="ax_dixon_water", engine=EngineName.AXIAL_MUSCLE, planes=(Plane.AXIAL,),
+                weightings=(Weighting.WATER,)),
+)
+
+# The YAML file and the environment of the `load_config` call in progress
+# (pydantic-settings builds its sources inside the class).
+_yaml_file: ContextVar[Path | None] = ContextVar("spinegate_config_yaml", default=None)
+_environ: ContextVar[Mapping[str, str] | None] = ContextVar("spinegate_config_environ", default=None)
+
+
+class _Environment(EnvSettingsSource):
+    """``SPINEGATE_<SECTION>__<KEY>`` from the given mapping (the process
+    environment unless `load_config` was handed one); structured values
+    (``export.destinations``, ``routing``) are YAML, of which JSON is a part."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        given = _environ.get()
+        return super()._load_env_vars() if given is None else {k.lower(): v for k, v in given.items()}
+
+    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
+        return yaml.safe_load(value)
+
+
+class SpinegateConfig(BaseSettings):
     """Every setting of a spinegate process, grouped by section."""
 
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    assembly: AssemblyConfig = field(default_factory=AssemblyConfig)
-    inference: InferenceConfig = field(default_factory=InferenceConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    biomechanics: BiomechanicsConfig = field(default_factory=BiomechanicsConfig)
-    http: HttpConfig = field(default_factory=HttpConfig)
-    queue: QueueConfig = field(default_factory=QueueConfig)
-    routing: tuple[RoutingRule, ...] = (
-        RoutingRule("sag_t1", "sagittal_spine", ("sagittal",), ("T1",)),
-        RoutingRule("sag_t2", "sagittal_spine", ("sagittal",), ("T2",)),
-        RoutingRule("ax_t1_t2", "axial_muscle", ("axial",), ("T1", "T2")),
-        RoutingRule("ax_dixon_water", "axial_muscle", ("axial",), ("water",)),
-    )
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", env_prefix=ENV_PREFIX,
+                                      env_nested_delimiter=_ENV_DELIMITER, case_sensitive=False,
+                                      validate_default=True)
 
-    def __post_init__(self) -> None:
-        if self.assembly.quiet_period_s < 0:
-            raise ConfigError(f"Invalid 'assembly.quiet_period_s' value {self.assembly.quiet_period_s!r} - must be >= 0")
-        if self.inference.backend not in ("onnxruntime", "auto"):
-            raise ConfigError(f"Invalid 'inference.backend' value {self.inference.backend!r} - "
-                              "must be 'onnxruntime' or 'auto'")
-        if self.inference.axial_precision not in AXIAL_PRECISIONS:
-            raise ConfigError(f"Invalid 'inference.axial_precision' value {self.inference.axial_precision!r} - "
-                              f"must be one of {', '.join(AXIAL_PRECISIONS)}")
-        if not (0 <= int(self.http.port) < 65536):
-            raise ConfigError(f"Invalid 'http.port' value {self.http.port!r} - must be 0-65535")
-        if self.queue.backend not in ("sqlite", "redis"):
-            raise ConfigError(f"Invalid 'queue.backend' value {self.queue.backend!r} - must be 'sqlite' or 'redis'")
-        if not (4096 <= self.network.maximum_pdu_bytes <= 64 * 1_048_576):
-            raise ConfigError(f"Invalid 'network.maximum_pdu_bytes' value {self.network.maximum_pdu_bytes!r} - "
-                              "must be 4096-67108864")
-        if not (1 <= self.network.receiver_processes <= 64):
-            raise ConfigError(f"Invalid 'network.receiver_processes' value {self.network.receiver_processes!r} - "
-                              "must be 1-64")
-        if self.export.attempts < 1:
-            raise ConfigError(f"Invalid 'export.attempts' value {self.export.attempts!r} - must be >= 1")
+    network: NetworkConfig = NetworkConfig()
+    storage: StorageConfig = StorageConfig()
+    assembly: AssemblyConfig = AssemblyConfig()
+    inference: InferenceConfig = InferenceConfig()
+    export: ExportConfig = ExportConfig()
+    biomechanics: BiomechanicsConfig = BiomechanicsConfig()
+    http: HttpConfig = HttpConfig()
+    queue: QueueConfig = QueueConfig()
+    routing: tuple[RoutingRule, ...] = Field(DEFAULT_ROUTING, min_length=1)
+
+    @field_validator("routing")
+    @classmethod
+    def _unique_rule_names(cls, rules: tuple[RoutingRule, ...]) -> tuple[RoutingRule, ...]:
+        names = [r.name for r in rules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rule names must be unique, got {names}")
+        return rules
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _Environment(settings_cls)]
+        if (path := _yaml_file.get()) is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
 
     def redacted(self) -> dict[str, Any]:
-        """The effective configuration as plain data (nothing secret is held)."""
-        return _plain(dataclasses.asdict(self))
+        """The effective configuration as plain data, secrets masked."""
+        return self.model_dump(mode="json")
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+def _describe(error: Mapping[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
+    if error["type"] == "extra_forbidden":
+        return f"Unknown key '{key}'"
+    value = error.get("input")
+    shown = "**********" if "redis_url" in key or isinstance(value, SecretStr) else repr(value)
+    return f"Invalid '{key}' value {shown} - {error['msg'].removeprefix('Value error, ')}"
 
 
-_SECTIONS = {
-    "network": NetworkConfig,
-    "storage": StorageConfig,
-    "assembly": AssemblyConfig,
-    "inference": InferenceConfig,
-    "export": ExportConfig,
-    "biomechanics": BiomechanicsConfig,
-    "http": HttpConfig,
-    "queue": QueueConfig,
-}
-
-
-def _coerce(section: str, key: str, raw: Any, target_type: Any) -> Any:
-    name = f"{section}.{key}"
-    try:
-        if key == "destinations":
-            return tuple(Destination(str(d["ae_title"]), str(d["host"]), int(d["port"])) for d in (raw or []))
-        if target_type in (int, "int"):
-            return int(raw)
-        if target_type in (float, "float"):
-            return float(raw)
-        if target_type in (bool, "bool"):
-            if isinstance(raw, str):
-                if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                    raise ValueError("not a boolean")
-                return raw.lower() in ("1", "true", "yes")
-            return bool(raw)
-        if target_type in (Path, "Path"):
-            return Path(raw)
-        return str(raw)
-    except (TypeError, ValueError, KeyError) as e:
-        raise ConfigError(f"Invalid '{name}' value {raw!r} - {e}") from e
-
-
-def _build(data: Mapping[str, Any]) -> SpinegateConfig:
-    kwargs: dict[str, Any] = {}
-    for section, cls in _SECTIONS.items():
-        values = dict(data.get(section) or {})
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = set(values) - set(fields)
-        if unknown:
-            raise ConfigError(f"Unknown key(s) in section '{section}': {sorted(unknown)}")
-        kwargs[section] = cls(**{k: _coerce(section, k, v, fields[k].type) for k, v in values.items()})
-    if "routing" in data:
-        try:
-            kwargs["routing"] = tuple(
-                RoutingRule(str(r["name"]), str(r["engine"]), tuple(r.get("planes", ())), tuple(r.get("weightings", ())))
-                for r in data["routing"]
-            )
-        except (TypeError, KeyError) as e:
-            raise ConfigError(f"Invalid 'routing' value - each rule needs name and engine ({e})") from e
-    unknown = set(data) - set(_SECTIONS) - {"routing"}
-    if unknown:
-        raise ConfigError(f"Unknown section(s): {sorted(unknown)}")
-    return SpinegateConfig(**kwargs)
+def _check_sections(environ: Mapping[str, str]) -> None:
+    # Variables naming no section would otherwise be ignored without a word.
+    known = set(SpinegateConfig.model_fields)
+    for name in environ:
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and _ENV_DELIMITER in upper:
+            section = upper[len(ENV_PREFIX):].partition(_ENV_DELIMITER)[0].lower()
+            if section not in known:
+                raise ConfigError(f"Unknown section '{section}' in environment variable {name}")
 
 
 def load_config(
@@ -274,31 +318,34 @@ def load_config(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> SpinegateConfig:
-    """Defaults ← YAML file ← environment ← ``overrides`` (CLI).
+    """Defaults ← YAML file ← environment ← ``overrides`` (CLI; ``None``
+    values are left out).
 
     Raises
     ------
     ConfigError
-        If the file cannot be parsed or any value is invalid.
+        If the file cannot be read or parsed, or any value is invalid: one
+        line per problem, each naming its key.
     """
-    data: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
+            loaded = yaml.safe_load(Path(path).read_text())
         except (OSError, yaml.YAMLError) as e:
             raise ConfigError(f"Cannot read configuration file {str(path)!r}: {e}") from e
-        if not isinstance(loaded, dict):
+        if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"Configuration file {str(path)!r} must hold a mapping")
-        data.update(loaded)
-    env = os.environ if environ is None else environ
-    for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
-            continue
-        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
-        if section == "export" and key == "destinations":
-            data.setdefault(section, {})[key] = yaml.safe_load(raw)
-        else:
-            data.setdefault(section, {})[key] = raw
-    for section, values in (overrides or {}).items():
-        data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
-    return _build(data)
+    _check_sections(os.environ if environ is None else environ)
+    init: dict[str, Any] = {section: {k: v for k, v in values.items() if v is not None} for section, values in (overrides or {}).items()}
+    yaml_token, env_token = _yaml_file.set(Path(path) if path is not None else None), _environ.set(environ)
+    try:
+        return SpinegateConfig(**init)
+    except ValidationError as e:
+        errors = e.errors()
+        # A bad item also fails its list's length check: report the item only.
+        locs = [tuple(err["loc"]) for err in errors]
+        shown = [err for err, loc in zip(errors, locs)
+                 if not any(len(other) > len(loc) and other[:len(loc)] == loc for other in locs)]
+        raise ConfigError("\n".join(_describe(err) for err in shown)) from None
+    finally:
+        _yaml_file.reset(yaml_token)
+        _environ.reset(env_token)

@@ -19,14 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import yaml
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
 
-from spinegate.dicom_io.phantom_study import write_axial_phantom_study
+from spinegate.dicom_io.phantom.study import write_axial_phantom_study
 from spinegate.dicom_io.send import send_files
-from spinegate.dicom_io.uids import COMPREHENSIVE_3D_SR_SOP_CLASS, SEG_SOP_CLASS
+from spinegate.dicom_io.study import read_header
+from spinegate.dicom_io.uids import COMPREHENSIVE_3D_SR_SOP_CLASS, SEG_SOP_CLASS, VERIFICATION_SOP_CLASS
 
 __all__ = ["LocalReceiver", "free_port", "run_demo", "wait_for_echo"]
 
@@ -64,7 +63,7 @@ class LocalReceiver:
         self._lock = threading.Lock()
         ae = AE(ae_title=self.ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
-        ae.add_supported_context(Verification)
+        ae.add_supported_context(VERIFICATION_SOP_CLASS)
         self._server = ae.start_server(("127.0.0.1", self.port), block=False,
                                        evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
 
@@ -89,7 +88,8 @@ class LocalReceiver:
         raise TimeoutError(f"no SR arrived within {timeout_s:.0f} s")
 
     def shutdown(self) -> None:
-        self._server.shutdown()
+        if self._server is not None:
+            self._server.shutdown()
 
 
 def wait_for_echo(host: str, port: int, ae_title: str, timeout_s: float,
@@ -97,7 +97,7 @@ def wait_for_echo(host: str, port: int, ae_title: str, timeout_s: float,
     """Poll with C-ECHO until the SCP answers; raises TimeoutError, or
     RuntimeError at once if ``process`` (the server) has exited."""
     ae = AE(ae_title="SGPROBE")
-    ae.add_requested_context(Verification)
+    ae.add_requested_context(VERIFICATION_SOP_CLASS)
     ae.acse_timeout = ae.network_timeout = 2
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -154,7 +154,7 @@ def _print_results(work: Path, truth: dict[str, Any], receiver: LocalReceiver) -
 
     kinds = {SEG_SOP_CLASS: "SEG", COMPREHENSIVE_3D_SR_SOP_CLASS: "SR"}
     for _, path, sop_class in receiver.received:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = read_header(path)
         print(f"[demo] received {kinds.get(sop_class, sop_class)}: {ds.SeriesDescription} -> {path.name}")
     doc = json.loads((work / "var" / "outputs" / truth["study_instance_uid"] / "measurements.json").read_text())
     print()

@@ -9,34 +9,38 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from spinegate.inference.engine import EngineError, ModelInfo, load_model_info
-from spinegate.service.config import AXIAL_PRECISIONS
+from spinegate.inference.axial_engine import AxialMuscleEngine
+from spinegate.inference.engine import EngineError, ModelInfo, SagittalSpineEngine, SegmentationEngine, load_model_info
+from spinegate.service.config import AxialPrecision, EngineName
 
 __all__ = ["Engines", "ENGINE_MODELS", "model_stem"]
 
 # Routing engine name → model file stem in the model folder.
-ENGINE_MODELS = {"sagittal_spine": "sagittal_spine", "axial_muscle": "axial_muscle"}
+ENGINE_MODELS = {EngineName.SAGITTAL_SPINE: "sagittal_spine", EngineName.AXIAL_MUSCLE: "axial_muscle"}
 # inference.axial_precision → suffix of the axial model's file stem
 # (fp32 is the trained model itself; others are derived from it).
-_AXIAL_PRECISION_SUFFIX = {p: "" if p == "fp32" else f".{p}" for p in AXIAL_PRECISIONS}
+_AXIAL_PRECISION_SUFFIX = {AxialPrecision.FP32: "", AxialPrecision.INT8: ".int8"}
 
 
-def model_stem(name: str, axial_precision: str = "int8") -> str:
+def _engine_name(name: EngineName | str) -> EngineName:
+    try:
+        return EngineName(name)
+    except ValueError:
+        raise EngineError(f"no engine named {name!r}; known engines: {', '.join(e.value for e in EngineName)}") from None
+
+
+def model_stem(name: EngineName | str, axial_precision: AxialPrecision | str = AxialPrecision.INT8) -> str:
     """The model file stem an engine runs (the axial one by precision)."""
-    if name not in ENGINE_MODELS:
-        raise EngineError(f"no engine named {name!r}; known engines: {', '.join(ENGINE_MODELS)}")
-    if name == "axial_muscle":
-        return ENGINE_MODELS[name] + _AXIAL_PRECISION_SUFFIX[axial_precision]
-    return ENGINE_MODELS[name]
+    engine = _engine_name(name)
+    if engine is EngineName.AXIAL_MUSCLE:
+        return ENGINE_MODELS[engine] + _AXIAL_PRECISION_SUFFIX[AxialPrecision(axial_precision)]
+    return ENGINE_MODELS[engine]
 
 
-def _construct(name: str, model_dir: Path, threads: int, axial_precision: str) -> Any:
-    if name == "sagittal_spine":
-        from spinegate.inference.engine import SagittalSpineEngine
-
+def _construct(name: EngineName, model_dir: Path, threads: int, axial_precision: AxialPrecision
+               ) -> SegmentationEngine[Any]:
+    if name is EngineName.SAGITTAL_SPINE:
         return SagittalSpineEngine(model_dir, threads)
-    from spinegate.inference.axial_engine import AxialMuscleEngine
-
     # The axial engine runs in the pipeline's second lane, beside the
     # sagittal stage: half the threads, so the two lanes do not oversubscribe
     # the cores. Measured on 2 cores, standard study, FP32 axial model,
@@ -58,22 +62,24 @@ class Engines:
         half.
     on_load : callable, optional
         Called with each engine's `ModelInfo` once it is loaded (metrics).
-    axial_precision : str
+    axial_precision : AxialPrecision or str
         ``"int8"`` (the quantised axial model, the CPU default) or ``"fp32"``.
     """
 
     def __init__(self, model_dir: Path, threads: int = 2, on_load: Callable[[ModelInfo], None] | None = None,
-                 axial_precision: str = "int8") -> None:
-        if axial_precision not in _AXIAL_PRECISION_SUFFIX:
-            raise EngineError(f"axial precision {axial_precision!r} is not one of {', '.join(_AXIAL_PRECISION_SUFFIX)}")
+                 axial_precision: AxialPrecision | str = AxialPrecision.INT8) -> None:
+        try:
+            self.axial_precision = AxialPrecision(axial_precision)
+        except ValueError:
+            raise EngineError(f"axial precision {axial_precision!r} is not one of "
+                              f"{', '.join(p.value for p in AxialPrecision)}") from None
         self.model_dir = Path(model_dir)
         self.threads = threads
-        self.axial_precision = axial_precision
         self._on_load = on_load
-        self._loaded: dict[str, Any] = {}
+        self._loaded: dict[EngineName, SegmentationEngine[Any]] = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str) -> Any:
+    def get(self, name: EngineName | str) -> SegmentationEngine[Any]:
         """The engine called ``name`` (loaded now if needed).
 
         Raises
@@ -81,16 +87,16 @@ class Engines:
         EngineError
             If no engine has that name or its model is missing.
         """
-        model_stem(name)  # unknown names fail here, before the lock
+        engine_name = _engine_name(name)  # unknown names fail here, before the lock
         with self._lock:
-            if name not in self._loaded:
-                engine = _construct(name, self.model_dir, self.threads, self.axial_precision)
-                self._loaded[name] = engine
+            if engine_name not in self._loaded:
+                engine = _construct(engine_name, self.model_dir, self.threads, self.axial_precision)
+                self._loaded[engine_name] = engine
                 if self._on_load:
                     self._on_load(engine.info)
-            return self._loaded[name]
+            return self._loaded[engine_name]
 
-    def load(self, names: list[str] | tuple[str, ...]) -> None:
+    def load(self, names: list[str] | tuple[str, ...] | list[EngineName]) -> None:
         """Load every named engine now (start-up check of the models)."""
         for name in dict.fromkeys(names):
             self.get(name)
@@ -99,8 +105,9 @@ class Engines:
     def loaded(self) -> bool:
         return bool(self._loaded)
 
-    def model_info(self, name: str) -> ModelInfo:
+    def model_info(self, name: EngineName | str) -> ModelInfo:
         """Identity of an engine's model without loading it."""
-        if name in self._loaded:
-            return self._loaded[name].info
+        engine_name = _engine_name(name)
+        if engine_name in self._loaded:
+            return self._loaded[engine_name].info
         return load_model_info(self.model_dir, model_stem(name, self.axial_precision))

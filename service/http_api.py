@@ -44,7 +44,7 @@ class ReadinessProbe:
     """The checks behind /readyz; each returns (ok, detail)."""
 
     config: SpinegateConfig
-    scp_port: Callable[[], int]
+    scp_port: Callable[[], int] | None  # None in a 'spinegate worker' process (no SCP)
     queue_depth: Callable[[], int]
     model_loaded: Callable[[], bool]
     needs_model: bool = True  # false in a receive-only process (workers load the models)
@@ -57,12 +57,13 @@ class ReadinessProbe:
         return shutil.disk_usage(root if root.exists() else Path(".")).free
 
     def checks(self) -> dict[str, dict[str, Any]]:
-        return {name: {"ok": ok, "detail": detail} for name, (ok, detail) in (
-            ("scp_listening", self._scp()), ("queue_reachable", self._queue()), ("model_loaded", self._model()),
-            ("spool_writable", self._spool()), ("disk_space", self._disk()))}
+        checks = [("queue_reachable", self._queue()), ("model_loaded", self._model()),
+                  ("spool_writable", self._spool()), ("disk_space", self._disk())]
+        if self.scp_port is not None:
+            checks.insert(0, ("scp_listening", self._scp(self.scp_port())))
+        return {name: {"ok": ok, "detail": detail} for name, (ok, detail) in checks}
 
-    def _scp(self) -> tuple[bool, str]:
-        port = self.scp_port()
+    def _scp(self, port: int) -> tuple[bool, str]:
         try:
             with socket.create_connection((self.config.network.host, port), timeout=1.0):
                 return True, f"port {port}"
@@ -140,7 +141,7 @@ class StatusApi:
             if self.reprocess(uid):
                 return "202 Accepted", _json({"study_uid": uid, "queued": True}), "application/json"
             return "409 Conflict", _json({"study_uid": uid, "queued": False,
-                                          "state": self.store.study(uid).state.value}), "application/json"  # type: ignore[union-attr]
+                                          "state": self.store.study(uid).state.value}), "application/json"
         if m and not m.group(2) and method == "GET":
             rec = self.store.study(m.group(1))
             if rec is None:

@@ -23,9 +23,9 @@ def route(cls: SeriesClass, rules: tuple[RoutingRule, ...]) -> RoutingDecision:
     if cls.excluded:
         return RoutingDecision(None, None, cls.excluded)
     for rule in rules:
-        if rule.planes and cls.plane.value not in rule.planes:
+        if rule.planes and cls.plane not in rule.planes:
             continue
-        if rule.weightings and cls.weighting.value not in rule.weightings:
+        if rule.weightings and cls.weighting not in rule.weightings:
             continue
-        return RoutingDecision(rule.engine, rule.name)
+        return RoutingDecision(rule.engine.value, rule.name)
     return RoutingDecision(None, None, f"no_rule_for_{cls.plane.value}_{cls.weighting.value}")

@@ -7,20 +7,18 @@ statuses through one table.
 """
 from __future__ import annotations
 
-import io
 import logging
 import socket
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import pydicom
 from pynetdicom import AE, _config, evt
 from pynetdicom.events import Event
-from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from spinegate.dicom_io.uids import ACCEPTED_TRANSFER_SYNTAXES, MR_STORAGE_SOP_CLASSES
+from spinegate.dicom_io.study import parse_instance
+from spinegate.dicom_io.uids import ACCEPTED_TRANSFER_SYNTAXES, MR_STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
 from spinegate.dicom_io.validate import InstanceProblem, check_received_instance
 from spinegate.service.config import SpinegateConfig
 from spinegate.service.metrics import Metrics
@@ -94,7 +92,7 @@ class Receiver:
         ts = event.context.transfer_syntax
         peer = f"{event.assoc.requestor.ae_title}@{event.assoc.requestor.address}"
         try:
-            ds = pydicom.dcmread(io.BytesIO(data))
+            ds = parse_instance(data)
             check_received_instance(ds, ts)
             path = spool_path(self.config.storage.spool, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
         except InstanceProblem as e:
@@ -141,7 +139,7 @@ def build_ae(config: SpinegateConfig) -> AE:
     # An association addressed to another AE title is a misrouted sender:
     # reject it (A-ASSOCIATE-RJ, called AE title not recognised).
     ae.require_called_aet = True
-    ae.add_supported_context(Verification)
+    ae.add_supported_context(VERIFICATION_SOP_CLASS)
     for sop_class in MR_STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, ACCEPTED_TRANSFER_SYNTAXES)
     return ae
@@ -152,11 +150,12 @@ class SharedPortServer(ThreadedAssociationServer):
     (SO_REUSEPORT: the kernel hands each new connection to one of them)."""
 
     def server_bind(self) -> None:
+        assert self.socket is not None
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
 
-def start_scp(config: SpinegateConfig, receiver: Receiver):  # type: ignore[no-untyped-def]
+def start_scp(config: SpinegateConfig, receiver: Receiver) -> ThreadedAssociationServer:
     """Start listening (non-blocking); returns the server (call ``shutdown()``).
 
     With ``network.receiver_processes`` > 1 the port is opened shared, so
@@ -164,9 +163,10 @@ def start_scp(config: SpinegateConfig, receiver: Receiver):  # type: ignore[no-u
     """
     configure_pynetdicom()
     ae = build_ae(config)
-    handlers = [(evt.EVT_C_STORE, receiver.handle_store), (evt.EVT_ACCEPTED, receiver.handle_accepted),
+    handlers: list[Any] = [(evt.EVT_C_STORE, receiver.handle_store), (evt.EVT_ACCEPTED, receiver.handle_accepted),
                 (evt.EVT_REJECTED, receiver.handle_rejected)]
     address = (config.network.host, config.network.port)
+    server: ThreadedAssociationServer | None
     if config.network.receiver_processes > 1:
         server = ae.make_server(address, evt_handlers=handlers, server_class=SharedPortServer)
         # As AE.start_server does: the AE tracks its servers (shutdown() removes it).
@@ -174,6 +174,7 @@ def start_scp(config: SpinegateConfig, receiver: Receiver):  # type: ignore[no-u
         threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
     else:
         server = ae.start_server(address, block=False, evt_handlers=handlers)
+    assert server is not None  # non-blocking start returns the server
     log.info("listening ae_title=%s host=%s port=%d shared=%s", config.network.ae_title, config.network.host,
              config.network.port, config.network.receiver_processes > 1)
     return server

@@ -110,17 +110,17 @@ class RedisStateStore:
         return pipe.execute()
 
     def instances(self, study_uid: str) -> list[InstanceRecord]:
-        sops = sorted(self._redis.smembers(f"{self._study_key(study_uid)}:instances"))
+        sops: list[str] = sorted(self._redis.smembers(f"{self._study_key(study_uid)}:instances"))  # type: ignore[arg-type]
         out = [InstanceRecord(sop, h["study"], h["series"], h["sop_class"], Path(h["path"]))
                for sop, h in zip(sops, self._hashes([f"{self._p}instance:{sop}" for sop in sops]))]
         return sorted(out, key=lambda r: (r.series_uid, str(r.path)))
 
     def study(self, study_uid: str) -> StudyRecord | None:
-        h = self._redis.hgetall(self._study_key(study_uid))
+        h: dict[str, str] = self._redis.hgetall(self._study_key(study_uid))  # type: ignore[assignment]
         return _record(study_uid, h) if h else None
 
     def studies(self, states: tuple[StudyState, ...] = ()) -> Iterator[StudyRecord]:
-        uids = self._redis.zrange(f"{self._p}studies", 0, -1)
+        uids: list[str] = self._redis.zrange(f"{self._p}studies", 0, -1)  # type: ignore[assignment]
         for uid, h in zip(uids, self._hashes([self._study_key(u) for u in uids])):
             rec = _record(uid, h) if h else None
             if rec is not None and (not states or rec.state in states):

@@ -42,7 +42,7 @@ def build_queue(config: SpinegateConfig) -> Huey:
     if config.queue.backend == "redis":
         from huey import RedisHuey
 
-        return RedisHuey(config.queue.name, url=config.queue.redis_url, results=False, utc=True)
+        return RedisHuey(config.queue.name, url=config.queue.redis_url.get_secret_value(), results=False, utc=True)
     return SqliteHuey(config.queue.name, filename=str(config.storage.queue_db), results=False, utc=True)
 
 
@@ -230,7 +230,7 @@ def open_store(config: SpinegateConfig) -> StateStore:
     """SQLite under the storage root, or Redis beside the queue (scale-out:
     receivers then keep nothing but the spool)."""
     if config.queue.backend == "redis":
-        return RedisStateStore(config.queue.redis_url, config.queue.name)  # type: ignore[return-value]
+        return RedisStateStore(config.queue.redis_url.get_secret_value(), config.queue.name)
     return StateStore(config.storage.state_db)
 
 

@@ -29,7 +29,7 @@ def require_shared_data(sub: str = "lumbar_mri") -> Path:
 @pytest.fixture(scope="session")
 def phantom_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Sagittal T1+T2 phantom study (15 slices, 256x256 at 1.2 mm) with truth."""
-    from spinegate.dicom_io.phantom_study import write_phantom_study
+    from spinegate.dicom_io.phantom.study import write_phantom_study
 
     out = tmp_path_factory.mktemp("phantom_study")
     return write_phantom_study(out, seed=1001, rows=256, columns=256, pixel_spacing_mm=1.2)

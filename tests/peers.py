@@ -2,6 +2,7 @@
 ``spinegate serve`` as a child process. Bounded waits, no fixed sleeps."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -99,15 +100,17 @@ class Prometheus:
     log_path: Path
 
     @classmethod
-    def start(cls, folder: Path, target_port: int) -> "Prometheus":
+    def start(cls, folder: Path, target_port: int | list[int]) -> "Prometheus":
         import shutil
+
+        ports = target_port if isinstance(target_port, list) else [target_port]
 
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / "deploy" / "prometheus" / "spinegate-alerts.yml", folder / "spinegate-alerts.yml")
         cfg = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                "rule_files": ["spinegate-alerts.yml"],
                "scrape_configs": [{"job_name": "spinegate",
-                                   "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}]}]}
+                                   "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}]}]}
         (folder / "prometheus.yml").write_text(yaml.safe_dump(cfg))
         port = free_port()
         log_path = folder / "prometheus.log"
@@ -188,10 +191,12 @@ class RedisServer:
         self.proc.wait(timeout=10)
 
 
-def start_worker(config_path: Path, log_path: Path) -> subprocess.Popen:
-    """A ``spinegate worker`` process on the configuration of a receiver."""
+def start_worker(config_path: Path, log_path: Path, http_port: int | None = None) -> subprocess.Popen:
+    """A ``spinegate worker`` process on the configuration of a receiver,
+    its HTTP endpoint on ``http_port`` (a free one when not given)."""
+    env = {**os.environ, "SPINEGATE_HTTP__PORT": str(http_port or free_port())}
     return subprocess.Popen([sys.executable, "-m", "spinegate.service.cli", "--config", str(config_path), "worker"],
-                            cwd=REPO, stdout=open(log_path, "a"), stderr=subprocess.STDOUT)
+                            cwd=REPO, env=env, stdout=open(log_path, "a"), stderr=subprocess.STDOUT)
 
 
 @dataclass

@@ -14,6 +14,7 @@ function OnStableStudy(studyId, tags, metadata)
   for _, s in pairs(series) do
     local modality = s['MainDicomTags']['Modality']
     if modality == 'SEG' or modality == 'SR' then
+      print('spinegate auto-forward: study ' .. studyId .. ' holds spinegate results, not sent again')
       return
     end
     if modality == 'MR' then

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from spinegate.biomech.axial_levels import disc_midplane_slices, levels_from_centroids, levels_from_disc_order
-from spinegate.dicom_io.paraspinal import axial_grid
+from spinegate.dicom_io.phantom.paraspinal import axial_grid
 from spinegate.dicom_io.phantom import make_spine_phantom
 
 

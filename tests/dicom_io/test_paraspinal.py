@@ -5,7 +5,7 @@ rendering when no muscles are asked for."""
 import numpy as np
 import pytest
 
-from spinegate.dicom_io.paraspinal import (
+from spinegate.dicom_io.phantom.paraspinal import (
     BLOB_FAT_FRACTION,
     FASCIA_FAT_FRACTION,
     LEAN_FAT_FRACTION,
@@ -15,7 +15,8 @@ from spinegate.dicom_io.paraspinal import (
     muscle_field,
     slice_muscle_truth,
 )
-from spinegate.dicom_io.phantom import Weighting, make_spine_phantom, render_phantom
+from spinegate.dicom_io.classify import Weighting
+from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,7 @@ def test_axial_grid_runs_superior_to_inferior():
 def test_axial_phantom_study_shares_the_frame_of_reference_and_carries_truth(tmp_path):
     import pydicom
 
-    from spinegate.dicom_io.phantom_study import write_axial_phantom_study
+    from spinegate.dicom_io.phantom.study import write_axial_phantom_study
 
     truth = write_axial_phantom_study(tmp_path, seed=5, rows=96, columns=96, pixel_spacing_mm=2.0,
                                       slice_spacing_mm=8.0, sagittal=True, dixon=True)
@@ -158,9 +159,9 @@ def test_dixon_water_and_fat_images_give_the_true_fat_fraction(subject):
     ph, an, field = subject
     z3 = ph.element("L3").centre_lps[2]
     grid = axial_grid(z3 + 1, z3 - 1, 2.0, 160, 160, 1.2, slice_thickness_mm=0.5)
-    water, lab = render_phantom(ph, grid, Weighting.DIXON_WATER, subplanes=1, muscles=field, noise_fraction=1e-4,
+    water, lab = render_phantom(ph, grid, Weighting.WATER, subplanes=1, muscles=field, noise_fraction=1e-4,
                                 bias_fraction=0.0)
-    fat, _ = render_phantom(ph, grid, Weighting.DIXON_FAT, subplanes=1, muscles=field, noise_fraction=1e-4,
+    fat, _ = render_phantom(ph, grid, Weighting.FAT, subplanes=1, muscles=field, noise_fraction=1e-4,
                             bias_fraction=0.0)
     _, ff = field(grid.slice_centres_lps(0))
     for key, label in MUSCLE_LABELS.items():
@@ -182,8 +183,8 @@ def test_the_slab_truth_is_the_fat_a_thick_slice_images(subject):
     z4, z1 = ph.element("L4").centre_lps[2], ph.element("L1").centre_lps[2]
     grid = axial_grid(z1, z4, 10.0, 224, 224, 0.8, centre_xy_mm=(0.0, field.view_centre_y_mm()), slice_thickness_mm=5.0)
     kw = dict(subplanes=3, muscles=field, noise_fraction=1e-4, bias_fraction=0.0)
-    water, lab = render_phantom(ph, grid, Weighting.DIXON_WATER, **kw)
-    fat, _ = render_phantom(ph, grid, Weighting.DIXON_FAT, **kw)
+    water, lab = render_phantom(ph, grid, Weighting.WATER, **kw)
+    fat, _ = render_phantom(ph, grid, Weighting.FAT, **kw)
     errors = []
     for k in range(grid.shape[0]):
         truth = slice_muscle_truth(field, grid, lab, k, subplanes=3)

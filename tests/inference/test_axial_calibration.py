@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import MODEL_DIR
-from spinegate.inference.axial_calibration import fit_class_offsets, undecided_pixels
+from spinegate.inference.training.axial_calibration import fit_class_offsets, undecided_pixels
 from spinegate.inference.class_offsets import ClassOffsets, load_class_offsets
 from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES
 
@@ -80,5 +80,5 @@ def test_a_stale_calibration_is_refused(tmp_path):
     record = json.loads((MODEL_DIR / "axial_muscle.calibration.json").read_text())
     record["model_sha256"] = "0" * 64
     (tmp_path / "axial_muscle.calibration.json").write_text(json.dumps(record))
-    with pytest.raises(EngineError, match="fitted for model sha256 000000000000.*inference.axial_calibration"):
+    with pytest.raises(EngineError, match="fitted for model sha256 000000000000.*inference.training.axial_calibration"):
         AxialMuscleEngine(tmp_path)

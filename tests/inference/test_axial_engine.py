@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import MODEL_DIR, require_shared_data
-from spinegate.dicom_io.phantom import Weighting
+from spinegate.dicom_io.classify import Weighting
 from spinegate.dicom_io.volume import SeriesVolume
 from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES, MUSCLE_CLASSES
-from spinegate.inference.axial_data import canonical_axial_volume, phantom_axial_series
-from spinegate.inference.axial_validation import dice, real_fold_dice
+from spinegate.inference.training.axial_data import canonical_axial_volume, phantom_axial_series
+from spinegate.inference.training.axial_validation import dice, real_fold_dice
 
 RECORD = json.loads((MODEL_DIR / "axial_muscle.validation.json").read_text())
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import MODEL_DIR, require_shared_data
-from spinegate.dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagittal_grid
+from spinegate.dicom_io.classify import Weighting
+from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
 from spinegate.dicom_io.volume import SeriesVolume
-from spinegate.inference.validation import dice
+from spinegate.inference.training.validation import dice
 
 pytest.importorskip("torch", reason="torch is the training extra: pip install '.[train]'")
 
@@ -47,7 +48,7 @@ def test_sagittal_onnxruntime_matches_torch_on_a_held_out_phantom():
 
 
 def test_axial_onnxruntime_matches_torch_on_a_held_out_phantom():
-    from spinegate.inference.axial_data import canonical_axial_volume, phantom_axial_series
+    from spinegate.inference.training.axial_data import canonical_axial_volume, phantom_axial_series
     from spinegate.inference.axial_engine import AxialMuscleEngine
 
     ort_engine, torch_engine = _pair(AxialMuscleEngine)
@@ -61,7 +62,7 @@ def test_sagittal_onnxruntime_matches_torch_on_a_real_volume():
     import nibabel as nib
 
     from spinegate.inference.engine import SagittalSpineEngine
-    from spinegate.inference.validation import thick_slice_series
+    from spinegate.inference.training.validation import thick_slice_series
 
     data = require_shared_data()
     img = nib.load(str(data / "VB3_05_image.nii.gz"))
@@ -73,7 +74,7 @@ def test_sagittal_onnxruntime_matches_torch_on_a_real_volume():
 
 @pytest.mark.shared_data
 def test_axial_onnxruntime_matches_torch_on_the_real_subject():
-    from spinegate.inference.axial_data import canonical_axial_volume, load_tum_planes
+    from spinegate.inference.training.axial_data import canonical_axial_volume, load_tum_planes
     from spinegate.inference.axial_engine import AxialMuscleEngine
 
     water, _, _, spacing = load_tum_planes(require_shared_data("axial_muscle"))

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import MODEL_DIR, REPO, require_shared_data
-from spinegate.dicom_io.phantom import SliceGrid, Weighting, make_spine_phantom, render_phantom, sagittal_grid
+from spinegate.dicom_io.classify import Weighting
+from spinegate.dicom_io.phantom import SliceGrid, make_spine_phantom, render_phantom, sagittal_grid
 from spinegate.dicom_io.volume import SeriesVolume
-from spinegate.inference.validation import dice, validate_volume
+from spinegate.inference.training.validation import dice, validate_volume
 
 LUMBAR = ("L1", "L2", "L3", "L4", "L5")
 
@@ -58,7 +59,7 @@ def test_real_validation_subject_through_spinegate_analyze(tmp_path):
     import nibabel as nib
 
     from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
-    from spinegate.inference.validation import VB_TABLE, slab_labels, thick_slice_series
+    from spinegate.inference.training.validation import VB_TABLE, slab_labels, thick_slice_series
 
     img = nib.load(str(data / "VB3_05_image.nii.gz"))
     lab = nib.load(str(data / "VB3_05_label.nii.gz"))

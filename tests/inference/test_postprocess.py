@@ -2,7 +2,8 @@
 import numpy as np
 
 from spinegate.dicom_io.levels import structure_by_name
-from spinegate.inference.postprocess import CLASS_DISC, CLASS_S1, CLASS_VB, FLAG_UNANCHORED, clean_class_mask, name_levels
+from spinegate.inference.level_naming import CLASS_DISC, CLASS_S1, CLASS_VB, FLAG_UNANCHORED, name_levels
+from spinegate.inference.postprocess import clean_class_mask
 
 # Sagittal grid: rows run inferior (row step -z), 2 mm pixels, 4 mm slices.
 AFFINE = np.array([[4.0, 0, 0, 0], [0, 0, 2.0, 0], [0, -2.0, 0, 200.0], [0, 0, 0, 1]])
@@ -110,7 +111,7 @@ def test_small_touching_fragment_is_merged_but_edge_partial_body_is_kept():
 
 
 def test_off_column_components_are_not_bodies():
-    from spinegate.inference.postprocess import on_spinal_column
+    from spinegate.inference.level_naming import on_spinal_column
 
     z = np.array([-80.0, -45, -10, 25, 60, 95])
     y = 0.004 * z**2 - 10  # lordotic curve
@@ -236,7 +237,7 @@ def test_s1_called_a_body_in_the_midline_slice_stays_s1_and_sacral_segments_stay
 
 
 def test_absorb_into_s1_takes_only_components_mostly_inside_s1s_footprint():
-    from spinegate.inference.postprocess import absorb_into_s1
+    from spinegate.inference.level_naming import absorb_into_s1
 
     s1 = np.zeros((3, 100, 40), bool)
     s1[[0, 2], 60:75, 10:30] = True

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from conftest import MODEL_DIR
-from spinegate.dicom_io.phantom import Weighting
+from spinegate.dicom_io.classify import Weighting
 from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES
 from spinegate.inference.engine import EngineError, load_model_info
-from spinegate.inference.validation import dice
+from spinegate.inference.training.validation import dice
 
 INT8 = "axial_muscle.int8"
 # Quantisation moves boundaries by about a pixel: per class the two models
@@ -23,7 +22,7 @@ MIN_DICE_INT8_VS_FP32 = 0.97
 
 
 def test_int8_model_segments_like_the_fp32_model_on_a_held_out_phantom():
-    from spinegate.inference.axial_data import canonical_axial_volume, phantom_axial_series
+    from spinegate.inference.training.axial_data import canonical_axial_volume, phantom_axial_series
     from spinegate.inference.axial_engine import AxialMuscleEngine
 
     image, truth, spacing = phantom_axial_series(1002, Weighting.T2)
@@ -60,7 +59,7 @@ def test_int8_model_of_another_fp32_model_is_refused(tmp_path):
     retrained = bytearray((MODEL_DIR / "axial_muscle.onnx").read_bytes())
     retrained[-1] ^= 1
     (tmp_path / "axial_muscle.onnx").write_bytes(bytes(retrained))
-    with pytest.raises(EngineError, match="derived from another version of axial_muscle.onnx.*inference.quantize"):
+    with pytest.raises(EngineError, match="derived from another version of axial_muscle.onnx.*inference.training.quantize"):
         AxialMuscleEngine(tmp_path, model_name=INT8)
 
 
@@ -88,7 +87,7 @@ def test_int8_validation_record_belongs_to_the_int8_model_and_the_card_reports_i
 def test_int8_model_segments_the_real_subject_like_the_fp32_model():
     from conftest import require_shared_data
     from spinegate.inference.axial_classes import MUSCLE_CLASSES
-    from spinegate.inference.axial_data import canonical_axial_volume, load_tum_planes
+    from spinegate.inference.training.axial_data import canonical_axial_volume, load_tum_planes
     from spinegate.inference.axial_engine import AxialMuscleEngine
 
     water, _, _, spacing = load_tum_planes(require_shared_data("axial_muscle"))

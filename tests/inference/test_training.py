@@ -1,11 +1,13 @@
 """The partial-label loss and the training-data masks (needs the train extra)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="torch is the training extra: pip install '.[train]'")
 
-from spinegate.inference.train import partial_label_loss  # noqa: E402
-from spinegate.inference.training_data import BG, DISC, S1, VB, allowed_all  # noqa: E402
+from spinegate.inference.training.train import partial_label_loss  # noqa: E402
+from spinegate.inference.training.training_data import BG, DISC, S1, VB, allowed_all  # noqa: E402
 
 
 def test_pixels_allowing_every_class_add_nothing():
@@ -36,7 +38,7 @@ def test_loss_decreases_when_prediction_matches_labels():
 
 
 def test_vertebral_masks_forbid_lumbar_bodies_below_l5():
-    from spinegate.inference.training_data import _vb_allowed
+    from spinegate.inference.training.training_data import _vb_allowed
 
     labels = np.zeros((3, 100, 20), np.uint8)
     labels[1, 20:35, 5:15] = 4  # L4
@@ -49,8 +51,8 @@ def test_vertebral_masks_forbid_lumbar_bodies_below_l5():
 
 
 def test_thick_slab_pixels_where_planes_disagree_allow_the_union():
-    from spinegate.inference.training_samples import sample_example as _sample
-    from spinegate.inference.training_data import TrainingCase
+    from spinegate.inference.training.training_samples import sample_example as _sample
+    from spinegate.inference.training.training_data import TrainingCase
 
     image = np.zeros((5, 192, 160), np.float32)
     allowed = np.full((5, 192, 160), BG | DISC, np.uint8)
@@ -67,8 +69,8 @@ def test_thick_slab_pixels_where_planes_disagree_allow_the_union():
 
 
 def test_context_channels_are_the_neighbouring_slabs_in_order_or_mirrored():
-    from spinegate.inference.training_samples import sample_example as _sample
-    from spinegate.inference.training_data import TrainingCase
+    from spinegate.inference.training.training_samples import sample_example as _sample
+    from spinegate.inference.training.training_data import TrainingCase
 
     # Plane i is uniformly i/10, so each channel's mean tells which slab it is.
     image = (np.arange(9, dtype=np.float32)[:, None, None] / 10) * np.ones((9, 192, 160), np.float32)
@@ -90,7 +92,7 @@ def test_context_channels_are_the_neighbouring_slabs_in_order_or_mirrored():
 def test_widened_network_computes_the_narrower_function_until_trained():
     import torch
 
-    from spinegate.inference.network import ResidualUNet2D
+    from spinegate.inference.training.network import ResidualUNet2D
 
     torch.manual_seed(0)
     net = ResidualUNet2D(4, channels=(4, 8), dropout=0.0).eval()
@@ -114,7 +116,7 @@ def test_widened_network_computes_the_narrower_function_until_trained():
 def test_network_given_more_feature_maps_computes_the_same_function_until_trained():
     import torch
 
-    from spinegate.inference.network import ResidualUNet2D
+    from spinegate.inference.training.network import ResidualUNet2D
 
     torch.manual_seed(2)
     net = ResidualUNet2D(4, channels=(4, 8, 12), in_channels=3, dropout=0.1).eval()
@@ -137,8 +139,8 @@ def test_network_given_more_feature_maps_computes_the_same_function_until_traine
 
 
 def test_balanced_draws_weigh_each_dataset_equally_not_each_volume():
-    from spinegate.inference.training_samples import pick_case
-    from spinegate.inference.training_data import TrainingCase
+    from spinegate.inference.training.training_samples import pick_case
+    from spinegate.inference.training.training_data import TrainingCase
 
     def case(name):
         return TrainingCase(name, np.zeros((1, 2, 2), np.float32), np.zeros((1, 2, 2), np.uint8), 1.0, np.zeros(1, int))
@@ -152,7 +154,7 @@ def test_balanced_draws_weigh_each_dataset_equally_not_each_volume():
 
 
 def test_majority_slab_targets_follow_at_least_half_of_the_planes():
-    from spinegate.inference.training_samples import slab_targets
+    from spinegate.inference.training.training_samples import slab_targets
 
     # One pixel column per case, 4 planes each.
     planes = np.array([
@@ -168,7 +170,7 @@ def test_majority_slab_targets_follow_at_least_half_of_the_planes():
 
 
 def test_end_planes_are_the_labelled_planes_under_half_the_largest_area():
-    from spinegate.inference.training_data import TrainingCase
+    from spinegate.inference.training.training_data import TrainingCase
 
     allowed = np.full((7, 40, 40), BG | DISC, np.uint8)
     for plane, side in ((1, 4), (2, 8), (3, 10), (4, 9), (5, 6)):  # areas 16, 64, 100, 81, 36
@@ -178,8 +180,8 @@ def test_end_planes_are_the_labelled_planes_under_half_the_largest_area():
 
 
 def test_end_plane_share_centres_that_share_of_slabs_on_the_end_planes():
-    from spinegate.inference.training_samples import sample_example as _sample
-    from spinegate.inference.training_data import TrainingCase
+    from spinegate.inference.training.training_samples import sample_example as _sample
+    from spinegate.inference.training.training_data import TrainingCase
 
     # Plane i is uniformly i/10: a 1 mm slab's mean tells its centre plane.
     image = (np.arange(9, dtype=np.float32)[:, None, None] / 10) * np.ones((9, 192, 160), np.float32)
@@ -204,8 +206,8 @@ def test_end_plane_share_centres_that_share_of_slabs_on_the_end_planes():
 
 def test_a_network_rebuilt_from_its_onnx_export_computes_the_same(tmp_path):
     pytest.importorskip("onnx")
-    from spinegate.inference.network import ResidualUNet2D, load_from_onnx
-    from spinegate.inference.train import export_onnx
+    from spinegate.inference.training.network import ResidualUNet2D, load_from_onnx
+    from spinegate.inference.training.train import export_onnx
 
     torch.manual_seed(0)
     net = ResidualUNet2D(4, channels=(4, 8), dropout=0.0, in_channels=3).eval()
@@ -230,9 +232,9 @@ def test_a_network_rebuilt_from_its_onnx_export_computes_the_same(tmp_path):
 
 def test_training_continues_from_a_state_dict_or_an_onnx_model_widened_to_the_context(tmp_path):
     pytest.importorskip("onnx")
-    from spinegate.inference.network import ResidualUNet2D
-    from spinegate.inference.train import export_onnx, initial_model
-    from spinegate.inference.training_data import CLASS_NAMES
+    from spinegate.inference.training.network import ResidualUNet2D
+    from spinegate.inference.training.train import export_onnx, initial_model
+    from spinegate.inference.training.training_data import CLASS_NAMES
 
     torch.manual_seed(1)
     net = ResidualUNet2D(len(CLASS_NAMES), in_channels=1).eval()
@@ -260,10 +262,10 @@ def test_training_continues_from_a_state_dict_or_an_onnx_model_widened_to_the_co
     with pytest.raises(SystemExit, match="no fewer maps each"):
         initial_model(tmp_path / "wider.pt", 1, (16, 32, 64, 128, 192))
     # a saved checkpoint of any width exports as it is
-    from spinegate.inference.network import load_from_onnx
-    from spinegate.inference.train import main
+    from spinegate.inference.training.network import load_from_onnx
+    from spinegate.inference.training.train import main
 
-    assert main(["--data", str(tmp_path), "--out", str(tmp_path), "--export-checkpoint", str(tmp_path / "wider.pt")]) == 0
+    assert main(["export", str(tmp_path / "wider.pt"), "--out", str(tmp_path)]) == 0
     exported = load_from_onnx(tmp_path / "sagittal_spine.onnx")
     assert exported.channels == (24, 48, 96, 192, 288)
     torch.testing.assert_close(exported(x), net(x), rtol=1e-4, atol=1e-4)
@@ -271,9 +273,9 @@ def test_training_continues_from_a_state_dict_or_an_onnx_model_widened_to_the_co
 
 @pytest.mark.parametrize("bf16", [False, True])
 def test_an_optimisation_step_fits_a_batch_and_keeps_float32_weights(bf16):
-    from spinegate.inference.network import ResidualUNet2D
-    from spinegate.inference.train import optimisation_step
-    from spinegate.inference.training_data import CLASS_NAMES
+    from spinegate.inference.training.network import ResidualUNet2D
+    from spinegate.inference.training.train import optimisation_step
+    from spinegate.inference.training.training_data import CLASS_NAMES
 
     torch.manual_seed(3)
     model = ResidualUNet2D(len(CLASS_NAMES), in_channels=1)
@@ -291,8 +293,8 @@ def test_an_optimisation_step_fits_a_batch_and_keeps_float32_weights(bf16):
 
 def test_a_global_context_bias_starts_at_zero_shifts_whole_slices_and_survives_export(tmp_path):
     pytest.importorskip("onnx")
-    from spinegate.inference.network import ResidualUNet2D, from_weights, load_from_onnx
-    from spinegate.inference.train import export_onnx
+    from spinegate.inference.training.network import ResidualUNet2D, from_weights, load_from_onnx
+    from spinegate.inference.training.train import export_onnx
 
     torch.manual_seed(4)
     net = ResidualUNet2D(4, channels=(4, 8, 12), in_channels=3).eval()
@@ -323,9 +325,9 @@ def test_a_global_context_bias_starts_at_zero_shifts_whole_slices_and_survives_e
 
 
 def test_training_only_the_context_bias_leaves_the_rest_of_the_network_unchanged(tmp_path):
-    from spinegate.inference.network import ResidualUNet2D
-    from spinegate.inference.train import initial_model, optimisation_step, trainable_parameters
-    from spinegate.inference.training_data import CLASS_NAMES
+    from spinegate.inference.training.network import ResidualUNet2D
+    from spinegate.inference.training.train import initial_model, optimisation_step, trainable_parameters
+    from spinegate.inference.training.training_data import CLASS_NAMES
 
     torch.manual_seed(5)
     net = ResidualUNet2D(len(CLASS_NAMES), in_channels=3).eval()
@@ -351,7 +353,7 @@ def test_training_only_the_context_bias_leaves_the_rest_of_the_network_unchanged
 
 
 def _tiny_cases() -> list:
-    from spinegate.inference.training_data import TrainingCase
+    from spinegate.inference.training.training_data import TrainingCase
 
     rng = np.random.default_rng(3)
     cases = []
@@ -364,7 +366,7 @@ def _tiny_cases() -> list:
 
 
 def test_exact_planes_slabs_take_the_thickness_own_even_or_odd_number_of_planes():
-    from spinegate.inference.training_samples import _slab, slab_bounds
+    from spinegate.inference.training.training_samples import _slab, slab_bounds
 
     assert slab_bounds(5, 4, 20) == (4, 8)  # one plane further up than down
     assert slab_bounds(5, 3, 20) == (4, 7)
@@ -373,8 +375,8 @@ def test_exact_planes_slabs_take_the_thickness_own_even_or_odd_number_of_planes(
     np.testing.assert_allclose(_slab(case, 5, 4), case.image[4:8].mean(axis=0))
     # Planes 2-5 bright: a 4 mm slab centred on plane 3 averages exactly
     # them (mean 1), the odd-count 5-plane slab also plane 1 (mean 0.8).
-    from spinegate.inference.training_data import TrainingCase
-    from spinegate.inference.training_samples import sample_example
+    from spinegate.inference.training.training_data import TrainingCase
+    from spinegate.inference.training.training_samples import sample_example
 
     image = np.zeros((12, 200, 170), np.float32)
     image[2:6] = 1.0
@@ -389,7 +391,7 @@ def test_exact_planes_slabs_take_the_thickness_own_even_or_odd_number_of_planes(
 
 
 def test_packed_cases_round_trip_at_six_bits_and_a_wrong_file_is_refused(tmp_path):
-    from spinegate.inference.training_data import pack_cases, unpack_cases
+    from spinegate.inference.training.training_data import pack_cases, unpack_cases
 
     cases = _tiny_cases()
     pack_cases(cases, tmp_path / "cases.xz")
@@ -405,7 +407,7 @@ def test_packed_cases_round_trip_at_six_bits_and_a_wrong_file_is_refused(tmp_pat
 
 
 def test_sample_stream_workers_repeat_with_the_seed_and_differ_across_seeds():
-    from spinegate.inference.training_samples import SampleStream
+    from spinegate.inference.training.training_samples import SampleStream
 
     cases = _tiny_cases()
 
@@ -427,11 +429,11 @@ def test_sample_stream_workers_repeat_with_the_seed_and_differ_across_seeds():
 def test_training_from_packed_cases_with_workers_and_a_time_budget(tmp_path):
     import json
 
-    from spinegate.inference.train import main
-    from spinegate.inference.training_data import pack_cases
+    from spinegate.inference.training.train import main
+    from spinegate.inference.training.training_data import pack_cases
 
     pack_cases(_tiny_cases(), tmp_path / "cases.xz")
-    common = ["--cases", str(tmp_path / "cases.xz"), "--channels", "4", "8", "--batch", "1", "--phantoms", "1",
+    common = ["fit", "--cases", str(tmp_path / "cases.xz"), "--channels", "4", "8", "--batch", "1", "--phantoms", "1",
               "--context", "1", "--no-onnx", "--exact-planes", "--slab-labels", "majority"]
     assert main(common + ["--out", str(tmp_path / "a"), "--iterations", "4", "--start-iterations", "2"]) == 0
     record = json.loads((tmp_path / "a" / "sagittal_spine.training.json").read_text())
@@ -442,11 +444,23 @@ def test_training_from_packed_cases_with_workers_and_a_time_budget(tmp_path):
     record = json.loads((tmp_path / "b" / "sagittal_spine.training.json").read_text())
     assert record["start_iterations"] == 100 and record["iterations"] > 100 and record["workers"] == 2
     with pytest.raises(SystemExit):
-        main(["--out", str(tmp_path / "c")])  # neither --data nor --cases
+        main(["fit", "--out", str(tmp_path / "c")])  # neither --data nor --cases
+
+
+def test_the_training_configuration_checks_its_values():
+    from spinegate.inference.training.train import SagittalTrainingConfig
+
+    assert SagittalTrainingConfig(data=Path("d")).slab_labels == "union"
+    for bad, match in (({}, "not both"), ({"data": Path("d"), "cases": Path("c")}, "not both"),
+                       ({"data": Path("d"), "batch": 0}, "positive"),
+                       ({"data": Path("d"), "slab_labels": "mode"}, "union, centre or majority"),
+                       ({"data": Path("d"), "end_plane_share": 1.5}, "0-1")):
+        with pytest.raises(ValueError, match=match):
+            SagittalTrainingConfig(**bad)
 
 
 def test_a_teacher_s1_fills_an_unlabelled_s1_and_rules_it_out_elsewhere():
-    from spinegate.inference.training_data import TrainingCase, with_teacher_s1
+    from spinegate.inference.training.training_data import TrainingCase, with_teacher_s1
 
     allowed = np.full((6, 60, 40), BG | DISC, np.uint8)
     allowed[:, 30:, :] = BG | DISC | S1  # below L5: sacrum, disc or background
@@ -471,9 +485,9 @@ def test_a_teacher_s1_fills_an_unlabelled_s1_and_rules_it_out_elsewhere():
 
 
 def test_teacher_classes_run_an_exported_model_on_the_planes(tmp_path):
-    from spinegate.inference.network import ResidualUNet2D
-    from spinegate.inference.train import apply_s1_teacher, export_onnx
-    from spinegate.inference.training_data import teacher_classes
+    from spinegate.inference.training.network import ResidualUNet2D
+    from spinegate.inference.training.train import apply_s1_teacher, export_onnx
+    from spinegate.inference.training.training_data import teacher_classes
 
     torch.manual_seed(0)
     net = ResidualUNet2D(4, channels=(4, 8), in_channels=3)

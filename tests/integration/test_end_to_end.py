@@ -21,7 +21,7 @@ from conformance.checks import check_returned_object
 from conformance.encode import encode
 from spinegate.dicom_io import codes as sg_codes
 from spinegate.dicom_io.mr_writer import StudyInfo
-from spinegate.dicom_io.phantom_study import write_phantom_study
+from spinegate.dicom_io.phantom.study import write_phantom_study
 from peers import Spinegate, StoreSCP, storescu
 from spinegate.service.store import StateStore, StudyState
 
@@ -117,7 +117,7 @@ def test_sagittal_and_axial_study_round_trip(tmp_path, pacs, spinegate):
     """Sagittal T1/T2 and axial T1/T2 of one phantom (one frame of
     reference): a SEG per series and one SR holding both sets of
     measurements arrive at the PACS; every reader parses them."""
-    from spinegate.dicom_io.phantom_study import write_axial_phantom_study
+    from spinegate.dicom_io.phantom.study import write_axial_phantom_study
 
     truth = write_axial_phantom_study(tmp_path / "axial", seed=1002, rows=256, columns=256, pixel_spacing_mm=0.8,
                                       study=StudyInfo(uid_seed="e2e-axial-1002"))

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from spinegate.dicom_io.mr_writer import StudyInfo
-from spinegate.dicom_io.phantom_study import write_phantom_study
+from spinegate.dicom_io.phantom.study import write_phantom_study
 from peers import Orthanc, Spinegate, free_port, storescu_to
 
 pytestmark = pytest.mark.integration
@@ -36,10 +36,14 @@ def test_orthanc_forwards_stable_mr_study_and_receives_seg_and_sr(tmp_path):
                     break
             time.sleep(1.0)
         assert modalities == ["MR", "MR", "SEG", "SEG", "SR"], orthanc.log_path.read_text()[-3000:]
-        assert "spinegate auto-forward" in orthanc.log_path.read_text()
-        # The results did not trigger a second forward (the study held SEG/SR when it turned stable again).
-        time.sleep(4.0)
-        assert orthanc.log_path.read_text().count("spinegate auto-forward") == 1
+        # When the results made the study stable again, the script saw them
+        # and did not forward a second time.
+        deadline = time.monotonic() + 60
+        while "not sent again" not in orthanc.log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        log = orthanc.log_path.read_text()
+        assert "holds spinegate results, not sent again" in log, log[-3000:]
+        assert log.count("MR series") == 1
         assert sg.log_text().count("study exported") == 1
     finally:
         sg.stop()

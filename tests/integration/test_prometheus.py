@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from spinegate.dicom_io.mr_writer import StudyInfo
-from spinegate.dicom_io.phantom_study import write_phantom_study
+from spinegate.dicom_io.phantom.study import write_phantom_study
 from peers import Prometheus, Spinegate, StoreSCP, storescu
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from spinegate.dicom_io.mr_writer import StudyInfo
-from spinegate.dicom_io.phantom_study import write_phantom_study
+from spinegate.dicom_io.phantom.study import write_phantom_study
 from peers import Spinegate, StoreSCP, storescu
 from spinegate.service.store import StateStore
 
@@ -29,6 +29,12 @@ def _listeners(port: int) -> int:
 def _metric(http_port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10).read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def _settled(http_port: int) -> bool:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10).read().decode()
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    return float(values["spinegate_queue_depth"]) == 0 and float(values['spinegate_studies{state="processing"}']) == 0
 
 
 def test_two_receiver_processes_share_the_port_and_process_a_study_once(tmp_path):
@@ -53,7 +59,13 @@ def test_two_receiver_processes_share_the_port_and_process_a_study_once(tmp_path
             store.close()
         assert _metric(sg.http_port, "spinegate_instances_received_total") == len(files)
         assert _metric(sg.http_port, "spinegate_associations_total") >= 4
-        time.sleep(3)  # no second processing of the same study
+        # Settled (no job pending or scheduled, none processing): no second
+        # processing of the study can follow.
+        deadline = time.time() + 60
+        while not _settled(sg.http_port) and time.time() < deadline:
+            time.sleep(0.2)
+        assert _settled(sg.http_port)
+        assert _metric(sg.http_port, "spinegate_studies_finished_total") == 1
         assert len(pacs.objects(truth["study_instance_uid"])["SR"]) == 1
     finally:
         sg.stop()

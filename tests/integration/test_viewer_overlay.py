@@ -22,7 +22,7 @@ import pytest
 
 from conftest import REPO, require_tool
 from spinegate.dicom_io.mr_writer import StudyInfo
-from spinegate.dicom_io.phantom_study import write_phantom_study
+from spinegate.dicom_io.phantom.study import write_phantom_study
 from peers import DICOMWEB_PLUGIN, Orthanc, free_port
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ from spinegate.service.config import load_config
 from spinegate.service.pipeline import analyze_study
 
 RULES = load_config(environ={}).routing
-SEED = 1000  # inference.train_axial.VALIDATION_PHANTOM_SEEDS
+SEED = 1000  # inference.training.train_axial.VALIDATION_PHANTOM_SEEDS
 CSA_TOL = 0.05  # relative, level mean, muscles of >= 2 cm² (issue 3's figure)
 FF_TOL = 0.03  # absolute Dixon fat fraction (issue 3's figure)
 # What the committed INT8 model reaches on the two held-out subjects below
@@ -32,7 +32,7 @@ FF_MEAN_MAX, FF_WITHIN_MIN, FF_WORST_MAX = 0.012, 0.95, 0.10
 
 @pytest.fixture(scope="module")
 def axial_study(tmp_path_factory):
-    from spinegate.dicom_io.phantom_study import write_axial_phantom_study
+    from spinegate.dicom_io.phantom.study import write_axial_phantom_study
 
     out = tmp_path_factory.mktemp("axial_study")
     truth = write_axial_phantom_study(out, seed=SEED, rows=256, columns=256, pixel_spacing_mm=0.8, dixon=True,
@@ -132,7 +132,7 @@ def test_network_csa_and_fat_fraction_against_the_truth(analysed, axial_study):
 
 def test_a_second_held_out_subject_on_another_grid(engines, tmp_path):
     """Seed 1001 (never trained on) at 0.7 mm pixels and 5 mm slices."""
-    from spinegate.dicom_io.phantom_study import write_axial_phantom_study
+    from spinegate.dicom_io.phantom.study import write_axial_phantom_study
 
     truth = write_axial_phantom_study(tmp_path / "in", seed=SEED + 1, rows=288, columns=288, pixel_spacing_mm=0.7,
                                       slice_spacing_mm=5.0, dixon=True, study=StudyInfo(uid_seed="axial-pipeline-2"))

@@ -32,7 +32,7 @@ def test_missing_model_exits_4(tmp_path):
     env = {**os.environ, "SPINEGATE_INFERENCE__MODEL_DIR": str(tmp_path)}
     proc = _cli("analyze", str(tmp_path), "--out", str(tmp_path / "out"), env=env)
     assert proc.returncode == 4
-    assert "inference.train" in proc.stderr
+    assert "inference.training.train" in proc.stderr
 
 
 def test_process_of_unknown_study_is_refused(tmp_path):

@@ -38,6 +38,62 @@ def test_bad_values_name_the_key(environ, match):
         load_config(environ=environ)
 
 
+@pytest.mark.parametrize(
+    "yaml_text, match",
+    [
+        ("network: {ae_title: SEVENTEENCHARSAET}", "network.ae_title"),
+        ("network: {ae_title: 'A\\\\B'}", "network.ae_title"),
+        ("network: {port: 70000}", "network.port"),
+        ("network: {acse_timeout_s: 0}", "network.acse_timeout_s"),
+        ("inference: {threads: 0}", "inference.threads"),
+        ("inference: {backend: tensorflow}", "inference.backend"),
+        ("export: {backoff_initial_s: 10, backoff_max_s: 5}", "backoff_max_s"),
+        ("export: {calling_ae_title: ''}", "export.calling_ae_title"),
+        ("queue: {backend: kafka}", "queue.backend"),
+        ("routing: []", "routing"),
+        ("routing: [{name: a, engine: sagittal_spine, planes: [sagital]}]", "routing.0.planes.0"),
+        ("routing: [{name: a, engine: spine_net}]", "routing.0.engine"),
+        ("routing: [{name: a, engine: sagittal_spine, weightings: [PD]}]", "routing.0.weightings.0"),
+        ("routing: [{name: a, engine: sagittal_spine}, {name: a, engine: axial_muscle}]", "unique"),
+        ("storage: {root: var, colour: red}", "Unknown key 'storage.colour'"),
+    ],
+)
+def test_every_key_is_checked_and_named(tmp_path, yaml_text, match):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(f, environ={})
+
+
+def test_routing_values_are_parsed_into_the_classifier_enums(tmp_path):
+    """A capitalised plane is read as the plane, not silently matched against nothing."""
+    from spinegate.dicom_io.classify import Plane, SeriesClass, Weighting
+    from spinegate.service.routing import route
+
+    f = tmp_path / "c.yaml"
+    f.write_text("routing: [{name: sag, engine: sagittal_spine, planes: [Sagittal], weightings: [t2, Water]}]\n")
+    rule = load_config(f, environ={}).routing[0]
+    assert rule.planes == (Plane.SAGITTAL,) and rule.weightings == (Weighting.T2, Weighting.WATER)
+    decision = route(SeriesClass(Plane.SAGITTAL, Weighting.T2, ""), (rule,))
+    assert (decision.engine, decision.rule) == ("sagittal_spine", "sag")
+    assert route(SeriesClass(Plane.AXIAL, Weighting.T2, ""), (rule,)).skipped_reason == "no_rule_for_axial_T2"
+
+
+def test_secrets_are_redacted_everywhere_they_are_shown(tmp_path):
+    url = "redis://:hunter2-secret@127.0.0.1:6379/0"
+    cfg = load_config(environ={"SPINEGATE_QUEUE__REDIS_URL": url})
+    assert cfg.queue.redis_url.get_secret_value() == url
+    assert "hunter2" not in str(cfg.redacted()) and "hunter2" not in repr(cfg)
+    with pytest.raises(ConfigError) as bad:
+        load_config(environ={"SPINEGATE_QUEUE__REDIS_URL": "http://:hunter2-secret@host/0"})
+    assert "queue.redis_url" in str(bad.value) and "hunter2" not in str(bad.value)
+
+
+def test_an_environment_variable_naming_no_section_is_an_error():
+    with pytest.raises(ConfigError, match="Unknown section 'netwrok'"):
+        load_config(environ={"SPINEGATE_NETWROK__PORT": "11113"})
+
+
 def test_unreadable_file_is_a_config_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("network: [unclosed")

@@ -6,7 +6,7 @@ DICOM files, read back with `dicom_io.volume.read_series`, segmented by the
 engine, and compared per level with the manual labels on the same slab grid
 (a voxel belongs to a level when at least half of its slab does).
 
-``python -m spinegate.inference.validation --data ../shared/data/lumbar_mri`` writes
+``python -m spinegate.inference.training.validation --data ../shared/data/lumbar_mri`` writes
 ``inference/models/sagittal_spine.validation.json`` (used by the model card);
 ``--training-volumes`` adds a naming check on every training volume.
 """
@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 
 from spinegate.dicom_io.levels import structure_by_name
 from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
-from spinegate.dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagittal_grid
+from spinegate.dicom_io.classify import Weighting
+from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
+from spinegate.dicom_io.study import read_study_headers
 from spinegate.dicom_io.volume import read_series
 from spinegate.inference.engine import SagittalSpineEngine
-from spinegate.inference.training_data import SPLIT, training_stems
+from spinegate.inference.training.training_data import SPLIT, training_stems
 
 __all__ = ["dice", "thick_slice_series", "validate_volume", "validate_phantom", "main"]
 
@@ -90,7 +91,7 @@ def _run_dicom_path(engine: SagittalSpineEngine, pixels: np.ndarray, affine: np.
     with tempfile.TemporaryDirectory() as d:
         paths = write_mr_series(pixels, affine, StudyInfo(uid_seed=f"validation-{name}"),
                                 SeriesSpec(1, f"SAG {weighting} {name}", tr, te, 4.0), Path(d))
-        volume = read_series([pydicom.dcmread(p) for p in paths])
+        volume = read_series(read_study_headers(paths).series[0].datasets)
     seg = engine.segment(volume)
     label_map = seg.named.label_map
     # read_series sorts along the normal; map back to the written order.
@@ -129,13 +130,13 @@ def validate_phantom(engine: SagittalSpineEngine, seed: int, weighting: Weightin
     phantom = make_spine_phantom(seed)
     grid = sagittal_grid(15, 384, 384, 0.8, 4.0)
     image, truth = render_phantom(phantom, grid, weighting)
-    pred, seg = _run_dicom_path(engine, image, grid.affine, f"phantom{seed}", weighting.value)
+    pred, seg = _run_dicom_path(engine, image, grid.affine, f"phantom{seed}", weighting.name)
     per_level = {}
     for e in phantom.elements:
         t = truth == e.label
         if t.sum() > 50:
             per_level[e.name] = round(dice(pred == e.label, t), 4)
-    return {"stem": f"phantom_{seed}_{weighting.value}", "dice_per_level": per_level,
+    return {"stem": f"phantom_{seed}_{weighting.name}", "dice_per_level": per_level,
             "mean_dice": round(float(np.mean(list(per_level.values()))), 4),
             "levels_named_correctly": all(v > 0.5 for v in per_level.values()), "flags": list(seg.named.series_flags)}
 

@@ -1,8 +1,8 @@
 """Score the axial model: the real subject by cross-validation over slice
 blocks, and held-out phantoms, as the model card reports them.
 
-    python -m spinegate.inference.axial_validation --data ../shared/data/axial_muscle --out inference/models
-    python -m spinegate.inference.axial_validation --out inference/models --model axial_muscle.int8
+    python -m spinegate.inference.training.axial_validation --data ../shared/data/axial_muscle --out inference/models
+    python -m spinegate.inference.training.axial_validation --out inference/models --model axial_muscle.int8
 
 Real subject (TUM01, erector spinae and multifidus labelled): each fold
 model (``axial_muscle.fold{k}.onnx``, trained without that block of slices)
@@ -10,7 +10,7 @@ segments its held-out block; Dice per muscle is pooled over the folds.
 Phantoms (seeds never trained on, T1, T2 and Dixon water): Dice per class
 of the committed model on the native grid, and the relative error of each
 muscle's mean CSA per slice. Writes ``axial_muscle.validation.json``.
-With ``--model axial_muscle.int8`` the INT8 model (`inference.quantize`) is
+With ``--model axial_muscle.int8`` the INT8 model (`inference.training.quantize`) is
 scored on the phantoms only (the fold models are the FP32 ones) into
 ``axial_muscle.int8.validation.json``.
 """
@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES, MUSCLE_CLASSES
-from spinegate.inference.axial_data import REAL_FOLDS, canonical_axial_volume, load_tum_planes, phantom_axial_series, tum_classes
+from spinegate.inference.training.axial_data import REAL_FOLDS, canonical_axial_volume, load_tum_planes, phantom_axial_series, tum_classes
 from spinegate.inference.axial_engine import MODEL_NAME, AxialMuscleEngine, clean_axial_classes
 
 __all__ = ["dice", "real_fold_dice", "phantom_scores"]
 
-log = logging.getLogger("spinegate.inference.axial_validation")
+log = logging.getLogger("spinegate.inference.training.axial_validation")
 
 REAL_MUSCLES = ("ES_R", "MF_R", "MF_L", "ES_L")
 
@@ -67,12 +67,12 @@ def real_fold_dice(data_dir: Path, model_dir: Path) -> dict:
 def phantom_scores(model_dir: Path, seeds: tuple[int, ...], model_name: str = MODEL_NAME) -> dict:
     """Dice per class and per-slice CSA error of a committed model on
     held-out phantom series."""
-    from spinegate.dicom_io.phantom import Weighting
+    from spinegate.dicom_io.classify import Weighting
 
     engine = AxialMuscleEngine(model_dir, model_name=model_name)
     per_series = []
     for seed in seeds:
-        for weighting in (Weighting.T1, Weighting.T2, Weighting.DIXON_WATER):
+        for weighting in (Weighting.T1, Weighting.T2, Weighting.WATER):
             image, classes, spacing = phantom_axial_series(seed, weighting)
             pred = engine.segment(canonical_axial_volume(image, spacing)).classes
             d = {AXIAL_CLASS_NAMES[c]: round(dice(pred == c, classes == c), 4) for c in range(1, len(AXIAL_CLASS_NAMES))}
@@ -82,9 +82,9 @@ def phantom_scores(model_dir: Path, seeds: tuple[int, ...], model_name: str = MO
                 p = (pred == c).sum(axis=(1, 2)).astype(float)
                 shown = t > 0
                 csa_err[f"{m}_{s}"] = round(float(np.mean(np.abs(p[shown] - t[shown]) / t[shown])), 4)
-            per_series.append({"seed": seed, "weighting": weighting.value, "dice": d,
+            per_series.append({"seed": seed, "weighting": weighting.name, "dice": d,
                                "mean_abs_rel_csa_error_per_slice": csa_err})
-            log.info("phantom seed %d %s: %s", seed, weighting.value, d)
+            log.info("phantom seed %d %s: %s", seed, weighting.name, d)
     names = AXIAL_CLASS_NAMES[1:]
     mean = {n: round(float(np.mean([s["dice"][n] for s in per_series])), 4) for n in names}
     return {"series": per_series, "mean_dice": mean}

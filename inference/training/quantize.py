@@ -1,6 +1,6 @@
 """INT8 version of the axial model for ONNX Runtime on CPU.
 
-    python -m spinegate.inference.quantize --out inference/models
+    python -m spinegate.inference.training.quantize --out inference/models
 
 Static quantisation (QDQ format, weights int8 per output channel,
 activations uint8) of ``axial_muscle.onnx`` into ``axial_muscle.int8.onnx``.
@@ -9,7 +9,7 @@ Activation ranges come from tiles of the model's own training phantoms
 validation or calibration seed. On this 2-core CPU a 192² tile takes
 ~13 instead of ~20 ms, which takes the axial network off the turnaround's
 critical path. The command then fits the INT8 file's own area calibration
-(`inference.axial_calibration`, ~8 min), since quantisation moves the
+(`inference.training.axial_calibration`, ~8 min), since quantisation moves the
 boundaries by about a pixel. Needs the ``train`` extra (``onnx``).
 
 Writes ``axial_muscle.int8.onnx``, ``axial_muscle.int8.quantization.json``
@@ -25,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from spinegate.inference.axial_calibration import calibrate, run_model_command
+from spinegate.inference.training.axial_calibration import calibrate, run_model_command
 from spinegate.inference.axial_classes import AXIAL_TILE
-from spinegate.inference.axial_data import PHANTOM_CACHE, phantom_training_planes
+from spinegate.inference.training.axial_data import PHANTOM_CACHE, phantom_training_planes
 from spinegate.inference.engine import load_model_info
 
 __all__ = ["INT8_SUFFIX", "build_int8", "calibration_tiles", "quantize_axial"]
 
-log = logging.getLogger("spinegate.inference.quantize")
+log = logging.getLogger("spinegate.inference.training.quantize")
 
 INT8_SUFFIX = ".int8"
 TILES_PER_SERIES = 2
@@ -43,12 +43,12 @@ def calibration_tiles(phantom_seeds: tuple[int, ...], cache_dir: Path | None = P
     """Network-input tiles (1, 1, rows, cols) from random slices and
     positions of each seed's T1, T2 and Dixon water series, read from the
     training cache (rendered there when missing: the same planes)."""
-    from spinegate.dicom_io.phantom import Weighting
+    from spinegate.dicom_io.classify import Weighting
 
     rng = np.random.default_rng(TILE_SEED)
     tiles = []
     for seed in phantom_seeds:
-        for weighting in (Weighting.T1, Weighting.T2, Weighting.DIXON_WATER):
+        for weighting in (Weighting.T1, Weighting.T2, Weighting.WATER):
             x, _ = phantom_training_planes(seed, weighting, cache_dir)
             for k in rng.choice(len(x), TILES_PER_SERIES, replace=False):
                 r = int(rng.integers(0, x.shape[1] - AXIAL_TILE[0] + 1))
@@ -107,7 +107,7 @@ def build_int8(model_dir: Path, model_name: str = "axial_muscle", cache_dir: Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_model_command(argv, "spinegate.inference.quantize", __doc__ or "", build_int8, "FP32 model file stem to quantise")
+    return run_model_command(argv, "spinegate.inference.training.quantize", __doc__ or "", build_int8, "FP32 model file stem to quantise")
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ partial-volume averaging across thick slices (sub-plane supersampling).
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
+from spinegate.dicom_io.classify import Weighting
 from spinegate.dicom_io.levels import DISC_LEVELS, VERTEBRAL_BODY_LEVELS, structure_by_name
 from spinegate.dicom_io.volume import index_to_lps
 
@@ -32,7 +32,7 @@ TRUNK_INNER_HALF_DEPTH_MM = 118.0
 class MuscleField(Protocol):
     """Points (..., 3) LPS mm → (muscle label, fat fraction); label 0 with
     a fraction > 0 is fascia or fat of the back. ``trunk_centre_y_mm(z)``
-    places the trunk (see `dicom_io.paraspinal.ParaspinalField`)."""
+    places the trunk (see `dicom_io.phantom.paraspinal.ParaspinalField`)."""
 
     def __call__(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -40,7 +40,6 @@ class MuscleField(Protocol):
 
 __all__ = [
     "MuscleField",
-    "Weighting",
     "SliceGrid",
     "PhantomElement",
     "SpinePhantom",
@@ -48,16 +47,6 @@ __all__ = [
     "render_phantom",
     "sagittal_grid",
 ]
-
-
-class Weighting(str, enum.Enum):
-    """MR contrast of a rendered series: T1/T2-weighted, or the water or
-    fat image of a chemical-shift (Dixon) acquisition."""
-
-    T1 = "T1"
-    T2 = "T2"
-    DIXON_WATER = "WATER"
-    DIXON_FAT = "FAT"
 
 
 @dataclass(frozen=True)
@@ -245,12 +234,12 @@ _SIGNAL = {
     # Dixon: the water and the fat part of each tissue's proton density, so
     # that fat / (water + fat) of a muscle pixel is exactly its fat fraction
     # (the muscle mix (1 - ff)·muscle + ff·fat gives 1 - ff and ff).
-    Weighting.DIXON_WATER: dict(fat=0.0, marrow=0.5, disc=0.9, csf=1.0, muscle=1.0, bone=0.03, abdomen=0.7,
-                                posterior=0.5),
-    Weighting.DIXON_FAT: dict(fat=1.0, marrow=0.5, disc=0.02, csf=0.0, muscle=0.0, bone=0.01, abdomen=0.2,
-                              posterior=0.3),
+    Weighting.WATER: dict(fat=0.0, marrow=0.5, disc=0.9, csf=1.0, muscle=1.0, bone=0.03, abdomen=0.7,
+                          posterior=0.5),
+    Weighting.FAT: dict(fat=1.0, marrow=0.5, disc=0.02, csf=0.0, muscle=0.0, bone=0.01, abdomen=0.2,
+                        posterior=0.3),
 }
-_NOISE_STREAM = {Weighting.T1: 1, Weighting.T2: 2, Weighting.DIXON_WATER: 3, Weighting.DIXON_FAT: 4}
+_NOISE_STREAM = {Weighting.T1: 1, Weighting.T2: 2, Weighting.WATER: 3, Weighting.FAT: 4}
 
 
 def _inside_cylinder(p: np.ndarray, e: PhantomElement) -> np.ndarray:
@@ -367,6 +356,8 @@ def render_phantom(
         ``uint8`` label map sampled at voxel centres (spinegate label values).
     """
     weighting = Weighting(weighting)
+    if weighting not in _SIGNAL:
+        raise ValueError(f"the phantom renders {', '.join(w.name for w in _SIGNAL)}, not {weighting.name}")
     offsets, normal = grid.subplane_offsets_mm(subplanes), grid.normal
     rng = np.random.default_rng(phantom.seed * 7919 + (seed or 0) + _NOISE_STREAM[weighting])
     n, r, c = grid.shape

@@ -1,6 +1,6 @@
 """Area calibration of the axial model: one log-score offset per muscle class.
 
-    python -m spinegate.inference.axial_calibration --out inference/models [--model axial_muscle.int8]
+    python -m spinegate.inference.training.axial_calibration --out inference/models [--model axial_muscle.int8]
 
 The network's boundaries lie slightly outside the muscles on held-out
 phantoms (2–7 % too much area, mostly a one-pixel rim against background),
@@ -12,7 +12,7 @@ series are phantom seeds kept out of both training and validation
 (`CALIBRATION_PHANTOM_SEEDS`), in T1, T2 and Dixon water contrast, so the
 validation numbers stay honest. Writes ``axial_muscle.calibration.json``
 (``--model axial_muscle.int8``: ``axial_muscle.int8.calibration.json`` for
-the INT8 model, `inference.quantize`), which the engine applies
+the INT8 model, `inference.training.quantize`), which the engine applies
 (`inference.class_offsets`, the runtime side) and whose checksum joins the
 model version.
 """
@@ -26,16 +26,16 @@ from typing import Callable
 
 import numpy as np
 
-from spinegate.dicom_io.phantom import Weighting
+from spinegate.dicom_io.classify import Weighting
 from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES, MUSCLE_CLASSES
-from spinegate.inference.axial_data import canonical_axial_volume, phantom_axial_series
+from spinegate.inference.training.axial_data import canonical_axial_volume, phantom_axial_series
 from spinegate.inference.axial_engine import AxialMuscleEngine
 
 __all__ = ["CALIBRATION_PHANTOM_SEEDS", "calibrate", "fit_class_offsets", "undecided_pixels"]
 
-log = logging.getLogger("spinegate.inference.axial_calibration")
+log = logging.getLogger("spinegate.inference.training.axial_calibration")
 
-# inference.axial_data.VALIDATION_PHANTOM_SEEDS holds 1000-1003; validation
+# inference.training.axial_data.VALIDATION_PHANTOM_SEEDS holds 1000-1003; validation
 # scores 1000 and 1001, the pipeline test 1000; calibration takes 1002-1005
 # (never trained on, never scored).
 CALIBRATION_PHANTOM_SEEDS = (1002, 1003, 1004, 1005)
@@ -94,7 +94,7 @@ def _calibration_pixels(model_dir: Path, model_name: str) -> tuple[np.ndarray, n
     engine = AxialMuscleEngine(model_dir, model_name=model_name, calibrated=False)
     movable, fixed, true_area, series = [], np.zeros(n, np.int64), np.zeros(n, np.int64), []
     for seed in CALIBRATION_PHANTOM_SEEDS:
-        for weighting in (Weighting.T1, Weighting.T2, Weighting.DIXON_WATER):
+        for weighting in (Weighting.T1, Weighting.T2, Weighting.WATER):
             image, classes, spacing = phantom_axial_series(seed, weighting)
             probs = engine.scores(canonical_axial_volume(image, spacing))
             log_probs = np.log(np.maximum(np.moveaxis(probs, 1, 0).reshape(n, -1), 1e-12)).astype(np.float32)
@@ -102,9 +102,9 @@ def _calibration_pixels(model_dir: Path, model_name: str) -> tuple[np.ndarray, n
             movable.append(log_probs[:, keep])
             fixed += np.bincount(log_probs[:, ~keep].argmax(axis=0), minlength=n)
             true_area += np.bincount(classes.reshape(-1), minlength=n)
-            series.append({"seed": seed, "weighting": weighting.value, "shape": list(image.shape),
+            series.append({"seed": seed, "weighting": weighting.name, "shape": list(image.shape),
                            "pixel_spacing_mm": round(spacing[0], 4)})
-            log.info("calibration series seed=%d weighting=%s movable_pixels=%d", seed, weighting.value, keep.sum())
+            log.info("calibration series seed=%d weighting=%s movable_pixels=%d", seed, weighting.name, keep.sum())
     return np.concatenate(movable, axis=1), fixed, true_area, series, engine.info.sha256
 
 
@@ -135,7 +135,7 @@ def run_model_command(argv: list[str] | None, module: str, doc: str, run: Callab
                       model_help: str) -> int:
     """The command line of a step run on one model of a model folder
     (``--out`` folder, ``--model`` file stem): this module's and
-    `inference.quantize`'s."""
+    `inference.training.quantize`'s."""
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("inference/models"), help="model folder")
     parser.add_argument("--model", default="axial_muscle", help=model_help)
@@ -146,7 +146,7 @@ def run_model_command(argv: list[str] | None, module: str, doc: str, run: Callab
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_model_command(argv, "spinegate.inference.axial_calibration", __doc__ or "", calibrate,
+    return run_model_command(argv, "spinegate.inference.training.axial_calibration", __doc__ or "", calibrate,
                              "model file stem (axial_muscle or axial_muscle.int8)")
 
 

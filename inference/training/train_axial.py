@@ -4,18 +4,18 @@ Data: axial phantoms (every class: vertebral body, disc, left/right MF, ES,
 PM, QL; T1, T2 and Dixon-water contrast, 0.5-0.8 mm pixels, 3-5 mm slices)
 and the real labelled subject TUM01 (Dixon water image; erector spinae and
 multifidus only, so its unlabelled pixels allow background, vertebral body,
-disc, psoas and quadratus lumborum: `inference.train.partial_label_loss`).
+disc, psoas and quadratus lumborum: `inference.training.train.partial_label_loss`).
 
 The committed model and its cross-validation come from one command
 (docs/models.md, "The axial model")::
 
-    python -m spinegate.inference.train_axial --data ../shared/data/axial_muscle --out inference/models --all
+    python -m spinegate.inference.training.train_axial --data ../shared/data/axial_muscle --out inference/models --all
 
 which trains a phantom-only base, then fine-tunes it once per held-out block
 of TUM01 slices (``axial_muscle.fold{k}.onnx``, scored in
-`inference.axial_validation`) and once on every slice (``axial_muscle.onnx``),
-whose area calibration (`inference.axial_calibration`) it then fits, and
-whose INT8 version (`inference.quantize`, with its own calibration) it writes.
+`inference.training.axial_validation`) and once on every slice (``axial_muscle.onnx``),
+whose area calibration (`inference.training.axial_calibration`) it then fits, and
+whose INT8 version (`inference.training.quantize`, with its own calibration) it writes.
 Reproducible: one seed drives numpy, torch and the sampler; torch runs
 deterministic algorithms on 2 CPU threads.
 """
@@ -32,23 +32,23 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from spinegate.dicom_io.phantom import Weighting
-from spinegate.inference.axial_calibration import calibrate
-from spinegate.inference.quantize import build_int8
+from spinegate.dicom_io.classify import Weighting
+from spinegate.inference.training.axial_calibration import calibrate
+from spinegate.inference.training.quantize import build_int8
 from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM, AXIAL_TILE, MUSCLE_CLASSES
-from spinegate.inference.axial_data import (PHANTOM_CACHE, REAL_FOLDS, TUM_LABELS, load_tum_planes, phantom_training_planes,
+from spinegate.inference.training.axial_data import (PHANTOM_CACHE, REAL_FOLDS, TUM_LABELS, load_tum_planes, phantom_training_planes,
                                   training_planes, tum_classes)
-from spinegate.inference.network import ResidualUNet2D
+from spinegate.inference.training.network import ResidualUNet2D
 from spinegate.inference.preprocessing import normalise_intensity
-from spinegate.inference.train import export_onnx, optimisation_step
+from spinegate.inference.training.train import export_onnx, optimisation_step
 
-log = logging.getLogger("spinegate.inference.train_axial")
+log = logging.getLogger("spinegate.inference.training.train_axial")
 
 MODEL_NAME = "axial_muscle"
 CHANNELS = (16, 32, 64, 128)
 PATCH = AXIAL_TILE  # 192 mm at AXIAL_SPACING_MM; inference tiles are the same size
 TRAINING_PHANTOM_SEEDS = tuple(range(24))
-CONTRASTS = (Weighting.T1, Weighting.T2, Weighting.DIXON_WATER)
+CONTRASTS = (Weighting.T1, Weighting.T2, Weighting.WATER)
 ALL_BITS = (1 << len(AXIAL_CLASS_NAMES)) - 1
 
 
@@ -65,7 +65,7 @@ class AxialCase:
 
 def make_phantom_case(seed: int, weighting: Weighting, cache_dir: Path | None = None) -> AxialCase:
     """A fully labelled phantom series as a training case (cached as .npz)."""
-    return AxialCase(f"phantom_{seed}_{weighting.value}", *phantom_training_planes(seed, weighting, cache_dir))
+    return AxialCase(f"phantom_{seed}_{weighting.name}", *phantom_training_planes(seed, weighting, cache_dir))
 
 
 def load_real_case(data_dir: Path, slices: np.ndarray) -> AxialCase:
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     record.update({
         "seed": args.seed, "batch": args.batch, "lr": args.lr, "channels": CHANNELS, "patch_rows_cols": PATCH,
         "spacing_mm": AXIAL_SPACING_MM, "classes": AXIAL_CLASS_NAMES, "phantom_seeds": TRAINING_PHANTOM_SEEDS,
-        "version": "2026.11.21-ax3", "phantom_contrasts": [w.value for w in CONTRASTS], "real_folds_slices": REAL_FOLDS, "torch": torch.__version__,
+        "version": "2026.11.21-ax3", "phantom_contrasts": [w.name for w in CONTRASTS], "real_folds_slices": REAL_FOLDS, "torch": torch.__version__,
     })
     if args.step in ("base", "all"):
         _, curve = train([(phantoms, 1.0)], args.base_iterations, args.batch, args.lr, args.seed, None, base_pt)

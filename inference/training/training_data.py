@@ -27,10 +27,11 @@ import numpy as np
 from scipy import ndimage
 
 from spinegate.dicom_io.levels import StructureKind, structure_by_label
-from spinegate.dicom_io.phantom import SliceGrid, Weighting, make_spine_phantom, render_phantom
+from spinegate.dicom_io.classify import Weighting
+from spinegate.dicom_io.phantom import SliceGrid, make_spine_phantom, render_phantom
 from spinegate.inference.backends import Backend
 from spinegate.inference.engine import with_neighbours
-from spinegate.inference.postprocess import MIN_BODY_MM3
+from spinegate.inference.level_naming import MIN_BODY_MM3
 from spinegate.inference.preprocessing import TRAINING_SPACING_MM, normalise_intensity, to_training_grid
 
 __all__ = [
@@ -209,7 +210,7 @@ def make_phantom_case(seed: int, weighting: Weighting, plane_spacing_mm: float =
         bit = DISC if s.kind is StructureKind.DISC else (S1 if s.name == "S1" else VB)
         allowed[labels == value] = bit
     labelled = np.where(labels.any(axis=(1, 2)))[0]
-    return TrainingCase(f"phantom_{seed}_{weighting.value}", normalise_intensity(image.astype(np.float32)), allowed,
+    return TrainingCase(f"phantom_{seed}_{weighting.name}", normalise_intensity(image.astype(np.float32)), allowed,
                         plane_spacing_mm, labelled)
 
 

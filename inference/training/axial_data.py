@@ -8,8 +8,9 @@ import numpy as np
 from scipy import ndimage
 
 from spinegate.dicom_io.levels import StructureKind, structure_by_label
-from spinegate.dicom_io.paraspinal import MUSCLE_LABELS, PHANTOM_REVISION, axial_grid, make_paraspinal_anatomy, muscle_field
-from spinegate.dicom_io.phantom import Weighting, make_spine_phantom, render_phantom
+from spinegate.dicom_io.phantom.paraspinal import MUSCLE_LABELS, PHANTOM_REVISION, axial_grid, make_paraspinal_anatomy, muscle_field
+from spinegate.dicom_io.classify import Weighting
+from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom
 from spinegate.dicom_io.volume import SeriesVolume
 from spinegate.inference.axial_classes import AXIAL_SPACING_MM, DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
 from spinegate.inference.preprocessing import normalise_intensity, to_training_grid
@@ -75,7 +76,7 @@ def phantom_training_planes(seed: int, weighting: Weighting,
                             cache_dir: Path | None = PHANTOM_CACHE) -> tuple[np.ndarray, np.ndarray]:
     """`training_planes` of a fully labelled phantom series, rendered once
     and cached as .npz in ``cache_dir`` (named by the phantom revision)."""
-    path = cache_dir / f"axial_phantom_r{PHANTOM_REVISION}_{seed}_{weighting.value}.npz" if cache_dir else None
+    path = cache_dir / f"axial_phantom_r{PHANTOM_REVISION}_{seed}_{weighting.name}.npz" if cache_dir else None
     if path is not None and path.exists():
         z = np.load(path)
         return z["image"], z["allowed"]

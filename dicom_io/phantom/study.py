@@ -8,8 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from spinegate.dicom_io.classify import Weighting
 from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
-from spinegate.dicom_io.phantom import Weighting, make_spine_phantom, render_phantom, sagittal_grid
+from spinegate.dicom_io.phantom.anatomy import make_spine_phantom, render_phantom, sagittal_grid
+from spinegate.dicom_io.phantom.paraspinal import axial_grid, make_paraspinal_anatomy, muscle_field, slice_muscle_truth
 
 __all__ = ["write_phantom_study", "write_axial_phantom_study"]
 
@@ -61,9 +63,8 @@ def write_axial_phantom_study(
         ``study_instance_uid``, ``files``, ``structures`` (sagittal truth) and
         ``axial``: per slice its ``z_mm`` and, per muscle (``"MF_R"`` …), the
         exact ``csa_cm2``, ``fat_fraction`` and ``fat_area_share`` of
-        `dicom_io.paraspinal.slice_muscle_truth`.
+        `dicom_io.phantom.paraspinal.slice_muscle_truth`.
     """
-    from spinegate.dicom_io.paraspinal import axial_grid, make_paraspinal_anatomy, muscle_field, slice_muscle_truth
 
     if not dixon and not set(axial_weightings) & {"T1", "T2"}:
         raise ValueError(f"no axial series to write: 'axial_weightings' is {axial_weightings!r} and 'dixon' is off")
@@ -83,8 +84,8 @@ def write_axial_phantom_study(
     series: list[tuple[int, Weighting, str, int, int, tuple[str, ...]]] = [spec for spec in ((4, Weighting.T1, "AX T1 TSE", 600, 12, plain),
                                 (5, Weighting.T2, "AX T2 TSE", 3800, 110, plain)) if spec[1].value in axial_weightings]
     if dixon:  # ImageType as Siemens writes Dixon images
-        series += [(6, Weighting.DIXON_WATER, "AX DIXON W", 6, 2, ("DERIVED", "PRIMARY", "DIXON", "WATER")),
-                   (7, Weighting.DIXON_FAT, "AX DIXON F", 6, 2, ("DERIVED", "PRIMARY", "DIXON", "FAT"))]
+        series += [(6, Weighting.WATER, "AX DIXON W", 6, 2, ("DERIVED", "PRIMARY", "DIXON", "WATER")),
+                   (7, Weighting.FAT, "AX DIXON F", 6, 2, ("DERIVED", "PRIMARY", "DIXON", "FAT"))]
     for number, weighting, desc, tr, te, image_type in series:
         image, labels = render_phantom(phantom, grid, weighting, subplanes=_SUBPLANES, muscles=field)
         spec = SeriesSpec(number, desc, tr, te, slice_spacing_mm, image_type=image_type)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from spinegate.inference.training_data import TrainingCase
+from spinegate.inference.training.training_data import TrainingCase
 
 __all__ = ["PATCH", "SampleStream", "draw_batch", "pick_case", "sample_example", "slab_targets"]
 

@@ -2,8 +2,8 @@
 
 The committed model was trained in two stages on a lent GPU (the commands
 are in docs/models.md, "The sagittal model", and the model card): the real
-cases packed into one file (``--pack-cases``) travel to a machine without
-the shared data (``--cases``), worker processes draw the batches
+cases packed into one file (the ``pack`` command) travel to a machine
+without the shared data (``fit --cases``), worker processes draw the batches
 (``--workers``; `training_samples.SampleStream`), and ``--time-budget-s``
 fits a run to the time there is. ``--init`` continues a saved state dict
 or an exported ``.onnx`` model; ``--context`` and ``--channels`` above an
@@ -25,15 +25,17 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from spinegate.dicom_io.phantom import Weighting
+from spinegate.dicom_io.classify import Weighting
 from spinegate.inference.backends import make_backend
-from spinegate.inference.network import DEFAULT_CHANNELS, ResidualUNet2D, from_weights, load_from_onnx
-from spinegate.inference.training_data import (
+from spinegate.inference.training.network import DEFAULT_CHANNELS, ResidualUNet2D, from_weights, load_from_onnx
+from spinegate.inference.training.training_data import (
     CLASS_NAMES,
     SPLIT,
     TrainingCase,
@@ -45,9 +47,9 @@ from spinegate.inference.training_data import (
     unpack_cases,
     with_teacher_s1,
 )
-from spinegate.inference.training_samples import PATCH, SampleStream, draw_batch
+from spinegate.inference.training.training_samples import PATCH, SampleStream, draw_batch
 
-log = logging.getLogger("spinegate.inference.train")
+log = logging.getLogger("spinegate.inference.training.train")
 
 # A time-budgeted run measures its speed over this many iterations.
 _BUDGET_START_ITERATIONS = 100
@@ -187,7 +189,7 @@ def load_training_cases(data: Path | None, cases_file: Path | None, n_phantoms: 
                         s1_teacher: Path | None = None, s1_teacher_datasets: list[str] | None = None,
                         ) -> tuple[list[str], list[TrainingCase], list[TrainingCase]]:
     """The training stems, real cases (from the shared data, or a file made
-    by ``--pack-cases``; with ``s1_teacher``, see `apply_s1_teacher`) and
+    by the ``pack`` command; with ``s1_teacher``, see `apply_s1_teacher`) and
     phantom cases (rendered in ``processes`` processes when above 1)."""
     if cases_file is not None:
         cases = unpack_cases(cases_file)
@@ -207,29 +209,169 @@ def load_training_cases(data: Path | None, cases_file: Path | None, n_phantoms: 
     return stems, cases, phantoms
 
 
-def _batches(args: argparse.Namespace, pools, rng: np.random.Generator, device: torch.device):
+@dataclass(frozen=True)
+class SagittalTrainingConfig:
+    """Every setting of one training run (``fit``), recorded with its model.
+
+    Exactly one of ``data`` (the shared lumbar_mri NIfTI folder) and
+    ``cases`` (a file written by the ``pack`` command) gives the real cases.
+    """
+
+    out: Path = Path("inference/models")
+    data: Path | None = None
+    cases: Path | None = None
+    iterations: int = 3500
+    time_budget_s: float | None = None
+    start_iterations: int = 0
+    batch: int = 8
+    lr: float = 1e-3
+    seed: int = 20261121
+    phantoms: int = 20
+    threads: int = 2
+    device: str = "cpu"
+    workers: int = 0
+    export_onnx: bool = True
+    init: Path | None = None
+    context: int = 0
+    channels: tuple[int, ...] | None = None
+    thickness_mm: tuple[float, float] = (1.0, 5.0)
+    exact_planes: bool = False
+    end_plane_share: float = 0.0
+    slab_labels: str = "union"
+    s1_teacher: Path | None = None
+    s1_teacher_datasets: tuple[str, ...] | None = None
+    balance_datasets: bool = False
+    global_context: bool = False
+    train_only_context: bool = False
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.data is None) == (self.cases is None):
+            raise ValueError("give the shared data (--data) or a packed cases file (--cases), not both")
+        if self.iterations < 1 or self.batch < 1 or self.phantoms < 0 or self.workers < 0 or self.context < 0:
+            raise ValueError("iterations and batch must be positive; phantoms, workers and context not negative")
+        if self.slab_labels not in ("union", "centre", "majority"):
+            raise ValueError(f"slab_labels {self.slab_labels!r} is not union, centre or majority")
+        if not 0.0 <= self.end_plane_share <= 1.0:
+            raise ValueError(f"end_plane_share {self.end_plane_share} is not within 0-1")
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> SagittalTrainingConfig:
+        """The configuration of the ``fit`` command's arguments."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        values["export_onnx"] = not args.no_onnx
+        for name in ("channels", "thickness_mm", "s1_teacher_datasets"):
+            if values.get(name) is not None:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+
+def _batches(config: SagittalTrainingConfig, pools, rng: np.random.Generator, device: torch.device):
     """Training batches on ``device``: drawn in-process from ``rng`` (as
-    every committed stage was), or with ``--workers`` by a DataLoader."""
-    options = dict(slab_labels=args.slab_labels, context=args.context, thickness_mm_range=tuple(args.thickness_mm),
-                   end_plane_share=args.end_plane_share, exact_planes=args.exact_planes)
-    if args.workers:
-        stream = SampleStream(pools, args.batch, args.seed, args.balance_datasets, **options)
-        loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers,
+    every committed stage was), or with ``workers`` by a DataLoader."""
+    options = dict(slab_labels=config.slab_labels, context=config.context, thickness_mm_range=config.thickness_mm,
+                   end_plane_share=config.end_plane_share, exact_planes=config.exact_planes)
+    if config.workers:
+        stream = SampleStream(pools, config.batch, config.seed, config.balance_datasets, **options)
+        loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.workers,
                                              pin_memory=device.type == "cuda", prefetch_factor=4,
                                              persistent_workers=True)
         for x, a in loader:
             yield x.to(device, non_blocking=True), a.to(device, non_blocking=True)
     while True:
-        x, a = draw_batch(pools, args.batch, rng, args.balance_datasets, **options)
+        x, a = draw_batch(pools, config.batch, rng, config.balance_datasets, **options)
         yield x.to(device), a.to(device)
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def fit(config: SagittalTrainingConfig) -> dict[str, Any]:
+    """Train (and export) the sagittal network; returns the training record
+    also written beside the model."""
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    # Some CUDA kernels (e.g. transposed convolutions' backward) have no
+    # deterministic form; there the run warns instead of stopping.
+    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+    rng = np.random.default_rng(config.seed)
+
+    t0 = time.time()
+    stems, cases, phantoms = load_training_cases(config.data, config.cases, config.phantoms, max(1, config.workers),
+                                                 config.s1_teacher, _listed(config.s1_teacher_datasets))
+    log.info("cached %d real + %d phantom volumes in %.0f s", len(cases), len(phantoms), time.time() - t0)
+    ivd = [c for c in cases if c.name.startswith("IVD")]
+    vb = [c for c in cases if not c.name.startswith("IVD")]
+    # Sampling weights: real vertebral-body data dominates; discs and S1 come
+    # from the few disc volumes and the phantoms.
+    pools = [(vb, 0.55), (ivd, 0.15), (phantoms, 0.30)]
+
+    in_channels = 1 + 2 * config.context
+    model = initial_model(config.init, in_channels, config.channels, config.global_context).to(device)
+    opt = torch.optim.AdamW(trainable_parameters(model, config.train_only_context), lr=config.lr, weight_decay=1e-4)
+    iterations = config.iterations
+    start = _BUDGET_START_ITERATIONS if config.time_budget_s else config.start_iterations
+    if start:  # OneCycle's starting rate until the schedule begins
+        for group in opt.param_groups:
+            group["lr"] = config.lr / 25
+    sched = None if start else torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=iterations,
+                                                                   pct_start=0.05)
+    curve = []
+    # A frozen network runs as at inference (no dropout); the context bias
+    # has no dropout or normalisation, so its mode does not matter.
+    model.train(not config.train_only_context)
+    batches = _batches(config, pools, rng, device)
+    config.out.mkdir(parents=True, exist_ok=True)
+    t_train = time.time()
+    it = 0
+    while it < iterations:  # (a time budget fixes ``iterations`` at ``start``)
+        it += 1
+        x, a = next(batches)
+        curve.append(optimisation_step(model, opt, sched, x, a, bf16=config.bf16))
+        if it == start:
+            if config.time_budget_s:
+                per_it = (time.time() - t_train) / start
+                iterations = start + max(1, int((config.time_budget_s - (time.time() - t0)) / per_it * 0.95))
+                log.info("%.3f s per iteration: the run will take %d iterations", per_it, iterations)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=iterations - start,
+                                                        pct_start=0.05)
+        if it % 50 == 0:
+            log.info("iteration %d loss %.4f (%.0f s)", it, float(np.mean(curve[-50:])), time.time() - t0)
+        if it % 500 == 0 or it == iterations:
+            torch.save(model.state_dict(), config.out / "sagittal_spine.pt")
+    model = model.to("cpu")
+    if config.export_onnx:
+        export_onnx(model, config.out / "sagittal_spine.onnx")
+    record = {
+        "seed": config.seed, "iterations": iterations, "start_iterations": start,
+        "init": str(config.init) if config.init else None, "slab_labels": config.slab_labels,
+        "context_slices_each_side": config.context, "channels": list(model.channels),
+        "thickness_mm": list(config.thickness_mm), "exact_planes": config.exact_planes,
+        "end_plane_share": config.end_plane_share, "bf16_autocast": config.bf16,
+        "balance_datasets": config.balance_datasets, "global_context": model.context is not None,
+        "trained": "global context bias only" if config.train_only_context else "all weights",
+        "batch": config.batch, "lr": config.lr, "device": str(device), "workers": config.workers,
+        "time_budget_s": config.time_budget_s,
+        "s1_teacher": str(config.s1_teacher) if config.s1_teacher else None,
+        "s1_teacher_datasets": _listed(config.s1_teacher_datasets),
+        "real_cases": str(config.cases) if config.cases else "shared data",
+        "patch_rows_cols": PATCH, "classes": CLASS_NAMES, "training_volumes": stems,
+        "phantom_seeds": list(range(config.phantoms)), "split": SPLIT, "pool_weights": [w for _, w in pools],
+        "loss_every_50": [float(np.mean(curve[i : i + 50])) for i in range(0, len(curve), 50)],
+        "seconds": time.time() - t0, "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        record["gpu"] = torch.cuda.get_device_name(device)
+    (config.out / "sagittal_spine.training.json").write_text(json.dumps(record, indent=1))
+    log.info("wrote %s", config.out)
+    return record
+
+
+def _listed(values: tuple[str, ...] | None) -> list[str] | None:
+    return list(values) if values is not None else None
+
+
+def _fit_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data", type=Path, help="folder with the shared lumbar_mri NIfTI files")
-    ap.add_argument("--cases", type=Path, help="train on the real cases of a --pack-cases file instead of --data")
-    ap.add_argument("--pack-cases", type=Path, metavar="FILE",
-                    help="only write the training cases of --data to FILE (6-bit images, xz) and stop")
+    ap.add_argument("--cases", type=Path, help="train on the real cases of a 'pack' file instead of --data")
     ap.add_argument("--out", type=Path, default=Path("inference/models"))
     ap.add_argument("--iterations", type=int, default=3500)
     ap.add_argument("--time-budget-s", type=float,
@@ -246,16 +388,15 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="cpu", help="torch device to train on: cpu, cuda, cuda:1…")
     ap.add_argument("--workers", type=int, default=0,
                     help="processes drawing the batches (0: in this process, as the committed stages did)")
-    ap.add_argument("--export-checkpoint", type=Path, help="only export this saved state dict to ONNX and stop")
-    ap.add_argument("--no-onnx", action="store_true", help="keep the state dict only (export later with --export-checkpoint)")
+    ap.add_argument("--no-onnx", action="store_true", help="keep the state dict only (then the 'export' command)")
     ap.add_argument("--init", type=Path,
                     help="start from this saved state dict or exported .onnx model (fine-tuning stage)")
     ap.add_argument("--context", type=int, default=0,
                     help="neighbouring slices on each side given as extra input channels (0: plain 2D); "
                          "an --init network taking fewer is widened, its new neighbours at zero weight")
     ap.add_argument("--channels", type=int, nargs="+", metavar="MAPS",
-                    help=f"feature maps per level (default {' '.join(map(str, DEFAULT_CHANNELS))}); an --init network with fewer is "
-                         "widened, its new maps feeding nothing until trained")
+                    help=f"feature maps per level (default {' '.join(map(str, DEFAULT_CHANNELS))}); an --init network "
+                         "with fewer is widened, its new maps feeding nothing until trained")
     ap.add_argument("--thickness-mm", type=float, nargs=2, default=(1.0, 5.0), metavar=("MIN", "MAX"),
                     help="range of the simulated slice thickness")
     ap.add_argument("--exact-planes", action="store_true",
@@ -265,11 +406,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--slab-labels", choices=("union", "centre", "majority"), default="union",
                     help="thick-slab targets: the centre plane's classes, the union where the slab's planes "
                          "disagree, or the class of at least half of the planes (see slab_targets)")
-    ap.add_argument("--s1-teacher", type=Path, metavar="MODEL",
-                    help="take the unlabelled S1 of the real cases from this exported model's classes "
-                         "(training_data.with_teacher_s1); with --pack-cases the packed cases carry it")
-    ap.add_argument("--s1-teacher-datasets", nargs="+", metavar="PREFIX",
-                    help="only for the cases of these datasets (VB2, VB3…; default: all)")
+    _teacher_arguments(ap)
     ap.add_argument("--balance-datasets", action="store_true",
                     help="draw each dataset (VB1, VB2, VB3) equally often, not each volume")
     ap.add_argument("--global-context", action="store_true",
@@ -278,98 +415,51 @@ def _parser() -> argparse.ArgumentParser:
                     help="train the global context bias alone, the rest of the network frozen (in eval mode)")
     ap.add_argument("--bf16", action="store_true",
                     help="forward pass in bfloat16 autocast (fast on GPUs and on CPUs with AMX/AVX-512 BF16)")
+
+
+def _teacher_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--s1-teacher", type=Path, metavar="MODEL",
+                    help="take the unlabelled S1 of the real cases from this exported model's classes "
+                         "(training_data.with_teacher_s1)")
+    ap.add_argument("--s1-teacher-datasets", nargs="+", metavar="PREFIX",
+                    help="only for the cases of these datasets (VB2, VB3…; default: all)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m spinegate.inference.training.train",
+                                 description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    _fit_arguments(sub.add_parser("fit", help="train the network (and export it to ONNX)"))
+    pack = sub.add_parser("pack", help="write the training cases of the shared data to one file (6-bit images, xz), "
+                                       "for 'fit --cases' on a machine without the data")
+    pack.add_argument("--data", type=Path, required=True, help="folder with the shared lumbar_mri NIfTI files")
+    pack.add_argument("--out", type=Path, required=True, metavar="FILE")
+    _teacher_arguments(pack)
+    export = sub.add_parser("export", help="export a saved state dict (fit --no-onnx) to ONNX")
+    export.add_argument("checkpoint", type=Path)
+    export.add_argument("--out", type=Path, default=Path("inference/models"), help="folder for sagittal_spine.onnx")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
-    if args.export_checkpoint:
-        model = from_weights(torch.load(args.export_checkpoint, map_location="cpu"), f"{args.export_checkpoint}")
-        export_onnx(model, args.out / "sagittal_spine.onnx")
-        return 0
-    if (args.data is None) == (args.cases is None) or (args.pack_cases and args.data is None):
-        ap.error("give the shared data (--data) or, to train, a packed cases file (--cases), not both")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.pack_cases:
-        cases = [load_real_case(args.data, s) for s in training_stems(args.data)]
-        pack_cases(apply_s1_teacher(cases, args.s1_teacher, args.s1_teacher_datasets), args.pack_cases)
-        log.info("wrote %s (%.1f MB)", args.pack_cases, args.pack_cases.stat().st_size / 1e6)
-        return 0
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    # Some CUDA kernels (e.g. transposed convolutions' backward) have no
-    # deterministic form; there the run warns instead of stopping.
-    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
-    rng = np.random.default_rng(args.seed)
-
-    t0 = time.time()
-    stems, cases, phantoms = load_training_cases(args.data, args.cases, args.phantoms, max(1, args.workers),
-                                                 args.s1_teacher, args.s1_teacher_datasets)
-    log.info("cached %d real + %d phantom volumes in %.0f s", len(cases), len(phantoms), time.time() - t0)
-    ivd = [c for c in cases if c.name.startswith("IVD")]
-    vb = [c for c in cases if not c.name.startswith("IVD")]
-    # Sampling weights: real vertebral-body data dominates; discs and S1 come
-    # from the few disc volumes and the phantoms.
-    pools = [(vb, 0.55), (ivd, 0.15), (phantoms, 0.30)]
-
-    in_channels = 1 + 2 * args.context
-    model = initial_model(args.init, in_channels, tuple(args.channels) if args.channels else None,
-                          args.global_context).to(device)
-    opt = torch.optim.AdamW(trainable_parameters(model, args.train_only_context), lr=args.lr, weight_decay=1e-4)
-    iterations = args.iterations
-    start = _BUDGET_START_ITERATIONS if args.time_budget_s else args.start_iterations
-    if start:  # OneCycle's starting rate until the schedule begins
-        for group in opt.param_groups:
-            group["lr"] = args.lr / 25
-    sched = None if start else torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=iterations,
-                                                                   pct_start=0.05)
-    curve = []
-    # A frozen network runs as at inference (no dropout); the context bias
-    # has no dropout or normalisation, so its mode does not matter.
-    model.train(not args.train_only_context)
-    batches = _batches(args, pools, rng, device)
-    args.out.mkdir(parents=True, exist_ok=True)
-    t_train = time.time()
-    it = 0
-    while it < iterations:  # (a time budget fixes ``iterations`` at ``start``)
-        it += 1
-        x, a = next(batches)
-        curve.append(optimisation_step(model, opt, sched, x, a, bf16=args.bf16))
-        if it == start:
-            if args.time_budget_s:
-                per_it = (time.time() - t_train) / start
-                iterations = start + max(1, int((args.time_budget_s - (time.time() - t0)) / per_it * 0.95))
-                log.info("%.3f s per iteration: the run will take %d iterations", per_it, iterations)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=iterations - start,
-                                                        pct_start=0.05)
-        if it % 50 == 0:
-            log.info("iteration %d loss %.4f (%.0f s)", it, float(np.mean(curve[-50:])), time.time() - t0)
-        if it % 500 == 0 or it == iterations:
-            torch.save(model.state_dict(), args.out / "sagittal_spine.pt")
-    model = model.to("cpu")
-    if not args.no_onnx:
+    if args.command == "export":
+        model = from_weights(torch.load(args.checkpoint, map_location="cpu"), f"{args.checkpoint}")
+        args.out.mkdir(parents=True, exist_ok=True)
         export_onnx(model, args.out / "sagittal_spine.onnx")
-    record = {
-        "seed": args.seed, "iterations": iterations, "start_iterations": start, "init": str(args.init) if args.init else None, "slab_labels": args.slab_labels,
-        "context_slices_each_side": args.context, "channels": list(model.channels), "thickness_mm": list(args.thickness_mm),
-        "exact_planes": args.exact_planes, "end_plane_share": args.end_plane_share, "bf16_autocast": args.bf16,
-        "balance_datasets": args.balance_datasets, "global_context": model.context is not None,
-        "trained": "global context bias only" if args.train_only_context else "all weights",
-        "batch": args.batch, "lr": args.lr, "device": str(device), "workers": args.workers,
-        "time_budget_s": args.time_budget_s,
-        "s1_teacher": str(args.s1_teacher) if args.s1_teacher else None, "s1_teacher_datasets": args.s1_teacher_datasets,
-        "real_cases": str(args.cases) if args.cases else "shared data",
-        "patch_rows_cols": PATCH, "classes": CLASS_NAMES, "training_volumes": stems,
-        "phantom_seeds": list(range(args.phantoms)), "split": SPLIT, "pool_weights": [w for _, w in pools],
-        "loss_every_50": [float(np.mean(curve[i : i + 50])) for i in range(0, len(curve), 50)],
-        "seconds": time.time() - t0, "torch": torch.__version__,
-    }
-    if device.type == "cuda":
-        record["gpu"] = torch.cuda.get_device_name(device)
-    (args.out / "sagittal_spine.training.json").write_text(json.dumps(record, indent=1))
-    log.info("wrote %s", args.out)
+        return 0
+    if args.command == "pack":
+        cases = [load_real_case(args.data, s) for s in training_stems(args.data)]
+        pack_cases(apply_s1_teacher(cases, args.s1_teacher, args.s1_teacher_datasets), args.out)
+        log.info("wrote %s (%.1f MB)", args.out, args.out.stat().st_size / 1e6)
+        return 0
+    try:
+        config = SagittalTrainingConfig.from_arguments(args)
+    except ValueError as e:
+        ap.error(str(e))
+    fit(config)
     return 0
 
 

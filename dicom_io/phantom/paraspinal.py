@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spinegate.dicom_io.muscles import MUSCLE_LABELS
-from spinegate.dicom_io.phantom import TRUNK_HALF_DEPTH_MM, TRUNK_INNER_HALF_DEPTH_MM, SliceGrid, SpinePhantom
+from spinegate.dicom_io.phantom.anatomy import TRUNK_HALF_DEPTH_MM, TRUNK_INNER_HALF_DEPTH_MM, SliceGrid, SpinePhantom
 
 __all__ = ["MUSCLE_LABELS", "MUSCLE_NAMES", "ParaspinalAnatomy", "make_paraspinal_anatomy", "muscle_field",
            "axial_grid", "BLOB_FAT_FRACTION", "LEAN_FAT_FRACTION", "FASCIA_FAT_FRACTION", "PHANTOM_REVISION",

@@ -1,0 +1,100 @@
+"""The headers of one study's files, grouped by series: what the pipeline
+routes and analyses, read once (pixel data stays on disk until a routed
+series is decoded).
+
+The service handles DICOM datasets only through this package; `Header` is
+the type it passes around.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pydicom
+from pydicom.dataset import Dataset
+
+__all__ = ["Header", "SeriesHeaders", "StudyHeaders", "parse_instance", "read_header", "read_study_headers"]
+
+log = logging.getLogger(__name__)
+
+# A parsed DICOM instance (pixel data deferred or absent).
+Header = Dataset
+
+# Values above this size (Pixel Data) are read from the file when used.
+_DEFER_BYTES = "64 KB"
+
+
+@dataclass(frozen=True)
+class SeriesHeaders:
+    """The instances of one series, in the order their files were given."""
+
+    series_uid: str
+    paths: tuple[Path, ...]
+    datasets: tuple[Header, ...]
+
+    @property
+    def first(self) -> Header:
+        return self.datasets[0]
+
+    @property
+    def series_number(self) -> int:
+        return int(self.first.get("SeriesNumber") or 0)
+
+    @property
+    def description(self) -> str:
+        """SeriesDescription, or "series N" when it is empty."""
+        return str(self.first.get("SeriesDescription", "") or f"series {self.first.get('SeriesNumber', '')}")
+
+    @property
+    def frame_of_reference_uid(self) -> str:
+        return str(self.first.get("FrameOfReferenceUID", ""))
+
+
+@dataclass(frozen=True)
+class StudyHeaders:
+    """Every readable instance of a set of files, by series (ordered by
+    SeriesNumber, then by first appearance), and the files that could not
+    be read."""
+
+    series: tuple[SeriesHeaders, ...]
+    unreadable: tuple[Path, ...] = ()
+
+    @property
+    def study_uids(self) -> frozenset[str]:
+        return frozenset(str(s.first.StudyInstanceUID) for s in self.series)
+
+    @property
+    def sop_instance_uids(self) -> tuple[str, ...]:
+        return tuple(str(ds.SOPInstanceUID) for s in self.series for ds in s.datasets)
+
+    def by_uid(self) -> dict[str, SeriesHeaders]:
+        return {s.series_uid: s for s in self.series}
+
+
+def read_study_headers(paths: Sequence[Path]) -> StudyHeaders:
+    """Parse each file once; unreadable files are logged and listed, not fatal."""
+    grouped: dict[str, list[tuple[Path, Header]]] = {}
+    unreadable: list[Path] = []
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
+            grouped.setdefault(str(ds.SeriesInstanceUID), []).append((Path(path), ds))
+        except Exception as e:  # pydicom raises many types for malformed input
+            log.warning("unreadable input file=%s: %s", Path(path).name, e)
+            unreadable.append(Path(path))
+    series = [SeriesHeaders(uid, tuple(p for p, _ in items), tuple(ds for _, ds in items))
+              for uid, items in grouped.items()]
+    return StudyHeaders(tuple(sorted(series, key=lambda s: s.series_number)), tuple(unreadable))
+
+
+def read_header(path: Path) -> Header:
+    """One file's header, without its pixel data."""
+    return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+def parse_instance(data: bytes) -> Header:
+    """A received instance from its encoded bytes (a Part 10 file)."""
+    return pydicom.dcmread(io.BytesIO(data))

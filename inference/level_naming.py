@@ -1,0 +1,226 @@
+"""Name the clean components of a sagittal class map as spine levels.
+
+S1 is the largest S1-class component, with any body component inside its
+footprint (`absorb_into_s1`); bodies off the spinal column are dropped
+(`on_spinal_column`); the bodies above S1 are counted upward L5, L4, …
+(DOMAIN.md §3: count from S1 when S1 is visible). Without S1 the lowest
+body is taken as L5 and the result is flagged for review (`name_bodies`).
+Each disc is named by the two bodies it lies between; the one under L5 is
+L5S1 even when S1 was not found (`name_discs`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from spinegate.dicom_io.levels import VERTEBRAL_BODY_LEVELS, disc_between, structure_by_name
+from spinegate.inference.postprocess import (centroid_lps, clean_class_mask, merge_fragments, regularise_body_heights,
+                                             superior_mm, touches_edge, z_extent_mm)
+
+__all__ = ["NamedLabels", "NamedBody", "name_levels", "name_bodies", "name_discs", "absorb_into_s1",
+           "on_spinal_column", "CLASS_VB", "CLASS_S1", "CLASS_DISC", "MIN_BODY_MM3", "MIN_DISC_MM3",
+           "FLAG_UNANCHORED", "FLAG_PARTIAL"]
+
+# Network classes of the sagittal model.
+CLASS_VB, CLASS_S1, CLASS_DISC = 1, 2, 3
+
+# Smallest body or S1 component kept, and smallest disc component (mm³).
+MIN_BODY_MM3 = 2000.0
+MIN_DISC_MM3 = 400.0
+# Bodies are ~25 mm high and discs 5-12 mm: eroding 3 mm (bodies) and
+# 1.5 mm (discs) in-plane breaks bridges without losing a structure.
+BODY_SPLIT_RADIUS_MM = 3.0
+DISC_SPLIT_RADIUS_MM = 1.5
+# A body farther than this from the fitted spinal column is not on it.
+OFF_COLUMN_MM = 20.0
+# A body component joins S1 when this share of it lies in S1's footprint.
+S1_FOOTPRINT_SHARE = 0.5
+# A disc part farther than this from the midpoint of its two bodies is not
+# that disc; parts of one disc join when this close to its largest part.
+DISC_MAX_OFFSET_MM = 30.0
+DISC_PART_JOIN_MM = 15.0
+
+FLAG_UNANCHORED = "level_naming_unanchored_no_s1"
+FLAG_PARTIAL = "touches_field_of_view_edge"
+FLAG_OFF_COLUMN = "off_column_components_dropped"
+FLAG_TOO_MANY_BODIES = "more_bodies_than_levels"
+
+
+@dataclass(frozen=True)
+class NamedLabels:
+    """A spinegate label map (values from `dicom_io.levels`) with flags.
+
+    ``structure_flags`` maps a level name to its review flags.
+    """
+
+    label_map: np.ndarray
+    series_flags: tuple[str, ...]
+    structure_flags: dict[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class NamedBody:
+    """A vertebral body (or S1) component with its level name and the
+    patient z (mm) of its centroid."""
+
+    name: str
+    superior_mm: float
+    mask: np.ndarray
+
+
+def absorb_into_s1(s1: np.ndarray, bodies: list[np.ndarray], affine: np.ndarray,
+                   min_share: float = S1_FOOTPRINT_SHARE) -> tuple[np.ndarray, list[np.ndarray]]:
+    """S1 with the body components that are part of it; the other bodies.
+
+    Why: in the midline slices of a thick-slice series the network can
+    call part of S1 a lumbar body while the lateral slices call it S1. Such
+    a component lies within S1's in-plane footprint (its projection across
+    the sagittal slices), its centroid below S1's top; L5 lies above S1,
+    mostly outside that footprint, and sacral segments lie below it. A
+    component joins S1 when at least ``min_share`` of its voxels fall in
+    the footprint and its centroid is not above S1's highest voxel.
+    """
+    footprint = np.asarray(s1.any(axis=0))
+    s1_top_mm = z_extent_mm(s1, affine)[1]
+    merged, rest = s1.copy(), []
+    for b in bodies:
+        inside = float((b & footprint[None]).sum()) / max(int(b.sum()), 1)
+        if inside >= min_share and superior_mm(b, affine) <= s1_top_mm:
+            merged |= b
+        else:
+            rest.append(b)
+    return merged, rest
+
+
+def on_spinal_column(centroids_lps: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Which body centroids lie on the spinal column (boolean per body).
+
+    The column is fitted through the centroids, weighted by size: the AP
+    position as a quadratic in z (lordosis), the LR position as a line.
+    Bodies farther than 20 mm from the fit are dropped and the fit repeated
+    once. With fewer than 4 bodies every body is kept.
+    """
+    c = np.asarray(centroids_lps, float)
+    keep = np.ones(len(c), bool)
+    if len(c) < 4:
+        return keep
+    w = np.sqrt(np.asarray(sizes, float))
+    for _ in range(2):
+        z = c[keep, 2]
+        fy = np.polyfit(z, c[keep, 1], 2, w=w[keep])
+        fx = np.polyfit(z, c[keep, 0], 1, w=w[keep])
+        off = np.hypot(c[:, 1] - np.polyval(fy, c[:, 2]), c[:, 0] - np.polyval(fx, c[:, 2]))
+        keep = off <= OFF_COLUMN_MM
+        if keep.sum() < 4:
+            return np.ones(len(c), bool)
+    return keep
+
+
+def name_bodies(classes: np.ndarray, affine: np.ndarray, min_body_voxels: int,
+                spacing_mm: tuple[float, float, float]) -> tuple[list[NamedBody], list[str]]:
+    """The named bodies (S1 first when found, then L5 upward) and the
+    series flags of the naming."""
+    flags: list[str] = []
+    bodies = merge_fragments(clean_class_mask(classes == CLASS_VB, min_body_voxels, spacing_mm,
+                                              split_radius_mm=BODY_SPLIT_RADIUS_MM))
+    bodies = regularise_body_heights(bodies, affine)
+    s1_parts = clean_class_mask(classes == CLASS_S1, min_body_voxels, spacing_mm)
+    if s1_parts:
+        s1_parts[0], bodies = absorb_into_s1(s1_parts[0], bodies, affine)
+    if bodies:
+        inliers = on_spinal_column(np.array([centroid_lps(b, affine) for b in bodies]),
+                                   np.array([b.sum() for b in bodies]))
+        if not inliers.all():
+            flags.append(FLAG_OFF_COLUMN)
+        bodies = [b for b, k in zip(bodies, inliers) if k]
+    s1 = s1_parts[0] if s1_parts else None
+    s1_z = superior_mm(s1, affine) if s1 is not None else -np.inf
+    # Bodies below S1 are sacral segments the network called vertebral bodies.
+    body_z = sorted(((z, b) for z, b in ((superior_mm(b, affine), b) for b in bodies) if z > s1_z),
+                    key=lambda t: t[0])
+    named: list[NamedBody] = []
+    if s1 is not None:
+        named.append(NamedBody("S1", s1_z, s1))
+    else:
+        flags.append(FLAG_UNANCHORED)
+    start = VERTEBRAL_BODY_LEVELS.index("L5")
+    for i, (z, b) in enumerate(body_z):
+        idx = start - i
+        if idx < 0:
+            flags.append(FLAG_TOO_MANY_BODIES)
+            break
+        named.append(NamedBody(VERTEBRAL_BODY_LEVELS[idx], z, b))
+    return named, flags
+
+
+def _disc_level(centroid: np.ndarray, ladder: list[NamedBody], centre: dict[str, np.ndarray], s1_found: bool
+                ) -> tuple[str, np.ndarray] | None:
+    """The disc a component at ``centroid`` would be, and where that disc is
+    expected (the midpoint of its two bodies), from the bodies' ladder."""
+    z = float(centroid[2])
+    for lower, upper in zip(ladder, ladder[1:]):
+        if lower.superior_mm < z < upper.superior_mm:
+            return disc_between(upper.name), (centre[upper.name] + centre[lower.name]) / 2
+    if ladder and z > ladder[-1].superior_mm:
+        top = VERTEBRAL_BODY_LEVELS.index(ladder[-1].name)
+        if top > 0:
+            return disc_between(VERTEBRAL_BODY_LEVELS[top - 1]), centre[ladder[-1].name]
+    if not s1_found and ladder and ladder[0].name == "L5" and z < ladder[0].superior_mm:
+        # Without S1 the disc under the lowest body (taken as L5) is still
+        # L5S1: its level is as sure as L5's, which is flagged.
+        return disc_between("L5"), centre["L5"]
+    return None
+
+
+def name_discs(discs: list[np.ndarray], bodies: list[NamedBody], affine: np.ndarray, s1_found: bool
+               ) -> dict[str, list[np.ndarray]]:
+    """Disc name → the disc components that form it, largest first: each
+    component named by the bodies it lies between, near the midpoint of
+    their centroids; parts of one disc join only when close to its largest
+    part."""
+    ladder = sorted(bodies, key=lambda b: b.superior_mm)
+    centre = {b.name: centroid_lps(b.mask, affine) for b in bodies}
+    candidates: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+    for d in discs:
+        c = centroid_lps(d, affine)
+        level = _disc_level(c, ladder, centre, s1_found)
+        if level is None or np.linalg.norm(c - level[1]) > DISC_MAX_OFFSET_MM:
+            continue
+        candidates.setdefault(level[0], []).append((int(d.sum()), c, d))
+    named: dict[str, list[np.ndarray]] = {}
+    for name, parts in candidates.items():
+        parts.sort(key=lambda t: -t[0])
+        named[name] = [d for _, c, d in parts if np.linalg.norm(c - parts[0][1]) <= DISC_PART_JOIN_MM]
+    return named
+
+
+def name_levels(classes: np.ndarray, affine: np.ndarray, voxel_volume_mm3: float) -> NamedLabels:
+    """Turn a class map (0 bg, 1 body, 2 S1, 3 disc) into named levels.
+
+    Parameters
+    ----------
+    classes : numpy.ndarray
+        (slices, rows, columns) network classes on the native grid.
+    affine : numpy.ndarray
+        Index → LPS mm map (used for superior/inferior ordering).
+    voxel_volume_mm3 : float
+        Sets the minimum component sizes (`MIN_BODY_MM3`, `MIN_DISC_MM3`).
+    """
+    spacing = (float(np.linalg.norm(affine[:3, 0])), float(np.linalg.norm(affine[:3, 1])),
+               float(np.linalg.norm(affine[:3, 2])))
+    bodies, series_flags = name_bodies(classes, affine, max(1, int(MIN_BODY_MM3 / voxel_volume_mm3)), spacing)
+    discs = clean_class_mask(classes == CLASS_DISC, max(1, int(MIN_DISC_MM3 / voxel_volume_mm3)), spacing,
+                             split_radius_mm=DISC_SPLIT_RADIUS_MM)
+    out = np.zeros(classes.shape, np.uint8)
+    flags: dict[str, tuple[str, ...]] = {}
+    for body in bodies:
+        out[body.mask & (out == 0)] = structure_by_name(body.name).label
+        flags[body.name] = (FLAG_PARTIAL,) if touches_edge(body.mask) else ()
+    s1_found = any(b.name == "S1" for b in bodies)
+    for name, parts in name_discs(discs, bodies, affine, s1_found).items():
+        label = structure_by_name(name).label
+        for d in parts:
+            out[d & (out == 0)] = label
+        flags[name] = (FLAG_PARTIAL,) if touches_edge(out == label) else ()
+    return NamedLabels(out, tuple(series_flags), flags)

@@ -1,0 +1,115 @@
+"""``measurements.json`` (the documented schema ``spinegate.measurements/1``,
+docs/outputs.md) from a study's result, and its plain-text table for the CLI.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from spinegate.dicom_io.levels import StructureKind
+from spinegate.dicom_io.measurements import MuscleLevelMeasurements
+from spinegate.inference.engine import ModelInfo
+from spinegate.service.study_result import StudyResult
+from spinegate.service.version import __version__
+
+__all__ = ["SCHEMA", "measurements_document", "structure_table"]
+
+SCHEMA = "spinegate.measurements/1"
+
+
+def _rounded(v: float | None, digits: int) -> float | None:
+    return None if v is None else round(float(v), digits)
+
+
+def _muscle_entry(m: MuscleLevelMeasurements) -> dict[str, Any]:
+    return {
+        "muscle": m.muscle.name,
+        "label": m.muscle.display_name,
+        "level": m.level.name,
+        "csa_midplane_cm2": _rounded(m.csa_midplane_cm2, 3),
+        "csa_mean_cm2": round(m.csa_mean_cm2, 3),
+        "n_slices": m.n_slices,
+        "rcsa": _rounded(m.rcsa, 3),
+        "fat_infiltration": _rounded(m.fat_infiltration, 4),
+        "fat_fraction": _rounded(m.fat_fraction, 4),
+        "volume_ml": _rounded(m.volume_ml, 2),
+        "asymmetry": _rounded(m.asymmetry, 4),
+        "centroid_lps_mm": [round(float(v), 2) for v in np.asarray(m.centroid_lps_mm)],
+        "reference_slice_index": m.slice_index,
+        "slices": [{"index": k, "csa_cm2": round(a, 3), "centroid_lps_mm": [round(v, 2) for v in c]}
+                   for k, a, c in m.per_slice],
+        "flags": list(m.flags),
+    }
+
+
+def measurements_document(result: StudyResult, models: Sequence[ModelInfo]) -> dict[str, Any]:
+    """The documented ``measurements.json`` (see docs/outputs.md, "measurements.json");
+    ``models`` are the `ModelInfo` of the engines used, the study's main one
+    first."""
+    series = []
+    for o in result.series:
+        entry: dict[str, Any] = {
+            "series_instance_uid": o.series_uid,
+            "description": o.description,
+            "plane": o.series_class.plane.value,
+            "weighting": o.series_class.weighting.value,
+            "rule": o.decision.rule,
+            "engine": o.decision.engine,
+            "skipped_reason": o.decision.skipped_reason or None,
+            "error": o.error or None,
+            "flags": list(o.flags),
+            "seg_sop_instance_uid": o.seg_sop_instance_uid or None,
+            "timings_s": {k: round(v, 3) for k, v in o.timings_s.items()},
+            "structures": [
+                {
+                    "level": m.structure.name,
+                    "label": m.structure.display_name,
+                    "kind": "disc" if m.structure.kind is StructureKind.DISC else "vertebral_body",
+                    "volume_cm3": round(m.volume_cm3, 3),
+                    "height_mm": round(m.height_mm, 2),
+                    "centroid_lps_mm": [round(float(v), 2) for v in np.asarray(m.centroid_lps_mm)],
+                    "flags": list(m.flags),
+                }
+                for m in o.measurements
+            ],
+            "muscles": [_muscle_entry(m) for m in o.muscles],
+            "dixon_noise_sigma": _rounded(o.dixon_noise_sigma, 3),
+        }
+        series.append(entry)
+    return {
+        "schema": SCHEMA,
+        "study_instance_uid": result.study_uid,
+        "software_version": __version__,
+        "model": ({"name": models[0].name, "version": models[0].version, "sha256": models[0].sha256}
+                  if models else None),
+        "models": [{"name": m.name, "version": m.version, "sha256": m.sha256} for m in models],
+        "series": series,
+        "biomechanics": result.biomechanics,
+        "outputs": [p.name for p in result.outputs],
+        "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
+    }
+
+
+def structure_table(doc: dict[str, Any]) -> str:
+    """A plain-text table of the measurements (for the CLI)."""
+    lines = [f"{'series':<22} {'structure':<28} {'height mm':>9} {'volume cm3':>10}  centroid LPS mm"]
+    for s in doc["series"]:
+        for m in s["structures"]:
+            c = ", ".join(f"{v:7.1f}" for v in m["centroid_lps_mm"])
+            lines.append(f"{s['description'][:22]:<22} {m['label']:<28} {m['height_mm']:>9.1f} {m['volume_cm3']:>10.2f}  ({c})")
+        if s["skipped_reason"] or s["error"]:
+            lines.append(f"{s['description'][:22]:<22} skipped: {s['skipped_reason'] or s['error']}")
+    muscles = [(s["description"], m) for s in doc["series"] for m in s.get("muscles") or ()]
+    if muscles:
+        lines.append(f"\n{'series':<22} {'muscle':<26} {'level':<6} {'CSA mid':>7} {'CSA mean':>8} {'rCSA':>5} "
+                     f"{'FI %':>5} {'FF %':>5}")
+
+        def fmt(v: float | None, scale: float = 1.0, spec: str = ".2f") -> str:
+            return "-" if v is None else format(v * scale, spec)
+
+        for desc, m in muscles:
+            lines.append(f"{desc[:22]:<22} {m['label']:<26} {m['level']:<6} {fmt(m['csa_midplane_cm2']):>7} "
+                         f"{fmt(m['csa_mean_cm2']):>8} {fmt(m['rcsa']):>5} {fmt(m['fat_infiltration'], 100, '.1f'):>5} "
+                         f"{fmt(m['fat_fraction'], 100, '.1f'):>5}")
+    return "\n".join(lines)
