@@ -93,6 +93,15 @@ def _anchor_z_and_canal_y(ph: SpinePhantom) -> tuple[np.ndarray, np.ndarray]:
     return np.array(z), np.array(y)
 
 
+def _interp(z: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """`numpy.interp`, evaluated once when every point has the same z (an
+    axial slice: the muscle profiles are interpolated 21 times per plane)."""
+    z = np.asarray(z)
+    if z.size and z.min() == z.max():
+        return np.full(z.shape, np.interp(z.flat[0], xp, fp))
+    return np.interp(z, xp, fp)
+
+
 def _blob_field(p: np.ndarray, seed: int, key: tuple[str, str]) -> np.ndarray:
     """A smooth pseudo-random field in [0, 1) (sum of plane waves), fixed per
     subject and muscle; thresholding it at a quantile makes fat blobs."""
@@ -121,7 +130,7 @@ class ParaspinalField:
     blob_cut: dict[tuple[str, str], float]
 
     def canal_y_mm(self, z: np.ndarray) -> np.ndarray:
-        return np.interp(z, self.anchor_z, self.canal_y)
+        return _interp(z, self.anchor_z, self.canal_y)
 
     def view_centre_y_mm(self) -> float:
         """y of the middle of the body's extent from the front of L1 to the
@@ -144,8 +153,10 @@ class ParaspinalField:
         # each muscle's fascia is painted with it, over what lies beneath.
         for muscle in ("ES", "PM", "QL", "MF"):
             present, vals = self.profiles[muscle]
-            exists = np.interp(z, self.anchor_z, present) > 0.5
-            cx, cy, a, b = (np.interp(z, self.anchor_z, vals[:, i]) for i in range(4))
+            exists = _interp(z, self.anchor_z, present) > 0.5
+            if not exists.any():
+                continue  # the muscle ends above or below these points
+            cx, cy, a, b = (_interp(z, self.anchor_z, vals[:, i]) for i in range(4))
             a, b = np.maximum(a, 1e-3), np.maximum(b, 1e-3)  # absent levels: no zero division
             for side, sign in (("R", -1.0), ("L", 1.0)):  # patient left is +x
                 key = (muscle, side)
@@ -156,8 +167,9 @@ class ParaspinalField:
                 label[sheet] = 0
                 ff[sheet] = FASCIA_FAT_FRACTION
                 label[inside] = MUSCLE_LABELS[key]
-                blobs = _blob_field(p, self.anatomy.seed, key) >= self.blob_cut[key]
-                ff[inside] = np.where(blobs[inside], BLOB_FAT_FRACTION, LEAN_FAT_FRACTION)
+                # The blob field only where the muscle is (a few % of the slice).
+                blobs = _blob_field(p[inside], self.anatomy.seed, key) >= self.blob_cut[key]
+                ff[inside] = np.where(blobs, BLOB_FAT_FRACTION, LEAN_FAT_FRACTION)
         return label, ff
 
 
