@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Annotated, Any, Mapping
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, IPvAnyNetwork, SecretStr,
+                      ValidationError, field_validator, model_validator)
 from pydantic_settings import (BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict,
                                YamlConfigSettingsSource)
 
@@ -95,11 +95,14 @@ class _Section(BaseModel):
 
 
 class Destination(_Section):
-    """A DICOM peer that receives our SEG and SR (C-STORE SCP)."""
+    """A DICOM peer that receives our SEG and SR (C-STORE SCP);
+    ``calling_ae_title`` is how spinegate names itself to that peer (default
+    ``export.calling_ae_title``)."""
 
     ae_title: AETitle
     host: str = Field(min_length=1)
     port: Port
+    calling_ae_title: AETitle | None = None
 
     def __init__(self, ae_title: str | None = None, host: str | None = None, port: int | None = None,
                  **data: Any) -> None:
@@ -136,6 +139,9 @@ class NetworkConfig(_Section):
     # spreads new connections over them). One Python process is bound by the
     # GIL; parallel senders gain from more.
     receiver_processes: int = Field(1, ge=1, le=64)
+    # Who may send: calling AE titles and peer addresses/networks (empty: any).
+    allowed_calling_ae_titles: tuple[AETitle, ...] = ()
+    allowed_hosts: tuple[IPvAnyNetwork, ...] = ()
 
 
 class StorageConfig(_Section):
@@ -210,13 +216,45 @@ class QueueConfig(_Section):
         return url
 
 
+MIN_AUTH_TOKEN_CHARS = 16
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read the token file: {type(e).__name__}") from None
+    if len(token) < MIN_AUTH_TOKEN_CHARS or any(c.isspace() for c in token):
+        raise ValueError(f"the token must be one word of at least {MIN_AUTH_TOKEN_CHARS} characters")
+    return token
+
+
 class HttpConfig(_Section):
-    """The HTTP endpoint: /metrics, /healthz, /readyz and the status API."""
+    """The HTTP endpoint: /metrics, /healthz, /readyz and the status API.
+
+    State-changing calls (``POST``) need ``Authorization: Bearer <token>``
+    with the token in ``auth_token_file``; without that file they are
+    refused. Read-only endpoints are open."""
 
     enabled: bool = True
     host: str = Field("127.0.0.1", min_length=1)
     port: int = Field(8080, ge=0, le=65535)  # 0: any free port
     min_free_disk_bytes: int = Field(1_000_000_000, ge=0)  # /readyz fails below this on the storage volume
+    auth_token_file: Path | None = None
+    # /readyz and the spinegate_ready metric reuse one evaluation of the
+    # checks (one of which writes a probe file to the spool) for this long.
+    readiness_cache_s: float = Field(5.0, ge=0, le=300)
+
+    @field_validator("auth_token_file")
+    @classmethod
+    def _token_readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            _read_token(path)
+        return path
+
+    def auth_token(self) -> SecretStr | None:
+        """The bearer token, read from ``auth_token_file`` (None without one)."""
+        return None if self.auth_token_file is None else SecretStr(_read_token(self.auth_token_file))
 
 
 class BiomechanicsConfig(_Section):

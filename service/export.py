@@ -35,7 +35,7 @@ def export_outputs(
         error = ""
         for attempt in range(1, config.attempts + 1):
             try:
-                send_files(paths, dest.ae_title, dest.host, dest.port, config.calling_ae_title)
+                send_files(paths, dest.ae_title, dest.host, dest.port, dest.calling_ae_title or config.calling_ae_title)
                 log.info("exported objects=%d destination=%s attempt=%d", len(paths), dest.ae_title, attempt)
                 outcomes.append(ExportOutcome(dest, True, attempt))
                 break

@@ -7,26 +7,32 @@
     GET  /api/studies/{uid}            one study: routing decisions, flags, outputs, exports
     POST /api/studies/{uid}/reprocess  queue the study again (202; 409 if it is busy)
 
-A WSGI application served by the standard library's threaded WSGI server in
+State-changing calls (POST) need ``Authorization: Bearer <token>``, the
+token of ``http.auth_token_file`` (401 without it, 403 when no token is
+configured); the read-only endpoints are open. A WSGI application served by the standard library's threaded WSGI server in
 a daemon thread; responses are JSON. Study UIDs appear (they are not PHI);
 patient attributes never do — the store holds none.
 """
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
 import shutil
 import socket
 import threading
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any, Callable, Iterable
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
 
 from spinegate.service.config import SpinegateConfig
 from spinegate.service.metrics import Metrics
@@ -48,15 +54,26 @@ class ReadinessProbe:
     queue_depth: Callable[[], int]
     model_loaded: Callable[[], bool]
     needs_model: bool = True  # false in a receive-only process (workers load the models)
+    _cached: tuple[float, dict[str, dict[str, Any]]] | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def ready(self) -> bool:
         return all(c["ok"] for c in self.checks().values())
+
+    def checks(self) -> dict[str, dict[str, Any]]:
+        """The checks, evaluated at most once per ``http.readiness_cache_s``
+        (a Prometheus scrape or a probe does not write to the spool each time)."""
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is None or now - self._cached[0] >= self.config.http.readiness_cache_s:
+                self._cached = (now, self._evaluate())
+            return self._cached[1]
 
     def free_bytes(self) -> int:
         root = self.config.storage.root
         return shutil.disk_usage(root if root.exists() else Path(".")).free
 
-    def checks(self) -> dict[str, dict[str, Any]]:
+    def _evaluate(self) -> dict[str, dict[str, Any]]:
         checks = [("queue_reachable", self._queue()), ("model_loaded", self._model()),
                   ("spool_writable", self._spool()), ("disk_space", self._disk())]
         if self.scp_port is not None:
@@ -107,16 +124,38 @@ class StatusApi:
     readiness: ReadinessProbe
     reprocess: Callable[[str], bool]
     outputs_root: Path
+    auth_token: SecretStr | None = None
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
+        headers = [("Content-Type", "application/json")]
         try:
-            status, body, ctype = self._route(method, path, environ.get("QUERY_STRING", ""))
+            refused = self._refusal(method, environ.get("HTTP_AUTHORIZATION", ""))
+            if refused is not None:
+                status, body, ctype = refused
+                headers.append(("WWW-Authenticate", 'Bearer realm="spinegate"'))
+            else:
+                status, body, ctype = self._route(method, path, environ.get("QUERY_STRING", ""))
         except Exception as e:  # a handler bug must not kill the server thread
             log.exception("http handler failed path=%s", path)
             status, body, ctype = "500 Internal Server Error", _json({"error": type(e).__name__}), "application/json"
-        start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))])
+        headers[0] = ("Content-Type", ctype)
+        start_response(status, headers + [("Content-Length", str(len(body)))])
         return [body]
+
+    def _refusal(self, method: str, authorization: str) -> tuple[str, bytes, str] | None:
+        """Why a state-changing call is refused (None: allowed or read-only)."""
+        if method in ("GET", "HEAD"):
+            return None
+        if self.auth_token is None:
+            return "403 Forbidden", _json({"error": "state-changing calls are disabled: "
+                                                   "no http.auth_token_file is configured"}), "application/json"
+        scheme, _, given = authorization.partition(" ")
+        expected = self.auth_token.get_secret_value().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            log.warning("http call refused: missing or wrong bearer token method=%s", method)
+            return "401 Unauthorized", _json({"error": "a valid bearer token is required"}), "application/json"
+        return None
 
     def _route(self, method: str, path: str, query: str) -> tuple[str, bytes, str]:
         if path == "/metrics" and method == "GET":
@@ -150,7 +189,7 @@ class StatusApi:
         return "404 Not Found", _json({"error": f"no route for {method} {path}"}), "application/json"
 
     def _list(self, query: str) -> list[dict[str, Any]]:
-        params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+        params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
         known = {s.value for s in StudyState}
         wanted = [s for s in params.get("state", "").split(",") if s]
         if set(wanted) - known:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pynetdicom import AE, _config, evt
@@ -20,6 +20,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from spinegate.dicom_io.study import parse_instance
 from spinegate.dicom_io.uids import ACCEPTED_TRANSFER_SYNTAXES, MR_STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
 from spinegate.dicom_io.validate import InstanceProblem, check_received_instance
+from spinegate.service.access import AccessPolicy
 from spinegate.service.config import SpinegateConfig
 from spinegate.service.metrics import Metrics
 from spinegate.service.spool import durable_write, quarantine_write, spool_path
@@ -60,13 +61,35 @@ def configure_pynetdicom() -> None:
 
 @dataclass
 class Receiver:
-    """Stores received instances; ``on_stored(study_uid)`` fires after each
-    newly stored instance."""
+    """Admits callers by the access policy and stores received instances;
+    ``on_stored(study_uid)`` fires after each newly stored instance."""
 
     config: SpinegateConfig
     store: StateStore
     on_stored: Callable[[str], None]
     metrics: Metrics | Any | None = None  # Metrics, or a MetricsRelay in a receiver process
+    access: AccessPolicy = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.access = AccessPolicy.build(self.config.network.allowed_calling_ae_titles,
+                                         self.config.network.allowed_hosts)
+
+    def handle_requested(self, event: Event) -> None:
+        """Reject a caller the policy does not admit, before negotiation
+        (pynetdicom then skips it): A-ASSOCIATE-RJ with the reason code."""
+        request = event.assoc.requestor.primitive
+        calling = str(request.calling_ae_title if request is not None else "").strip()
+        address = str(event.assoc.requestor.address)
+        refusal = self.access.refusal(calling, address)
+        if refusal is None:
+            return
+        log.warning("association rejected reason=%s calling_ae_title=%s peer=%s", refusal.value, calling, address)
+        if self.metrics:
+            self.metrics.associations.labels("rejected", refusal.value).inc()
+        event.assoc.acse.send_reject(*refusal.reject_codes)
+        # As pynetdicom does after its own rejections: stopping the DUL lets
+        # it send the A-ASSOCIATE-RJ before the connection is closed.
+        event.assoc.kill()
 
     def handle_store(self, event: Event) -> int:
         data = event.encoded_dataset(include_meta=True)
@@ -103,7 +126,9 @@ class Receiver:
             return self._refuse(data, "undecodable_dataset", f"{type(e).__name__}: {e}", peer), "refused"
         if self.store.has_instance(ds.SOPInstanceUID):
             log.info("duplicate instance acknowledged sop_instance_uid=%s peer=%s", ds.SOPInstanceUID, peer)
-            return Status.SUCCESS, "duplicate"
+            # A re-send may follow a failed scheduling of the study's check:
+            # make sure one is pending (once per study, see on_stored).
+            return self._notify(ds.StudyInstanceUID, "duplicate")
         try:
             durable_write(path, data)
         except OSError as e:
@@ -111,9 +136,20 @@ class Receiver:
             return Status.OUT_OF_RESOURCES, "out_of_resources"
         rec = InstanceRecord(ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPClassUID, path)
         if self.store.record_instance(rec):
-            self.on_stored(ds.StudyInstanceUID)
-        log.debug("stored sop_instance_uid=%s series_uid=%s", ds.SOPInstanceUID, ds.SeriesInstanceUID)
-        return Status.SUCCESS, "stored"
+            log.debug("stored sop_instance_uid=%s series_uid=%s", ds.SOPInstanceUID, ds.SeriesInstanceUID)
+            return self._notify(ds.StudyInstanceUID, "stored")
+        return Status.SUCCESS, "duplicate"
+
+    def _notify(self, study_uid: str, outcome: str) -> tuple[int, str]:
+        """Tell the worker; if its queue fails, answer 0xA700 so that the
+        sender retries (the instance is kept; the retry is a duplicate that
+        notifies again)."""
+        try:
+            self.on_stored(study_uid)
+        except Exception as e:  # any queue backend error
+            log.error("cannot queue the study check study_uid=%s: %s", study_uid, type(e).__name__)
+            return Status.OUT_OF_RESOURCES, "queue_unavailable"
+        return Status.SUCCESS, outcome
 
     def _refuse(self, data: bytes, reason: str, message: str, peer: str) -> int:
         try:
@@ -163,8 +199,8 @@ def start_scp(config: SpinegateConfig, receiver: Receiver) -> ThreadedAssociatio
     """
     configure_pynetdicom()
     ae = build_ae(config)
-    handlers: list[Any] = [(evt.EVT_C_STORE, receiver.handle_store), (evt.EVT_ACCEPTED, receiver.handle_accepted),
-                (evt.EVT_REJECTED, receiver.handle_rejected)]
+    handlers: list[Any] = [(evt.EVT_REQUESTED, receiver.handle_requested), (evt.EVT_C_STORE, receiver.handle_store),
+                           (evt.EVT_ACCEPTED, receiver.handle_accepted), (evt.EVT_REJECTED, receiver.handle_rejected)]
     address = (config.network.host, config.network.port)
     server: ThreadedAssociationServer | None
     if config.network.receiver_processes > 1:

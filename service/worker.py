@@ -94,12 +94,28 @@ class StudyWorker:
 
     # -- triggers ---------------------------------------------------------
     def on_instance_stored(self, study_uid: str) -> None:
-        """Schedule one quiet-period check per study (not one per instance)."""
+        """Schedule one quiet-period check per study (not one per instance).
+
+        Raises
+        ------
+        Exception
+            From the queue when the check cannot be scheduled (e.g. Redis
+            unreachable); the study is then not marked as having a check, so
+            the next instance, or the same one sent again, schedules it.
+        """
         with self._lock:
             if study_uid in self._pending:
                 return
             self._pending.add(study_uid)
-        self.check_task.schedule(args=(study_uid,), delay=self.config.assembly.quiet_period_s)
+        self._schedule_check(study_uid, self.config.assembly.quiet_period_s)
+
+    def _schedule_check(self, study_uid: str, delay_s: float) -> None:
+        try:
+            self.check_task.schedule(args=(study_uid,), delay=delay_s)
+        except BaseException:
+            with self._lock:
+                self._pending.discard(study_uid)
+            raise
 
     def request_processing(self, study_uid: str) -> bool:
         """Explicit trigger (``spinegate process``): skip the quiet period."""
@@ -142,7 +158,7 @@ class StudyWorker:
         if waited + 0.05 < quiet:
             with self._lock:
                 self._pending.add(study_uid)
-            self.check_task.schedule(args=(study_uid,), delay=max(quiet - waited, 0.5))
+            self._schedule_check(study_uid, max(quiet - waited, 0.5))
             return
         if self.store.transition(study_uid, StudyState.COMPLETE, (StudyState.RECEIVED,), version=rec.version):
             log.info("study complete study_uid=%s instances=%d", study_uid, rec.n_instances)

@@ -26,12 +26,34 @@ from conftest import require_tool  # noqa: E402
 DEPLOY = REPO / "deploy"
 
 
-def test_compose_stack_validates_with_docker_compose():
-    proc = subprocess.run([require_tool("docker-compose"), "-f", str(DEPLOY / "docker-compose.yml"), "config"],
-                          capture_output=True, text=True, timeout=60)
+def _compose_config(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([require_tool("docker-compose"), "-f", str(DEPLOY / "docker-compose.yml"), "config"],
+                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", **env})
+
+
+def test_compose_stack_validates_with_docker_compose_and_needs_its_secrets(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef-token\n")
+    secrets = {"ORTHANC_PASSWORD": "orthanc-pw", "GRAFANA_ADMIN_PASSWORD": "grafana-pw",
+               "SPINEGATE_API_TOKEN_FILE": str(token)}
+    for missing in secrets:  # no default credentials: each secret left out stops the stack
+        proc = _compose_config({k: v for k, v in secrets.items() if k != missing})
+        assert proc.returncode != 0 and missing in proc.stderr, proc.stderr
+    proc = _compose_config(secrets)
     assert proc.returncode == 0, proc.stderr
     services = yaml.safe_load(proc.stdout)["services"]
     assert set(services) == {"orthanc", "spinegate", "prometheus", "grafana"}
+    # Only the DICOM ports are published beyond the host; web and API ports listen on loopback.
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            if isinstance(port, str):
+                assert port.startswith("127.0.0.1:"), (name, port)
+            else:
+                assert port["target"] in (4242, 11112), (name, port)
+    assert services["orthanc"]["environment"]["ORTHANC__AUTHENTICATION_ENABLED"] == "true"
+    assert services["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert services["spinegate"]["environment"]["SPINEGATE_HTTP__AUTH_TOKEN_FILE"] == \
+        "/run/secrets/spinegate-api-token"
     for service in services.values():
         for volume in service.get("volumes", []):
             source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
@@ -66,11 +88,29 @@ def test_kubernetes_manifests_have_receivers_gpu_workers_redis_and_a_shared_spoo
         assert claims == ["spinegate-spool"]
     assert by_name[("PersistentVolumeClaim", "spinegate-spool")]["spec"]["accessModes"] == ["ReadWriteMany"]
     assert ("Service", "spinegate") in by_name and ("Deployment", "spinegate-redis") in by_name
-    # The embedded configuration is a valid spinegate configuration on Redis.
+    # Only DICOM on the LoadBalancer; the HTTP API inside the cluster.
+    assert [p["name"] for p in by_name[("Service", "spinegate")]["spec"]["ports"]] == ["dicom"]
+    assert by_name[("Service", "spinegate-http")]["spec"]["type"] == "ClusterIP"
+    # Redis asks for a password from the Secret; receivers and workers use it and mount the API token.
+    redis = by_name[("Deployment", "spinegate-redis")]["spec"]["template"]["spec"]["containers"][0]
+    assert "--requirepass" in redis["args"]
+    assert redis["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "spinegate-secrets", "key": "redis-password"}
+    for spec in (receiver, worker):
+        env = {e["name"]: e for e in spec["containers"][0]["env"]}
+        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "spinegate-secrets"
+        assert env["SPINEGATE_QUEUE__REDIS_URL"]["value"].startswith("redis://:$(REDIS_PASSWORD)@")
+        assert any(v.get("secret", {}).get("secretName") == "spinegate-secrets" for v in spec["volumes"])
+    # The embedded configuration is a valid spinegate configuration on Redis,
+    # given its secrets (the token file the Secret mounts, the Redis URL).
+    embedded = by_name[("ConfigMap", "spinegate-config")]["data"]["spinegate.yaml"]
+    token = tmp_path / "api-token"
+    token.write_text("0123456789abcdef-token")
+    assert "/etc/spinegate-secrets/api-token" in embedded
     cfg_path = tmp_path / "spinegate.yaml"
-    cfg_path.write_text(by_name[("ConfigMap", "spinegate-config")]["data"]["spinegate.yaml"])
-    cfg = load_config(cfg_path, environ={})
+    cfg_path.write_text(embedded.replace("/etc/spinegate-secrets/api-token", str(token)))
+    cfg = load_config(cfg_path, environ={"SPINEGATE_QUEUE__REDIS_URL": "redis://:pw@spinegate-redis:6379/0"})
     assert cfg.queue.backend == "redis" and not cfg.queue.consume_in_serve
+    assert cfg.http.auth_token() is not None
 
 
 def test_systemd_unit_verifies(tmp_path):

@@ -21,9 +21,15 @@ from spinegate.service.config import load_config
 from spinegate.service.demo import free_port
 
 
+TOKEN = "s3cr3t-token-0123456789"
+
+
 @pytest.fixture
 def service(tmp_path):
-    cfg = load_config(overrides={"network": {"port": free_port()}, "http": {"port": free_port()},
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    cfg = load_config(overrides={"network": {"port": free_port()},
+                                 "http": {"port": free_port(), "auth_token_file": token, "readiness_cache_s": 0},
                                  "storage": {"root": tmp_path / "var"}, "assembly": {"quiet_period_s": 3600}},
                       environ={})
     svc = start_service(cfg, load_model=False)
@@ -31,8 +37,9 @@ def service(tmp_path):
     svc.shutdown()
 
 
-def _get(cfg, path, method="GET"):
-    req = urllib.request.Request(f"http://127.0.0.1:{cfg.http.port}{path}", method=method)
+def _get(cfg, path, method="GET", token=TOKEN):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    req = urllib.request.Request(f"http://127.0.0.1:{cfg.http.port}{path}", method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.read().decode()
@@ -109,8 +116,15 @@ def test_health_readiness_and_study_api(service, tmp_path):
     status, body = _get(cfg, "/api/studies?state=bogus")
     assert status == 400 and "unknown state" in body
     assert _get(cfg, "/api/studies?limit=ten")[0] == 400
+    # Queries are URL-decoded: %2C is the comma between states.
+    status, body = _get(cfg, "/api/studies?state=received%2Cexported&limit=%31")
+    assert status == 200 and [x["study_uid"] for x in json.loads(body)["studies"]] == [uid]
     status, body = _get(cfg, f"/api/studies/{uid}")
     assert status == 200 and json.loads(body)["instances"] == 3
+    status, body = _get(cfg, f"/api/studies/{uid}/reprocess", "POST", token=None)
+    assert status == 401 and "bearer token" in body
+    assert _get(cfg, f"/api/studies/{uid}/reprocess", "POST", token="s3cr3t-token-0123456788")[0] == 401
+    assert json.loads(_get(cfg, f"/api/studies/{uid}")[1])["state"] == "received"  # nothing queued
     assert _get(cfg, f"/api/studies/{uid}/reprocess", "POST")[0] == 202
     assert json.loads(_get(cfg, f"/api/studies/{uid}")[1])["state"] == "complete"
     assert _get(cfg, f"/api/studies/{uid}/reprocess", "POST")[0] == 409  # already queued
@@ -131,5 +145,45 @@ def test_receive_only_process_is_ready_without_a_model(tmp_path):
         status, body = _get(cfg, "/readyz")
         assert status == 200, body
         assert "receive-only" in json.loads(body)["checks"]["model_loaded"]["detail"]
+    finally:
+        svc.shutdown()
+
+
+def test_without_a_token_file_state_changing_calls_are_refused(tmp_path):
+    cfg = load_config(overrides={"network": {"port": free_port()}, "http": {"port": free_port()},
+                                 "storage": {"root": tmp_path / "var"}}, environ={})
+    svc = start_service(cfg, load_model=False)
+    try:
+        status, body = _get(cfg, "/api/studies/1.2.3/reprocess", "POST")
+        assert status == 403 and "auth_token_file" in body
+        assert _get(cfg, "/api/studies")[0] == 200  # reading stays open
+    finally:
+        svc.shutdown()
+
+
+def test_a_weak_or_unreadable_token_file_is_a_configuration_error(tmp_path):
+    from spinegate.service.config import ConfigError
+
+    weak = tmp_path / "weak"
+    weak.write_text("short")
+    for path in (weak, tmp_path / "missing"):
+        with pytest.raises(ConfigError, match="http.auth_token_file"):
+            load_config(overrides={"http": {"auth_token_file": path}}, environ={})
+
+
+def test_scrapes_and_probes_reuse_one_readiness_evaluation(tmp_path):
+    """Each evaluation writes a probe file to the spool: a scrape every
+    second must not do that every second."""
+    cfg = load_config(overrides={"network": {"port": free_port()}, "http": {"port": free_port(), "readiness_cache_s": 60},
+                                 "storage": {"root": tmp_path / "var"}}, environ={})
+    svc = start_service(cfg, load_model=False)
+    evaluations = []
+    evaluate = svc.probe._evaluate
+    svc.probe._evaluate = lambda: evaluations.append(1) or evaluate()
+    try:
+        for _ in range(5):
+            assert "spinegate_ready" in _get(cfg, "/metrics")[1]
+        _get(cfg, "/readyz")
+        assert len(evaluations) == 1
     finally:
         svc.shutdown()

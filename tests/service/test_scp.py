@@ -62,7 +62,8 @@ def test_echo_store_and_duplicate(scp, instances):
     assert assoc.send_c_store(instances[0]).Status == Status.SUCCESS  # re-sent: acknowledged
     assoc.release()
     recs = store.instances(instances[0].StudyInstanceUID)
-    assert len(recs) == 3 and len(stored) == 3
+    # Each instance, and the re-send, notifies the worker (which keeps one check per study).
+    assert len(recs) == 3 and stored == [str(instances[0].StudyInstanceUID)] * 4
     on_disk = pydicom.dcmread(recs[0].path)
     assert on_disk.SOPInstanceUID in {d.SOPInstanceUID for d in instances}
     assert not list(cfg.storage.spool.rglob("*.tmp"))
@@ -129,3 +130,31 @@ def test_association_to_another_called_ae_title_is_rejected(scp):
     rj = assoc.acceptor.primitive
     assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x07)
     _associate(cfg).release()  # the right title still gets in (asserted inside)
+
+
+def test_a_queue_failure_answers_out_of_resources_and_the_resend_queues_the_study(tmp_path, instances):
+    """If the worker cannot queue the study's check, the sender hears
+    0xA700 and retries; the retry (a duplicate: the instance was kept)
+    queues the check, so the study is not left waiting."""
+    port = free_port()
+    cfg = load_config(overrides={"network": {"port": port}, "storage": {"root": tmp_path / "var"}}, environ={})
+    store = StateStore(cfg.storage.state_db)
+    queued: list[str] = []
+
+    def on_stored(uid: str) -> None:
+        if not queued:
+            queued.append("failed")
+            raise ConnectionError("queue unreachable")
+        queued.append(uid)
+
+    server = start_scp(cfg, Receiver(cfg, store, on_stored))
+    try:
+        assoc = _associate(cfg)
+        assert assoc.send_c_store(instances[0]).Status == Status.OUT_OF_RESOURCES
+        assert store.has_instance(instances[0].SOPInstanceUID)  # kept
+        assert assoc.send_c_store(instances[0]).Status == Status.SUCCESS
+        assoc.release()
+        assert queued == ["failed", str(instances[0].StudyInstanceUID)]
+    finally:
+        server.shutdown()
+        store.close()

@@ -49,3 +49,28 @@ def test_quiet_period_check_and_failure_reason(tmp_path, engines):
     assert worker.request_processing("1.2.3")
     rec = store.study("1.2.3")
     assert rec.state is StudyState.FAILED and rec.reason.startswith("no_readable_instances")
+
+
+def test_a_failed_schedule_does_not_stop_the_next_instance_from_scheduling(tmp_path):
+    """A queue blip while scheduling a study's check (Redis unreachable)
+    must not leave the study marked as having one: the next instance (or
+    the same one re-sent) schedules it."""
+    import pytest
+
+    cfg, store, worker = _worker(tmp_path, quiet=3600)
+    scheduled, schedule = [], worker.check_task.schedule
+
+    def flaky(*args, **kwargs):
+        if not scheduled:
+            scheduled.append("failed")
+            raise ConnectionError("queue unreachable")
+        scheduled.append("ok")
+        return schedule(*args, **kwargs)
+
+    worker.check_task.schedule = flaky
+    with pytest.raises(ConnectionError):
+        worker.on_instance_stored("1.2.3")
+    worker.on_instance_stored("1.2.3")
+    assert scheduled == ["failed", "ok"]
+    worker.on_instance_stored("1.2.3")  # one pending check per study
+    assert scheduled == ["failed", "ok"]
