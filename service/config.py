@@ -147,6 +147,9 @@ class NetworkConfig(_Section):
 class StorageConfig(_Section):
     root: Path = Path("var")
     delete_inputs_after_export: bool = False
+    # Back-pressure: below this free space on the storage volume every
+    # C-STORE is answered 0xA700 (out of resources) and nothing is written.
+    min_free_bytes: int = Field(500_000_000, ge=0)
 
     @property
     def spool(self) -> Path:

@@ -8,6 +8,7 @@ statuses through one table.
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ class Receiver:
     on_stored: Callable[[str], None]
     metrics: Metrics | Any | None = None  # Metrics, or a MetricsRelay in a receiver process
     access: AccessPolicy = field(init=False)
+    _low_disk: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.access = AccessPolicy.build(self.config.network.allowed_calling_ae_titles,
@@ -114,6 +116,8 @@ class Receiver:
     def _store(self, event: Event, data: bytes) -> tuple[int, str]:
         ts = event.context.transfer_syntax
         peer = f"{event.assoc.requestor.ae_title}@{event.assoc.requestor.address}"
+        if not self._room_for(len(data)):
+            return Status.OUT_OF_RESOURCES, "out_of_resources"
         try:
             ds = parse_instance(data)
             check_received_instance(ds, ts)
@@ -139,6 +143,23 @@ class Receiver:
             log.debug("stored sop_instance_uid=%s series_uid=%s", ds.SOPInstanceUID, ds.SeriesInstanceUID)
             return self._notify(ds.StudyInstanceUID, "stored")
         return Status.SUCCESS, "duplicate"
+
+    def _room_for(self, n_bytes: int) -> bool:
+        """Whether writing ``n_bytes`` keeps ``storage.min_free_bytes`` free
+        (back-pressure: the sender keeps the instance and retries later).
+        Logged once when the volume fills up and once when it has room again."""
+        root = self.config.storage.root
+        root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(root).free
+        room = free - n_bytes >= self.config.storage.min_free_bytes
+        if room == self._low_disk:
+            self._low_disk = not room
+            if room:
+                log.warning("storage has room again free_bytes=%d: accepting instances", free)
+            else:
+                log.warning("storage below storage.min_free_bytes free_bytes=%d min_free_bytes=%d: "
+                            "answering C-STOREs 0xA700 until there is room", free, self.config.storage.min_free_bytes)
+        return room
 
     def _notify(self, study_uid: str, outcome: str) -> tuple[int, str]:
         """Tell the worker; if its queue fails, answer 0xA700 so that the
