@@ -40,6 +40,7 @@ class StudyInfo:
     uid_seed: str
     patient_name: str = "PHANTOM^LUMBAR"
     patient_id: str = "SG-PHANTOM"
+    patient_birth_date: str = "19610704"
     patient_sex: str | None = "M"
     patient_size_m: float | None = 1.78
     patient_weight_kg: float | None = 79.6
@@ -76,7 +77,7 @@ def _base_dataset(study: StudyInfo, spec: SeriesSpec, series_uid: str) -> Datase
     ds.SOPClassUID = MRImageStorage
     ds.PatientName = study.patient_name
     ds.PatientID = study.patient_id
-    ds.PatientBirthDate = ""
+    ds.PatientBirthDate = study.patient_birth_date
     ds.PatientSex = study.patient_sex or ""
     if study.patient_size_m is not None:
         ds.PatientSize = f"{study.patient_size_m:.2f}"

@@ -83,7 +83,8 @@ def read_study_headers(paths: Sequence[Path]) -> StudyHeaders:
             ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
             grouped.setdefault(str(ds.SeriesInstanceUID), []).append((Path(path), ds))
         except Exception as e:  # pydicom raises many types for malformed input
-            log.warning("unreadable input file=%s: %s", Path(path).name, e)
+            # The type only: pydicom's text may quote element values (PHI).
+            log.warning("unreadable input file=%s: %s", Path(path).name, type(e).__name__)
             unreadable.append(Path(path))
     series = [SeriesHeaders(uid, tuple(p for p, _ in items), tuple(ds for _, ds in items))
               for uid, items in grouped.items()]

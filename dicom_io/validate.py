@@ -34,7 +34,8 @@ def check_received_instance(ds: Dataset, transfer_syntax_uid: str) -> None:
         try:
             value = ds.get(keyword)
         except Exception as e:  # a malformed element raises on access
-            raise InstanceProblem("malformed_element", f"{keyword} cannot be parsed: {e}") from e
+            # The exception type only: pydicom's text may quote the value.
+            raise InstanceProblem("malformed_element", f"{keyword} cannot be parsed ({type(e).__name__})") from e
         if value in (None, ""):
             raise InstanceProblem("missing_attribute", f"required attribute {keyword} is missing or empty")
     if ds.SOPClassUID not in MR_STORAGE_SOP_CLASSES:

@@ -127,7 +127,10 @@ class Receiver:
         except ValueError as e:
             return self._refuse(data, "invalid_uid", str(e), peer), "refused"
         except Exception as e:  # pydicom raises many types for malformed input
-            return self._refuse(data, "undecodable_dataset", f"{type(e).__name__}: {e}", peer), "refused"
+            # pydicom's text may quote element values (a patient's name): it
+            # goes to the quarantine sidecar beside the data, the log gets the type.
+            return self._refuse(data, "undecodable_dataset", f"{type(e).__name__}: {e}", peer,
+                                logged=type(e).__name__), "refused"
         if self.store.has_instance(ds.SOPInstanceUID):
             log.info("duplicate instance acknowledged sop_instance_uid=%s peer=%s", ds.SOPInstanceUID, peer)
             # A re-send may follow a failed scheduling of the study's check:
@@ -172,7 +175,7 @@ class Receiver:
             return Status.OUT_OF_RESOURCES, "queue_unavailable"
         return Status.SUCCESS, outcome
 
-    def _refuse(self, data: bytes, reason: str, message: str, peer: str) -> int:
+    def _refuse(self, data: bytes, reason: str, message: str, peer: str, logged: str | None = None) -> int:
         try:
             path = quarantine_write(self.config.storage.quarantine, data, reason, {"message": message, "peer": peer})
             self.store.quarantine(path, reason)
@@ -181,7 +184,8 @@ class Receiver:
             return Status.OUT_OF_RESOURCES
         if self.metrics:
             self.metrics.quarantined.labels(reason).inc()
-        log.warning("refused instance reason=%s peer=%s quarantined=%s: %s", reason, peer, path.name, message)
+        log.warning("refused instance reason=%s peer=%s quarantined=%s: %s", reason, peer, path.name,
+                    message if logged is None else logged)
         return _STATUS_BY_REASON.get(reason, Status.CANNOT_UNDERSTAND)
 
 

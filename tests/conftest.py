@@ -1,6 +1,7 @@
 """Shared fixtures: phantom studies, peers, and the shared-data location."""
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,32 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 MODEL_DIR = REPO / "inference" / "models"
+
+
+class SessionLogRecords(logging.Handler):
+    """Every log line spinegate's code writes in this test process, as the
+    service would write it (tests/test_no_phi.py reads them at the end)."""
+
+    lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:  # a record that cannot be formatted is kept as its template
+            self.lines.append(str(record.msg))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    handler = SessionLogRecords(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    spinegate_log = logging.getLogger("spinegate")
+    spinegate_log.addHandler(handler)
+    spinegate_log.setLevel(logging.INFO)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The audit of what the whole run logged goes last.
+    items.sort(key=lambda item: item.get_closest_marker("session_audit") is not None)
 
 
 def require_tool(name: str) -> str:

@@ -73,7 +73,21 @@ class Spinegate:
         return (self.root / "serve.log").read_text()
 
     def stop(self, sig: int = signal.SIGINT) -> None:
+        save_metrics(self.http_port, self.root / "metrics.prom")
         stop_process(self.proc, sig=sig)
+
+
+def save_metrics(http_port: int, path: Path) -> None:
+    """Keep a process's last /metrics exposition beside its log (the PHI
+    audit, tests/test_no_phi.py, reads both)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as r:
+            path.write_bytes(r.read())
+    except (urllib.error.URLError, OSError):
+        pass  # the process is gone or serves no HTTP
 
 
 def storescu(files: list[Path], port: int, proposal: list[str] | None = None) -> None:

@@ -12,7 +12,7 @@ import pytest
 from spinegate.dicom_io.mr_writer import StudyInfo
 from spinegate.dicom_io.phantom.study import write_phantom_study
 from spinegate.service.demo import free_port
-from peers import Prometheus, RedisServer, Spinegate, StoreSCP, start_worker, stop_process, storescu
+from peers import Prometheus, RedisServer, Spinegate, StoreSCP, save_metrics, start_worker, stop_process, storescu
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +77,8 @@ def test_two_workers_process_a_batch_once_each_and_report_to_prometheus(tmp_path
         assert all(w.poll() is None for w in workers)
     finally:
         prom.stop()
+        for i, port in enumerate(worker_ports):
+            save_metrics(port, tmp_path / f"worker{i + 1}.metrics.prom")
         stop_process(*workers)
         sg.stop()
         pacs.stop()

@@ -1,0 +1,56 @@
+"""No patient identifier in anything spinegate logs or exports as metrics.
+
+Runs last in the suite (marker ``session_audit``): it reads every log line
+spinegate's code wrote in the test process, and the logs and final
+``/metrics`` of every `spinegate serve` and `spinegate worker` process the
+integration tests started, and fails on any patient name, ID or birth date
+the test studies carry.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from conformance.cases import NAMES as CONFORMANCE_NAMES
+from conftest import SessionLogRecords
+from spinegate.dicom_io.mr_writer import StudyInfo
+
+_DEFAULT = StudyInfo("audit")
+# Every identifier the suite's studies carry: the phantom's defaults, the
+# conformance suite's names, and the names and IDs individual tests write
+# (tests/service/test_http_api.py, tests/dicom_io/test_charset.py).
+_NAMES = (_DEFAULT.patient_name, *(name for _, _, name in CONFORMANCE_NAMES), "Doe^Jane", "Müller^Jürgen",
+          "Παπαδόπουλος^Γιώργος", "SMITH^JOHN")
+PATIENT_IDENTIFIERS = (*_NAMES, *(n.replace("^", " ") for n in _NAMES), _DEFAULT.patient_id, "PID-4711",
+                       _DEFAULT.patient_birth_date)
+# Files the processes the tests start write (their logs; metrics kept at stop).
+AUDITED_FILES = re.compile(r"^(serve\.log|worker\d*\.log|metrics\.prom|worker\d*\.metrics\.prom)$")
+MIN_LINES = 500  # fewer: the suite did not run (this test alone)
+
+
+def find_identifiers(lines: list[str]) -> list[str]:
+    """The lines holding a patient identifier (digits only as a whole number)."""
+    patterns = [re.compile(rf"(?<!\d){re.escape(v)}(?!\d)" if v.isdigit() else re.escape(v))
+                for v in PATIENT_IDENTIFIERS]
+    return [line for line in lines if any(p.search(line) for p in patterns)]
+
+
+def test_the_audit_finds_each_kind_of_identifier():
+    planted = [f"refused instance peer=X: bad value '{_DEFAULT.patient_name}'", f"id={_DEFAULT.patient_id}",
+               f"born {_DEFAULT.patient_birth_date}", "uid=1.2.3.4119610704555 is not a birth date"]
+    assert find_identifiers(planted) == planted[:3]
+
+
+@pytest.mark.session_audit
+def test_no_log_line_or_metric_of_the_run_carries_a_patient_identifier(tmp_path_factory):
+    base = Path(tmp_path_factory.getbasetemp())
+    files = sorted(p for p in base.rglob("*") if AUDITED_FILES.match(p.name) and p.is_file())
+    lines = list(SessionLogRecords.lines)
+    for path in files:
+        lines += path.read_text(errors="replace").splitlines()
+    if len(lines) < MIN_LINES:
+        pytest.skip(f"only {len(lines)} log and metric lines: run the whole suite ('make test') for this audit")
+    hits = find_identifiers(lines)
+    assert hits == [], f"{len(hits)} of {len(lines)} lines ({len(files)} files) carry identifiers: {hits[:5]}"
