@@ -38,8 +38,8 @@ from spinegate.service.series_stages import (RoutedSeries, SeriesAnalysis, Serie
 from spinegate.service.study_result import SeriesOutcome, StudyFailed, StudyResult
 from spinegate.service.version import __version__
 
-__all__ = ["StudyFailed", "SeriesOutcome", "StudyResult", "analyze_study", "measurements_document",
-           "structure_table"]
+__all__ = ["StudyFailed", "SeriesOutcome", "StudyResult", "StudySelection", "analyze_study", "select_series",
+           "analyse_series", "start_loads", "write_seg", "measurements_document", "structure_table"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ SR_SERIES_NUMBER = 9999
 
 
 @dataclass(frozen=True)
-class _Selection:
+class StudySelection:
     """The routed series of one study, the stage of each routed one and the
     digest that seeds every UID spinegate derives for it."""
 
@@ -64,7 +64,7 @@ def _algorithm(info: ModelInfo) -> AlgorithmInfo:
     return AlgorithmInfo(info.name, info.version, info.sha256)
 
 
-def select_series(study: StudyHeaders, engines: Engines, rules: Sequence[RoutingRule]) -> _Selection:
+def select_series(study: StudyHeaders, engines: Engines, rules: Sequence[RoutingRule]) -> StudySelection:
     """Classify and route every series; load the stages they need.
 
     Raises
@@ -96,7 +96,7 @@ def select_series(study: StudyHeaders, engines: Engines, rules: Sequence[Routing
     infos = {name: engines.model_info(name) for name in ranked}
     digest = hashlib.sha256("\n".join(sorted(study.sop_instance_uids) + sorted(i.sha256 for i in infos.values()))
                             .encode()).hexdigest()[:32]
-    return _Selection(next(iter(study.study_uids)), tuple(routed), stages, infos[ranked[0]] if ranked else None,
+    return StudySelection(next(iter(study.study_uids)), tuple(routed), stages, infos[ranked[0]] if ranked else None,
                       tuple(infos[n] for n in ranked[:1] + sorted(ranked[1:])), digest)
 
 
@@ -113,7 +113,7 @@ def _attempt(series: RoutedSeries, work: Callable[[], SeriesAnalysis]) -> Series
         return f"{e.reason}: {e}"
 
 
-def analyse_series(selection: _Selection) -> dict[str, SeriesAnalysis | str]:
+def analyse_series(selection: StudySelection) -> dict[str, SeriesAnalysis | str]:
     """Segment and measure every routed series (series UID → analysis, or
     the error that stopped it).
 
