@@ -44,6 +44,13 @@ def check_received_instance(ds: Dataset, transfer_syntax_uid: str) -> None:
         raise InstanceProblem("wrong_modality", f"Modality is {ds.Modality!r}, expected 'MR'")
     if "PixelData" not in ds:
         raise InstanceProblem("missing_pixel_data", "the instance has no Pixel Data")
+    encapsulated = ds["PixelData"].is_undefined_length
+    if encapsulated == (transfer_syntax_uid in _UNCOMPRESSED):
+        # Compressed data sent as native, or native data as compressed: no
+        # decoder would read it, and the pipeline would fail on it later.
+        raise InstanceProblem("pixel_data_does_not_match_transfer_syntax",
+                              f"Pixel Data is {'encapsulated' if encapsulated else 'native'} but the transfer syntax "
+                              f"{transfer_syntax_uid} is {'native' if encapsulated else 'compressed'}")
     if transfer_syntax_uid in _UNCOMPRESSED:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames

@@ -47,6 +47,7 @@ _STATUS_BY_REASON = {
     "wrong_modality": Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
     "missing_pixel_data": Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
     "truncated_pixel_data": Status.CANNOT_UNDERSTAND,
+    "pixel_data_does_not_match_transfer_syntax": Status.CANNOT_UNDERSTAND,
     "malformed_element": Status.CANNOT_UNDERSTAND,
     "undecodable_dataset": Status.CANNOT_UNDERSTAND,
     "invalid_uid": Status.CANNOT_UNDERSTAND,
