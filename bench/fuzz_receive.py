@@ -26,18 +26,11 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from conformance.fuzz import KINDS, RawSender, random_mutation  # noqa: E402
+from conformance.fuzz import KINDS, RawSender, random_mutation, resident_mb  # noqa: E402
 from conformance.pacs import echoscu  # noqa: E402
 from spinegate.service.demo import free_port, stop_process, wait_for_echo  # noqa: E402
 
 ALLOWED = {0x0000: "stored", 0xA700: "out of resources", 0xA900: "refused 0xA900", 0xC000: "refused 0xC000"}
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> int:
@@ -57,7 +50,7 @@ def main() -> int:
     bad: list[str] = []
     try:
         wait_for_echo("127.0.0.1", port, "SPINEGATE", 120, proc)
-        rss_start = _rss_mb(proc.pid)
+        rss_start = resident_mb(proc.pid)
         sender, rng, t0 = RawSender(port), random.Random(args.seed), time.time()
         for i in range(args.cases):
             m = random_mutation(rng, i)
@@ -68,7 +61,7 @@ def main() -> int:
         seconds = time.time() - t0
         sender.close()
         alive = proc.poll() is None and echoscu("127.0.0.1", port, "SPINEGATE").returncode == 0
-        rss_end = _rss_mb(proc.pid)
+        rss_end = resident_mb(proc.pid)
     finally:
         stop_process(proc)
     print(f"| kind | cases | {' | '.join(ALLOWED.values())} | other |")

@@ -28,7 +28,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLSLossless
 from pynetdicom import AE, _config
 
-__all__ = ["Mutation", "KINDS", "base_instance", "mutate", "random_mutation", "RawSender", "SENT_SYNTAXES"]
+__all__ = ["Mutation", "KINDS", "base_instance", "mutate", "random_mutation", "RawSender", "SENT_SYNTAXES",
+           "resident_mb"]
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 SENT_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLSLossless)
@@ -167,6 +168,14 @@ def mutate(kind: str, index: int, a: int, b: int) -> Mutation:
         body = _encode(ds)
         return Mutation(kind, f"{len(fragments[0])} random bytes as {stated.name}", str(stated), body, uid)
     raise ValueError(f"unknown mutation kind {kind!r}; kinds: {', '.join(KINDS)}")
+
+
+def resident_mb(pid: int | str = "self") -> float:
+    """Resident memory of a process now (VmRSS), MiB: the receiver's bound."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
 
 
 def random_mutation(rng: random.Random, index: int) -> Mutation:

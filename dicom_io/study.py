@@ -32,7 +32,6 @@ class SeriesHeaders:
     """The instances of one series, in the order their files were given."""
 
     series_uid: str
-    paths: tuple[Path, ...]
     datasets: tuple[Header, ...]
 
     @property
@@ -48,19 +47,13 @@ class SeriesHeaders:
         """SeriesDescription, or "series N" when it is empty."""
         return str(self.first.get("SeriesDescription", "") or f"series {self.first.get('SeriesNumber', '')}")
 
-    @property
-    def frame_of_reference_uid(self) -> str:
-        return str(self.first.get("FrameOfReferenceUID", ""))
-
 
 @dataclass(frozen=True)
 class StudyHeaders:
     """Every readable instance of a set of files, by series (ordered by
-    SeriesNumber, then by first appearance), and the files that could not
-    be read."""
+    SeriesNumber, then by first appearance)."""
 
     series: tuple[SeriesHeaders, ...]
-    unreadable: tuple[Path, ...] = ()
 
     @property
     def study_uids(self) -> frozenset[str]:
@@ -70,25 +63,19 @@ class StudyHeaders:
     def sop_instance_uids(self) -> tuple[str, ...]:
         return tuple(str(ds.SOPInstanceUID) for s in self.series for ds in s.datasets)
 
-    def by_uid(self) -> dict[str, SeriesHeaders]:
-        return {s.series_uid: s for s in self.series}
-
 
 def read_study_headers(paths: Sequence[Path]) -> StudyHeaders:
-    """Parse each file once; unreadable files are logged and listed, not fatal."""
-    grouped: dict[str, list[tuple[Path, Header]]] = {}
-    unreadable: list[Path] = []
+    """Parse each file once; unreadable files are logged, not fatal."""
+    grouped: dict[str, list[Header]] = {}
     for path in paths:
         try:
             ds = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
-            grouped.setdefault(str(ds.SeriesInstanceUID), []).append((Path(path), ds))
+            grouped.setdefault(str(ds.SeriesInstanceUID), []).append(ds)
         except Exception as e:  # pydicom raises many types for malformed input
             # The type only: pydicom's text may quote element values (PHI).
             log.warning("unreadable input file=%s: %s", Path(path).name, type(e).__name__)
-            unreadable.append(Path(path))
-    series = [SeriesHeaders(uid, tuple(p for p, _ in items), tuple(ds for _, ds in items))
-              for uid, items in grouped.items()]
-    return StudyHeaders(tuple(sorted(series, key=lambda s: s.series_number)), tuple(unreadable))
+    series = [SeriesHeaders(uid, tuple(datasets)) for uid, datasets in grouped.items()]
+    return StudyHeaders(tuple(sorted(series, key=lambda s: s.series_number)))
 
 
 def read_header(path: Path) -> Header:

@@ -76,6 +76,7 @@ class Receiver:
     def __post_init__(self) -> None:
         self.access = AccessPolicy.build(self.config.network.allowed_calling_ae_titles,
                                          self.config.network.allowed_hosts)
+        self.config.storage.root.mkdir(parents=True, exist_ok=True)  # measured by _room_for
 
     def handle_requested(self, event: Event) -> None:
         """Reject a caller the policy does not admit, before negotiation
@@ -152,9 +153,7 @@ class Receiver:
         """Whether writing ``n_bytes`` keeps ``storage.min_free_bytes`` free
         (back-pressure: the sender keeps the instance and retries later).
         Logged once when the volume fills up and once when it has room again."""
-        root = self.config.storage.root
-        root.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(root).free
+        free = shutil.disk_usage(self.config.storage.root).free
         room = free - n_bytes >= self.config.storage.min_free_bytes
         if room == self._low_disk:
             self._low_disk = not room

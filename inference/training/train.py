@@ -422,7 +422,7 @@ def _teacher_arguments(ap: argparse.ArgumentParser) -> None:
                     help="take the unlabelled S1 of the real cases from this exported model's classes "
                          "(training_data.with_teacher_s1)")
     ap.add_argument("--s1-teacher-datasets", nargs="+", metavar="PREFIX",
-                    help="only for the cases of these datasets (VB2, VB3…; default: all)")
+                    help="only for the cases of these datasets (VB2, VB3 ...; default: all)")
 
 
 def _parser() -> argparse.ArgumentParser:

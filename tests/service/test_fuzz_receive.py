@@ -5,14 +5,12 @@ its handler (0xC211), never hangs, keeps answering C-ECHO, and its memory
 stays bounded. The long run is ``bench/fuzz_receive.py``."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conformance.fuzz import KINDS, RawSender, mutate
+from conformance.fuzz import KINDS, RawSender, mutate, resident_mb
 from conformance.pacs import echoscu
 from spinegate.service.config import load_config
 from spinegate.service.demo import free_port
@@ -33,7 +31,7 @@ def scp(tmp_path_factory):
     server = start_scp(cfg, Receiver(cfg, store, lambda uid: None))
     sender = RawSender(cfg.network.port)
     seen: dict[str, list[int]] = {kind: [] for kind in KINDS}
-    seen["rss_mb_before"] = [_current_rss_mb()]
+    seen["rss_mb_before"] = [resident_mb()]
     yield cfg, store, sender, seen
     sender.close()
     server.shutdown()
@@ -75,13 +73,7 @@ def test_after_the_fuzzing_the_scp_still_serves_with_bounded_memory(scp):
     assert echoscu("127.0.0.1", cfg.network.port, "SPINEGATE").returncode == 0
     # This process's resident memory now, against before the fuzzing (the
     # SCP runs in it): the cases must not have left anything behind.
-    assert _current_rss_mb() < seen["rss_mb_before"][0] + MAX_RSS_GROWTH_MB
+    assert resident_mb() < seen["rss_mb_before"][0] + MAX_RSS_GROWTH_MB
     for path, reason in store.quarantined():
         assert path.exists() and path.with_suffix(".json").exists(), reason
 
-
-def _current_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
