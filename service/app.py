@@ -61,7 +61,8 @@ def _operations_endpoint(config: SpinegateConfig, metrics: Metrics, store: State
                                              store.oldest_waiting_s, [s.value for s in StudyState],
                                              probe.free_bytes, probe.ready))
     return start_http(config, StatusApi(store, metrics, probe, worker.request_processing, config.storage.outputs,
-                                        config.http.auth_token())) if config.http.enabled else None
+                                        config.http.auth_token(), worker.request_resend)) \
+        if config.http.enabled else None
 
 
 def start_service(config: SpinegateConfig, load_model: bool = True) -> Service:

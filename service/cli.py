@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="process studies from the shared (Redis) queue; no SCP")
     pr = sub.add_parser("process", help="queue a received study now, skipping the quiet period")
     pr.add_argument("study_uid")
+    rs = sub.add_parser("resend", help="deliver an undelivered (or exported) study's outputs again, no re-analysis")
+    rs.add_argument("study_uid")
     a = sub.add_parser("analyze", help="run the pipeline on DICOM files, no networking")
     a.add_argument("dicom_dir", type=Path)
     a.add_argument("--out", type=Path, required=True)
@@ -69,17 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         except EngineError as e:
             print(f"spinegate: {e}", file=sys.stderr)
             return EXIT_NO_MODEL
-    if args.command == "process":
-        from spinegate.service.worker import build_worker
-
-        store, worker = build_worker(config)
-        if not worker.request_processing(args.study_uid):
-            rec = store.study(args.study_uid)
-            state = rec.state.value if rec else "unknown"
-            print(f"spinegate: study {args.study_uid} cannot be queued (state: {state})", file=sys.stderr)
-            return EXIT_STUDY_FAILED
-        print(f"queued {args.study_uid}")
-        return EXIT_OK
+    if args.command in ("process", "resend"):
+        return _queue_study(config, args.command, args.study_uid)
     if args.command == "analyze":
         return _analyze(config, args.dicom_dir, args.out)
     if args.command == "loads":
@@ -96,6 +89,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {len(truth['files'])} files and truth.json to {args.out_dir}")
         return EXIT_OK
     return EXIT_CONFIG
+
+
+def _queue_study(config: SpinegateConfig, command: str, study_uid: str) -> int:
+    """``process`` (analyse again) or ``resend`` (deliver again) one study
+    through the running service's queue."""
+    from spinegate.service.worker import build_worker
+
+    store, worker = build_worker(config)
+    queued = (worker.request_processing if command == "process" else worker.request_resend)(study_uid)
+    if not queued:
+        rec = store.study(study_uid)
+        state = rec.state.value if rec else "unknown"
+        why = " or its outputs are missing" if command == "resend" and rec else ""
+        print(f"spinegate: study {study_uid} cannot be queued for {command} (state: {state}{why})", file=sys.stderr)
+        return EXIT_STUDY_FAILED
+    print(f"queued {study_uid} ({command})")
+    return EXIT_OK
 
 
 def _analyze(config: SpinegateConfig, dicom_dir: Path, out: Path) -> int:

@@ -5,7 +5,9 @@
     GET  /readyz                       200 when every check passes, else 503
     GET  /api/studies[?state=S&limit=N] studies, newest first: state, timings, error
     GET  /api/studies/{uid}            one study: routing decisions, flags, outputs, exports
-    POST /api/studies/{uid}/reprocess  queue the study again (202; 409 if it is busy)
+    POST /api/studies/{uid}/reprocess  analyse the study again (202; 409 if it is busy)
+    POST /api/studies/{uid}/resend     deliver an undelivered or exported study's outputs
+                                       again, without re-analysis (202; 409 otherwise)
 
 State-changing calls (POST) need ``Authorization: Bearer <token>``, the
 token of ``http.auth_token_file`` (401 without it, 403 when no token is
@@ -42,7 +44,7 @@ __all__ = ["ReadinessProbe", "StatusApi", "start_http"]
 
 log = logging.getLogger(__name__)
 
-_STUDY = re.compile(r"^/api/studies/([0-9.]{1,64})(/reprocess)?$")
+_STUDY = re.compile(r"^/api/studies/([0-9.]{1,64})(?:/(reprocess|resend))?$")
 
 
 @dataclass
@@ -125,6 +127,7 @@ class StatusApi:
     reprocess: Callable[[str], bool]
     outputs_root: Path
     auth_token: SecretStr | None = None
+    resend: Callable[[str], bool] | None = None
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "/")
@@ -177,9 +180,11 @@ class StatusApi:
             uid = m.group(1)
             if self.store.study(uid) is None:
                 return "404 Not Found", _json({"error": f"unknown study {uid}"}), "application/json"
-            if self.reprocess(uid):
-                return "202 Accepted", _json({"study_uid": uid, "queued": True}), "application/json"
-            return "409 Conflict", _json({"study_uid": uid, "queued": False,
+            action = self.reprocess if m.group(2) == "reprocess" else self.resend
+            if action is not None and action(uid):
+                return "202 Accepted", _json({"study_uid": uid, "queued": True, "action": m.group(2)}), \
+                    "application/json"
+            return "409 Conflict", _json({"study_uid": uid, "queued": False, "action": m.group(2),
                                           "state": self.store.study(uid).state.value}), "application/json"
         if m and not m.group(2) and method == "GET":
             rec = self.store.study(m.group(1))
@@ -204,7 +209,7 @@ class StatusApi:
     def _detail(self, rec: StudyRecord) -> dict[str, Any]:
         out = _summary(rec)
         out.update(series=rec.detail.get("series", []), outputs=rec.detail.get("outputs", []),
-                   exports=rec.detail.get("exports", []))
+                   exports=rec.detail.get("exports", []), inputs_deleted=bool(rec.detail.get("inputs_deleted")))
         doc_path = self.outputs_root / rec.study_uid / "measurements.json"
         if doc_path.exists():
             doc = json.loads(doc_path.read_text())

@@ -13,7 +13,8 @@ import re
 import time
 from pathlib import Path
 
-__all__ = ["durable_write", "spool_path", "quarantine_write", "safe_uid"]
+__all__ = ["durable_write", "spool_path", "quarantine_write", "safe_uid", "file_identity", "remove_unless_replaced",
+           "remove_empty_folders"]
 
 _UID = re.compile(r"^[0-9.]{1,64}$")
 
@@ -58,3 +59,45 @@ def quarantine_write(folder: Path, data: bytes, reason: str, context: dict[str, 
     path = durable_write(folder / f"{stamp}.dcm", data)
     durable_write(folder / f"{stamp}.json", json.dumps({"reason": reason, **context}, indent=1).encode())
     return path
+
+
+def file_identity(path: Path) -> tuple[int, int]:
+    """(device, inode) of ``path``: tells the file seen now from a copy
+    written to the same path later (`durable_write` renames a new inode
+    into place)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def remove_unless_replaced(path: Path, identity: tuple[int, int]) -> bool:
+    """Delete ``path`` if it is still the file ``identity`` names.
+
+    The file is first renamed aside (atomic), so a re-sent instance that the
+    receiver writes to the same path meanwhile is never the one deleted: if
+    the file set aside is not the one expected it is put back. Returns
+    whether a file was deleted.
+    """
+    aside = path.with_name(f".{path.name}.{os.getpid()}.deleting")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    if file_identity(aside) != identity:
+        os.rename(aside, path)
+        return False
+    aside.unlink()
+    return True
+
+
+def remove_empty_folders(folder: Path) -> None:
+    """Remove ``folder`` and its sub-folders where they are empty (a folder
+    a receiver is writing into is not empty and stays)."""
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        try:
+            sub.rmdir()
+        except OSError:
+            pass
+    try:
+        folder.rmdir()
+    except OSError:
+        pass

@@ -1,7 +1,9 @@
 """Durable study state in SQLite (the embedded default).
 
-A study moves received → complete → processing → exported, or → failed with
-a reason. A new instance for a study that was already complete, exported or
+A study moves received → complete → processing → exporting → exported, or
+→ failed with a reason; an export that exhausts its retries leaves the study
+undelivered (the dead letter: its outputs kept, re-sent on request without
+re-analysis). A new instance for a study that was already complete, exported or
 failed sends it back to received (and bumps its version), so a late or
 re-sent series re-triggers it; a study processed while instances kept
 arriving is re-queued instead of marked exported.
@@ -24,7 +26,9 @@ class StudyState(str, enum.Enum):
     RECEIVED = "received"
     COMPLETE = "complete"
     PROCESSING = "processing"
+    EXPORTING = "exporting"
     EXPORTED = "exported"
+    UNDELIVERED = "undelivered"
     FAILED = "failed"
 
 
@@ -80,12 +84,20 @@ class StateStore:
         with self._lock:
             self._db.close()
 
-    def _tx(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        # The rows are fetched while the lock is held: SCP, worker and HTTP
+        # threads share the one connection, and a statement stepped by one
+        # thread while another executes on it is not isolated.
         with self._lock:
-            return self._db.execute(sql, args)
+            return self._db.execute(sql, args).fetchall()
+
+    def _change(self, sql: str, args: tuple[Any, ...] = ()) -> int:
+        """Run one data-changing statement; the number of rows it changed."""
+        with self._lock:
+            return self._db.execute(sql, args).rowcount
 
     def has_instance(self, sop_instance_uid: str) -> bool:
-        return self._tx("SELECT 1 FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,)).fetchone() is not None
+        return bool(self._rows("SELECT 1 FROM instances WHERE sop_instance_uid=?", (sop_instance_uid,)))
 
     def record_instance(self, rec: InstanceRecord, now: float | None = None) -> bool:
         """Record a stored instance; returns False if it was already known."""
@@ -115,38 +127,62 @@ class StateStore:
                 cur.execute("ROLLBACK")
                 raise
 
+    def forget_instances(self, study_uid: str, sop_instance_uids: list[str], version: int) -> bool:
+        """Drop the index rows of a study's deleted inputs, atomically and only
+        if no instance arrived since ``version`` (else nothing changes and
+        False is returned: the inputs are needed for the re-analysis).
+
+        Without their rows a re-sent instance is stored again instead of
+        being acknowledged as a duplicate of a file that no longer exists.
+        """
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.execute("SELECT version FROM studies WHERE study_uid=?", (study_uid,))
+                row = cur.fetchone()
+                if row is None or row[0] != version:
+                    cur.execute("COMMIT")
+                    return False
+                cur.executemany("DELETE FROM instances WHERE sop_instance_uid=? AND study_uid=?",
+                                [(sop, study_uid) for sop in sop_instance_uids])
+                cur.execute("COMMIT")
+                return True
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+
     def quarantine(self, path: Path, reason: str) -> None:
-        self._tx("INSERT INTO quarantine(path, reason, received) VALUES (?,?,?)", (str(path), reason, time.time()))
+        self._change("INSERT INTO quarantine(path, reason, received) VALUES (?,?,?)", (str(path), reason, time.time()))
 
     def quarantined(self) -> list[tuple[Path, str]]:
-        return [(Path(p), r) for p, r in self._tx("SELECT path, reason FROM quarantine ORDER BY id").fetchall()]
+        return [(Path(p), r) for p, r in self._rows("SELECT path, reason FROM quarantine ORDER BY id")]
 
     def instances(self, study_uid: str) -> list[InstanceRecord]:
-        rows = self._tx(
+        rows = self._rows(
             "SELECT sop_instance_uid, study_uid, series_uid, sop_class_uid, path FROM instances WHERE study_uid=?"
             " ORDER BY series_uid, path",
             (study_uid,),
-        ).fetchall()
+        )
         return [InstanceRecord(r[0], r[1], r[2], r[3], Path(r[4])) for r in rows]
 
     def study(self, study_uid: str) -> StudyRecord | None:
-        row = self._tx("SELECT * FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
-        return _record(row) if row else None
+        rows = self._rows("SELECT * FROM studies WHERE study_uid=?", (study_uid,))
+        return _record(rows[0]) if rows else None
 
     def studies(self, states: tuple[StudyState, ...] = ()) -> Iterator[StudyRecord]:
-        rows = self._tx("SELECT * FROM studies ORDER BY first_received").fetchall()
-        for row in rows:
+        for row in self._rows("SELECT * FROM studies ORDER BY first_received"):
             rec = _record(row)
             if not states or rec.state in states:
                 yield rec
 
     def count_by_state(self) -> dict[str, int]:
-        return {state: n for state, n in self._tx("SELECT state, COUNT(*) FROM studies GROUP BY state").fetchall()}
+        return {state: n for state, n in self._rows("SELECT state, COUNT(*) FROM studies GROUP BY state")}
 
     def oldest_waiting_s(self, now: float | None = None) -> float:
         """Seconds since the oldest study became complete and still waits."""
-        row = self._tx("SELECT MIN(updated) FROM studies WHERE state=?", (StudyState.COMPLETE.value,)).fetchone()
-        return 0.0 if row[0] is None else max(0.0, (now or time.time()) - row[0])
+        (oldest,), = self._rows("SELECT MIN(updated) FROM studies WHERE state=?", (StudyState.COMPLETE.value,))
+        return 0.0 if oldest is None else max(0.0, (now or time.time()) - oldest)
 
     def transition(
         self, study_uid: str, to: StudyState, from_states: tuple[StudyState, ...] = (), reason: str = "",
@@ -167,7 +203,7 @@ class StateStore:
         if version is not None:
             sql += " AND version=?"
             args.append(version)
-        return self._tx(sql, tuple(args)).rowcount == 1
+        return self._change(sql, tuple(args)) == 1
 
 
 def _record(row: tuple[Any, ...]) -> StudyRecord:

@@ -57,6 +57,16 @@ if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'detail', ARGV[4]) end
 return 1
 """
 
+# KEYS: study hash, study's instance set; ARGV: version, instance key prefix, SOP UIDs...
+_FORGET_INSTANCES = """
+if redis.call('HGET', KEYS[1], 'version') ~= ARGV[1] then return 0 end
+for i = 3, #ARGV do
+  redis.call('DEL', ARGV[2] .. ARGV[i])
+  redis.call('SREM', KEYS[2], ARGV[i])
+end
+return 1
+"""
+
 
 class RedisStateStore:
     """`StateStore` on Redis.
@@ -76,6 +86,7 @@ class RedisStateStore:
         self._p = f"{prefix}:state:"
         self._record = self._redis.register_script(_RECORD_INSTANCE)
         self._transition = self._redis.register_script(_TRANSITION)
+        self._forget = self._redis.register_script(_FORGET_INSTANCES)
         self._redis.ping()
 
     def close(self) -> None:
@@ -94,6 +105,12 @@ class RedisStateStore:
                 f"{self._study_key(rec.study_uid)}:instances"]
         args = [rec.sop_instance_uid, rec.study_uid, rec.series_uid, rec.sop_class_uid, str(rec.path), repr(now)]
         return bool(self._record(keys=keys, args=args))
+
+    def forget_instances(self, study_uid: str, sop_instance_uids: list[str], version: int) -> bool:
+        """Drop the index rows of a study's deleted inputs, only if no
+        instance arrived since ``version`` (see `StateStore.forget_instances`)."""
+        keys = [self._study_key(study_uid), f"{self._study_key(study_uid)}:instances"]
+        return bool(self._forget(keys=keys, args=[str(version), f"{self._p}instance:", *sop_instance_uids]))
 
     def quarantine(self, path: Path, reason: str) -> None:
         self._redis.rpush(f"{self._p}quarantine", json.dumps({"path": str(path), "reason": reason,

@@ -1,18 +1,22 @@
 """Study jobs on the Huey task queue (SqliteHuey: embedded and durable).
 
-Two tasks: ``check_study`` decides whether the quiet period has passed since
-the last instance (re-scheduling itself until it has), ``process_study``
-runs the pipeline and the export. The study state in `StateStore` is the
-source of truth, so duplicate or replayed tasks are harmless: a task only
-proceeds if its compare-and-set state transition succeeds. On start-up,
+Three tasks: ``check_study`` decides whether the quiet period has passed
+since the last instance (re-scheduling itself until it has),
+``process_study`` runs the pipeline, ``export_study`` runs one delivery
+round and schedules the next after a back-off (so a destination that is down
+never blocks the analysis of other studies). The study state in `StateStore`
+is the source of truth, so duplicate or replayed tasks are harmless: a task
+only proceeds if its compare-and-set state transition succeeds, and a
+delivery round only if it is the round the study waits for. On start-up,
 `recover` re-queues whatever a restart interrupted.
 """
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
+import uuid
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,11 +24,13 @@ from huey import SqliteHuey
 from huey.api import Huey
 
 from spinegate.service.config import SpinegateConfig
-from spinegate.service.export import export_outputs
+from spinegate.service.export import DeliveryStatus, deliver_round, initial_status, retry_delay_s, \
+    statuses_from_detail
 from spinegate.service.metrics import Metrics
 from spinegate.service.biomech_stage import BiomechSolver
 from spinegate.service.engines import Engines
 from spinegate.service.pipeline import StudyFailed, analyze_study
+from spinegate.service.spool import file_identity, remove_empty_folders, remove_unless_replaced
 from spinegate.service.store import StateStore, StudyState
 from spinegate.service.store_redis import RedisStateStore
 
@@ -61,10 +67,15 @@ class StudyWorker:
     _solver: BiomechSolver = field(default_factory=BiomechSolver)
     _pending: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Quiet periods count from the later of the last instance and this
+    # process's start: a sender whose association a restart broke gets a
+    # whole quiet period to send the rest before the study is assembled.
+    _started: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
         self.check_task = self.huey.task(name="check_study")(self.check_study)
         self.process_task = self.huey.task(name="process_study")(self.process_study)
+        self.export_task = self.huey.task(name="export_study")(self.export_study)
 
     @property
     def engines(self) -> Engines:
@@ -119,11 +130,34 @@ class StudyWorker:
 
     def request_processing(self, study_uid: str) -> bool:
         """Explicit trigger (``spinegate process``): skip the quiet period."""
-        ok = self.store.transition(study_uid, StudyState.COMPLETE,
-                                   (StudyState.RECEIVED, StudyState.EXPORTED, StudyState.FAILED))
+        ok = self.store.transition(study_uid, StudyState.COMPLETE, (StudyState.RECEIVED, StudyState.EXPORTED,
+                                                                    StudyState.UNDELIVERED, StudyState.FAILED))
         if ok:
             self.process_task(study_uid)
         return ok
+
+    def request_resend(self, study_uid: str) -> bool:
+        """Deliver an undelivered (or already exported) study's outputs
+        again, without re-analysis (``spinegate resend``, the status API).
+        False when the study is in another state or its outputs are gone."""
+        rec = self.store.study(study_uid)
+        if rec is None or rec.state not in (StudyState.UNDELIVERED, StudyState.EXPORTED):
+            return False
+        if not rec.detail.get("outputs") or not all(Path(p).exists() for p in rec.detail["outputs"]):
+            return False
+        return self._start_delivery(study_uid, rec.detail, rec.version, (StudyState.UNDELIVERED, StudyState.EXPORTED))
+
+    def _start_delivery(self, study_uid: str, detail: dict[str, Any], version: int,
+                        from_states: tuple[StudyState, ...]) -> bool:
+        """Move the study to exporting with fresh delivery statuses and queue
+        its first round (an id per delivery tells stale rounds apart)."""
+        delivery = {"id": uuid.uuid4().hex, "round": 0}
+        detail = {**detail, "exports": [s.as_dict() for s in initial_status(self.config.export)],
+                  "delivery": delivery}
+        if not self.store.transition(study_uid, StudyState.EXPORTING, from_states, "", detail, version=version):
+            return False
+        self.export_task(study_uid, delivery["id"], 0)
+        return True
 
     def recover(self) -> None:
         """Re-queue studies a restart interrupted.
@@ -134,6 +168,7 @@ class StudyWorker:
         than ``queue.processing_lease_s`` are taken back.
         """
         shared = self.config.queue.backend != "sqlite"
+        self._started = time.time()
         for rec in self.store.studies((StudyState.PROCESSING,)):
             if shared and time.time() - rec.updated < self.config.queue.processing_lease_s:
                 continue
@@ -141,6 +176,16 @@ class StudyWorker:
                                      version=rec.version):
                 log.info("re-queued interrupted study study_uid=%s", rec.study_uid)
                 self.process_task(rec.study_uid)
+        # A round that was running when the process died is gone from the
+        # queue; one that waits for its back-off may still be there, and the
+        # round check makes the second copy a no-op.
+        lease = self.config.queue.processing_lease_s + self.config.export.backoff_max_s
+        for rec in self.store.studies((StudyState.EXPORTING,)):
+            delivery = rec.detail.get("delivery") or {}
+            if "id" not in delivery or (shared and time.time() - rec.updated < lease):
+                continue
+            log.info("resuming delivery study_uid=%s round=%d", rec.study_uid, delivery["round"])
+            self.export_task(rec.study_uid, delivery["id"], delivery["round"])
         for rec in self.store.studies((StudyState.COMPLETE,)):
             self.process_task(rec.study_uid)
         for rec in self.store.studies((StudyState.RECEIVED,)):
@@ -153,7 +198,7 @@ class StudyWorker:
             self._pending.discard(study_uid)
         if rec is None or rec.state is not StudyState.RECEIVED:
             return
-        waited = time.time() - rec.last_received
+        waited = time.time() - max(rec.last_received, self._started)
         quiet = self.config.assembly.quiet_period_s
         if waited + 0.05 < quiet:
             with self._lock:
@@ -175,6 +220,11 @@ class StudyWorker:
         detail: dict[str, Any] = {"started": started}
         if self.metrics:
             self.metrics.observe_stage("assembly_wait", started - rec.last_received)
+        if not paths and rec.detail.get("inputs_deleted"):
+            self._finish(study_uid, StudyState.FAILED, "inputs_deleted: the inputs were deleted after export "
+                         "(storage.delete_inputs_after_export); send the study again to re-analyse it",
+                         {**detail, "inputs_deleted": True}, version)
+            return
         try:
             result = analyze_study(paths, self.engines, self.config.routing, out_dir, self.config.biomechanics.enabled,
                                    self._solver)
@@ -190,29 +240,84 @@ class StudyWorker:
                       series=[{"series_uid": o.series_uid, "rule": o.decision.rule,
                                "skipped": o.decision.skipped_reason, "error": o.error} for o in result.series])
         self._observe_pipeline(result)
-        t_export = time.time()
-        outcomes = export_outputs(result.outputs, self.config.export)
-        if self.metrics:
-            self.metrics.observe_stage("export", time.time() - t_export)
-            for o in outcomes:
-                dest = o.destination.ae_title
-                self.metrics.export_attempts.labels(dest).inc(o.attempts)
-                self.metrics.export_retries.labels(dest).inc(o.attempts - 1)
-                if not o.confirmed:
-                    self.metrics.export_failures.labels(dest).inc()
-        detail["exports"] = [{"destination": o.destination.ae_title, "confirmed": o.confirmed,
-                              "attempts": o.attempts, "error": o.error} for o in outcomes]
-        detail["finished"] = time.time()
-        failed = [o for o in outcomes if not o.confirmed]
-        if failed:
-            self._finish(study_uid, StudyState.FAILED, "export_failed: " + "; ".join(o.error for o in failed),
-                         detail, version)
+        # The outputs and the intent to deliver them are recorded before the
+        # first send: after a crash the same files are sent again.
+        if not self._start_delivery(study_uid, detail, version, (StudyState.PROCESSING,)):
+            self._reassemble(study_uid, detail)
+
+    def export_study(self, study_uid: str, delivery_id: str, round_no: int) -> None:
+        """One delivery round; then exported, the next round scheduled after
+        its back-off, or — retries exhausted — undelivered (the dead letter)."""
+        rec = self.store.study(study_uid)
+        if rec is None or rec.state is not StudyState.EXPORTING:
             return
-        if self._finish(study_uid, StudyState.EXPORTED, "", detail, version):
+        delivery = rec.detail.get("delivery") or {}
+        if delivery.get("id") != delivery_id or delivery.get("round") != round_no:
+            return  # a stale copy of a round that already ran
+        paths = [Path(p) for p in rec.detail.get("outputs", [])]
+        missing = [p.name for p in paths if not p.exists()]
+        if missing:
+            self._finish(study_uid, StudyState.UNDELIVERED, "outputs_missing: " + ", ".join(missing) +
+                         " (reprocess the study)", rec.detail, rec.version, StudyState.EXPORTING)
+            return
+        before = statuses_from_detail(rec.detail.get("exports", []))
+        t0 = time.time()
+        after = deliver_round(paths, self.config.export, before)
+        self._observe_delivery(before, after, time.time() - t0)
+        round_no += 1
+        detail = {**rec.detail, "exports": [s.as_dict() for s in after], "delivery": {**delivery, "round": round_no}}
+        waiting = [s for s in after if not s.confirmed]
+        if not waiting:
+            detail["finished"] = time.time()
+            if self._finish(study_uid, StudyState.EXPORTED, "", detail, rec.version, StudyState.EXPORTING):
+                if self.metrics:
+                    self.metrics.turnaround_seconds.observe(detail["finished"] - rec.last_received)
+                if self.config.storage.delete_inputs_after_export:
+                    self._delete_inputs(study_uid, rec.version)
+        elif round_no >= self.config.export.attempts:
             if self.metrics:
-                self.metrics.turnaround_seconds.observe(detail["finished"] - rec.last_received)
-            if self.config.storage.delete_inputs_after_export:
-                shutil.rmtree(self.config.storage.spool / study_uid, ignore_errors=True)
+                for s in waiting:
+                    self.metrics.export_failures.labels(s.destination).inc()
+            self._finish(study_uid, StudyState.UNDELIVERED, "export_failed: " + "; ".join(
+                f"{s.destination}: {s.error}" for s in waiting), detail, rec.version, StudyState.EXPORTING)
+        elif self.store.transition(study_uid, StudyState.EXPORTING, (StudyState.EXPORTING,), "", detail,
+                                   version=rec.version):
+            delay = retry_delay_s(self.config.export, round_no)
+            log.info("delivery retry scheduled study_uid=%s round=%d delay_s=%.1f", study_uid, round_no, delay)
+            self.export_task.schedule(args=(study_uid, delivery_id, round_no), delay=delay)
+
+    def _observe_delivery(self, before: list[DeliveryStatus], after: list[DeliveryStatus], seconds: float) -> None:
+        if not self.metrics:
+            return
+        self.metrics.observe_stage("export", seconds)
+        for old, new in zip(before, after):
+            if new.attempts > old.attempts:
+                self.metrics.export_attempts.labels(new.destination).inc()
+                if old.attempts:
+                    self.metrics.export_retries.labels(new.destination).inc()
+
+    def _delete_inputs(self, study_uid: str, version: int) -> None:
+        """Delete the analysed inputs and their index rows, unless an
+        instance arrived since (the study is then analysed again and needs
+        them). Rows go first, so a re-sent instance is stored again; a file
+        re-sent to the same path meanwhile is kept (`remove_unless_replaced`)."""
+        inputs = self.store.instances(study_uid)
+        identities = {}
+        for i in inputs:
+            try:
+                identities[i.path] = file_identity(i.path)
+            except FileNotFoundError:
+                pass
+        if not self.store.forget_instances(study_uid, [i.sop_instance_uid for i in inputs], version):
+            log.info("inputs kept: instances arrived after the analysis study_uid=%s", study_uid)
+            return
+        removed = sum(remove_unless_replaced(p, ident) for p, ident in identities.items())
+        remove_empty_folders(self.config.storage.spool / study_uid)
+        rec = self.store.study(study_uid)
+        if rec is not None and rec.state is StudyState.EXPORTED:
+            self.store.transition(study_uid, StudyState.EXPORTED, (StudyState.EXPORTED,), rec.reason,
+                                  {**rec.detail, "inputs_deleted": True}, version=version)
+        log.info("inputs deleted study_uid=%s files=%d", study_uid, removed)
 
     def _observe_pipeline(self, result: Any) -> None:
         if not self.metrics:
@@ -228,18 +333,24 @@ class StudyWorker:
         if "sr" in result.timings_s:
             self.metrics.observe_stage("report", result.timings_s["sr"])
 
-    def _finish(self, study_uid: str, state: StudyState, reason: str, detail: dict[str, Any], version: int) -> bool:
+    def _finish(self, study_uid: str, state: StudyState, reason: str, detail: dict[str, Any], version: int,
+                from_state: StudyState = StudyState.PROCESSING) -> bool:
         """Record the outcome unless instances arrived meanwhile (then the
         study goes back to received and is assembled again)."""
-        if self.store.transition(study_uid, state, (StudyState.PROCESSING,), reason, detail, version=version):
+        if self.store.transition(study_uid, state, (from_state,), reason, detail, version=version):
             log.info("study %s study_uid=%s %s", state.value, study_uid, reason)
             if self.metrics:
                 self.metrics.studies_finished.labels(state.value, reason.split(":", 1)[0]).inc()
             return True
+        if from_state is StudyState.PROCESSING:
+            self._reassemble(study_uid, detail)
+        return False
+
+    def _reassemble(self, study_uid: str, detail: dict[str, Any]) -> None:
+        """Instances arrived while the study was processed: assemble it again."""
         self.store.transition(study_uid, StudyState.RECEIVED, (StudyState.PROCESSING,), "", detail)
         log.info("study changed while processing, re-assembling study_uid=%s", study_uid)
         self.on_instance_stored(study_uid)
-        return False
 
 
 def open_store(config: SpinegateConfig) -> StateStore:

@@ -162,8 +162,8 @@ def test_pacs_down_then_back_loses_nothing(tmp_path):
         storescu(truth["files"], sg.port)
         store = StateStore(tmp_path / "sg" / "var" / "state.sqlite")
         deadline = time.monotonic() + 180
-        while store.study(truth["study_instance_uid"]).state is not StudyState.FAILED:
-            assert time.monotonic() < deadline, "study never reached the failed state"
+        while store.study(truth["study_instance_uid"]).state is not StudyState.UNDELIVERED:
+            assert time.monotonic() < deadline, "study never reached the undelivered (dead-letter) state"
             time.sleep(0.5)
         rec = store.study(truth["study_instance_uid"])
         assert rec.reason.startswith("export_failed")
@@ -177,10 +177,11 @@ def test_pacs_down_then_back_loses_nothing(tmp_path):
 
             from conftest import REPO
 
-            subprocess.run([sys.executable, "-m", "spinegate.service.cli", "--config", str(sg.config_path), "process",
+            subprocess.run([sys.executable, "-m", "spinegate.service.cli", "--config", str(sg.config_path), "resend",
                             truth["study_instance_uid"]], cwd=REPO, check=True, timeout=60)
             objs = pacs.wait_for(truth["study_instance_uid"], n_seg=2)
             assert len(objs["SR"]) == 1
+            assert sg.log_text().count("sr written study_uid=" + truth["study_instance_uid"]) == 1  # not re-analysed
         finally:
             pacs.stop()
         store.close()

@@ -42,6 +42,8 @@ def test_process_of_unknown_study_is_refused(tmp_path):
     proc = _cli("process", "1.2.3.4", env=env)
     assert proc.returncode == 3
     assert "state: unknown" in proc.stderr
+    proc = _cli("resend", "1.2.3.4", env=env)
+    assert proc.returncode == 3 and "cannot be queued for resend (state: unknown)" in proc.stderr
 
 
 def test_worker_without_a_shared_queue_exits_2(tmp_path):

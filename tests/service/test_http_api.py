@@ -128,6 +128,9 @@ def test_health_readiness_and_study_api(service, tmp_path):
     assert _get(cfg, f"/api/studies/{uid}/reprocess", "POST")[0] == 202
     assert json.loads(_get(cfg, f"/api/studies/{uid}")[1])["state"] == "complete"
     assert _get(cfg, f"/api/studies/{uid}/reprocess", "POST")[0] == 409  # already queued
+    assert _get(cfg, f"/api/studies/{uid}/resend", "POST", token=None)[0] == 401
+    status, body = _get(cfg, f"/api/studies/{uid}/resend", "POST")  # nothing delivered to re-send yet
+    assert status == 409 and json.loads(body)["action"] == "resend"
     assert _get(cfg, "/api/studies/1.2.3/reprocess", "POST")[0] == 404
     assert _get(cfg, "/nope")[0] == 404
     s = _samples(_get(cfg, "/metrics")[1])

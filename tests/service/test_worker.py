@@ -1,6 +1,8 @@
 """Study jobs with Huey in immediate mode (tasks run synchronously)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pydicom
 
 from spinegate.service.config import load_config
@@ -74,3 +76,129 @@ def test_a_failed_schedule_does_not_stop_the_next_instance_from_scheduling(tmp_p
     assert scheduled == ["failed", "ok"]
     worker.on_instance_stored("1.2.3")  # one pending check per study
     assert scheduled == ["failed", "ok"]
+
+
+def _delivery_worker(tmp_path, port, **export):
+    cfg = load_config(overrides={
+        "storage": {"root": tmp_path / "var"}, "assembly": {"quiet_period_s": 0},
+        "export": {"destinations": [{"ae_title": "PACS", "host": "127.0.0.1", "port": port}], "attempts": 3,
+                   "backoff_initial_s": 5.0, "backoff_max_s": 20.0, **export}}, environ={})
+    store = StateStore(cfg.storage.state_db)
+    huey = build_queue(cfg)
+    huey.immediate = True
+    return cfg, store, StudyWorker(cfg, store, huey)
+
+
+def test_a_pacs_that_is_down_delays_only_its_study_then_dead_letter_and_resend_without_reanalysis(
+        tmp_path, phantom_study, engines):
+    """Delivery runs as its own queued task: a failed round schedules the
+    next after its back-off instead of sleeping in the consumer; exhausted
+    retries leave the study undelivered; a re-send delivers the very same
+    objects (same SOP Instance UIDs, files untouched: no re-analysis)."""
+    from peers import StoreSCP, free_port
+
+    port = free_port()  # nothing listens here yet
+    cfg, store, worker = _delivery_worker(tmp_path, port)
+    worker._engines = engines
+    uid = _record_all(store, phantom_study["files"])
+    assert worker.request_processing(uid)
+    rec = store.study(uid)
+    assert rec.state is StudyState.EXPORTING
+    assert rec.detail["exports"] == [{"destination": "PACS", "confirmed": False, "attempts": 1,
+                                      "error": rec.detail["exports"][0]["error"]}]
+    scheduled = worker.huey.scheduled()
+    assert [t.name for t in scheduled] == ["export_study"] and scheduled[0].args[2] == 1
+    delay_s = (scheduled[0].eta - scheduled[0].eta.now(scheduled[0].eta.tzinfo)).total_seconds()
+    assert 3.0 < delay_s <= 5.0  # the back-off waits in the queue, not in the consumer
+    delivery = rec.detail["delivery"]
+    worker.export_study(uid, delivery["id"], 1)
+    worker.export_study(uid, delivery["id"], 1)  # a stale duplicate of that round: no attempt
+    assert store.study(uid).detail["exports"][0]["attempts"] == 2
+    worker.export_study(uid, delivery["id"], 2)
+    rec = store.study(uid)
+    assert rec.state is StudyState.UNDELIVERED and rec.reason.startswith("export_failed: PACS:")
+    assert rec.detail["exports"][0]["attempts"] == 3 and not rec.detail["exports"][0]["confirmed"]
+    sr = cfg.storage.outputs / uid / "sr.dcm"
+    written = {p: p.stat().st_mtime_ns for p in map(Path, rec.detail["outputs"])}
+    pacs = StoreSCP.start(tmp_path / "pacs", port=port)
+    try:
+        assert worker.request_resend(uid)
+        rec = store.study(uid)
+        assert rec.state is StudyState.EXPORTED, rec.reason
+        assert rec.detail["exports"][0]["confirmed"] and rec.detail["exports"][0]["attempts"] == 1
+        objs = pacs.wait_for(uid, n_seg=2)
+        assert [pydicom.dcmread(p).SOPInstanceUID for p in objs["SR"]] == [pydicom.dcmread(sr).SOPInstanceUID]
+    finally:
+        pacs.stop()
+    assert {p: p.stat().st_mtime_ns for p in written} == written
+    assert not worker.request_resend("1.2.3.999")
+
+
+def test_deleted_inputs_leave_no_index_rows_so_a_resent_instance_is_stored_again(tmp_path, phantom_study, engines):
+    cfg = load_config(overrides={"storage": {"root": tmp_path / "var", "delete_inputs_after_export": True},
+                                 "assembly": {"quiet_period_s": 0}}, environ={})
+    store = StateStore(cfg.storage.state_db)
+    huey = build_queue(cfg)
+    huey.immediate = True
+    worker = StudyWorker(cfg, store, huey)
+    worker._engines = engines
+    spool = cfg.storage.spool
+    copies = []
+    for f in phantom_study["files"]:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        dst = spool / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(Path(f).read_bytes())
+        copies.append(dst)
+    uid = _record_all(store, copies)
+    assert worker.request_processing(uid)
+    rec = store.study(uid)
+    assert rec.state is StudyState.EXPORTED and rec.detail["inputs_deleted"]
+    assert not (spool / uid).exists() and store.instances(uid) == []
+    assert worker.request_processing(uid)  # nothing left to analyse: said so, not silently empty
+    rec = store.study(uid)
+    assert rec.state is StudyState.FAILED and rec.reason.startswith("inputs_deleted")
+    ds = pydicom.dcmread(phantom_study["files"][0], stop_before_pixels=True)
+    assert store.record_instance(InstanceRecord(ds.SOPInstanceUID, uid, ds.SeriesInstanceUID, ds.SOPClassUID,
+                                                copies[0]))  # stored again, not acknowledged as a duplicate
+
+
+def test_inputs_are_kept_when_an_instance_arrived_after_the_analysis(tmp_path):
+    store = StateStore(tmp_path / "state.sqlite")
+    store.record_instance(InstanceRecord("1.2.3.1", "1.2.3", "1.2.3.9", "1.2.840.10008.5.1.4.1.1.4", tmp_path / "a"))
+    version = store.study("1.2.3").version
+    store.record_instance(InstanceRecord("1.2.3.2", "1.2.3", "1.2.3.9", "1.2.840.10008.5.1.4.1.1.4", tmp_path / "b"))
+    assert not store.forget_instances("1.2.3", ["1.2.3.1"], version)
+    assert len(store.instances("1.2.3")) == 2
+    assert store.forget_instances("1.2.3", ["1.2.3.1"], version + 1)
+    assert [i.sop_instance_uid for i in store.instances("1.2.3")] == ["1.2.3.2"]
+
+
+def test_a_file_resent_to_the_same_path_while_inputs_are_deleted_is_kept(tmp_path):
+    from spinegate.service.spool import durable_write, file_identity, remove_unless_replaced
+
+    path = durable_write(tmp_path / "1.2.3.dcm", b"first copy")
+    seen = file_identity(path)
+    durable_write(path, b"re-sent copy")  # the receiver stores a re-sent instance meanwhile
+    assert not remove_unless_replaced(path, seen)
+    assert path.read_bytes() == b"re-sent copy" and [p.name for p in tmp_path.iterdir()] == ["1.2.3.dcm"]
+    assert remove_unless_replaced(path, file_identity(path)) and not path.exists()
+
+
+def test_a_restart_gives_an_interrupted_sender_a_whole_quiet_period(tmp_path):
+    """Instances received long before a restart: the study is not assembled
+    at once (a partial study whose sender was cut off by the restart), but
+    one quiet period after the restart."""
+    import time
+
+    cfg, store, worker = _worker(tmp_path, quiet=60)
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"junk")
+    store.record_instance(InstanceRecord("1.2.3.4.5", "1.2.3", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.4", junk),
+                          now=time.time() - 3600)
+    worker.recover()
+    worker.check_study("1.2.3")
+    assert store.study("1.2.3").state is StudyState.RECEIVED
+    worker._started -= 61
+    worker.check_study("1.2.3")
+    assert store.study("1.2.3").state is not StudyState.RECEIVED
