@@ -71,6 +71,9 @@ class StoreSCP:
     def start(cls, folder: Path, port: int, ae_title: str = "PACS", timeout_s: float = 20) -> "StoreSCP":
         folder.mkdir(parents=True, exist_ok=True)
         with socket.socket() as probe:  # another storescp would answer the readiness echo below
+            # Reuse: a listener still blocks the bind; connections of an
+            # earlier storescp left in TIME_WAIT do not.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("", port))
             except OSError as e:

@@ -178,7 +178,7 @@ def write_seg(series: RoutedSeries, analysis: SeriesAnalysis, algorithm: Algorit
     numbers = {s.label: i + 1 for i, s in enumerate(segment_numbers(analysis.label_map))}
     report = SeriesReport(analysis.volume, datasets, seg, numbers, list(analysis.structures), series.description,
                           analysis.flags, muscles=list(analysis.muscles), algorithm=algorithm)
-    log.debug("seg written series_uid=%s seconds=%.3f", series.series_uid, time.perf_counter() - t0)
+    log.info("seg written series_uid=%s seconds=%.3f", series.series_uid, time.perf_counter() - t0)
     return report, path
 
 

@@ -39,6 +39,7 @@ __all__ = ["StudyWorker", "build_queue", "build_worker", "open_store"]
 log = logging.getLogger(__name__)
 
 BACKEND = "onnxruntime-cpu"
+EXPORT_PRIORITY = 10
 
 
 def build_queue(config: SpinegateConfig) -> Huey:
@@ -46,9 +47,10 @@ def build_queue(config: SpinegateConfig) -> Huey:
     receivers and workers (``queue.backend``)."""
     config.storage.root.mkdir(parents=True, exist_ok=True)
     if config.queue.backend == "redis":
-        from huey import RedisHuey
+        from huey import PriorityRedisHuey
 
-        return RedisHuey(config.queue.name, url=config.queue.redis_url.get_secret_value(), results=False, utc=True)
+        return PriorityRedisHuey(config.queue.name, url=config.queue.redis_url.get_secret_value(), results=False,
+                                 utc=True)
     return SqliteHuey(config.queue.name, filename=str(config.storage.queue_db), results=False, utc=True)
 
 
@@ -75,7 +77,9 @@ class StudyWorker:
     def __post_init__(self) -> None:
         self.check_task = self.huey.task(name="check_study")(self.check_study)
         self.process_task = self.huey.task(name="process_study")(self.process_study)
-        self.export_task = self.huey.task(name="export_study")(self.export_study)
+        # Delivery first: a study that is analysed reaches the PACS before
+        # the next one is analysed (the queue is otherwise first in, first out).
+        self.export_task = self.huey.task(name="export_study", priority=EXPORT_PRIORITY)(self.export_study)
 
     @property
     def engines(self) -> Engines:
