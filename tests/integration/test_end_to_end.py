@@ -9,7 +9,6 @@ phantom truth within the stated tolerances.
 """
 from __future__ import annotations
 
-import signal
 import time
 
 import highdicom as hd
