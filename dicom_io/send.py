@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pydicom
 from pynetdicom import AE
@@ -17,9 +17,12 @@ class SendError(RuntimeError):
 
 def send_files(
     paths: Sequence[Path], ae_title: str, host: str, port: int, calling_ae_title: str = "SPINEGATE",
-    timeout_s: float = 30.0,
+    timeout_s: float = 30.0, tls_args: tuple[Any, str] | None = None,
 ) -> list[str]:
     """Send ``paths`` and return the SOP Instance UIDs the peer confirmed.
+
+    ``tls_args`` — an `ssl.SSLContext` and the server name its certificate
+    must carry — sends over DICOM TLS.
 
     Raises
     ------
@@ -32,9 +35,10 @@ def send_files(
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     contexts = {(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in datasets}
     ae.requested_contexts = [build_context(c, [ts]) for c, ts in sorted(contexts)]
-    assoc = ae.associate(host, port, ae_title=ae_title)
+    assoc = ae.associate(host, port, ae_title=ae_title, tls_args=tls_args)
     if not assoc.is_established:
-        raise SendError(f"association with {ae_title}@{host}:{port} was not established")
+        raise SendError(f"association with {ae_title}@{host}:{port} was not established"
+                        + (" (TLS)" if tls_args else ""))
     confirmed = []
     try:
         for ds in datasets:

@@ -94,15 +94,87 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
 
+ReadableFile = Annotated[Path, AfterValidator(lambda p: p if p.is_file() else _missing(p))]
+
+
+def _missing(path: Path) -> Path:
+    raise ValueError(f"{path} is not a readable file")
+
+
+class NetworkTLS(_Section):
+    """DICOM TLS on the SCP: on when ``certificate`` is set (PEM files)."""
+
+    certificate: ReadableFile | None = None
+    private_key: ReadableFile | None = None
+    ca_certificates: ReadableFile | None = None  # authorities whose client certificates are trusted
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> NetworkTLS:
+        if self.certificate is None:
+            if self.private_key or self.ca_certificates or self.require_client_certificate:
+                raise ValueError("TLS settings need 'certificate' (and 'private_key') to turn TLS on")
+            return self
+        if self.private_key is None:
+            raise ValueError("'certificate' needs its 'private_key'")
+        self.context()  # loads the files: a bad one fails at start-up, naming this section
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.certificate is not None
+
+    def context(self) -> Any:
+        """The SCP's `ssl.SSLContext` (None without TLS)."""
+        if self.certificate is None:
+            return None
+        from spinegate.service.transport import server_context
+
+        assert self.private_key is not None  # checked with the certificate
+        return server_context(self.certificate, self.private_key, self.ca_certificates,
+                              self.require_client_certificate)
+
+
+class DestinationTLS(_Section):
+    """DICOM TLS to one destination: its certificate is verified against
+    ``ca_certificates`` (else the system's authorities) and, unless
+    ``check_hostname`` is off, must name ``server_name`` (default: the
+    destination's host); ``certificate``/``private_key`` are ours, for a
+    destination that requires client certificates."""
+
+    ca_certificates: ReadableFile | None = None
+    certificate: ReadableFile | None = None
+    private_key: ReadableFile | None = None
+    server_name: str | None = None
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _complete(self) -> DestinationTLS:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("'certificate' and 'private_key' go together")
+        self.context()
+        return self
+
+    def context(self) -> Any:
+        from spinegate.service.transport import client_context
+
+        return client_context(self.ca_certificates, self.certificate, self.private_key, self.check_hostname)
+
+
 class Destination(_Section):
     """A DICOM peer that receives our SEG and SR (C-STORE SCP);
     ``calling_ae_title`` is how spinegate names itself to that peer (default
-    ``export.calling_ae_title``)."""
+    ``export.calling_ae_title``); ``tls`` turns DICOM TLS on for it."""
 
     ae_title: AETitle
     host: str = Field(min_length=1)
     port: Port
     calling_ae_title: AETitle | None = None
+    tls: DestinationTLS | None = None
+
+    def tls_args(self) -> tuple[Any, str] | None:
+        """(ssl context, server name) for pynetdicom, or None for plain TCP."""
+        return None if self.tls is None else (self.tls.context(), self.tls.server_name or self.host)
 
     def __init__(self, ae_title: str | None = None, host: str | None = None, port: int | None = None,
                  **data: Any) -> None:
@@ -142,6 +214,7 @@ class NetworkConfig(_Section):
     # Who may send: calling AE titles and peer addresses/networks (empty: any).
     allowed_calling_ae_titles: tuple[AETitle, ...] = ()
     allowed_hosts: tuple[IPvAnyNetwork, ...] = ()
+    tls: NetworkTLS = NetworkTLS()
 
 
 class StorageConfig(_Section):

@@ -66,8 +66,9 @@ def retry_delay_s(config: ExportConfig, rounds_done: int) -> float:
 
 def _send(paths: Sequence[Path], dest: Destination, config: ExportConfig) -> str:
     try:
-        send_files(paths, dest.ae_title, dest.host, dest.port, dest.calling_ae_title or config.calling_ae_title)
-    except (SendError, OSError, RuntimeError) as e:
+        send_files(paths, dest.ae_title, dest.host, dest.port, dest.calling_ae_title or config.calling_ae_title,
+                   tls_args=dest.tls_args())
+    except (SendError, OSError, RuntimeError, ValueError) as e:
         return str(e) or type(e).__name__
     return ""
 

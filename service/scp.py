@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -26,8 +25,9 @@ from spinegate.service.config import SpinegateConfig
 from spinegate.service.metrics import Metrics
 from spinegate.service.spool import durable_write, quarantine_write, spool_path
 from spinegate.service.store import InstanceRecord, StateStore
+from spinegate.service.transport import AssociationServer, SharedPortServer
 
-__all__ = ["Status", "Receiver", "SharedPortServer", "build_ae", "configure_pynetdicom", "start_scp"]
+__all__ = ["Status", "Receiver", "build_ae", "configure_pynetdicom", "start_scp"]
 
 log = logging.getLogger(__name__)
 
@@ -206,16 +206,6 @@ def build_ae(config: SpinegateConfig) -> AE:
     return ae
 
 
-class SharedPortServer(ThreadedAssociationServer):
-    """An association server whose port other receiver processes share
-    (SO_REUSEPORT: the kernel hands each new connection to one of them)."""
-
-    def server_bind(self) -> None:
-        assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-
 def start_scp(config: SpinegateConfig, receiver: Receiver) -> ThreadedAssociationServer:
     """Start listening (non-blocking); returns the server (call ``shutdown()``).
 
@@ -227,15 +217,13 @@ def start_scp(config: SpinegateConfig, receiver: Receiver) -> ThreadedAssociatio
     handlers: list[Any] = [(evt.EVT_REQUESTED, receiver.handle_requested), (evt.EVT_C_STORE, receiver.handle_store),
                            (evt.EVT_ACCEPTED, receiver.handle_accepted), (evt.EVT_REJECTED, receiver.handle_rejected)]
     address = (config.network.host, config.network.port)
-    server: ThreadedAssociationServer | None
-    if config.network.receiver_processes > 1:
-        server = ae.make_server(address, evt_handlers=handlers, server_class=SharedPortServer)
-        # As AE.start_server does: the AE tracks its servers (shutdown() removes it).
-        ae._servers.append(server)
-        threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
-    else:
-        server = ae.start_server(address, block=False, evt_handlers=handlers)
-    assert server is not None  # non-blocking start returns the server
-    log.info("listening ae_title=%s host=%s port=%d shared=%s", config.network.ae_title, config.network.host,
-             config.network.port, config.network.receiver_processes > 1)
+    server_class = SharedPortServer if config.network.receiver_processes > 1 else AssociationServer
+    server = ae.make_server(address, evt_handlers=handlers, server_class=server_class,
+                            ssl_context=config.network.tls.context())
+    # As AE.start_server does: the AE tracks its servers (shutdown() removes it).
+    ae._servers.append(server)
+    threading.Thread(target=server.serve_forever, name="scp-acceptor", daemon=True).start()
+    log.info("listening ae_title=%s host=%s port=%d shared=%s tls=%s client_certificate=%s", config.network.ae_title,
+             config.network.host, config.network.port, config.network.receiver_processes > 1,
+             config.network.tls.enabled, "required" if config.network.tls.require_client_certificate else "no")
     return server

@@ -18,6 +18,7 @@ from conftest import REPO, require_tool
 from spinegate.service.demo import free_port, stop_process, wait_for_echo
 
 __all__ = ["StoreSCP", "Spinegate", "Prometheus", "RedisServer", "Orthanc", "storescu", "storescu_to",
+           "make_certificates",
            "start_worker", "free_port", "stop_process"]
 
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -288,3 +289,30 @@ class Orthanc:
 
     def stop(self) -> None:
         stop_process(self.proc, sig=signal.SIGTERM, timeout_s=20)
+
+
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A test PKI made with the openssl command: a CA; a server certificate
+    for localhost/127.0.0.1 and a client certificate, both signed by it; and
+    a client certificate signed by another (untrusted) CA. RSA 2048, SHA-256
+    (what BCP 195, dcmtk's default TLS profile, accepts)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+    for ca in ("ca", "rogue_ca"):
+        run("req", "-x509", "-newkey", "rsa:2048", "-sha256", "-nodes", "-days", "2", "-subj", f"/CN=spinegate test {ca}",
+            "-keyout", f"{ca}.key", "-out", f"{ca}.crt")
+    for name, ca, san in (("server", "ca", "DNS:localhost,IP:127.0.0.1"), ("client", "ca", "DNS:scanner"),
+                          ("rogue_client", "rogue_ca", "DNS:rogue")):
+        run("req", "-newkey", "rsa:2048", "-sha256", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+            "-out", f"{name}.csr")
+        (folder / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
+            "-days", "2", "-sha256", "-extfile", f"{name}.ext", "-out", f"{name}.crt")
+    for name in ("ca", "server", "client", "rogue_client"):
+        paths[f"{name}_crt"] = folder / f"{name}.crt"
+        paths[f"{name}_key"] = folder / f"{name}.key"
+    return paths
