@@ -25,14 +25,16 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLSLossless
+from pydicom.uid import (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLosslessSV1,
+                         JPEGLSLossless, RLELossless)
 from pynetdicom import AE, _config
 
-__all__ = ["Mutation", "KINDS", "base_instance", "mutate", "random_mutation", "RawSender", "SENT_SYNTAXES",
-           "resident_mb"]
+__all__ = ["Mutation", "KINDS", "DCMTK_MANGLINGS", "base_instance", "mutate", "random_mutation", "dcmtk_mangled",
+           "RawSender", "SENT_SYNTAXES", "resident_mb"]
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
-SENT_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLSLossless)
+SENT_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLSLossless, JPEGLosslessSV1,
+                 RLELossless)
 KINDS = ("truncate", "flip_bytes", "huge_length", "bad_value", "bad_uid", "deep_sequence", "pixel_size",
          "syntax_mismatch", "undecodable_compressed")
 BAD_UIDS = ("", "../../etc/passwd", "1.2.abc", "1." * 40 + "1", "1.2.3\x00.4", "9" * 70, "1..2", " 1.2",
@@ -168,6 +170,75 @@ def mutate(kind: str, index: int, a: int, b: int) -> Mutation:
         body = _encode(ds)
         return Mutation(kind, f"{len(fragments[0])} random bytes as {stated.name}", str(stated), body, uid)
     raise ValueError(f"unknown mutation kind {kind!r}; kinds: {', '.join(KINDS)}")
+
+
+# Files broken with dcmtk's own tools, as a misbehaving DICOM toolchain
+# breaks them: (name, tool and arguments before the file, bytes to cut from
+# the end / positions to flip after the tool ran).
+DCMTK_MANGLINGS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("rows_not_matching_pixels", ("dcmodify", "-nb", "-m", "(0028,0010)=999"), ""),
+    ("columns_zero", ("dcmodify", "-nb", "-m", "(0028,0011)=0"), ""),
+    ("pixel_data_removed", ("dcmodify", "-nb", "-ea", "(7fe0,0010)"), ""),
+    ("bits_allocated_8", ("dcmodify", "-nb", "-m", "(0028,0100)=8"), ""),
+    ("samples_per_pixel_3", ("dcmodify", "-nb", "-m", "(0028,0002)=3"), ""),
+    ("photometric_palette", ("dcmodify", "-nb", "-m", "(0028,0004)=PALETTE COLOR"), ""),
+    ("slice_thickness_text", ("dcmodify", "-nb", "-m", "(0018,0050)=thick"), ""),
+    ("orientation_two_values", ("dcmodify", "-nb", "-m", "(0020,0037)=1\\0"), ""),
+    ("study_uid_path_like", ("dcmodify", "-nb", "-m", "(0020,000d)=../../../etc"), ""),
+    ("sop_uid_empty", ("dcmodify", "-nb", "-m", "(0008,0018)="), ""),
+    ("sop_uid_removed", ("dcmodify", "-nb", "-ea", "(0008,0018)"), ""),
+    ("series_uid_too_long", ("dcmodify", "-nb", "-m", "(0020,000e)=" + "1." * 40 + "1"), ""),
+    ("sop_class_not_mr", ("dcmodify", "-nb", "-m", "(0008,0016)=1.2.840.10008.5.1.4.1.1.2"), ""),
+    ("rle_truncated", ("dcmcrle",), "cut"),
+    ("rle_flipped", ("dcmcrle",), "flip"),
+    ("jpeg_truncated", ("dcmcjpeg",), "cut"),
+    ("jpeg_flipped", ("dcmcjpeg",), "flip"),
+    ("jpegls_truncated", ("dcmcjpls",), "cut"),
+    ("jpegls_flipped", ("dcmcjpls",), "flip"),
+    ("rows_huge", ("dcmodify", "-nb", "-m", "(0028,0010)=65535"), ""),
+)
+
+
+def _part10_body(data: bytes) -> tuple[str, bytes]:
+    """(transfer syntax, dataset bytes) of a Part 10 file."""
+    meta_length = struct.unpack("<I", data[140:144])[0]  # (0002,0000) UL, after preamble, 'DICM' and its header
+    meta = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).file_meta
+    return str(meta.TransferSyntaxUID), data[144 + meta_length:]
+
+
+def dcmtk_mangled(folder: Path, index: int = 0) -> list[Mutation]:
+    """`DCMTK_MANGLINGS` applied to a valid 64×64 MR instance with dcmtk's
+    tools (dcmodify, dcmcrle, dcmcjpeg, dcmcjpls); each file's damage after
+    the tool ran: ``cut`` drops the last 200 bytes, ``flip`` inverts 64 bytes
+    in the middle of the pixel data."""
+    import shutil
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for number, (name, command, damage) in enumerate(DCMTK_MANGLINGS):
+        ds = base_instance(index + number)
+        ds.Rows = ds.Columns = 64
+        ds.PixelData = (np.add.outer(np.arange(64), np.arange(64)).astype(np.uint16) * 31).tobytes()
+        ds.BitsStored, ds.HighBit = 12, 11
+        source = folder / f"{name}.src.dcm"
+        ds.save_as(source, enforce_file_format=True)
+        target = folder / f"{name}.dcm"
+        tool = shutil.which(command[0]) or command[0]
+        if command[0] == "dcmodify":
+            shutil.copy(source, target)
+            subprocess.run([tool, *command[1:], str(target)], check=True, capture_output=True, timeout=60)
+        else:
+            subprocess.run([tool, str(source), str(target)], check=True, capture_output=True, timeout=60)
+        syntax, body = _part10_body(target.read_bytes())
+        if damage == "cut":
+            body = body[:-200]
+        elif damage == "flip":
+            middle = len(body) - len(body) // 4
+            body = body[:middle] + bytes(b ^ 0xFF for b in body[middle:middle + 64]) + body[middle + 64:]
+        sop = str(pydicom.dcmread(target, stop_before_pixels=True).get("SOPInstanceUID", ""))
+        out.append(Mutation(f"dcmtk:{name}", " ".join(command), syntax, body, sop))
+    return out
 
 
 def resident_mb(pid: int | str = "self") -> float:
