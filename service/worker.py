@@ -149,13 +149,14 @@ class StudyWorker:
             return False
         if not rec.detail.get("outputs") or not all(Path(p).exists() for p in rec.detail["outputs"]):
             return False
-        return self._start_delivery(study_uid, rec.detail, rec.version, (StudyState.UNDELIVERED, StudyState.EXPORTED))
+        return self._start_delivery(study_uid, rec.detail, rec.version, (StudyState.UNDELIVERED, StudyState.EXPORTED),
+                                    resend=True)
 
     def _start_delivery(self, study_uid: str, detail: dict[str, Any], version: int,
-                        from_states: tuple[StudyState, ...]) -> bool:
+                        from_states: tuple[StudyState, ...], resend: bool = False) -> bool:
         """Move the study to exporting with fresh delivery statuses and queue
         its first round (an id per delivery tells stale rounds apart)."""
-        delivery = {"id": uuid.uuid4().hex, "round": 0}
+        delivery = {"id": uuid.uuid4().hex, "round": 0, "resend": resend}
         detail = {**detail, "exports": [s.as_dict() for s in initial_status(self.config.export)],
                   "delivery": delivery}
         if not self.store.transition(study_uid, StudyState.EXPORTING, from_states, "", detail, version=version):
@@ -274,7 +275,7 @@ class StudyWorker:
         if not waiting:
             detail["finished"] = time.time()
             if self._finish(study_uid, StudyState.EXPORTED, "", detail, rec.version, StudyState.EXPORTING):
-                if self.metrics:
+                if self.metrics and not delivery.get("resend"):  # a re-send is not a study's turnaround
                     self.metrics.turnaround_seconds.observe(detail["finished"] - rec.last_received)
                 if self.config.storage.delete_inputs_after_export:
                     self._delete_inputs(study_uid, rec.version)

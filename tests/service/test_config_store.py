@@ -144,3 +144,20 @@ def test_store_tracks_state_versions_and_duplicates(open_store):
     assert reopened.study("1.2.3").n_instances == 4  # durable
     assert reopened.quarantined() == [(Path("/q/1"), "wrong_modality")]
     assert reopened.study("9.9") is None and not reopened.transition("9.9", StudyState.COMPLETE)
+
+
+def test_forgetting_deleted_inputs_needs_the_analysed_version(open_store):
+    """Both stores drop the index rows of deleted inputs only while no
+    instance arrived after the analysis; afterwards a re-sent instance is
+    stored again instead of being acknowledged as a duplicate."""
+    store = open_store()
+    store.record_instance(_rec("1.1"), now=100.0)
+    version = store.study("1.2.3").version
+    store.record_instance(_rec("1.2"), now=101.0)
+    assert not store.forget_instances("1.2.3", ["1.1"], version)
+    assert len(store.instances("1.2.3")) == 2
+    assert store.forget_instances("1.2.3", ["1.1", "1.2"], version + 1)
+    assert store.instances("1.2.3") == [] and not store.has_instance("1.1")
+    assert store.record_instance(_rec("1.1"), now=102.0)
+    assert not store.forget_instances("9.9", ["1.1"], 1)
+    store.close()

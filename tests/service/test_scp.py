@@ -80,12 +80,24 @@ def _bad_variants(ds):
     del no_study.StudyInstanceUID
     bad_uid = copy.deepcopy(ds)
     bad_uid.SeriesInstanceUID = "../../etc"
+    no_columns = copy.deepcopy(ds)
+    no_columns.Columns = 0
+    wrong_bits = copy.deepcopy(ds)  # 16-bit data described as 8-bit: twice the data the header describes
+    wrong_bits.BitsAllocated, wrong_bits.BitsStored, wrong_bits.HighBit = 8, 8, 7
+    two_values = copy.deepcopy(ds)
+    two_values.ImageOrientationPatient = [1, 0]
+    odd_bits = copy.deepcopy(ds)
+    odd_bits.BitsAllocated = 12
     return [
         ("missing_pixel_data", missing_pixels, Status.DATASET_DOES_NOT_MATCH_SOP_CLASS),
         ("wrong_modality", wrong_modality, Status.DATASET_DOES_NOT_MATCH_SOP_CLASS),
         ("truncated_pixel_data", truncated, Status.CANNOT_UNDERSTAND),
         ("missing_attribute", no_study, Status.DATASET_DOES_NOT_MATCH_SOP_CLASS),
         ("invalid_uid", bad_uid, Status.CANNOT_UNDERSTAND),
+        ("empty_image", no_columns, Status.CANNOT_UNDERSTAND),
+        ("pixel_data_size_mismatch", wrong_bits, Status.CANNOT_UNDERSTAND),
+        ("malformed_geometry", two_values, Status.CANNOT_UNDERSTAND),
+        ("unsupported_bits_allocated", odd_bits, Status.CANNOT_UNDERSTAND),
     ]
 
 
