@@ -202,3 +202,48 @@ def test_a_restart_gives_an_interrupted_sender_a_whole_quiet_period(tmp_path):
     worker._started -= 61
     worker.check_study("1.2.3")
     assert store.study("1.2.3").state is not StudyState.RECEIVED
+
+
+def test_delivery_outlasts_a_pacs_that_refuses_then_fails_then_recovers(tmp_path, phantom_study):
+    """The PACS (a pynetdicom Storage SCP) first rejects the association,
+    then answers 0xA700 (out of resources), then stores: each round fails
+    with its own reason, the next round is scheduled, and the third
+    delivers every object."""
+    from pynetdicom import AE, evt
+
+    from peers import free_port
+    from spinegate.dicom_io.uids import MR_STORAGE_SOP_CLASSES
+
+    received, mode = [], {"now": "refuse"}
+
+    def on_store(event):
+        if mode["now"] == "fail":
+            return 0xA700
+        received.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    pacs_ae = AE(ae_title="PACS")
+    for sop in MR_STORAGE_SOP_CLASSES:
+        pacs_ae.add_supported_context(sop)
+    port = free_port()
+    server = pacs_ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        cfg, store, worker = _delivery_worker(tmp_path, port, attempts=5)
+        uid = _record_all(store, phantom_study["files"][:2])
+        outputs = [str(p) for p in phantom_study["files"][:2]]
+        pacs_ae.require_calling_aet = ["SOMEONE_ELSE"]  # rejects spinegate's association
+        assert worker._start_delivery(uid, {"outputs": outputs}, store.study(uid).version, (StudyState.RECEIVED,))
+        rec = store.study(uid)
+        assert rec.state is StudyState.EXPORTING and "not established" in rec.detail["exports"][0]["error"]
+        pacs_ae.require_calling_aet = []
+        mode["now"] = "fail"
+        worker.export_study(uid, rec.detail["delivery"]["id"], 1)
+        rec = store.study(uid)
+        assert rec.state is StudyState.EXPORTING and "0xA700" in rec.detail["exports"][0]["error"]
+        mode["now"] = "store"
+        worker.export_study(uid, rec.detail["delivery"]["id"], 2)
+        rec = store.study(uid)
+        assert rec.state is StudyState.EXPORTED and rec.detail["exports"][0]["attempts"] == 3
+        assert sorted(received) == sorted(pydicom.dcmread(p).SOPInstanceUID for p in outputs)
+    finally:
+        server.shutdown()
