@@ -17,15 +17,22 @@ Conventions (documented in docs/measurements.md, "Spinal loads"):
   the last measured step (flagged); a missing level inside the chain is the
   midpoint of its neighbours (flagged). A chain whose consecutive centroids do
   not climb steadily is rejected as implausible.
+- `robust_spine_geometry` does not let one bad centroid block the model: it
+  leaves out structures the segmentation distrusts (cut by the field of
+  view, implausibly small beside their neighbours) and, if the chain is
+  still implausible, the fewest structures off the chain (keeping the lumbar
+  bodies first); each left-out centroid is flagged and its level
+  interpolated or extrapolated like a missing one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 import numpy as np
 
-__all__ = ["CHAIN", "JOINTS", "LUMBAR", "GeometryError", "SpineGeometry", "spine_geometry"]
+__all__ = ["CHAIN", "JOINTS", "LUMBAR", "GeometryError", "SpineGeometry", "spine_geometry", "robust_spine_geometry"]
 
 # Inferior → superior: the bodies and discs the model is built on.
 CHAIN = ("S1", "L5S1", "L5", "L4L5", "L4", "L3L4", "L3", "L2L3", "L2", "L1L2", "L1", "T12L1", "T12")
@@ -145,6 +152,71 @@ def spine_geometry(centroids_lps_mm: Mapping[str, np.ndarray]) -> SpineGeometry:
     lordosis = _angle_deg(l5s1, t12l1)
     sacral_slope = float(np.degrees(np.arctan2(l5s1[0], l5s1[1])))
     return SpineGeometry(upright, tuple(flags), lordosis, sacral_slope)
+
+
+def robust_spine_geometry(centroids_lps_mm: Mapping[str, np.ndarray], distrusted: Mapping[str, str] | None = None,
+                          max_left_out: int = 2) -> SpineGeometry:
+    """`spine_geometry` that leaves out centroids which cannot be joint centres.
+
+    Parameters
+    ----------
+    centroids_lps_mm : mapping of str to array
+        As for `spine_geometry`.
+    distrusted : mapping of str to str, optional
+        Structure → why its centroid is not to be used (e.g.
+        ``"field_of_view_edge"``, ``"implausibly_small"``); ignored when
+        leaving them out would leave fewer than three structures.
+    max_left_out : int
+        Most structures left out to make an implausible chain plausible.
+
+    Returns
+    -------
+    SpineGeometry
+        Its flags name each left-out centroid
+        (``centroid_not_used_<name>_<why>``, ``…_off_the_chain``) before the
+        interpolation and extrapolation flags.
+
+    Raises
+    ------
+    GeometryError
+        When no chain is plausible even with ``max_left_out`` structures
+        left out (the error of the full chain), or too few levels.
+    """
+    flags = [f"centroid_not_used_{n}_{why}" for n, why in sorted((distrusted or {}).items())
+             if n in centroids_lps_mm and n in CHAIN]
+    base = {n: c for n, c in centroids_lps_mm.items() if n not in (distrusted or {})}
+    if sum(n in CHAIN for n in base) < 3:
+        base, flags = dict(centroids_lps_mm), []
+    try:
+        geometry = spine_geometry(base)
+        return replace(geometry, flags=tuple(flags) + geometry.flags)
+    except GeometryError as e:
+        if e.reason != "implausible_centroids":
+            raise
+        first = e
+    names = [n for n in CHAIN if n in base]
+    plausible = []
+    for k in range(1, max_left_out + 1):
+        for left_out in itertools.combinations(names, k):
+            try:
+                geometry = spine_geometry({n: c for n, c in base.items() if n not in left_out})
+            except GeometryError:
+                continue
+            # Lumbar bodies are the model's anchors: keep them before keeping fewer structures out.
+            plausible.append((sum(n in LUMBAR for n in left_out), k, _turning_deg(geometry), left_out, geometry))
+    if plausible:
+        *_, left_out, geometry = min(plausible, key=lambda p: p[:3])
+        off = [f"centroid_not_used_{n}_off_the_chain" for n in left_out]
+        return replace(geometry, flags=tuple(flags + off) + geometry.flags)
+    raise first
+
+
+def _turning_deg(geometry: SpineGeometry) -> float:
+    """Total turning of the chain (degrees): the smoother of two plausible
+    chains is the likelier spine."""
+    chain = np.array([geometry.points[n] for n in CHAIN])
+    steps = np.diff(chain, axis=0)
+    return float(sum(abs(_angle_deg(a, b)) for a, b in zip(steps[:-1], steps[1:])))
 
 
 def _check_monotonic(pts: Mapping[str, np.ndarray]) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from spinegate.biomech.anthropometry import Subject
 from spinegate.biomech.loads import TASKS, TaskLoads, lumbopelvic_rhythm, solve_task
-from spinegate.biomech.spine_geometry import GeometryError, SpineGeometry, spine_geometry
+from spinegate.biomech.spine_geometry import GeometryError, SpineGeometry, robust_spine_geometry
 
 __all__ = ["StudyBiomechanics", "run_biomechanics", "FLAG_LITERATURE_MUSCLES", "FLAG_NOT_RUN"]
 
@@ -74,8 +74,12 @@ class StudyBiomechanics:
 
 
 def run_biomechanics(centroids_lps_mm: Mapping[str, np.ndarray], subject: Subject, out_dir: Path,
-                     measured_acsa_cm2: Mapping[tuple[str, str], float] | None = None) -> StudyBiomechanics:
+                     measured_acsa_cm2: Mapping[tuple[str, str], float] | None = None,
+                     distrusted: Mapping[str, str] | None = None) -> StudyBiomechanics:
     """Build the subject's model and solve every task in `biomech.loads.TASKS`.
+
+    ``distrusted`` names structures whose centroids are not to be joint
+    centres, with the reason (`robust_spine_geometry`).
 
     Files (one ``.osim`` model per task, the pose, muscle forces, activations
     and joint reactions as ``.sto``) are written under ``out_dir``.
@@ -85,7 +89,7 @@ def run_biomechanics(centroids_lps_mm: Mapping[str, np.ndarray], subject: Subjec
     if not measured_acsa_cm2:
         flags.append(FLAG_LITERATURE_MUSCLES)
     try:
-        geometry = spine_geometry(centroids_lps_mm)
+        geometry = robust_spine_geometry(centroids_lps_mm, distrusted)
     except GeometryError as e:
         log.warning("biomechanics not run reason=%s: %s", e.reason, e)
         return StudyBiomechanics(subject, None, [], tuple(flags + [FLAG_NOT_RUN, e.reason]), f"{e.reason}: {e}",

@@ -86,4 +86,5 @@ REASON = {
     "dixon_fat_geometry_mismatch": Code("SG0054", SCHEME, "Dixon fat image geometry mismatch"),
     "dixon_noise_floor_not_removed": Code("SG0055", SCHEME, "Dixon noise floor not removed"),
     "muscle_section_under_1cm2": Code("SG0056", SCHEME, "Muscle section under 1 cm2, partial volume dominates"),
+    "centroid_not_used": Code("SG0057", SCHEME, "Structure centroid not used as joint centre"),
 }

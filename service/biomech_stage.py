@@ -56,26 +56,50 @@ def subject_from_document(doc: Mapping[str, Any], height_m: float | None = None,
                                      pick(sex, "sex", "default_sex_used"))
 
 
-def _richest(per_series: Iterable[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """The series' centroids covering most of the modelled spine."""
-    chains = [{name: np.asarray(c, float) for name, c in cents.items() if name in CHAIN} for cents in per_series]
-    return max(chains, key=len, default={})
+# A structure this much smaller than the median of its kind (bodies, discs)
+# in the same series is under-segmented or cut: its centroid is not a joint
+# centre (field: an L3L4 disc of 2.9 cm3 beside neighbours of 10-15 cm3).
+SMALL_FRACTION_OF_MEDIAN = 0.4
+EDGE_FLAG = "touches_field_of_view_edge"
 
 
-def choose_centroids(series_measurements: Sequence[Sequence[StructureMeasurements]]) -> dict[str, np.ndarray]:
-    """Centroids of the analysed series covering most of the modelled spine."""
-    return _richest({m.structure.name: m.centroid_lps_mm for m in ms} for ms in series_measurements)
+def _chain(per_series: Iterable[Sequence[tuple[str, Any, float, Sequence[str]]]]
+           ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Centroids of the series covering most of the modelled spine, and the
+    structures among them whose centroids are not to be joint centres."""
+    chains = [[r for r in records if r[0] in CHAIN] for records in per_series]
+    chosen = max(chains, key=len, default=[])
+    distrusted: dict[str, str] = {}
+    for kind in (set(JOINTS), set(CHAIN) - set(JOINTS)):
+        volumes = [volume for name, _, volume, _ in chosen if name in kind]
+        median = float(np.median(volumes)) if len(volumes) >= 3 else 0.0
+        for name, _, volume, flags in chosen:
+            if name in kind and EDGE_FLAG in flags:
+                distrusted[name] = "field_of_view_edge"
+            elif name in kind and volume < SMALL_FRACTION_OF_MEDIAN * median:
+                distrusted[name] = "implausibly_small"
+    return {name: np.asarray(c, float) for name, c, _, _ in chosen}, distrusted
 
 
-def centroids_from_document(doc: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def choose_centroids(series_measurements: Sequence[Sequence[StructureMeasurements]]
+                     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Centroids of the analysed series covering most of the modelled spine,
+    and why some of them are not to be joint centres (cut by the field of
+    view, implausibly small beside their neighbours)."""
+    return _chain([(m.structure.name, m.centroid_lps_mm, m.volume_cm3, m.flags) for m in ms]
+                  for ms in series_measurements)
+
+
+def centroids_from_document(doc: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The same from a measurements.json (schema spinegate.measurements/1)."""
-    return _richest({s["level"]: s["centroid_lps_mm"] for s in series.get("structures") or ()}
-                    for series in doc.get("series") or ())
+    return _chain([(s["level"], s["centroid_lps_mm"], float(s.get("volume_cm3") or 0.0), s.get("flags") or ())
+                   for s in series.get("structures") or ()] for series in doc.get("series") or ())
 
 
 def run_stage(centroids: Mapping[str, np.ndarray], subject: Subject, out_dir: Path,
-              measured_acsa_cm2: Mapping[tuple[str, str], float] | None = None) -> StudyBiomechanics:
-    result = run_biomechanics(centroids, subject, out_dir, measured_acsa_cm2)
+              measured_acsa_cm2: Mapping[tuple[str, str], float] | None = None,
+              distrusted: Mapping[str, str] | None = None) -> StudyBiomechanics:
+    result = run_biomechanics(centroids, subject, out_dir, measured_acsa_cm2, distrusted)
     log.info("biomechanics done tasks=%d flags=%s solve_s=%.2f", len(result.tasks), ",".join(result.flags),
              result.solve_s)
     return result
@@ -144,10 +168,11 @@ class BiomechSolver:
             pool.shutdown(wait=wait, cancel_futures=True)
 
     def solve(self, centroids: Mapping[str, np.ndarray], subject: Subject, out_dir: Path,
-              measured_acsa_cm2: Mapping[tuple[str, str], float] | None = None
-              ) -> Callable[[], StudyBiomechanics]:
+              measured_acsa_cm2: Mapping[tuple[str, str], float] | None = None,
+              distrusted: Mapping[str, str] | None = None) -> Callable[[], StudyBiomechanics]:
         """Start solving; returns a function that waits for the result."""
-        args = (dict(centroids), subject, out_dir, dict(measured_acsa_cm2) if measured_acsa_cm2 else None)
+        args = (dict(centroids), subject, out_dir, dict(measured_acsa_cm2) if measured_acsa_cm2 else None,
+                dict(distrusted or {}))
         if not self.process:
             return lambda: run_stage(*args)
         try:

@@ -146,7 +146,8 @@ def _loads(args: argparse.Namespace) -> int:
             print(f"spinegate: implausible value {given} (height 1.0-2.5 m, weight 25-250 kg)", file=sys.stderr)
             return EXIT_CONFIG
     out = args.out or args.measurements.parent / "biomech"
-    result = run_stage(centroids_from_document(doc), subject, out)
+    centroids, distrusted = centroids_from_document(doc)
+    result = run_stage(centroids, subject, out, distrusted=distrusted)
     block = result.document()
     (out / "loads.json").parent.mkdir(parents=True, exist_ok=True)
     (out / "loads.json").write_text(json.dumps(block, indent=1))

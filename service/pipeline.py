@@ -158,9 +158,10 @@ def start_loads(analysed: Sequence[tuple[RoutedSeries, SeriesAnalysis]], out_dir
         return None
     muscles = max((a.muscles for _, a in analysed if a.muscles), key=lambda ms: len({m.level.name for m in ms}),
                   default=())
+    centroids, distrusted = choose_centroids([a.structures for _, a in with_spine])
     return (solver or BiomechSolver.in_process()).solve(
-        choose_centroids([a.structures for _, a in with_spine]), subject_from_header(with_spine[0][0].headers.first),
-        out_dir / "biomech", model_acsa_cm2(list(muscles)) or None)
+        centroids, subject_from_header(with_spine[0][0].headers.first), out_dir / "biomech",
+        model_acsa_cm2(list(muscles)) or None, distrusted)
 
 
 def write_seg(series: RoutedSeries, analysis: SeriesAnalysis, algorithm: AlgorithmInfo, digest: str,

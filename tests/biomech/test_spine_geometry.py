@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spinegate.biomech.spine_geometry import CHAIN, GeometryError, spine_geometry
+from spinegate.biomech.spine_geometry import CHAIN, GeometryError, robust_spine_geometry, spine_geometry
 
 
 def straight_spine(tilt_deg: float = 0.0, step_mm: float = 20.0) -> dict:
@@ -67,3 +67,44 @@ def test_too_few_levels_is_its_own_reason():
     with pytest.raises(GeometryError) as err:
         spine_geometry(pts)
     assert err.value.reason == "too_few_levels"
+
+
+@pytest.mark.parametrize("mutate, left_out", [
+    # the field's failures: a sliver of S1 and a thin L5S1 disc at the bottom edge of the field of view
+    (lambda p: p.update(L5S1=p["L5S1"] + np.array([0, -25.0, 0])), ("L5S1",)),
+    (lambda p: p.update(L4L5=p["L4L5"] + np.array([0, 25.0, 0])), ("L4L5",)),
+    (lambda p: p.update(T12L1=p["L1"] + np.array([0, 0, 5.0])), ("T12L1",)),  # 5 mm above L1
+    (lambda p: p.update(L3=np.array([np.nan, 0, 0])), ("L3",)),
+    (lambda p: p.update(S1=p["S1"] + np.array([0, -50.0, 0]), L5S1=p["L5S1"] + np.array([0, -25.0, 8.0])),
+     ("S1", "L5S1")),
+])
+def test_one_or_two_bad_centroids_are_left_out_flagged_and_interpolated(mutate, left_out):
+    pts = straight_spine()
+    mutate(pts)
+    g = robust_spine_geometry(pts)
+    assert [f for f in g.flags if f.startswith("centroid_not_used")] == [
+        f"centroid_not_used_{n}_off_the_chain" for n in left_out]
+    for n in left_out:
+        assert any(f in g.flags for f in (f"level_interpolated_{n}", f"level_extrapolated_{n}"))
+    np.testing.assert_allclose(g.point("T12L1"), [0, 0.2], atol=1e-9)  # the straight spine is recovered
+
+
+def test_distrusted_centroids_are_left_out_with_their_reason_while_enough_remain():
+    pts = straight_spine()
+    pts["L2L3"] = pts["L2L3"] + np.array([0, 4.0, 0])  # plausible, but cut by the field of view
+    g = robust_spine_geometry(pts, {"L2L3": "field_of_view_edge", "T99": "implausibly_small"})
+    assert g.flags[0] == "centroid_not_used_L2L3_field_of_view_edge"
+    assert "level_interpolated_L2L3" in g.flags and len(g.flags) == 2
+    few = {k: v for k, v in pts.items() if k in ("L3", "L3L4", "L4")}
+    kept = robust_spine_geometry(few, {"L4": "implausibly_small"})  # too few without it: used after all
+    assert not [f for f in kept.flags if f.startswith("centroid_not_used")]
+
+
+def test_a_spine_that_no_two_left_out_centroids_make_plausible_is_still_refused():
+    pts = straight_spine()
+    for i, name in enumerate(CHAIN):
+        if i % 2:
+            pts[name] = pts[name] + np.array([0, -30.0, 0])  # zig-zag: every step turns
+    with pytest.raises(GeometryError) as err:
+        robust_spine_geometry(pts)
+    assert err.value.reason == "implausible_centroids"

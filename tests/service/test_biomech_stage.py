@@ -13,6 +13,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from spinegate.biomech.loads import FLEXION_60_5KG
+from spinegate.biomech.spine_geometry import CHAIN
 from conftest import REPO, dciodvfy_errors
 from spinegate.dicom_io import codes as sg_codes
 from spinegate.dicom_io.phantom import make_spine_phantom
@@ -56,8 +57,8 @@ def test_document_round_trip_keeps_the_subject_and_the_richest_series(tmp_path):
     doc = {"series": [{"structures": [{"level": "L3", "centroid_lps_mm": [0, 0, 0]}]},
                       {"structures": [{"level": n, "centroid_lps_mm": list(map(float, c))} for n, c in cents.items()]}],
            "biomechanics": {"subject": {"height_m": 1.6, "mass_kg": 60, "sex": "F", "defaults_used": []}}}
-    assert set(centroids_from_document(doc)) == set(cents) & set(centroids_from_document(doc))
-    assert len(centroids_from_document(doc)) > 1
+    centroids, distrusted = centroids_from_document(doc)
+    assert set(centroids) == set(cents) & set(CHAIN) and len(centroids) > 3 and distrusted == {}
     s = subject_from_document(doc)
     assert (s.height_m, s.mass_kg, s.sex.value) == (1.6, 60.0, "F")
 
@@ -132,7 +133,9 @@ def test_sr_carries_coded_loads_per_level_and_task_with_inputs_and_reasons(stage
 
 def test_implausible_centroids_give_a_flag_in_the_sr_not_a_crash(tmp_path):
     cents = phantom_centroids()
-    cents["L3"] = cents["L5"].copy()  # non-monotonic along the spine
+    for i, name in enumerate(sorted(cents)):  # a zig-zag no left-out centroid can straighten
+        if i % 2:
+            cents[name] = cents[name] + np.array([0.0, -30.0, 0.0])
     result = run_stage(cents, subject_from_header(Dataset()), tmp_path / "bio")
     assert result.tasks == [] and "implausible_centroids" in result.flags and result.error
     path = _sr_with_loads(tmp_path, load_report(result))
@@ -246,3 +249,34 @@ def test_solver_process_ends_with_a_killed_parent(tmp_path):
         time.sleep(0.2)
     os.kill(child, signal.SIGKILL)
     pytest.fail(f"solver process {child} outlived its killed parent")
+
+
+def test_edge_cut_and_small_structures_are_not_joint_centres_and_loads_still_come(tmp_path):
+    """The measured chain with the field's failure modes: the lowest disc cut
+    by the field of view, one disc a fifth the size of its neighbours, and
+    S1 a displaced sliver; the loads are computed, each left-out centroid
+    flagged, and the SR names the review reason."""
+    cents = phantom_centroids()
+    volumes = {n: (12.0 if n in JOINTS_SET else 40.0) for n in cents}
+    volumes["L3L4"] = 2.5
+    flags = {n: () for n in cents}
+    flags["L5S1"] = ("touches_field_of_view_edge",)
+    cents["L5S1"] = cents["L5S1"] + np.array([0.0, -25.0, 0.0])
+    cents["L3L4"] = cents["L3L4"] + np.array([0.0, 18.0, 0.0])
+    cents["S1"] = cents["S1"] + np.array([0.0, -45.0, 0.0])
+    doc = {"series": [{"structures": [{"level": n, "centroid_lps_mm": list(map(float, c)), "volume_cm3": volumes[n],
+                                       "flags": list(flags[n])} for n, c in cents.items()]}]}
+    centroids, distrusted = centroids_from_document(doc)
+    assert distrusted == {"L5S1": "field_of_view_edge", "L3L4": "implausibly_small"}
+    result = run_stage(centroids, subject_from_header(Dataset()), tmp_path / "bio", distrusted=distrusted)
+    assert result.error == "" and len(result.tasks) == 2
+    assert {"centroid_not_used_L5S1_field_of_view_edge", "centroid_not_used_L3L4_implausibly_small",
+            "centroid_not_used_S1_off_the_chain"} <= set(result.flags)
+    path = _sr_with_loads(tmp_path, load_report(result))
+    assert dciodvfy_errors(path) == []
+    groups = hd.sr.srread(path).content.get_image_measurement_groups(finding_type=sg_codes.SPINAL_LOAD)
+    reasons = {e.value.value for g in groups for e in g.get_qualitative_evaluations(name=sg_codes.REVIEW_REASON)}
+    assert sg_codes.REASON["centroid_not_used"].value in reasons
+
+
+JOINTS_SET = {"L5S1", "L4L5", "L3L4", "L2L3", "L1L2", "T12L1", "T11T12"}
