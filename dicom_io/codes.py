@@ -87,4 +87,12 @@ REASON = {
     "dixon_noise_floor_not_removed": Code("SG0055", SCHEME, "Dixon noise floor not removed"),
     "muscle_section_under_1cm2": Code("SG0056", SCHEME, "Muscle section under 1 cm2, partial volume dominates"),
     "centroid_not_used": Code("SG0057", SCHEME, "Structure centroid not used as joint centre"),
+    "level_naming_unanchored_no_s1": Code("SG0058", SCHEME, "Level unverified, no S1 in view"),
+    "level_naming_pitch_not_countable": Code("SG0059", SCHEME, "Level unverified, step between bodies not countable"),
+    "more_bodies_than_levels": Code("SG0060", SCHEME, "More bodies than levels, the highest left out"),
+    "level_naming_body_missed_in_column": Code("SG0061", SCHEME, "Body missed in the column, its level skipped"),
+    "touches_field_of_view_edge": Code("SG0062", SCHEME, "Structure cut by the field of view"),
+    "level_naming_s1_cut_by_field_of_view": Code("SG0063", SCHEME, "Level unverified, S1 cut by the field of view"),
+    "level_naming_s1_step_ambiguous": Code("SG0064", SCHEME, "Level unverified, S1 two steps below the lowest body"),
+    "level_naming_s1_only_a_sliver": Code("SG0065", SCHEME, "Level unverified, S1 only a sliver"),
 }

@@ -66,10 +66,11 @@ def segment_numbers(label_map: np.ndarray) -> list[SpineStructure | MuscleStruct
 
 
 def _segment(number: int, s: SpineStructure | MuscleStructure, algorithm: AlgorithmInfo,
-             sop_instance_uid: str) -> hd.seg.SegmentDescription:
+             sop_instance_uid: str, level_unverified: str = "") -> hd.seg.SegmentDescription:
+    unverified = bool(level_unverified) and isinstance(s, SpineStructure)
     description = hd.seg.SegmentDescription(
         segment_number=number,
-        segment_label=s.display_name,
+        segment_label=f"{s.display_name} (level unverified)" if unverified else s.display_name,
         segmented_property_category=codes.SCT.AnatomicalStructure,
         segmented_property_type=s.property_type,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -84,6 +85,9 @@ def _segment(number: int, s: SpineStructure | MuscleStructure, algorithm: Algori
         # CID 244); highdicom's constructor has no argument for it.
         description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
             hd.sr.CodedConcept.from_code(s.laterality)]
+    if unverified:
+        # Segment Description (0062,0006), Type 3: what a viewer shows beside the label.
+        description.SegmentDescription = f"Level unverified: {level_unverified}"[:64]
     return description
 
 
@@ -109,6 +113,7 @@ def build_segmentation(
     sop_instance_uid: str,
     series_number: int,
     software_version: str,
+    level_unverified: str = "",
 ) -> hd.seg.Segmentation:
     """Build the SEG of one series.
 
@@ -121,6 +126,10 @@ def build_segmentation(
     label_map : numpy.ndarray
         uint8 (slices, rows, columns) spinegate label values (spine
         structures of `dicom_io.levels`, muscles of `dicom_io.muscles`).
+    level_unverified : str, optional
+        Why the level names rest on an assumption (e.g. "no S1 in view");
+        when given, every spine segment is labelled "(level unverified)" and
+        its Segment Description says why.
 
     Raises
     ------
@@ -137,7 +146,7 @@ def build_segmentation(
     descriptions = []
     for number, s in enumerate(structures, start=1):
         remap[s.label] = number
-        descriptions.append(_segment(number, s, algorithm, sop_instance_uid))
+        descriptions.append(_segment(number, s, algorithm, sop_instance_uid, level_unverified))
     frames = _order_like_source(volume, source_images, remap[label_map])
     seg = hd.seg.Segmentation(
         source_images=list(source_images),

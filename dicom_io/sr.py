@@ -103,7 +103,8 @@ def _groups(
             referenced_frame_numbers=[ref.frame_number] if ref.frame_number else None,
         ),
     )
-    review = _review(tuple(report.flags) + tuple(m.flags))
+    flags = tuple(report.flags) + tuple(m.flags)
+    review = _review(flags) + _reason_codes(flags)
     finding_sites = [hd.sr.FindingSite(anatomic_location=s.property_type)]
     label = f"{s.display_name} ({report.description})"
     volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(

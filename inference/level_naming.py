@@ -3,8 +3,13 @@
 S1 is the largest S1-class component, with any body component inside its
 footprint (`absorb_into_s1`); bodies off the spinal column are dropped
 (`on_spinal_column`); the bodies above S1 are counted upward L5, L4, …
-(DOMAIN.md §3: count from S1 when S1 is visible). Without S1 the lowest
-body is taken as L5 and the result is flagged for review (`name_bodies`).
+(DOMAIN.md §3: count from S1 when S1 is visible). A step between two
+bodies of about twice the column's median pitch is a body the network
+missed: the count skips its level (flagged). Without S1 the lowest body is
+taken as L5, and a step that is neither one nor two pitches cannot be
+counted across: either leaves the naming resting on an assumption, flagged
+with one of `UNVERIFIED_FLAGS` so that every output says "level
+unverified" (`name_bodies`).
 Each disc is named by the two bodies it lies between; the one under L5 is
 L5S1 even when S1 was not found (`name_discs`).
 """
@@ -20,7 +25,8 @@ from spinegate.inference.postprocess import (centroid_lps, clean_class_mask, mer
 
 __all__ = ["NamedLabels", "NamedBody", "name_levels", "name_bodies", "name_discs", "absorb_into_s1",
            "on_spinal_column", "CLASS_VB", "CLASS_S1", "CLASS_DISC", "MIN_BODY_MM3", "MIN_DISC_MM3",
-           "FLAG_UNANCHORED", "FLAG_PARTIAL"]
+           "FLAG_UNANCHORED", "FLAG_PARTIAL", "FLAG_BODY_MISSED", "FLAG_PITCH_UNCOUNTABLE", "UNVERIFIED_FLAGS",
+           "level_steps", "naming_unverified", "touches_inferior_edge", "FLAG_S1_AT_EDGE", "FLAG_S1_STEP_AMBIGUOUS", "FLAG_S1_SLIVER"]
 
 # Network classes of the sagittal model.
 CLASS_VB, CLASS_S1, CLASS_DISC = 1, 2, 3
@@ -41,10 +47,41 @@ S1_FOOTPRINT_SHARE = 0.5
 DISC_MAX_OFFSET_MM = 30.0
 DISC_PART_JOIN_MM = 15.0
 
+# Body-to-body pitch against the column's median: about two pitches is one
+# body missed inside the column (its level is skipped); a step outside
+# both ranges cannot be counted across.
+PITCH_ONE = (0.6, 1.45)
+PITCH_TWO = (1.6, 2.4)
+# S1's centroid sits lower in its segment than a lumbar body's: S1 to L5 is
+# 0.4-0.96 pitches in the shared data's manual labels (lumbar steps 0.8-1.2),
+# S1 to L4 with L5 missed about 1.8.
+S1_PITCH_ONE = (0.25, 1.3)
+S1_PITCH_TWO = (1.45, 2.2)
+
 FLAG_UNANCHORED = "level_naming_unanchored_no_s1"
 FLAG_PARTIAL = "touches_field_of_view_edge"
 FLAG_OFF_COLUMN = "off_column_components_dropped"
 FLAG_TOO_MANY_BODIES = "more_bodies_than_levels"
+FLAG_BODY_MISSED = "level_naming_body_missed_in_column"
+FLAG_PITCH_UNCOUNTABLE = "level_naming_pitch_not_countable"
+# S1 cut by the lower edge of the field of view may be L5 the network called
+# S1 (seen on a held-out volume cropped 70 mm); two pitches between S1 and
+# the lowest body may be a missed L5 or S2 called S1 (seen with S1 blanked).
+FLAG_S1_AT_EDGE = "level_naming_s1_cut_by_field_of_view"
+# An S1 component this small beside the lumbar bodies is a sliver that may
+# be a fragment of L5 (held-out volume cropped 55 mm: 0.09 of the bodies'
+# median; whole S1 components measure 0.5-0.7, partial ones down to 0.2).
+S1_SLIVER_FRACTION = 0.25
+FLAG_S1_SLIVER = "level_naming_s1_only_a_sliver"
+FLAG_S1_STEP_AMBIGUOUS = "level_naming_s1_step_ambiguous"
+# The naming rests on an assumption: every level is marked unverified, and why.
+UNVERIFIED_FLAGS = {
+    FLAG_UNANCHORED: "no S1 in view, lowest body taken as L5",
+    FLAG_S1_AT_EDGE: "S1 cut by the field of view",
+    FLAG_S1_SLIVER: "S1 only a sliver",
+    FLAG_S1_STEP_AMBIGUOUS: "S1 two steps below the lowest body",
+    FLAG_PITCH_UNCOUNTABLE: "a step between bodies cannot be counted",
+}
 
 
 @dataclass(frozen=True)
@@ -142,16 +179,71 @@ def name_bodies(classes: np.ndarray, affine: np.ndarray, min_body_voxels: int,
     named: list[NamedBody] = []
     if s1 is not None:
         named.append(NamedBody("S1", s1_z, s1))
+        if touches_inferior_edge(s1, affine):
+            flags.append(FLAG_S1_AT_EDGE)
     else:
         flags.append(FLAG_UNANCHORED)
-    start = VERTEBRAL_BODY_LEVELS.index("L5")
-    for i, (z, b) in enumerate(body_z):
-        idx = start - i
+    centre_z = [float(centroid_lps(b, affine)[2]) for _, b in body_z]
+    if s1 is not None:
+        centre_z.insert(0, float(centroid_lps(s1, affine)[2]))
+    steps, step_flags = level_steps(np.diff(centre_z), from_s1=s1 is not None)
+    flags += step_flags
+    if s1 is not None and steps and steps[0] == 2:
+        flags.append(FLAG_S1_STEP_AMBIGUOUS)
+    if s1 is not None and len(body_z) >= 2 and \
+            s1.sum() < S1_SLIVER_FRACTION * float(np.median([b.sum() for _, b in body_z])):
+        flags.append(FLAG_S1_SLIVER)
+    if s1 is None:
+        steps = [1] + steps  # the lowest body is taken as L5
+    idx = VERTEBRAL_BODY_LEVELS.index("S1")
+    for (z, b), step in zip(body_z, steps):
+        idx -= step
         if idx < 0:
             flags.append(FLAG_TOO_MANY_BODIES)
             break
         named.append(NamedBody(VERTEBRAL_BODY_LEVELS[idx], z, b))
     return named, flags
+
+
+def touches_inferior_edge(mask: np.ndarray, affine: np.ndarray) -> bool:
+    """Whether a component reaches the in-plane image edge that lies most
+    inferior (the row or column edge along which patient z falls)."""
+    axis = 1 if abs(affine[2, 1]) >= abs(affine[2, 2]) else 2
+    index = -1 if affine[2, axis] < 0 else 0
+    return bool(np.take(mask, index, axis=axis).any())
+
+
+def level_steps(pitches_mm: np.ndarray, from_s1: bool = False) -> tuple[list[int], list[str]]:
+    """Levels between consecutive bodies (1, or 2 where one was missed),
+    and the flags, from the centroid-to-centroid pitches (inferior first;
+    with ``from_s1`` the first pitch starts at S1).
+
+    The median is taken over the body-to-body pitches; fewer than two of
+    them give nothing to compare against: one level each, unflagged.
+    """
+    pitches = np.asarray(pitches_mm, float)
+    lumbar = pitches[1:] if from_s1 else pitches
+    if len(lumbar) < 2:
+        return [1] * len(pitches), []
+    median = float(np.median(lumbar))
+    steps, flags = [], []
+    for k, p in enumerate(pitches / median):
+        one, two = (S1_PITCH_ONE, S1_PITCH_TWO) if from_s1 and k == 0 else (PITCH_ONE, PITCH_TWO)
+        if two[0] <= p <= two[1]:
+            steps.append(2)
+            if FLAG_BODY_MISSED not in flags:
+                flags.append(FLAG_BODY_MISSED)
+        else:
+            steps.append(1)
+            if not one[0] <= p <= one[1] and FLAG_PITCH_UNCOUNTABLE not in flags:
+                flags.append(FLAG_PITCH_UNCOUNTABLE)
+    return steps, flags
+
+
+def naming_unverified(series_flags: tuple[str, ...] | list[str]) -> str:
+    """Why the level names rest on an assumption ('' when they do not): the
+    `UNVERIFIED_FLAGS` among ``series_flags``, in words."""
+    return "; ".join(UNVERIFIED_FLAGS[f] for f in series_flags if f in UNVERIFIED_FLAGS)
 
 
 def _disc_level(centroid: np.ndarray, ladder: list[NamedBody], centre: dict[str, np.ndarray], s1_found: bool

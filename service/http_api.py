@@ -223,7 +223,8 @@ class StatusApi:
 def _summary(rec: StudyRecord) -> dict[str, Any]:
     return {"study_uid": rec.study_uid, "state": rec.state.value, "error": rec.reason or None,
             "instances": rec.n_instances, "first_received": rec.first_received, "last_received": rec.last_received,
-            "updated": rec.updated, "timings_s": rec.detail.get("timings_s", {})}
+            "updated": rec.updated, "timings_s": rec.detail.get("timings_s", {}),
+            "series_with_levels_unverified": sum(1 for s in rec.detail.get("series", []) if s.get("level_unverified"))}
 
 
 def _json(value: Any) -> bytes:

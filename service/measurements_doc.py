@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from spinegate.dicom_io.levels import StructureKind
+from spinegate.inference.level_naming import naming_unverified
 from spinegate.dicom_io.measurements import MuscleLevelMeasurements
 from spinegate.inference.engine import ModelInfo
 from spinegate.service.study_result import StudyResult
@@ -59,6 +60,8 @@ def measurements_document(result: StudyResult, models: Sequence[ModelInfo]) -> d
             "skipped_reason": o.decision.skipped_reason or None,
             "error": o.error or None,
             "flags": list(o.flags),
+            # Why the level names rest on an assumption (null: anchored and counted).
+            "levels_unverified": naming_unverified(o.flags) or None,
             "seg_sop_instance_uid": o.seg_sop_instance_uid or None,
             "timings_s": {k: round(v, 3) for k, v in o.timings_s.items()},
             "structures": [

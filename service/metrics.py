@@ -57,6 +57,9 @@ class Metrics:
                                       ["destination"], registry=r)
         self.export_failures = Counter("spinegate_export_failures_total",
                                        "exports abandoned after the last attempt", ["destination"], registry=r)
+        self.level_naming_unverified = Counter(
+            "spinegate_level_naming_unverified_total",
+            "analysed series whose level names rest on an assumption (every level marked unverified)", registry=r)
         self.model_info = Gauge("spinegate_model_info", "loaded model (value 1)",
                                 ["name", "version", "sha256", "backend"], registry=r)
         self.gpu_memory_bytes = Gauge("spinegate_gpu_memory_used_bytes", "GPU memory in use (GPU backends only)",

@@ -25,6 +25,7 @@ from spinegate.dicom_io.seg import AlgorithmInfo, build_segmentation, segment_nu
 from spinegate.dicom_io.sr import SeriesReport, build_measurement_report, series_measurement_groups
 from spinegate.dicom_io.study import StudyHeaders, read_study_headers
 from spinegate.dicom_io.uids import derive_uid
+from spinegate.inference.level_naming import naming_unverified
 from spinegate.dicom_io.volume import SeriesError
 from spinegate.inference.engine import ModelInfo
 from spinegate.biomech.study import StudyBiomechanics
@@ -173,6 +174,7 @@ def write_seg(series: RoutedSeries, analysis: SeriesAnalysis, algorithm: Algorit
         analysis.volume, datasets, analysis.label_map, algorithm, derive_uid(digest, series.series_uid, "seg-series"),
         derive_uid(digest, series.series_uid, "seg"),
         SEG_SERIES_NUMBER_OFFSET + int(datasets[0].get("SeriesNumber") or 0), __version__,
+        level_unverified=naming_unverified(analysis.flags),
     )
     path = out_dir / f"seg_{series.series_uid}.dcm"
     seg.save_as(path, enforce_file_format=True)

@@ -26,6 +26,7 @@ from huey.api import Huey
 from spinegate.service.config import SpinegateConfig
 from spinegate.service.export import DeliveryStatus, deliver_round, initial_status, retry_delay_s, \
     statuses_from_detail
+from spinegate.inference.level_naming import naming_unverified
 from spinegate.service.metrics import Metrics
 from spinegate.service.biomech_stage import BiomechSolver
 from spinegate.service.engines import Engines
@@ -243,7 +244,8 @@ class StudyWorker:
             return
         detail.update(outputs=[str(p) for p in result.outputs], timings_s=result.timings_s,
                       series=[{"series_uid": o.series_uid, "rule": o.decision.rule,
-                               "skipped": o.decision.skipped_reason, "error": o.error} for o in result.series])
+                               "skipped": o.decision.skipped_reason, "error": o.error,
+                               "level_unverified": naming_unverified(o.flags)} for o in result.series])
         self._observe_pipeline(result)
         # The outputs and the intent to deliver them are recorded before the
         # first send: after a crash the same files are sent again.
@@ -328,6 +330,8 @@ class StudyWorker:
         if not self.metrics:
             return
         for o in result.series:
+            if naming_unverified(o.flags):
+                self.metrics.level_naming_unverified.inc()
             t = o.timings_s
             if "segment" in t:
                 self.metrics.observe_stage("segmentation", t["segment"], o.decision.engine or "", BACKEND)

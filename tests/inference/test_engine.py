@@ -74,7 +74,12 @@ def test_real_validation_subject_through_spinegate_analyze(tmp_path):
     import pydicom
 
     uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
-    labels = {d.SegmentLabel: d.SegmentNumber for d in seg.SegmentSequence}
+    # VB3 is water-fat: its S1 is a sliver, so the levels are marked unverified, and said so in the SEG.
+    doc = json.loads((tmp_path / "out" / "measurements.json").read_text())
+    unverified = doc["series"][0]["levels_unverified"]
+    suffix = " (level unverified)"
+    assert all(d.SegmentLabel.endswith(suffix) == bool(unverified) for d in seg.SegmentSequence)
+    labels = {d.SegmentLabel.removesuffix(suffix): d.SegmentNumber for d in seg.SegmentSequence}
     scores = {}
     for value, level in VB_TABLE.items():
         t = truth == value
