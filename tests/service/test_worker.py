@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pydicom
 
 from spinegate.service.config import load_config
@@ -247,3 +248,34 @@ def test_delivery_outlasts_a_pacs_that_refuses_then_fails_then_recovers(tmp_path
         assert sorted(received) == sorted(pydicom.dcmread(p).SOPInstanceUID for p in outputs)
     finally:
         server.shutdown()
+
+
+def test_a_series_whose_levels_are_unverified_is_marked_in_the_seg_the_status_and_a_metric(tmp_path, engines):
+    """A phantom study with the bottom of the field of view cropped through
+    S1: the naming is unverified, and the SEG labels, the study's status
+    and the metric say so."""
+    import highdicom as hd
+
+    from spinegate.dicom_io.classify import Weighting
+    from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
+    from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
+    from spinegate.service.http_api import _summary
+    from spinegate.service.metrics import Metrics
+
+    grid = sagittal_grid(15, 256, 256, 1.2, 4.0)
+    image, _ = render_phantom(make_spine_phantom(1001), grid, Weighting.T2)
+    cropped = np.ascontiguousarray(image[:, :220, :])  # rows run superior to inferior: S1 is cut
+    files = write_mr_series(cropped, grid.affine, StudyInfo("unverified-levels"),
+                            SeriesSpec(3, "SAG T2", 3500, 100, 4.0), tmp_path / "in")
+    cfg, store, worker = _worker(tmp_path)
+    worker._engines, worker.metrics = engines, Metrics()
+    uid = _record_all(store, files)
+    assert worker.request_processing(uid)
+    rec = store.study(uid)
+    assert rec.state is StudyState.EXPORTED, rec.reason
+    assert rec.detail["series"][0]["level_unverified"] and _summary(rec)["series_with_levels_unverified"] == 1
+    assert worker.metrics.level_naming_unverified._value.get() == 1
+    seg = hd.seg.segread(next((cfg.storage.outputs / uid).glob("seg_*.dcm")))
+    spine = [d for d in seg.SegmentSequence if "vertebral body" in d.SegmentLabel]
+    assert spine and all(d.SegmentLabel.endswith("(level unverified)") for d in spine)
+    assert all(d.SegmentDescription.startswith("Level unverified: ") for d in spine)
