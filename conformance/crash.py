@@ -9,7 +9,7 @@ export), waits until the service is there (a send in flight; the state
 store; the service's log), waits a random fraction of a second more, kills
 with SIGKILL, notes what was going on, and starts the service again. Afterwards every study whose instances
 were all acknowledged must have exactly one set of outputs at the PACS
-(dcmtk's storescp): its SEGs and one SR, each SOP Instance once — 0 lost,
+(dcmtk's storescp): one SEG per series and one SR, each SOP Instance once — 0 lost,
 0 duplicated — and the killed processes must leave no child behind.
 
 Used by ``tests/integration/test_crash_safety.py`` (CI) and
@@ -39,7 +39,6 @@ from spinegate.service.store import StateStore, StudyState
 __all__ = ["CrashReport", "run_crash_harness", "write_studies"]
 
 REPO = Path(__file__).resolve().parent.parent
-SEGS_PER_STUDY = 2  # the phantom study's sagittal T1 and T2 series
 
 
 @dataclass
@@ -85,14 +84,16 @@ class CrashReport:
                 "orphans": self.orphans, "pacs_outages": self.pacs_outages, "duration_s": round(self.duration_s, 1)}
 
 
-def write_studies(folder: Path, n: int, seed: int = 0) -> list[tuple[str, list[Path]]]:
-    """``n`` small sagittal T1+T2 phantom studies, each with its own UIDs."""
+def write_studies(folder: Path, n: int, seed: int = 0, series: int = 2) -> list[tuple[str, list[Path]]]:
+    """``n`` small sagittal phantom studies, each with its own UIDs: T1 and
+    T2 (``series=2``) or the T2 series alone (``series=1``)."""
     studies = []
     for i in range(n):
         info = StudyInfo(uid_seed=f"spinegate-crash-{seed}-{i}", patient_id=f"CRASH{i:04d}")
         truth = write_phantom_study(folder / f"study{i:04d}", seed=seed * 1000 + i, rows=192, columns=192,
                                     pixel_spacing_mm=1.6, n_slices=13, study=info)
-        studies.append((truth["study_instance_uid"], truth["files"]))
+        files = truth["files"] if series == 2 else truth["files"][len(truth["files"]) // 2:]  # T1 first, then T2
+        studies.append((truth["study_instance_uid"], files))
     return studies
 
 
@@ -232,7 +233,7 @@ def _delivered(pacs_folder: Path) -> dict[str, dict[str, set[str]]]:
 
 def run_crash_harness(work: Path, n_studies: int, max_kills: int, seed: int = 0,
                       kill_interval_s: tuple[float, float] = (2.0, 6.0), send_gap_s: tuple[float, float] = (0.5, 2.5),
-                      biomechanics: bool = False,
+                      biomechanics: bool = False, series_per_study: int = 2,
                       timeout_s: float = 900.0) -> CrashReport:
     """Stream ``n_studies`` phantom studies into ``spinegate serve`` while
     killing it up to ``max_kills`` times; see the module docstring.
@@ -245,7 +246,7 @@ def run_crash_harness(work: Path, n_studies: int, max_kills: int, seed: int = 0,
     rng = random.Random(seed)
     report = CrashReport()
     t0 = time.monotonic()
-    studies = write_studies(work / "studies", n_studies, seed)
+    studies = write_studies(work / "studies", n_studies, seed, series_per_study)
     pacs_port = free_port()
     pacs = StoreSCP.start(work / "pacs", pacs_port)
     serve = _Serve(work / "spinegate", pacs_port, biomechanics)
@@ -289,7 +290,9 @@ def run_crash_harness(work: Path, n_studies: int, max_kills: int, seed: int = 0,
             raise TimeoutError(f"not every study was delivered within {timeout_s:.0f} s")
         if sender.error is not None:
             raise sender.error
-        time.sleep(10 if killed_children else 0)
+        orphan_deadline = time.monotonic() + 10  # children watch their parent and follow it within ~1 s
+        while any(_alive(pid) for pid in killed_children) and time.monotonic() < orphan_deadline:
+            time.sleep(0.2)
         report.orphans = sum(_alive(pid) for pid in killed_children)
     finally:
         serve.stop()
@@ -302,9 +305,9 @@ def run_crash_harness(work: Path, n_studies: int, max_kills: int, seed: int = 0,
     for uid in sender.acknowledged:
         objs = delivered.get(uid, {})
         n_seg, n_sr = len(objs.get("SEG", ())), len(objs.get("SR", ()))
-        if n_seg < SEGS_PER_STUDY or n_sr < 1:
+        if n_seg < series_per_study or n_sr < 1:
             report.lost.append(uid)
-        elif n_seg > SEGS_PER_STUDY or n_sr > 1:
+        elif n_seg > series_per_study or n_sr > 1:
             report.duplicated.append(uid)
     report.duration_s = time.monotonic() - t0
     return report
