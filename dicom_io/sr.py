@@ -9,7 +9,7 @@ source slice where it was measured, so viewers draw it (DICOM_OUTPUTS.md).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import highdicom as hd
 import numpy as np
@@ -49,6 +49,9 @@ class SeriesReport:
     flags: tuple[str, ...] = field(default_factory=tuple)
     muscles: Sequence[MuscleLevelMeasurements] = ()
     algorithm: AlgorithmInfo | None = None
+    # Structure kind value → {"height_mae_mm", "volume_mae_cm3", …}: the
+    # model's validated accuracy, written as each measurement's uncertainty.
+    accuracy: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 def _algorithm_id(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
@@ -72,6 +75,13 @@ def _centroid_measurements(lps_mm) -> list[hd.sr.Measurement]:
     """Centre of mass as three NUMs, patient x/y/z (LPS) in mm."""
     return [hd.sr.Measurement(code, round(float(v), 2), codes.UCUM.Millimeter)
             for code, v in zip((sg_codes.CENTROID_L, sg_codes.CENTROID_P, sg_codes.CENTROID_S), lps_mm)]
+
+
+def _uncertainty(mae: float | None) -> hd.sr.MeasurementProperties | None:
+    """The model's validation MAE as the measurement's symmetric uncertainty
+    (TID 310 upper/lower measurement uncertainty)."""
+    return None if mae is None else hd.sr.MeasurementProperties(upper_measurement_uncertainty=float(mae),
+                                                                lower_measurement_uncertainty=float(mae))
 
 
 def _review(flags: Sequence[str]) -> list[hd.sr.QualitativeEvaluation]:
@@ -105,6 +115,7 @@ def _groups(
     )
     flags = tuple(report.flags) + tuple(m.flags)
     review = _review(flags) + _reason_codes(flags)
+    accuracy = report.accuracy.get(s.kind.value, {})
     finding_sites = [hd.sr.FindingSite(anatomic_location=s.property_type)]
     label = f"{s.display_name} ({report.description})"
     volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -115,7 +126,8 @@ def _groups(
         finding_type=s.property_type,
         finding_sites=finding_sites,
         algorithm_id=algo,
-        measurements=[hd.sr.Measurement(codes.SCT.Volume, round(m.volume_cm3, 3), codes.UCUM.CubicCentimeter),
+        measurements=[hd.sr.Measurement(codes.SCT.Volume, round(m.volume_cm3, 3), codes.UCUM.CubicCentimeter,
+                                        properties=_uncertainty(accuracy.get("volume_mae_cm3"))),
                       *_centroid_measurements(m.centroid_lps_mm)],
         qualitative_evaluations=review,
     )
@@ -129,7 +141,8 @@ def _groups(
         finding_sites=finding_sites,
         algorithm_id=algo,
         measurements=[
-            hd.sr.Measurement(codes.DCM.Height, round(m.height_mm, 2), codes.UCUM.Millimeter)
+            hd.sr.Measurement(codes.DCM.Height, round(m.height_mm, 2), codes.UCUM.Millimeter,
+                              properties=_uncertainty(accuracy.get("height_mae_mm")))
         ],
         qualitative_evaluations=review,
     )

@@ -3,6 +3,9 @@ docs/outputs.md) from a study's result, and its plain-text table for the CLI.
 """
 from __future__ import annotations
 
+import functools
+import json
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -63,6 +66,7 @@ def measurements_document(result: StudyResult, models: Sequence[ModelInfo]) -> d
             # Why the level names rest on an assumption (null: anchored and counted).
             "levels_unverified": naming_unverified(o.flags) or None,
             "seg_sop_instance_uid": o.seg_sop_instance_uid or None,
+            "measurement_accuracy": dict(o.accuracy) or None,
             "timings_s": {k: round(v, 3) for k, v in o.timings_s.items()},
             "structures": [
                 {
@@ -71,6 +75,9 @@ def measurements_document(result: StudyResult, models: Sequence[ModelInfo]) -> d
                     "kind": "disc" if m.structure.kind is StructureKind.DISC else "vertebral_body",
                     "volume_cm3": round(m.volume_cm3, 3),
                     "height_mm": round(m.height_mm, 2),
+                    # The model's validation MAE for this kind of structure (null: not validated).
+                    "height_mae_mm": o.accuracy.get(m.structure.kind.value, {}).get("height_mae_mm"),
+                    "volume_mae_cm3": o.accuracy.get(m.structure.kind.value, {}).get("volume_mae_cm3"),
                     "centroid_lps_mm": [round(float(v), 2) for v in np.asarray(m.centroid_lps_mm)],
                     "flags": list(m.flags),
                 }
@@ -116,3 +123,29 @@ def structure_table(doc: dict[str, Any]) -> str:
                          f"{fmt(m['csa_mean_cm2']):>8} {fmt(m['rcsa']):>5} {fmt(m['fat_infiltration'], 100, '.1f'):>5} "
                          f"{fmt(m['fat_fraction'], 100, '.1f'):>5}")
     return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=8)
+def _accuracy_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def measurement_accuracy(model_path: Path, model_name: str, slab_mm: float) -> dict[str, dict[str, float]]:
+    """Structure kind → validated accuracy of the model's measurements on
+    real subjects, at the validated slice thickness nearest ``slab_mm``:
+    ``height_mae_mm``, ``volume_mae_cm3``, ``n`` and ``slab_mm``; empty when
+    the model has no record (``<name>.measurement_accuracy.json`` beside it,
+    written by `service.measurement_validation`)."""
+    record = _accuracy_record(model_path.parent / f"{model_name}.measurement_accuracy.json")
+    if record is None:
+        return {}
+    out = {}
+    for kind, by_slab in (record.get("summary_real_only") or {}).items():
+        slab = min(by_slab, key=lambda k: abs(float(k.removesuffix("mm")) - slab_mm))
+        s = by_slab[slab]
+        out[kind] = {"height_mae_mm": s["height_mae_mm"], "volume_mae_cm3": s["volume_mae_cm3"], "n": s["n"],
+                     "slab_mm": float(slab.removesuffix("mm"))}
+    return out

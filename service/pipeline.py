@@ -19,6 +19,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 from spinegate.biomech.axial_measurements import model_acsa_cm2
 from spinegate.dicom_io.classify import classify_series
 from spinegate.dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
@@ -32,7 +34,7 @@ from spinegate.biomech.study import StudyBiomechanics
 from spinegate.service.biomech_stage import BiomechSolver, choose_centroids, load_report, subject_from_header
 from spinegate.service.config import RoutingRule
 from spinegate.service.engines import Engines
-from spinegate.service.measurements_doc import measurements_document, structure_table
+from spinegate.service.measurements_doc import measurement_accuracy, measurements_document, structure_table
 from spinegate.service.routing import RoutingDecision, route
 from spinegate.service.series_stages import (RoutedSeries, SeriesAnalysis, SeriesStage, StudyContext, stage_for,
                                              study_context)
@@ -166,8 +168,9 @@ def start_loads(analysed: Sequence[tuple[RoutedSeries, SeriesAnalysis]], out_dir
 
 
 def write_seg(series: RoutedSeries, analysis: SeriesAnalysis, algorithm: AlgorithmInfo, digest: str,
-              out_dir: Path) -> tuple[SeriesReport, Path]:
-    """The series' DICOM SEG on disk, and what the SR needs of it."""
+              out_dir: Path, accuracy: Mapping[str, Mapping[str, float]] | None = None) -> tuple[SeriesReport, Path]:
+    """The series' DICOM SEG on disk, and what the SR needs of it
+    (``accuracy``: the model's validated accuracy per structure kind)."""
     t0 = time.perf_counter()
     datasets = series.headers.datasets
     seg = build_segmentation(
@@ -180,7 +183,8 @@ def write_seg(series: RoutedSeries, analysis: SeriesAnalysis, algorithm: Algorit
     seg.save_as(path, enforce_file_format=True)
     numbers = {s.label: i + 1 for i, s in enumerate(segment_numbers(analysis.label_map))}
     report = SeriesReport(analysis.volume, datasets, seg, numbers, list(analysis.structures), series.description,
-                          analysis.flags, muscles=list(analysis.muscles), algorithm=algorithm)
+                          analysis.flags, muscles=list(analysis.muscles), algorithm=algorithm,
+                          accuracy=dict(accuracy or {}))
     log.info("seg written series_uid=%s seconds=%.3f", series.series_uid, time.perf_counter() - t0)
     return report, path
 
@@ -196,7 +200,7 @@ def _outcome(series: RoutedSeries, result: SeriesAnalysis | str | None, seg: tup
     if result is None or seg is None:
         return base
     return replace(base, measurements=result.structures, muscles=result.muscles, flags=result.flags,
-                   seg_path=seg[1], seg_sop_instance_uid=str(seg[0].segmentation.SOPInstanceUID),
+                   seg_path=seg[1], seg_sop_instance_uid=str(seg[0].segmentation.SOPInstanceUID), accuracy=seg[0].accuracy,
                    timings_s={**result.timings_s, "seg_write": seg_write_s},
                    dixon_noise_sigma=result.dixon_noise_sigma)
 
@@ -236,7 +240,10 @@ def analyze_study(
     seg_seconds: dict[str, float] = {}
     for r, a in analysed:
         t0 = time.perf_counter()
-        segs[r.series_uid] = write_seg(r, a, _algorithm(selection.stages[r.series_uid].info), selection.digest, out_dir)
+        info = selection.stages[r.series_uid].info
+        slab_mm = float(np.linalg.norm(a.volume.affine[:3, 0]))
+        segs[r.series_uid] = write_seg(r, a, _algorithm(info), selection.digest, out_dir,
+                                       measurement_accuracy(info.path, info.name, slab_mm) if a.structures else None)
         seg_seconds[r.series_uid] = time.perf_counter() - t0
     reports = [segs[r.series_uid][0] for r, _ in analysed]
     sr_path = None

@@ -36,6 +36,9 @@ class SeriesOutcome:
     seg_sop_instance_uid: str = ""
     timings_s: Mapping[str, float] = field(default_factory=dict)
     dixon_noise_sigma: float | None = None
+    # Structure kind value → the model's validated accuracy for it
+    # (`measurement_accuracy`): what a change of the measurement means.
+    accuracy: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

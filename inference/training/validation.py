@@ -30,7 +30,8 @@ from spinegate.dicom_io.volume import read_series
 from spinegate.inference.engine import SagittalSpineEngine
 from spinegate.inference.training.training_data import SPLIT, training_stems
 
-__all__ = ["dice", "thick_slice_series", "validate_volume", "validate_phantom", "main"]
+__all__ = ["dice", "thick_slice_series", "slab_labels", "run_dicom_path", "validate_volume", "validate_phantom",
+           "main", "VB_TABLE", "IVD_TABLE"]
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +84,14 @@ def slab_labels(labels_ras: np.ndarray, slab: int = 4) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(out, (0, 2, 1))[:, ::-1, ::-1])
 
 
-def _run_dicom_path(engine: SagittalSpineEngine, pixels: np.ndarray, affine: np.ndarray, name: str,
-                    weighting: str) -> tuple[np.ndarray, Any]:
+def run_dicom_path(engine: SagittalSpineEngine, pixels: np.ndarray, affine: np.ndarray, name: str,
+                   weighting: str, thickness_mm: float = 4.0) -> tuple[np.ndarray, Any]:
     """Write the series as DICOM, read it back, segment; return label map in
     the written slice order and the named result."""
     tr, te = (600, 12) if weighting == "T1" else (3500, 100)
     with tempfile.TemporaryDirectory() as d:
         paths = write_mr_series(pixels, affine, StudyInfo(uid_seed=f"validation-{name}"),
-                                SeriesSpec(1, f"SAG {weighting} {name}", tr, te, 4.0), Path(d))
+                                SeriesSpec(1, f"SAG {weighting} {name}", tr, te, thickness_mm), Path(d))
         volume = read_series(read_study_headers(paths).series[0].datasets)
     seg = engine.segment(volume)
     label_map = seg.named.label_map
@@ -109,7 +110,7 @@ def validate_volume(engine: SagittalSpineEngine, data_dir: Path, stem: str) -> d
     pixels, affine, _ = thick_slice_series(np.asarray(img.dataobj), img.affine)
     truth = slab_labels(np.asarray(lab.dataobj).astype(np.uint8))
     weighting = "T1" if stem in ("VB1_10",) else "T2"
-    pred, seg = _run_dicom_path(engine, pixels, affine, stem, weighting)
+    pred, seg = run_dicom_path(engine, pixels, affine, stem, weighting)
     table = IVD_TABLE if stem.startswith("IVD") else VB_TABLE
     per_level = {}
     for value, level in table.items():
@@ -130,7 +131,7 @@ def validate_phantom(engine: SagittalSpineEngine, seed: int, weighting: Weightin
     phantom = make_spine_phantom(seed)
     grid = sagittal_grid(15, 384, 384, 0.8, 4.0)
     image, truth = render_phantom(phantom, grid, weighting)
-    pred, seg = _run_dicom_path(engine, image, grid.affine, f"phantom{seed}", weighting.name)
+    pred, seg = run_dicom_path(engine, image, grid.affine, f"phantom{seed}", weighting.name)
     per_level = {}
     for e in phantom.elements:
         t = truth == e.label

@@ -73,7 +73,7 @@ def misnamed_levels(pred: np.ndarray, truth: np.ndarray) -> list[str]:
 def test_hard_cases_are_named_right_or_flagged_unverified(engine, stem):
     import nibabel as nib
 
-    from spinegate.inference.training.validation import _run_dicom_path, slab_labels, thick_slice_series
+    from spinegate.inference.training.validation import run_dicom_path, slab_labels, thick_slice_series
 
     data = require_shared_data()
     img, lab = nib.load(str(data / f"{stem}_image.nii.gz")), nib.load(str(data / f"{stem}_label.nii.gz"))
@@ -82,7 +82,7 @@ def test_hard_cases_are_named_right_or_flagged_unverified(engine, stem):
     for case, make in CASES.items():
         im, lb, af = make(image, labels, img.affine)
         pixels, affine, _ = thick_slice_series(im, af)
-        pred, seg = _run_dicom_path(engine, pixels, affine, f"{stem}-{case}", "T2")
+        pred, seg = run_dicom_path(engine, pixels, affine, f"{stem}-{case}", "T2")
         wrong = misnamed_levels(pred, slab_labels(lb))
         outcome[case] = (wrong, naming_unverified(seg.named.series_flags), list(seg.named.series_flags))
     silent = {case: o for case, o in outcome.items() if o[0] and not o[1]}

@@ -1,0 +1,85 @@
+"""Measurement accuracy: the validation summary is exact on constructed
+rows, the model's record is read at the nearest validated slice thickness,
+and every height and volume in the SR and measurements.json carries the
+validation MAE of its structure kind."""
+from __future__ import annotations
+
+import json
+
+import pydicom
+import pytest
+
+from spinegate.service.measurement_validation import summarise
+from spinegate.service.measurements_doc import measurement_accuracy
+
+
+def _row(kind, slab, h_manual, h_auto, v_manual, v_auto):
+    return {"source": "x", "slab_mm": slab, "level": "L3", "kind": kind, "height_manual_mm": h_manual,
+            "height_auto_mm": h_auto, "volume_manual_cm3": v_manual, "volume_auto_cm3": v_auto}
+
+
+def test_summary_is_exact_on_constructed_rows():
+    rows = [_row("disc", 4, 10.0, 11.0, 10.0, 12.0), _row("disc", 4, 10.0, 9.0, 10.0, 9.0),
+            _row("disc", 4, 8.0, 9.0, 5.0, 5.0)]
+    s = summarise(rows)["disc"]["4mm"]
+    assert s["n"] == 3 and s["height_mae_mm"] == 1.0 and s["height_bias_mm"] == pytest.approx(0.33, abs=0.01)
+    # differences +1, -1, +1: sd = 1.1547, limits = bias -/+ 1.96 sd
+    assert s["height_limits_of_agreement_mm"] == [pytest.approx(-1.93, abs=0.01), pytest.approx(2.60, abs=0.01)]
+    assert s["volume_mae_cm3"] == 1.0 and s["volume_bias_pct"] == pytest.approx(3.3, abs=0.05)
+    assert s["volume_mape_pct"] == pytest.approx(10.0, abs=0.05)
+
+
+def test_the_record_is_read_at_the_nearest_validated_thickness(tmp_path):
+    record = {"summary_real_only": {"vertebral body": {
+        f"{t}mm": {"n": 10, "height_mae_mm": float(t), "volume_mae_cm3": 2.0 * t} for t in (3, 4, 5)}}}
+    (tmp_path / "m.measurement_accuracy.json").write_text(json.dumps(record))
+    got = measurement_accuracy(tmp_path / "m.onnx", "m", 4.4)
+    assert got == {"vertebral body": {"height_mae_mm": 4.0, "volume_mae_cm3": 8.0, "n": 10, "slab_mm": 4.0}}
+    assert measurement_accuracy(tmp_path / "m.onnx", "m", 6.0)["vertebral body"]["slab_mm"] == 5.0
+    assert measurement_accuracy(tmp_path / "none.onnx", "none", 4.0) == {}
+
+
+def test_heights_and_volumes_carry_the_validation_mae_in_the_sr_and_json(tmp_path, phantom_study, engines):
+    from spinegate.service.config import load_config
+    from spinegate.service.pipeline import analyze_study
+
+    cfg = load_config(environ={})
+    result = analyze_study(phantom_study["files"], engines, cfg.routing, tmp_path / "out", False)
+    info = engines.model_info("sagittal_spine")
+    expected = measurement_accuracy(info.path, info.name, 4.0)
+    assert set(expected) == {"vertebral body", "intervertebral disc"}  # the committed record
+    doc = json.loads(result.measurements_path.read_text())
+    for series in doc["series"]:
+        for s in series["structures"]:
+            kind = "intervertebral disc" if s["kind"] == "disc" else "vertebral body"
+            assert (s["height_mae_mm"], s["volume_mae_cm3"]) == (expected[kind]["height_mae_mm"],
+                                                                 expected[kind]["volume_mae_cm3"])
+    sr = pydicom.dcmread(result.sr_path)
+    upper = [float(item.MeasuredValueSequence[0].NumericValue) for item in _items(sr)
+             if "ConceptNameCodeSequence" in item and item.ConceptNameCodeSequence[0].CodeValue == "371886008"]
+    maes = {v for k in expected.values() for v in (k["height_mae_mm"], k["volume_mae_cm3"])}
+    n_structures = sum(len(series["structures"]) for series in doc["series"])
+    assert len(upper) == 2 * n_structures and set(upper) <= maes
+
+
+def _items(ds):
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from _items(item)
+
+
+@pytest.mark.shared_data
+def test_the_committed_record_is_reproduced_for_the_disc_labelled_subject(engine):
+    """The model card's disc rows at 4 mm, recomputed (`--data` run of one volume)."""
+    from conftest import MODEL_DIR, require_shared_data
+    from spinegate.service.measurement_validation import _real_rows
+
+    data = require_shared_data()
+    record = json.loads((MODEL_DIR / "sagittal_spine.measurement_accuracy.json").read_text())
+    committed = [r for r in record["rows"] if r["source"] == "IVD_42" and r["slab_mm"] == 4]
+    rows = _real_rows(engine, data, "IVD_42", 4)
+    assert len(rows) == len(committed) == 5
+    for got, want in zip(rows, committed):
+        assert got["level"] == want["level"]
+        for key in ("height_auto_mm", "height_manual_mm", "volume_auto_cm3", "volume_manual_cm3"):
+            assert got[key] == pytest.approx(want[key], abs=0.02), (got["level"], key)
