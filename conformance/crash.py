@@ -172,6 +172,16 @@ _ANALYSIS_STEPS = (("msg=series routed", "segmentation"), ("msg=seg written", "r
                    ("msg=biomechanics done", "report_writing"), ("msg=sr written", "export"))
 
 
+def _log_tail(path: Path, size: int = 8192) -> str:
+    """The end of the service's log (it is polled every 10 ms while aiming
+    a kill: reading the whole, growing file each time would be the
+    harness's own load)."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - size))
+        return f.read().decode(errors="replace")
+
+
 def _phases(store: StateStore, log_path: Path, sending: bool) -> set[str]:
     """What the service is doing now: from the sender, the state store and,
     within an analysis, the step its log last opened."""
@@ -181,7 +191,7 @@ def _phases(store: StateStore, log_path: Path, sending: bool) -> set[str]:
         phases.add("assembly")
     if counts.get(StudyState.PROCESSING.value):
         step = "segmentation"
-        for line in log_path.read_text(errors="replace").splitlines()[-20:]:
+        for line in _log_tail(log_path).splitlines()[-20:]:
             step = next((name for marker, name in _ANALYSIS_STEPS if marker in line), step)
         phases.add(step if step != "export" else "report_writing")
     if counts.get(StudyState.EXPORTING.value):
