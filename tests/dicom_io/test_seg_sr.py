@@ -95,3 +95,19 @@ def test_sr_identifies_the_private_coding_scheme(written):
     schemes = {i.CodingSchemeDesignator: i for i in sr.CodingSchemeIdentificationSequence}
     assert schemes["99SPINEGATE"].CodingSchemeName == "spinegate local codes"  # ... and identified
     assert schemes["99SPINEGATE"].CodingSchemeResponsibleOrganization.startswith("spinegate project")
+
+
+def test_every_private_code_value_means_one_thing():
+    """A code value of the private scheme names one concept: two meanings
+    under one value would make a reader's lookup ambiguous."""
+    from pydicom.sr.coding import Code
+
+    from spinegate.dicom_io import codes as sg_codes
+
+    found: dict[str, str] = {}
+    values = [v for v in vars(sg_codes).values()]
+    values += [c for v in vars(sg_codes).values() if isinstance(v, dict) for c in v.values()]
+    for code in values:
+        if isinstance(code, Code) and code.scheme_designator == sg_codes.SCHEME:
+            assert found.setdefault(code.value, code.meaning) == code.meaning, code.value
+    assert len(found) > 40
