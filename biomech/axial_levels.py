@@ -15,7 +15,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["SliceLevel", "levels_from_centroids", "disc_midplane_slices", "levels_from_disc_order"]
+__all__ = ["SliceLevel", "levels_from_centroids", "disc_midplane_slices", "levels_from_disc_order", "disc_runs_mm",
+           "level_disagreements"]
 
 _DISCS_UPWARD = ("L5S1", "L4L5", "L3L4", "L2L3", "L1L2", "T12L1")
 
@@ -107,3 +108,59 @@ def levels_from_disc_order(disc_present: Sequence[bool]) -> dict[int, str]:
     for name, run in zip(_DISCS_UPWARD, reversed(runs)):
         named[run[len(run) // 2]] = name
     return named
+
+
+def disc_runs_mm(slice_heights_mm: Sequence[float], disc_present: Sequence[bool], slice_spacing_mm: float
+                 ) -> list[float]:
+    """Height (mm along the stack normal) of the centre of every run of
+    consecutive slices showing a disc cross-section; a gap over 1.5 slice
+    spacings ends a run."""
+    order = np.argsort(np.asarray(slice_heights_mm, float))
+    runs: list[list[float]] = []
+    last = None
+    for i in order:
+        h = float(slice_heights_mm[i])
+        if disc_present[i]:
+            if runs and last is not None and disc_present[last] and h - float(slice_heights_mm[last]) <= 1.5 * slice_spacing_mm:
+                runs[-1].append(h)
+            else:
+                runs.append([h])
+        last = int(i)
+    return [float(np.mean(r)) for r in runs]
+
+
+def level_disagreements(slice_heights_mm: Sequence[float], disc_present: Sequence[bool],
+                        sagittal_disc_heights_mm: Mapping[str, float], slice_spacing_mm: float,
+                        tolerance_mm: float = 5.0) -> dict[str, float]:
+    """Where the axial series disagrees with the sagittal disc levels.
+
+    For each sagittal disc whose mid-plane lies within the axial stack, the
+    distance to the nearest run of axial slices that show a disc
+    cross-section (`disc_runs_mm`); a disc farther than ``tolerance_mm``
+    (or 1.5 slice spacings, if more) from every run — none there, or one a
+    body's height away — is returned with that distance (inf: no disc
+    cross-section on the axial series at all).
+
+    Parameters
+    ----------
+    slice_heights_mm : sequence of float
+        Each axial slice's position along the stack normal (superior +).
+    disc_present : sequence of bool
+        Whether the axial model found a disc on each slice.
+    sagittal_disc_heights_mm : mapping
+        Disc level → its sagittal centroid's position along the same normal.
+    """
+    heights = np.asarray(slice_heights_mm, float)
+    if heights.size == 0:
+        return {}
+    runs = disc_runs_mm(heights, disc_present, slice_spacing_mm)
+    tolerance = max(tolerance_mm, 1.5 * slice_spacing_mm)
+    low, high = heights.min() - slice_spacing_mm / 2, heights.max() + slice_spacing_mm / 2
+    out = {}
+    for level, h in sagittal_disc_heights_mm.items():
+        if not low <= h <= high:
+            continue
+        d = min((abs(h - r) for r in runs), default=float("inf"))
+        if d > tolerance:
+            out[level] = d
+    return out

@@ -6,11 +6,14 @@ comes from ``pydicom.sr.codedict.codes``.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.coding import Code
 
 __all__ = [
-    "SCHEME", "SCHEME_IDENTIFICATION", "CENTROID_L", "CENTROID_P", "CENTROID_S", "NEEDS_REVIEW", "REVIEW_REASON", "UCUM_NEWTON",
+    "SCHEME", "SCHEME_IDENTIFICATION", "CENTROID_L", "CENTROID_P", "CENTROID_S", "NEEDS_REVIEW", "REVIEW_REASON", "ASSUMED_INPUT",
+    "ASSUMPTIONS", "is_assumption", "review_flags", "reason_codes", "UCUM_NEWTON",
     "UCUM_NEWTON_METRE", "UCUM_KILOGRAM", "UCUM_DEGREE", "UCUM_METRE", "BODY_HEIGHT", "BODY_WEIGHT", "SUBJECT_SEX",
     "SEX", "SPINAL_LOAD", "DISC_COMPRESSION", "DISC_ANTERIOR_SHEAR", "VERTEBRAL_BODY_COMPRESSION",
     "LUMBAR_LORDOSIS", "SACRAL_SLOPE", "TASK", "REASON", "UCUM_SQUARE_CENTIMETRE", "UCUM_MILLILITRE", "UCUM_PERCENT",
@@ -30,6 +33,9 @@ CENTROID_P = Code("SG0002", SCHEME, "Centre of mass, patient y (LPS)")
 CENTROID_S = Code("SG0003", SCHEME, "Centre of mass, patient z (LPS)")
 NEEDS_REVIEW = Code("SG0010", SCHEME, "Result needs human review")
 REVIEW_REASON = Code("SG0011", SCHEME, "Review reason")
+# An input the model assumed (a default, not the subject's): said, but no
+# reason for a person to look at the images.
+ASSUMED_INPUT = Code("SG0012", SCHEME, "Model input assumed")
 
 UCUM_NEWTON = Code("N", "UCUM", "newton")
 UCUM_NEWTON_METRE = Code("N.m", "UCUM", "newton meter")
@@ -95,4 +101,33 @@ REASON = {
     "level_naming_s1_cut_by_field_of_view": Code("SG0073", SCHEME, "Level unverified, S1 cut by the field of view"),
     "level_naming_s1_step_ambiguous": Code("SG0074", SCHEME, "Level unverified, S1 two steps below the lowest body"),
     "level_naming_s1_only_a_sliver": Code("SG0075", SCHEME, "Level unverified, S1 only a sliver"),
+    "low_model_confidence": Code("SG0076", SCHEME, "Low model confidence"),
+    "implausible_size": Code("SG0077", SCHEME, "Size implausible beside its neighbours"),
+    "lumbar_level_missing": Code("SG0078", SCHEME, "Neighbouring lumbar level missing"),
+    "sagittal_axial_level_disagreement": Code("SG0079", SCHEME, "Sagittal and axial levels disagree"),
+    "off_column_components_dropped": Code("SG0080", SCHEME, "Components off the spinal column left out"),
 }
+# Flags (by prefix) that record an assumed model input rather than a result
+# to look at: coded as ASSUMED_INPUT, they do not make a result need review.
+ASSUMPTIONS = ("default_height_used", "default_weight_used", "default_sex_used",
+               "muscle_strength_from_literature_defaults")
+
+
+def is_assumption(flag: str) -> bool:
+    """Whether ``flag`` records an assumed input (`ASSUMPTIONS`)."""
+    return flag.startswith(ASSUMPTIONS)
+
+
+def review_flags(flags: Sequence[str]) -> list[str]:
+    """The flags that make a result need a person's look (all but assumptions)."""
+    return [f for f in flags if not is_assumption(f)]
+
+
+def reason_codes(flags: Sequence[str]) -> list[Code]:
+    """The coded reasons (`REASON`, by prefix) of ``flags``, each once, in order."""
+    found: list[Code] = []
+    for flag in flags:
+        for prefix, code in REASON.items():
+            if flag.startswith(prefix) and code not in found:
+                found.append(code)
+    return found

@@ -85,10 +85,13 @@ def _uncertainty(mae: float | None) -> hd.sr.MeasurementProperties | None:
 
 
 def _review(flags: Sequence[str]) -> list[hd.sr.QualitativeEvaluation]:
-    evaluations = [
-        hd.sr.QualitativeEvaluation(sg_codes.NEEDS_REVIEW, codes.SCT.Yes if flags else codes.SCT.No)
-    ]
-    return evaluations
+    """NEEDS_REVIEW (yes when a flag other than an assumed input applies),
+    the coded reasons, then the assumed inputs."""
+    review = sg_codes.review_flags(flags)
+    assumed = [f for f in flags if sg_codes.is_assumption(f)]
+    return ([hd.sr.QualitativeEvaluation(sg_codes.NEEDS_REVIEW, codes.SCT.Yes if review else codes.SCT.No)]
+            + [hd.sr.QualitativeEvaluation(sg_codes.REVIEW_REASON, c) for c in sg_codes.reason_codes(review)]
+            + [hd.sr.QualitativeEvaluation(sg_codes.ASSUMED_INPUT, c) for c in sg_codes.reason_codes(assumed)])
 
 
 def _groups(
@@ -114,7 +117,7 @@ def _groups(
         ),
     )
     flags = tuple(report.flags) + tuple(m.flags)
-    review = _review(flags) + _reason_codes(flags)
+    review = _review(flags)
     accuracy = report.accuracy.get(s.kind.value, {})
     finding_sites = [hd.sr.FindingSite(anatomic_location=s.property_type)]
     label = f"{s.display_name} ({report.description})"
@@ -179,17 +182,8 @@ def _muscle_group(report: SeriesReport, m: MuscleLevelMeasurements, algorithm: A
             identifier=label),
         referenced_segment=_segment_reference(report, m.muscle.label),
         finding_type=m.muscle.property_type, finding_category=sg_codes.PARASPINAL_MUSCLE, finding_sites=sites,
-        algorithm_id=algo, measurements=values, qualitative_evaluations=_review(flags) + _reason_codes(flags),
+        algorithm_id=algo, measurements=values, qualitative_evaluations=_review(flags),
     )
-
-
-def _reason_codes(flags: Sequence[str]) -> list[hd.sr.QualitativeEvaluation]:
-    found = []
-    for flag in flags:
-        for prefix, code in sg_codes.REASON.items():
-            if flag.startswith(prefix) and code not in found:
-                found.append(code)
-    return [hd.sr.QualitativeEvaluation(sg_codes.REVIEW_REASON, c) for c in found]
 
 
 def _load_groups(loads: LoadReport, uid_seed: str) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
@@ -204,7 +198,7 @@ def _load_groups(loads: LoadReport, uid_seed: str) -> list[hd.sr.MeasurementsAnd
         inputs += [hd.sr.Measurement(sg_codes.LUMBAR_LORDOSIS, round(loads.lordosis_deg, 1), sg_codes.UCUM_DEGREE),
                    hd.sr.Measurement(sg_codes.SACRAL_SLOPE, round(loads.sacral_slope_deg, 1), sg_codes.UCUM_DEGREE)]
     evaluations = [hd.sr.QualitativeEvaluation(sg_codes.SUBJECT_SEX, sg_codes.SEX[loads.sex])]
-    evaluations += _review(loads.flags) + _reason_codes(loads.flags)
+    evaluations += _review(loads.flags)
     groups = [hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(derive_uid(uid_seed, "loads", "inputs")),
                                                      identifier="Spinal load model inputs"),
@@ -213,7 +207,7 @@ def _load_groups(loads: LoadReport, uid_seed: str) -> list[hd.sr.MeasurementsAnd
     )]
     for task in loads.tasks:
         method = sg_codes.TASK[task.task_name]
-        review = _review(task.flags) + _reason_codes(task.flags)
+        review = _review(task.flags)
 
         def group(structure, measurements, what: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
             return hd.sr.MeasurementsAndQualitativeEvaluations(

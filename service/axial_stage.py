@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -25,6 +25,7 @@ from spinegate.biomech.axial_measurements import (
     measure_muscles,
     nearest_disc_levels,
 )
+from spinegate.biomech.axial_levels import level_disagreements
 from spinegate.biomech.muscle_morphometry import magnitude_noise_sigma
 from spinegate.dicom_io.classify import Weighting
 from spinegate.dicom_io.levels import StructureKind
@@ -44,6 +45,9 @@ FLAG_DIXON_MISMATCH = "dixon_fat_geometry_mismatch"
 # Too few uniform muscle pixels to estimate the Dixon noise: fat fractions
 # keep the magnitude noise floor (read high in lean muscle).
 FLAG_DIXON_NOISE_UNKNOWN = "dixon_noise_floor_not_removed"
+# The axial model finds no disc where the sagittal series puts one: the
+# levels assigned from the sagittal centroids may be off.
+FLAG_LEVEL_DISAGREEMENT = "sagittal_axial_level_disagreement"
 
 
 @dataclass(frozen=True)
@@ -172,12 +176,26 @@ def measure_axial_series(
     measurements = measure_muscles(geometry, muscles, disc, centroids, image=image, water=water, fat=fat,
                                    flags=tuple(f for f in flags if not f.startswith(FLAG_DIXON_MISMATCH)),
                                    dixon_noise_sigma=sigma or 0.0)
+    if FLAG_LEVELS_FROM_AXIAL not in flags:
+        measurements = _with_disagreements(geometry, disc, centroids, measurements)
     levels = nearest_disc_levels(geometry, centroids)
     label_map = axial_spine_labels(geometry, classes == VB_CLASS, disc, levels)
     for key, value in MUSCLE_LABELS.items():
         label_map[muscles[f"{key[0]}_{key[1]}"]] = value
     return AxialResult(volume, label_map, measurements, tuple(flags),
                        {**segmented.timings_s, "measure": time.perf_counter() - t3}, sigma)
+
+
+def _with_disagreements(geometry: AxialGeometry, disc: np.ndarray, centroids: Mapping[str, Any],
+                        measurements: Sequence[MuscleLevelMeasurements]) -> list[MuscleLevelMeasurements]:
+    """The muscles at a level where the axial discs disagree with the
+    sagittal ones, flagged (`biomech.axial_levels.level_disagreements`)."""
+    off = level_disagreements(geometry.positions @ geometry.normal, disc.any(axis=(1, 2)),
+                              {k: float(np.asarray(c) @ geometry.normal) for k, c in centroids.items()},
+                              geometry.slice_spacing_mm)
+    why = {k: f"{d:.0f}mm_from_axial_disc" if np.isfinite(d) else "no_axial_disc" for k, d in off.items()}
+    return [replace(m, flags=tuple(m.flags) + (f"{FLAG_LEVEL_DISAGREEMENT}_{m.level.name}_{why[m.level.name]}",))
+            if m.level.name in off else m for m in measurements]
 
 
 def sagittal_disc_centroids(volumes_and_measurements: Sequence[tuple[SeriesVolume, Sequence[Any]]]

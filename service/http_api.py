@@ -38,6 +38,7 @@ from pydantic import SecretStr
 
 from spinegate.service.config import SpinegateConfig
 from spinegate.service.metrics import Metrics
+from spinegate.service.review import REVIEW_FILTERS
 from spinegate.service.store import StateStore, StudyRecord, StudyState
 
 __all__ = ["ReadinessProbe", "StatusApi", "start_http"]
@@ -201,9 +202,17 @@ class StatusApi:
             raise ValueError(f"unknown state(s) {sorted(set(wanted) - known)}; states: {sorted(known)}")
         if not params.get("limit", "100").isdigit():
             raise ValueError(f"'limit' must be a non-negative integer, got {params['limit']!r}")
+        review = params.get("review", "")
+        if review and review not in REVIEW_FILTERS:
+            raise ValueError(f"'review' must be one of {list(REVIEW_FILTERS)}, got {review!r}")
         states = tuple(StudyState(s) for s in wanted)
         limit = int(params.get("limit", "100"))
-        studies = sorted(self.store.studies(states), key=lambda r: r.updated, reverse=True)[:limit]
+        studies = sorted(self.store.studies(states), key=lambda r: r.updated, reverse=True)
+        if review:
+            # Only analysed studies have a review entry: "none" means analysed and nothing to look at.
+            studies = [r for r in studies if "review" in r.detail
+                       and bool(r.detail["review"].get("needed")) == (review == "needed")]
+        studies = studies[:limit]
         return [_summary(r) for r in studies]
 
     def _detail(self, rec: StudyRecord) -> dict[str, Any]:
@@ -214,6 +223,7 @@ class StatusApi:
         if doc_path.exists():
             doc = json.loads(doc_path.read_text())
             out["series_flags"] = {s["series_instance_uid"]: s["flags"] for s in doc.get("series", [])}
+            out["review"] = doc.get("review")
             bio = doc.get("biomechanics") or {}
             out["biomechanics"] = {"flags": bio.get("flags", []), "error": bio.get("error"),
                                    "feasible": [t["feasible"] for t in bio.get("tasks", [])]} if bio else None
@@ -224,7 +234,9 @@ def _summary(rec: StudyRecord) -> dict[str, Any]:
     return {"study_uid": rec.study_uid, "state": rec.state.value, "error": rec.reason or None,
             "instances": rec.n_instances, "first_received": rec.first_received, "last_received": rec.last_received,
             "updated": rec.updated, "timings_s": rec.detail.get("timings_s", {}),
-            "series_with_levels_unverified": sum(1 for s in rec.detail.get("series", []) if s.get("level_unverified"))}
+            "series_with_levels_unverified": sum(1 for s in rec.detail.get("series", []) if s.get("level_unverified")),
+            "review_needed": (rec.detail["review"].get("needed") if "review" in rec.detail else None),
+            "review_reasons": (rec.detail.get("review") or {}).get("reasons", {})}
 
 
 def _json(value: Any) -> bytes:

@@ -14,6 +14,7 @@ from spinegate.dicom_io.levels import StructureKind
 from spinegate.inference.level_naming import naming_unverified
 from spinegate.dicom_io.measurements import MuscleLevelMeasurements
 from spinegate.inference.engine import ModelInfo
+from spinegate.service.review import review_fields, study_review
 from spinegate.service.study_result import StudyResult
 from spinegate.service.version import __version__
 
@@ -47,6 +48,11 @@ def _muscle_entry(m: MuscleLevelMeasurements) -> dict[str, Any]:
     }
 
 
+def _with_review(entry: dict[str, Any], series_flags: Sequence[str]) -> dict[str, Any]:
+    """The entry with whether it needs review and why (its own and its series' flags, as in the SR)."""
+    return {**entry, **review_fields(list(entry["flags"]) + [f for f in series_flags if f not in entry["flags"]])}
+
+
 def measurements_document(result: StudyResult, models: Sequence[ModelInfo]) -> dict[str, Any]:
     """The documented ``measurements.json`` (see docs/outputs.md, "measurements.json");
     ``models`` are the `ModelInfo` of the engines used, the study's main one
@@ -69,7 +75,7 @@ def measurements_document(result: StudyResult, models: Sequence[ModelInfo]) -> d
             "measurement_accuracy": dict(o.accuracy) or None,
             "timings_s": {k: round(v, 3) for k, v in o.timings_s.items()},
             "structures": [
-                {
+                _with_review({
                     "level": m.structure.name,
                     "label": m.structure.display_name,
                     "kind": "disc" if m.structure.kind is StructureKind.DISC else "vertebral_body",
@@ -80,14 +86,14 @@ def measurements_document(result: StudyResult, models: Sequence[ModelInfo]) -> d
                     "volume_mae_cm3": o.accuracy.get(m.structure.kind.value, {}).get("volume_mae_cm3"),
                     "centroid_lps_mm": [round(float(v), 2) for v in np.asarray(m.centroid_lps_mm)],
                     "flags": list(m.flags),
-                }
+                }, o.flags)
                 for m in o.measurements
             ],
-            "muscles": [_muscle_entry(m) for m in o.muscles],
+            "muscles": [_with_review(_muscle_entry(m), o.flags) for m in o.muscles],
             "dixon_noise_sigma": _rounded(o.dixon_noise_sigma, 3),
         }
         series.append(entry)
-    return {
+    doc = {
         "schema": SCHEMA,
         "study_instance_uid": result.study_uid,
         "software_version": __version__,
@@ -99,6 +105,8 @@ def measurements_document(result: StudyResult, models: Sequence[ModelInfo]) -> d
         "outputs": [p.name for p in result.outputs],
         "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
     }
+    doc["review"] = study_review(doc)
+    return doc
 
 
 def structure_table(doc: dict[str, Any]) -> str:

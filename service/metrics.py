@@ -60,6 +60,13 @@ class Metrics:
         self.level_naming_unverified = Counter(
             "spinegate_level_naming_unverified_total",
             "analysed series whose level names rest on an assumption (every level marked unverified)", registry=r)
+        self.studies_needing_review = Counter(
+            "spinegate_studies_needing_review_total",
+            "analysed studies with at least one result that needs a person's look (the review worklist)", registry=r)
+        self.review_reasons = Counter(
+            "spinegate_review_reasons_total",
+            "results needing review, by coded reason (99SPINEGATE code value, docs/outputs.md)", ["reason"],
+            registry=r)
         self.model_info = Gauge("spinegate_model_info", "loaded model (value 1)",
                                 ["name", "version", "sha256", "backend"], registry=r)
         self.gpu_memory_bytes = Gauge("spinegate_gpu_memory_used_bytes", "GPU memory in use (GPU backends only)",

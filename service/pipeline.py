@@ -278,7 +278,9 @@ def analyze_study(
     outputs = tuple(segs[r.series_uid][1] for r, _ in analysed) + ((sr_path,) if sr_path else ())
     result = StudyResult(selection.study_uid, outcomes, sr_path, out_dir / "measurements.json", outputs, timings,
                          biomech_doc)
-    result.measurements_path.write_text(json.dumps(measurements_document(result, selection.models), indent=1))
+    doc = measurements_document(result, selection.models)
+    result.measurements_path.write_text(json.dumps(doc, indent=1))
+    result = replace(result, review=doc["review"])
     if not reports:
         reasons = sorted({o.error or o.decision.skipped_reason for o in outcomes})
         raise StudyFailed("no_analysable_series", f"no series could be analysed ({', '.join(reasons)})")

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from spinegate.biomech.morphometry import measure_structure
+from spinegate.biomech.plausibility import with_review_flags
 from spinegate.dicom_io.classify import Plane, SeriesClass, Weighting
 from spinegate.dicom_io.measurements import MuscleLevelMeasurements, StructureMeasurements
 from spinegate.dicom_io.seg import segment_numbers
@@ -139,8 +140,8 @@ class SagittalSpineStage:
         present = segment_numbers(named.label_map)
         if not present:
             raise SeriesError("nothing_segmented", "the model found no vertebral body or disc")
-        structures = tuple(measure_structure(named.label_map == s.label, volume.affine, s,
-                                             named.structure_flags.get(s.name, ())) for s in present)
+        structures = with_review_flags([measure_structure(named.label_map == s.label, volume.affine, s,
+                                                          named.structure_flags.get(s.name, ())) for s in present])
         return SeriesAnalysis(volume, named.label_map, structures=structures, flags=named.series_flags,
                               timings_s={**segmented.timings_s, "measure": time.perf_counter() - t0})
 

@@ -52,3 +52,5 @@ class StudyResult:
     outputs: tuple[Path, ...]
     timings_s: Mapping[str, float]
     biomechanics: Mapping[str, Any] | None = None
+    # The review worklist entry (`service.review.study_review`).
+    review: Mapping[str, Any] = field(default_factory=dict)

@@ -245,7 +245,9 @@ class StudyWorker:
         detail.update(outputs=[str(p) for p in result.outputs], timings_s=result.timings_s,
                       series=[{"series_uid": o.series_uid, "rule": o.decision.rule,
                                "skipped": o.decision.skipped_reason, "error": o.error,
-                               "level_unverified": naming_unverified(o.flags)} for o in result.series])
+                               "level_unverified": naming_unverified(o.flags)} for o in result.series],
+                      review={"needed": bool(result.review.get("needed")),
+                              "reasons": dict(result.review.get("reasons", {}))})
         self._observe_pipeline(result)
         # The outputs and the intent to deliver them are recorded before the
         # first send: after a crash the same files are sent again.
@@ -329,6 +331,10 @@ class StudyWorker:
     def _observe_pipeline(self, result: Any) -> None:
         if not self.metrics:
             return
+        if result.review.get("needed"):
+            self.metrics.studies_needing_review.inc()
+        for reason, n in result.review.get("reasons", {}).items():
+            self.metrics.review_reasons.labels(reason.split(" ", 1)[0]).inc(n)
         for o in result.series:
             if naming_unverified(o.flags):
                 self.metrics.level_naming_unverified.inc()

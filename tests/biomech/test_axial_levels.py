@@ -50,3 +50,17 @@ def test_without_sagittal_series_discs_are_counted_up_from_the_lowest():
     present = [False, True, True, False, False, True, False, False, True, True, True, False]
     assert levels_from_disc_order(present) == {9: "L5S1", 5: "L4L5", 2: "L3L4"}
     assert levels_from_disc_order([False, False]) == {}
+
+
+def test_axial_disc_runs_and_where_they_disagree_with_the_sagittal_discs():
+    from spinegate.biomech.axial_levels import disc_runs_mm, level_disagreements
+
+    heights = np.arange(0.0, 40.0, 4.0)  # 10 slices, 4 mm apart
+    present = [False, True, True, False, False, False, False, True, False, False]
+    assert disc_runs_mm(heights, present, 4.0) == [6.0, 28.0]
+    # L4L5 at 6 mm agrees; L3L4 at 36 mm has its nearest axial disc 8 mm away; T12L1 lies outside the stack.
+    sagittal = {"L4L5": 6.0, "L3L4": 36.0, "T12L1": 90.0}
+    assert level_disagreements(heights, present, sagittal, 4.0) == {"L3L4": 8.0}
+    assert level_disagreements(heights, [False] * 10, {"L4L5": 6.0}, 4.0) == {"L4L5": float("inf")}
+    # One slice per disc level, slices far apart: runs are single slices, the tolerance grows with the spacing.
+    assert level_disagreements([0.0, 30.0], [True, True], {"L4L5": 8.0, "L3L4": 31.0}, 30.0) == {}

@@ -135,3 +135,22 @@ def test_each_slice_is_fed_with_its_neighbours_and_edges_repeat():
     np.testing.assert_array_equal(with_neighbours(1, 3), [[0, 0, 0]])
     with pytest.raises(EngineError, match="odd number"):
         with_neighbours(4, 2)
+
+
+def test_structure_confidence_is_the_mean_class_score_and_low_ones_are_flagged():
+    from spinegate.dicom_io.levels import structure_by_name
+    from spinegate.inference.engine import structure_confidence, with_confidence_flags
+    from spinegate.inference.level_naming import CLASS_DISC, CLASS_VB, NamedLabels
+
+    probs = np.zeros((1, 4, 2, 4), np.float32)
+    labels = np.zeros((1, 2, 4), np.uint8)
+    l4, l4l5 = structure_by_name("L4").label, structure_by_name("L4L5").label
+    labels[0, 0, :2], labels[0, 1, :] = l4, l4l5
+    probs[0, CLASS_VB, 0, :2] = (0.9, 0.7)  # mean 0.8: under the bodies' 0.85
+    probs[0, CLASS_DISC, 1, :] = 0.8  # above the discs' 0.78
+    scores = structure_confidence(probs, labels)
+    assert scores == pytest.approx({"L4": 0.8, "L4L5": 0.8})
+    named = with_confidence_flags(NamedLabels(labels, (), {"L4": ("touches_field_of_view_edge",)}), scores)
+    assert named.structure_flags == {"L4": ("touches_field_of_view_edge", "low_model_confidence_0.80")}
+    with pytest.raises(ValueError, match="not on one grid"):
+        structure_confidence(probs[:, :, :1], labels)

@@ -122,8 +122,12 @@ def test_sr_carries_coded_loads_per_level_and_task_with_inputs_and_reasons(stage
     inputs = load_groups[0]
     assert inputs.get_measurements(name=sg_codes.BODY_WEIGHT)[0].value == pytest.approx(79.6)
     reasons = {e.value.value for e in inputs.get_qualitative_evaluations(name=sg_codes.REVIEW_REASON)}
-    assert {sg_codes.REASON["default_weight_used"].value, sg_codes.REASON["level_extrapolated"].value,
-            sg_codes.REASON["muscle_strength_from_literature_defaults"].value} <= reasons
+    assumed = {e.value.value for e in inputs.get_qualitative_evaluations(name=sg_codes.ASSUMED_INPUT)}
+    # An extrapolated level is a result to look at; defaulted inputs are said, not put up for review.
+    assert sg_codes.REASON["level_extrapolated"].value in reasons
+    assert {sg_codes.REASON["default_weight_used"].value,
+            sg_codes.REASON["muscle_strength_from_literature_defaults"].value} <= assumed
+    assert not assumed & reasons
     flexion_l5s1 = [g for g in load_groups if "L5-S1" in g.tracking_identifier and "60" in g.tracking_identifier]
     assert len(flexion_l5s1) == 1
     c = flexion_l5s1[0].get_measurements(name=sg_codes.DISC_COMPRESSION)[0]
