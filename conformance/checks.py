@@ -21,6 +21,8 @@ __all__ = ["Check", "ToolMissing", "check_returned_object", "dciodvfy", "dcmdump
            "dsr2xml", "highdicom_reread", "measurement_group_count", "tool"]
 
 SEGMENTATION = UID("1.2.840.10008.5.1.4.1.1.66.4")
+SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
+ENCAPSULATED_PDF = UID("1.2.840.10008.5.1.4.1.1.104.1")
 MEASUREMENT_GROUP = "125007"  # DCM "Measurement Group"
 IMAGING_MEASUREMENTS = "126010"  # DCM "Imaging Measurements"
 TOOL_TIMEOUT_S = 300
@@ -159,9 +161,13 @@ def highdicom_reread(path: Path, section: str = "objects") -> Check:
 
 
 def check_returned_object(path: Path, section: str = "objects") -> list[Check]:
-    """Every reader's check for one SEG or SR."""
+    """Every reader's check for one SEG or SR; dciodvfy and dcmdump for the
+    key images (Secondary Capture) and the Encapsulated PDF."""
     ds = pydicom.dcmread(path, stop_before_pixels=True)
-    checks = [dciodvfy(path, section), dcmdump(path, section), highdicom_reread(path, section)]
+    checks = [dciodvfy(path, section), dcmdump(path, section)]
+    if ds.SOPClassUID in (SECONDARY_CAPTURE, ENCAPSULATED_PDF):
+        return checks
+    checks.append(highdicom_reread(path, section))
     if ds.SOPClassUID == SEGMENTATION:
         checks.append(dcmqi_seg(path, section))
     else:

@@ -91,7 +91,7 @@ class StoreSCP:
         raise TimeoutError(f"storescp did not answer C-ECHO on port {port} within {timeout_s} s")
 
     def objects(self, study_uid: str) -> dict[str, list[Path]]:
-        found: dict[str, list[Path]] = {"SEG": [], "SR": []}
+        found: dict[str, list[Path]] = {"SEG": [], "SR": [], "OT": [], "DOC": []}
         for p in self.folder.iterdir():
             if p.name.startswith("."):
                 continue
@@ -106,11 +106,15 @@ class StoreSCP:
                 found[modality].append(p)
         return found
 
-    def wait_for(self, study_uid: str, n_seg: int, timeout_s: float = 240) -> dict[str, list[Path]]:
+    def wait_for(self, study_uid: str, n_seg: int, timeout_s: float = 240, n_key_images: int = 0,
+                 n_pdf: int = 0) -> dict[str, list[Path]]:
+        """The study's objects by modality (SEG, SR, OT: key images, DOC:
+        the PDF report) once the SR and the counts asked for are there."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             objs = self.objects(study_uid)
-            if len(objs["SR"]) >= 1 and len(objs["SEG"]) >= n_seg:
+            if (len(objs["SR"]) >= 1 and len(objs["SEG"]) >= n_seg and len(objs["OT"]) >= n_key_images
+                    and len(objs["DOC"]) >= n_pdf):
                 # Complete once no file grows between two polls (storescp
                 # writes in place, not by rename).
                 sizes = {p: p.stat().st_size for paths in objs.values() for p in paths}

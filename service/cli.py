@@ -123,7 +123,7 @@ def _analyze(config: SpinegateConfig, dicom_dir: Path, out: Path) -> int:
         print(f"spinegate: {e}", file=sys.stderr)
         return EXIT_NO_MODEL
     try:
-        result = analyze_study(paths, engines, config.routing, out, config.biomechanics.enabled)
+        result = analyze_study(paths, engines, config.routing, out, config.biomechanics.enabled, outputs=config.outputs)
     except StudyFailed as e:
         print(f"spinegate: study not analysed: {e.reason}: {e}", file=sys.stderr)
         return EXIT_STUDY_FAILED

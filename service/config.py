@@ -25,7 +25,8 @@ from pydantic_settings import (BaseSettings, EnvSettingsSource, PydanticBaseSett
 
 from spinegate.dicom_io.classify import Plane, Weighting
 
-__all__ = ["ConfigError", "Destination", "EngineName", "RoutingRule", "SpinegateConfig", "load_config"]
+__all__ = ["ConfigError", "Destination", "EngineName", "OutputKind", "OutputsConfig", "RoutingRule", "SpinegateConfig",
+           "load_config"]
 
 ENV_PREFIX = "SPINEGATE_"
 _ENV_DELIMITER = "__"
@@ -52,6 +53,15 @@ class AxialPrecision(str, enum.Enum):
 class InferenceBackend(str, enum.Enum):
     ONNXRUNTIME = "onnxruntime"
     AUTO = "auto"
+
+
+class OutputKind(str, enum.Enum):
+    """The kinds of object spinegate writes for a study."""
+
+    SEG = "seg"
+    SR = "sr"
+    KEY_IMAGES = "key_images"
+    PDF_REPORT = "pdf_report"
 
 
 class QueueBackend(str, enum.Enum):
@@ -171,6 +181,9 @@ class Destination(_Section):
     port: Port
     calling_ae_title: AETitle | None = None
     tls: DestinationTLS | None = None
+    # What this peer receives (a PACS whose viewer shows neither SEG nor SR
+    # may take only the key images and the PDF report).
+    objects: tuple[OutputKind, ...] = Field(tuple(OutputKind), min_length=1)
 
     def tls_args(self) -> tuple[Any, str] | None:
         """(ssl context, server name) for pynetdicom, or None for plain TCP."""
@@ -333,6 +346,15 @@ class HttpConfig(_Section):
         return None if self.auth_token_file is None else SecretStr(_read_token(self.auth_token_file))
 
 
+class OutputsConfig(_Section):
+    """Objects written beside the SEGs and the SR: key images (Secondary
+    Capture with the results burned in) and the PDF report (Encapsulated
+    PDF), for viewers that show neither SEG nor SR."""
+
+    key_images: bool = True
+    pdf_report: bool = True
+
+
 class BiomechanicsConfig(_Section):
     """Subject-specific OpenSim loads after the sagittal measurements."""
 
@@ -380,6 +402,7 @@ class SpinegateConfig(BaseSettings):
     inference: InferenceConfig = InferenceConfig()
     export: ExportConfig = ExportConfig()
     biomechanics: BiomechanicsConfig = BiomechanicsConfig()
+    outputs: OutputsConfig = OutputsConfig()
     http: HttpConfig = HttpConfig()
     queue: QueueConfig = QueueConfig()
     routing: tuple[RoutingRule, ...] = Field(DEFAULT_ROUTING, min_length=1)

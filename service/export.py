@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from spinegate.dicom_io.send import SendError, send_files
-from spinegate.service.config import Destination, ExportConfig
+from spinegate.service.config import Destination, ExportConfig, OutputKind
 
-__all__ = ["DeliveryStatus", "deliver_round", "retry_delay_s", "initial_status", "statuses_from_detail"]
+__all__ = ["DeliveryStatus", "deliver_round", "retry_delay_s", "initial_status", "statuses_from_detail",
+           "output_kind", "objects_for"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,30 @@ def retry_delay_s(config: ExportConfig, rounds_done: int) -> float:
     return min(config.backoff_initial_s * 2 ** max(rounds_done - 1, 0), config.backoff_max_s)
 
 
+# Output file name prefixes (as `service.pipeline` names them) → their kind.
+_PREFIXES = {"seg_": OutputKind.SEG, "sr": OutputKind.SR, "key_": OutputKind.KEY_IMAGES,
+             "report_pdf": OutputKind.PDF_REPORT}
+
+
+def output_kind(path: Path) -> OutputKind:
+    """The kind of a study output, from the name the pipeline gives it.
+
+    Raises
+    ------
+    ValueError
+        For a file the pipeline does not write.
+    """
+    for prefix, kind in _PREFIXES.items():
+        if path.name.startswith(prefix) and path.suffix == ".dcm":
+            return kind
+    raise ValueError(f"'{path.name}' is not a spinegate output")
+
+
+def objects_for(paths: Sequence[Path], dest: Destination) -> list[Path]:
+    """The outputs ``dest`` is configured to receive (``objects``)."""
+    return [p for p in paths if output_kind(p) in dest.objects]
+
+
 def _send(paths: Sequence[Path], dest: Destination, config: ExportConfig) -> str:
     try:
         send_files(paths, dest.ae_title, dest.host, dest.port, dest.calling_ae_title or config.calling_ae_title,
@@ -103,7 +128,7 @@ def deliver_round(
         if status.confirmed or dest is None:
             out.append(status)
             continue
-        error = send(paths, dest, config)
+        error = send(objects_for(paths, dest), dest, config)
         attempt = status.attempts + 1
         if error:
             log.warning("export failed destination=%s attempt=%d/%d: %s", dest.ae_title, attempt, config.attempts,

@@ -32,7 +32,10 @@ from spinegate.dicom_io.volume import SeriesError
 from spinegate.inference.engine import ModelInfo
 from spinegate.biomech.study import StudyBiomechanics
 from spinegate.service.biomech_stage import BiomechSolver, choose_centroids, load_report, subject_from_header
-from spinegate.service.config import RoutingRule
+from spinegate.dicom_io.encapsulated_pdf import build_encapsulated_pdf
+from spinegate.service.config import OutputsConfig, RoutingRule
+from spinegate.service.key_images import write_key_images
+from spinegate.service.pdf_report import DOCUMENT_TITLE, render_pdf_report
 from spinegate.service.engines import Engines
 from spinegate.service.measurements_doc import measurement_accuracy, measurements_document, structure_table
 from spinegate.service.routing import RoutingDecision, route
@@ -48,6 +51,8 @@ log = logging.getLogger(__name__)
 
 SEG_SERIES_NUMBER_OFFSET = 9000
 SR_SERIES_NUMBER = 9999
+PDF_SERIES_NUMBER = 9998
+PDF_FILE = "report_pdf.dcm"  # the DICOM object; report.pdf beside it is the same document
 
 
 @dataclass(frozen=True)
@@ -205,6 +210,16 @@ def _outcome(series: RoutedSeries, result: SeriesAnalysis | str | None, seg: tup
                    dixon_noise_sigma=result.dixon_noise_sigma)
 
 
+def _write_pdf_report(doc: dict[str, Any], sources: Sequence[Any], digest: str, path: Path) -> None:
+    """The PDF report as an Encapsulated PDF (and as ``report.pdf`` beside it)."""
+    pdf = render_pdf_report(doc, sources[0])
+    path.with_name("report.pdf").write_bytes(pdf)
+    obj = build_encapsulated_pdf(pdf, sources, derive_uid(digest, "pdf-series"), derive_uid(digest, "pdf"),
+                                 PDF_SERIES_NUMBER, DOCUMENT_TITLE, "spinegate report (PDF, derived)", __version__)
+    obj.save_as(path, enforce_file_format=True)
+    log.info("pdf report written sop_instance_uid=%s bytes=%d", obj.SOPInstanceUID, len(pdf))
+
+
 def analyze_study(
     paths: Sequence[Path],
     engines: Engines,
@@ -212,10 +227,12 @@ def analyze_study(
     out_dir: Path,
     biomechanics: bool = True,
     biomech_solver: BiomechSolver | None = None,
+    outputs: OutputsConfig = OutputsConfig(),
 ) -> StudyResult:
     """Run the whole pipeline on the files of one study; with
     ``biomechanics`` the spinal loads too (files under ``out_dir/biomech``),
-    solved by ``biomech_solver`` (its own process; default: this thread).
+    solved by ``biomech_solver`` (its own process; default: this thread);
+    key images and the PDF report as ``outputs`` asks.
 
     Raises
     ------
@@ -246,6 +263,10 @@ def analyze_study(
                                        measurement_accuracy(info.path, info.name, slab_mm) if a.structures else None)
         seg_seconds[r.series_uid] = time.perf_counter() - t0
     reports = [segs[r.series_uid][0] for r, _ in analysed]
+    t0 = time.perf_counter()
+    key_images = [p for r, a in analysed for p in write_key_images(r, a, selection.digest, out_dir)] \
+        if outputs.key_images else []
+    timings["key_images"] = time.perf_counter() - t0
     sr_path = None
     loads = biomech_doc = None
     if reports:
@@ -275,10 +296,18 @@ def analyze_study(
                    if isinstance(a, SeriesAnalysis) and a.measured_with_series_uid}
     outcomes = tuple(_outcome(r, results.get(r.series_uid), segs.get(r.series_uid), seg_seconds.get(r.series_uid, 0.0),
                               consumed_by) for r in selection.routed)
-    outputs = tuple(segs[r.series_uid][1] for r, _ in analysed) + ((sr_path,) if sr_path else ())
-    result = StudyResult(selection.study_uid, outcomes, sr_path, out_dir / "measurements.json", outputs, timings,
+    pdf_path = out_dir / PDF_FILE if outputs.pdf_report and reports else None
+    # The SR last: a receiver that waits for the report has the rest by then.
+    written = (tuple(segs[r.series_uid][1] for r, _ in analysed) + tuple(key_images) + ((pdf_path,) if pdf_path else ())
+               + ((sr_path,) if sr_path else ()))
+    result = StudyResult(selection.study_uid, outcomes, sr_path, out_dir / "measurements.json", written, timings,
                          biomech_doc)
     doc = measurements_document(result, selection.models)
+    if pdf_path is not None:
+        t0 = time.perf_counter()
+        _write_pdf_report(doc, [ds for r, _ in analysed for ds in r.headers.datasets], selection.digest, pdf_path)
+        timings["pdf_report"] = time.perf_counter() - t0
+        doc["timings_s"]["pdf_report"] = round(timings["pdf_report"], 3)
     result.measurements_path.write_text(json.dumps(doc, indent=1))
     result = replace(result, review=doc["review"])
     if not reports:

@@ -233,7 +233,7 @@ class StudyWorker:
             return
         try:
             result = analyze_study(paths, self.engines, self.config.routing, out_dir, self.config.biomechanics.enabled,
-                                   self._solver)
+                                   self._solver, self.config.outputs)
         except StudyFailed as e:
             self._finish(study_uid, StudyState.FAILED, e.reason + ": " + str(e), {**detail, "reason": e.reason},
                          version)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 import highdicom as hd
+import pydicom
 import pytest
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, JPEGLSLossless
@@ -121,9 +122,13 @@ def test_sagittal_and_axial_study_round_trip(tmp_path, pacs, spinegate):
     truth = write_axial_phantom_study(tmp_path / "axial", seed=1002, rows=256, columns=256, pixel_spacing_mm=0.8,
                                       study=StudyInfo(uid_seed="e2e-axial-1002"))
     storescu(truth["files"], spinegate.port)
-    objs = pacs.wait_for(truth["study_instance_uid"], n_seg=4)
+    objs = pacs.wait_for(truth["study_instance_uid"], n_seg=4, n_key_images=4, n_pdf=1)
     assert len(objs["SR"]) == 1 and len(objs["SEG"]) == 4
-    for path in objs["SEG"] + objs["SR"]:
+    # Key images (each sagittal series at least one, each axial series one per disc level) and the PDF report.
+    key_series = {pydicom.dcmread(p, stop_before_pixels=True).SeriesDescription for p in objs["OT"]}
+    assert key_series == {f"spinegate key images: {d}" for d in ("SAG T1 TSE", "SAG T2 TSE", "AX T1 TSE", "AX T2 TSE")}
+    assert len(objs["DOC"]) == 1
+    for path in objs["SEG"] + objs["SR"] + objs["OT"] + objs["DOC"]:
         assert [c for c in check_returned_object(path) if not c.passed] == [], path.name
     sr = hd.sr.srread(objs["SR"][0])
     muscle_groups = [g for g in sr.content.get_volumetric_roi_measurement_groups()

@@ -4,6 +4,7 @@ API's ``review`` filter and counted by a metric."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 
 import highdicom as hd
@@ -21,7 +22,7 @@ from spinegate.dicom_io.levels import structure_by_name
 from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
 from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
 from spinegate.service.app import start_service
-from spinegate.service.config import load_config
+from spinegate.service.config import OutputsConfig, load_config
 from spinegate.service.demo import free_port
 from spinegate.service.pipeline import analyze_study
 from spinegate.service.review import study_review
@@ -91,8 +92,34 @@ def test_the_study_worklist_entry_lists_each_result_and_counts_reasons(l3_missed
     assert review["reasons"][f"{SIZE} {sg_codes.REASON['implausible_size'].meaning}"] == 1
 
 
+def test_key_images_and_pdf_report_show_the_results_and_what_needs_review(l3_missed):
+    import pypdfium2
+
+    from conftest import dciodvfy_errors
+
+    result, doc = l3_missed
+    names = [p.name for p in result.outputs]
+    keys = [p for p in result.outputs if p.name.startswith("key_")]
+    assert keys and names[-1] == "sr.dcm" and "report_pdf.dcm" in names and doc["outputs"] == names
+    for path in keys + [result.sr_path.with_name("report_pdf.dcm")]:
+        assert dciodvfy_errors(path) == [], path.name
+    sc = pydicom.dcmread(keys[0])
+    assert sc.SeriesDescription == "spinegate key images: SAG T2" and sc.BurnedInAnnotation == "YES"
+    pdf = pydicom.dcmread(result.sr_path.with_name("report_pdf.dcm"))
+    text = "".join(page.get_textpage().get_text_range()
+                   for page in pypdfium2.PdfDocument(pdf.EncapsulatedDocument[:pdf.EncapsulatedDocumentLength]))
+    text = " ".join(text.split())
+    assert "Derived — not for primary diagnosis" in text and "Limits" in text
+    assert "L2-L3 intervertebral disc" in text and "Size implausible beside its neighbours" in text
+    l4 = next(m for m in doc["series"][0]["structures"] if m["level"] == "L4")
+    assert f"{l4['height_mm']:.1f} ± {l4['height_mae_mm']:.1f}" in text  # the table carries the validated MAE
+    assert (result.sr_path.parent / "report.pdf").read_bytes() == pdf.EncapsulatedDocument[:pdf.EncapsulatedDocumentLength]
+
+
 def test_a_clean_study_needs_no_review_and_assumed_inputs_are_not_review(phantom_study, engines, tmp_path):
-    result = analyze_study(phantom_study["files"], engines, RULES, tmp_path / "out", biomechanics=False)
+    result = analyze_study(phantom_study["files"], engines, RULES, tmp_path / "out", biomechanics=False,
+                           outputs=OutputsConfig(key_images=False, pdf_report=False))
+    assert [p.name for p in result.outputs if not p.name.startswith("seg_")] == ["sr.dcm"]  # as configured
     assert result.review == {"needed": False, "items": [], "reasons": {}}
     # Only thoracic structures cut at the top of the field are flagged, in their own SR groups.
     flagged = [k for k, (needs, _) in _sr_reasons(result.sr_path).items() if needs]
@@ -142,3 +169,52 @@ def test_status_api_filters_the_worklist_and_a_metric_counts_it(tmp_path, engine
         assert f'spinegate_review_reasons_total{{reason="{SIZE}"}} 1.0' in metrics
     finally:
         svc.shutdown()
+
+
+def test_output_kinds_and_per_destination_objects(tmp_path):
+    from pydantic import ValidationError
+
+    from spinegate.service.config import Destination, OutputKind
+    from spinegate.service.export import objects_for, output_kind
+
+    names = ["seg_1.2.3.dcm", "key_1.2.3_1.dcm", "report_pdf.dcm", "sr.dcm"]
+    assert [output_kind(tmp_path / n) for n in names] == [OutputKind.SEG, OutputKind.KEY_IMAGES,
+                                                          OutputKind.PDF_REPORT, OutputKind.SR]
+    with pytest.raises(ValueError, match="'measurements.json' is not a spinegate output"):
+        output_kind(tmp_path / "measurements.json")
+    viewer_only = Destination("VIEWER", "127.0.0.1", 104, objects=["key_images", "pdf_report"])
+    assert [p.name for p in objects_for([tmp_path / n for n in names], viewer_only)] == names[1:3]
+    assert Destination("PACS", "127.0.0.1", 104).objects == tuple(OutputKind)  # everything by default
+    with pytest.raises(ValidationError, match="objects"):
+        Destination("PACS", "127.0.0.1", 104, objects=[])
+    with pytest.raises(ValidationError, match="objects"):
+        Destination("PACS", "127.0.0.1", 104, objects=["screenshots"])
+
+
+@pytest.mark.integration
+def test_a_viewer_destination_receives_only_the_key_images_and_the_pdf(l3_missed, tmp_path):
+    from conformance.pacs import StoreSCP
+    from spinegate.service.config import Destination, ExportConfig
+    from spinegate.service.export import deliver_round, initial_status
+
+    result, _ = l3_missed
+    pacs, viewer = StoreSCP.start(tmp_path / "pacs", free_port()), StoreSCP.start(tmp_path / "viewer", free_port(),
+                                                                                   ae_title="VIEWER")
+    try:
+        config = ExportConfig(destinations=(Destination("PACS", "127.0.0.1", pacs.port),
+                                            Destination("VIEWER", "127.0.0.1", viewer.port,
+                                                        objects=["key_images", "pdf_report"])))
+        statuses = deliver_round(result.outputs, config, initial_status(config))
+        assert all(s.confirmed for s in statuses), statuses
+        uid = result.study_uid
+        at_pacs = pacs.wait_for(uid, n_seg=1, n_key_images=1, n_pdf=1)
+        assert sum(len(v) for v in at_pacs.values()) == len(result.outputs)
+        deadline = time.monotonic() + 30
+        while not viewer.objects(uid)["DOC"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        at_viewer = viewer.objects(uid)
+        keys = [p for p in result.outputs if p.name.startswith("key_")]
+        assert (len(at_viewer["OT"]), len(at_viewer["DOC"]), at_viewer["SEG"], at_viewer["SR"]) == (len(keys), 1, [], [])
+    finally:
+        pacs.stop()
+        viewer.stop()
