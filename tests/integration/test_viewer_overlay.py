@@ -1,4 +1,5 @@
-"""The radiologist's view: spinegate's SEG as an overlay in OHIF.
+"""The radiologist's view: spinegate's SEG as an overlay in OHIF, and the
+key images and PDF report a viewer without SEG support shows.
 
 The prebuilt OHIF viewer (npm @ohif/app 3.13.2, its dist/, fetched by `make
 test`) is served with deploy/viewer/app-config.js against the Debian Orthanc's
@@ -54,7 +55,9 @@ def _viewer_server(dist: Path, orthanc_http: int) -> http.server.ThreadingHTTPSe
             return super().do_GET()
 
         def _proxy(self):
-            headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "range")}
+            # The browser's Host goes along: Orthanc's DICOMweb plugin writes
+            # its absolute BulkDataURIs (the PDF viewport fetches one) from it.
+            headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "range", "host")}
             req = urllib.request.Request(f"http://127.0.0.1:{orthanc_http}{self.path}", headers=headers)
             try:
                 with urllib.request.urlopen(req, timeout=60) as r:
@@ -86,12 +89,14 @@ def _coloured_pixels(png: Path) -> int:
     return int((spread > 60).sum())  # grey MR pixels have r = g = b
 
 
-def test_seg_overlay_shows_in_ohif(tmp_path):
-    node = require_tool("node")
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    """A phantom study through ``spinegate analyze``: its T2 files and outputs."""
     if not (VIEWER / "package" / "dist" / "index.html").exists() or not (VIEWER / "node_modules").exists():
         pytest.fail(f"{VIEWER} lacks the OHIF viewer or playwright-core: run 'make test' (target {VIEWER}/.ready)")
     if not Path("/usr/bin/chromium").exists() or not Path(DICOMWEB_PLUGIN).exists():
         pytest.fail("chromium or orthanc-dicomweb is missing: run 'make test' (it installs the Debian peers)")
+    tmp_path = tmp_path_factory.mktemp("viewer")
     study = write_phantom_study(tmp_path / "study", seed=7, rows=256, columns=256, pixel_spacing_mm=1.2,
                                 study=StudyInfo(uid_seed="viewer-overlay"))
     t2 = [p for p in study["files"] if "T2" in str(pydicom.dcmread(p, stop_before_pixels=True).SeriesDescription)]
@@ -99,30 +104,64 @@ def test_seg_overlay_shows_in_ohif(tmp_path):
                            str(tmp_path / "study"), "--out", str(tmp_path / "out")], capture_output=True, text=True,
                           timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    t2_series = str(pydicom.dcmread(t2[0], stop_before_pixels=True).SeriesInstanceUID)
-    seg = next(p for p in (tmp_path / "out").glob("seg_*.dcm")
-               if pydicom.dcmread(p, stop_before_pixels=True).ReferencedSeriesSequence[0].SeriesInstanceUID == t2_series)
+    return study, t2, tmp_path / "out"
+
+
+def _run_viewer(tmp_path, files, study_uid: str, script_name: str) -> tuple[dict, Path]:
+    """Upload ``files`` to a DICOMweb Orthanc, serve OHIF against it, run
+    the playwright script; its JSON report and the screenshots' folder."""
+    node = require_tool("node")
     orthanc = Orthanc.start(tmp_path / "orthanc", free_port(), dicomweb=True)
     server = _viewer_server(VIEWER / "package" / "dist", orthanc.http_port)
     try:
-        for f in t2 + [seg]:
+        for f in files:
             orthanc.upload(f)
-        script = VIEWER / "overlay.mjs"
-        shutil.copy(REPO / "tests" / "integration" / "viewer" / "overlay.mjs", script)
+        script = VIEWER / script_name
+        shutil.copy(REPO / "tests" / "integration" / "viewer" / script_name, script)
         out = tmp_path / "shots"
         out.mkdir()
-        run = subprocess.run([node, str(script), f"http://127.0.0.1:{server.server_address[1]}",
-                              study["study_instance_uid"], str(out)], capture_output=True, text=True, timeout=300)
+        run = subprocess.run([node, str(script), f"http://127.0.0.1:{server.server_address[1]}", study_uid, str(out)],
+                             capture_output=True, text=True, timeout=300)
         report = json.loads(run.stdout.strip().splitlines()[-1])
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         for png in out.glob("*.png"):
             shutil.copy(png, ARTIFACTS / png.name)
-        seg_errors = [e for e in report["errors"] if "seg" in e.lower() or "driver" in e]
-        assert seg_errors == [], report
-        assert "screenshots" in report["steps"], report
-        before, after = _coloured_pixels(out / "before.png"), _coloured_pixels(out / "after.png")
-        assert before < 50, before
-        assert after > 1000, (after, report)
+        return report, out
     finally:
         server.shutdown()
         orthanc.stop()
+
+
+def test_seg_overlay_shows_in_ohif(analysed, tmp_path):
+    study, t2, out_dir = analysed
+    t2_series = str(pydicom.dcmread(t2[0], stop_before_pixels=True).SeriesInstanceUID)
+    seg = next(p for p in out_dir.glob("seg_*.dcm")
+               if pydicom.dcmread(p, stop_before_pixels=True).ReferencedSeriesSequence[0].SeriesInstanceUID == t2_series)
+    report, out = _run_viewer(tmp_path, t2 + [seg], study["study_instance_uid"], "overlay.mjs")
+    seg_errors = [e for e in report["errors"] if "seg" in e.lower() or "driver" in e]
+    assert seg_errors == [], report
+    assert "screenshots" in report["steps"], report
+    before, after = _coloured_pixels(out / "before.png"), _coloured_pixels(out / "after.png")
+    assert before < 50, before
+    assert after > 1000, (after, report)
+
+
+def test_key_images_and_pdf_report_show_in_ohif(analysed, tmp_path):
+    """For a viewer without SEG support: the key image (burned-in outlines,
+    in colour) in the viewport, and the PDF report in OHIF's PDF viewport,
+    which fetches the document from the PACS."""
+    study, t2, out_dir = analysed
+    t2_series = str(pydicom.dcmread(t2[0], stop_before_pixels=True).SeriesInstanceUID)
+    keys = [p for p in out_dir.glob("key_*.dcm")
+            if pydicom.dcmread(p, stop_before_pixels=True).SourceImageSequence[0].ReferencedSOPInstanceUID
+            in {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in t2}]
+    assert keys, "no key image of the T2 series"
+    report, out = _run_viewer(tmp_path, t2 + keys + [out_dir / "report_pdf.dcm"], study["study_instance_uid"],
+                              "key_images.mjs")
+    assert [e for e in report["errors"] if "driver" in e] == [], report
+    assert report["steps"] == ["viewport", "key-image", "pdf"], report
+    assert _coloured_pixels(out / "key_image.png") > 1000, report  # the outlines, burned in
+    pdf = report["pdf"]
+    assert pdf["status"] == 200 and pdf["head"] == "%PDF-", pdf
+    expected = pydicom.dcmread(out_dir / "report_pdf.dcm").EncapsulatedDocumentLength
+    assert abs(pdf["length"] - expected) <= 1, (pdf, expected)  # the document, at most its padding byte more
