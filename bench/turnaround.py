@@ -1,7 +1,8 @@
 """Benchmark: study turnaround and ONNX Runtime inference time on this CPU.
 
 Turnaround = last instance acknowledged by spinegate → SR acknowledged by
-the receiving PACS (a pynetdicom storage SCP), for the issue-6 standard
+the receiving PACS (the SR is sent last, after the SEGs, key images and
+PDF report) (a pynetdicom storage SCP), for the issue-6 standard
 study (phantom: sagittal T1 + T2, 15 slices each, 512²; axial T2 from L1 to
 S1, 4 mm slices, 256²), through a real ``spinegate serve`` with the
 embedded SQLite queue. The configured quiet period (the "study complete"
@@ -49,13 +50,14 @@ def _stage_times(doc: dict) -> dict[str, float]:
     return stages
 
 
-def turnaround(size: int, axial_size: int, runs: int, quiet_s: float) -> dict[str, object]:
+def turnaround(size: int, axial_size: int, runs: int, quiet_s: float, viewer_outputs: bool = True) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="spinegate-bench-"))
     receiver = LocalReceiver(work / "received")
     (work / "received").mkdir(parents=True, exist_ok=True)
     port = free_port()
     cfg = {"network": {"port": port}, "http": {"port": free_port()}, "storage": {"root": str(work / "var")},
            "assembly": {"quiet_period_s": quiet_s},
+           "outputs": {"key_images": viewer_outputs, "pdf_report": viewer_outputs},
            "export": {"destinations": [{"ae_title": receiver.ae_title, "host": "127.0.0.1", "port": receiver.port}]}}
     (work / "c.yaml").write_text(yaml.safe_dump(cfg))
     log = open(work / "serve.log", "w")
@@ -92,6 +94,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--short", action="store_true", help="small inputs, one run (CI)")
     ap.add_argument("--quiet-period", type=float, default=1.0)
+    ap.add_argument("--no-viewer-outputs", action="store_true",
+                    help="without the key images and the PDF report (their cost, measured beside the default)")
     args = ap.parse_args()
     size, axial_size, runs = (192, 160, 1) if args.short else (512, 256, 5)
     record = {
@@ -99,7 +103,8 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "study": f"sagittal T1 + T2, 15 slices each, {size}x{size}; axial T2 L1-S1 (4 mm), {axial_size}x{axial_size}",
         "inference_onnxruntime_cpu": measure_one("sagittal_spine", "onnxruntime", 1 if args.short else 5, args.short),
-        "turnaround": turnaround(size, axial_size, runs, args.quiet_period),
+        "viewer_outputs": not args.no_viewer_outputs,
+        "turnaround": turnaround(size, axial_size, runs, args.quiet_period, not args.no_viewer_outputs),
     }
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)

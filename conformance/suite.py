@@ -158,6 +158,11 @@ def _content_checks(case: StudyCase, objects: dict[str, list[Path]]) -> list[Che
                                     "every SEG frame names its source frame",
                                     f"{len(frames)} of {ds.NumberOfFrames} frames, source frames "
                                     f"{min(frames, default=0)}-{max(frames, default=0)}"))
+            if modality == "OT" and case.multiframe:
+                source = ds.SourceImageSequence[0]
+                checks.append(Check(section, "frame references", subject, int(source.get("ReferencedFrameNumber", 0)) >= 1,
+                                    "the key image names its source frame",
+                                    f"frame {source.get('ReferencedFrameNumber', 'none')}"))
             if modality == "SR":
                 identified = {str(i.CodingSchemeDesignator) for i in ds.get("CodingSchemeIdentificationSequence", [])}
                 checks.append(Check(section, "private scheme identified", subject,
@@ -174,17 +179,23 @@ def _content_checks(case: StudyCase, objects: dict[str, list[Path]]) -> list[Che
 
 def _collect(case: StudyCase, pacs: StoreSCP, deadline: float,
              study_timeout_s: float) -> tuple[Check, dict[str, list[Path]]]:
-    expected = f"{case.seg_count} SEG + 1 SR"
+    expected = f"{case.seg_count} SEG + 1 SR + key images (>= 1 per SEG) + 1 PDF"
+
+    def observed(objects: dict[str, list[Path]]) -> str:
+        return (f"{len(objects['SEG'])} SEG + {len(objects['SR'])} SR + {len(objects['OT'])} key images + "
+                f"{len(objects['DOC'])} PDF")
+
     try:
         wait_s = max(1.0, min(study_timeout_s, deadline - time.monotonic()))
-        objects = pacs.wait_for(case.study_uid, case.seg_count, timeout_s=wait_s)
+        objects = pacs.wait_for(case.study_uid, case.seg_count, timeout_s=wait_s, n_key_images=case.seg_count,
+                                n_pdf=1)
     except TimeoutError:
         objects = pacs.objects(case.study_uid)
         return Check("outputs", "received at the PACS", case.case_id, False, expected,
-                     f"{len(objects['SEG'])} SEG + {len(objects['SR'])} SR before the deadline"), objects
-    passed = len(objects["SEG"]) == case.seg_count and len(objects["SR"]) == 1
-    return Check("outputs", "received at the PACS", case.case_id, passed, expected,
-                 f"{len(objects['SEG'])} SEG + {len(objects['SR'])} SR"), objects
+                     observed(objects) + " before the deadline"), objects
+    passed = (len(objects["SEG"]) == case.seg_count and len(objects["SR"]) == 1
+              and len(objects["OT"]) >= case.seg_count and len(objects["DOC"]) == 1)
+    return Check("outputs", "received at the PACS", case.case_id, passed, expected, observed(objects)), objects
 
 
 def _object_checks(case: StudyCase, modality: str, path: Path) -> list[Check]:
