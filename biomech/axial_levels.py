@@ -110,8 +110,8 @@ def levels_from_disc_order(disc_present: Sequence[bool]) -> dict[int, str]:
     return named
 
 
-def disc_runs_mm(slice_heights_mm: Sequence[float], disc_present: Sequence[bool], slice_spacing_mm: float
-                 ) -> list[float]:
+def disc_runs_mm(slice_heights_mm: Sequence[float] | np.ndarray, disc_present: Sequence[bool] | np.ndarray,
+                 slice_spacing_mm: float) -> list[float]:
     """Height (mm along the stack normal) of the centre of every run of
     consecutive slices showing a disc cross-section; a gap over 1.5 slice
     spacings ends a run."""
@@ -129,7 +129,7 @@ def disc_runs_mm(slice_heights_mm: Sequence[float], disc_present: Sequence[bool]
     return [float(np.mean(r)) for r in runs]
 
 
-def level_disagreements(slice_heights_mm: Sequence[float], disc_present: Sequence[bool],
+def level_disagreements(slice_heights_mm: Sequence[float] | np.ndarray, disc_present: Sequence[bool] | np.ndarray,
                         sagittal_disc_heights_mm: Mapping[str, float], slice_spacing_mm: float,
                         tolerance_mm: float = 5.0) -> dict[str, float]:
     """Where the axial series disagrees with the sagittal disc levels.

@@ -14,6 +14,7 @@ from typing import Sequence
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian
 
 from spinegate.dicom_io.charset import declare_character_set
@@ -23,7 +24,7 @@ __all__ = ["ENCAPSULATED_PDF_STORAGE", "build_encapsulated_pdf"]
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 
 
-def _code_item(code) -> Dataset:  # type: ignore[no-untyped-def]
+def _code_item(code: Code) -> Dataset:
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme_designator, code.meaning
     return item

@@ -8,11 +8,25 @@ import pydicom
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
 
-__all__ = ["SendError", "send_files"]
+__all__ = ["SendError", "send_files", "sop_class_uid"]
 
 
 class SendError(RuntimeError):
     """The peer could not be reached or did not confirm every instance."""
+
+
+def sop_class_uid(path: Path) -> str:
+    """The SOP Class UID of a DICOM file (its header only).
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is not a readable DICOM file.
+    """
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).SOPClassUID)
+    except (pydicom.errors.InvalidDicomError, OSError, AttributeError) as e:
+        raise ValueError(f"'{path.name}' is not a readable DICOM file: {e}") from e
 
 
 def send_files(

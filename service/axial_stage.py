@@ -33,8 +33,8 @@ from spinegate.dicom_io.measurements import MuscleLevelMeasurements
 from spinegate.dicom_io.muscles import MUSCLE_LABELS
 from spinegate.dicom_io.volume import SeriesError, SeriesVolume, read_series
 from spinegate.inference.axial_classes import DISC_CLASS, MUSCLE_CLASSES, VB_CLASS
-from spinegate.inference.axial_engine import AxialSegmentation
-from spinegate.inference.engine import EngineError, SegmentationEngine
+from spinegate.inference.axial_engine import LOW_MUSCLE_CONFIDENCE, AxialSegmentation, mean_class_score
+from spinegate.inference.engine import FLAG_LOW_CONFIDENCE, EngineError, SegmentationEngine
 
 __all__ = ["AxialResult", "SegmentedAxialSeries", "dixon_partner", "measure_axial_series", "segment_axial_series",
            "sagittal_disc_centroids", "FLAG_DIXON_MISMATCH", "FLAG_DIXON_NOISE_UNKNOWN"]
@@ -73,6 +73,7 @@ class SegmentedAxialSeries:
     volume: SeriesVolume
     classes: np.ndarray
     timings_s: dict[str, float]
+    class_scores: np.ndarray | None = None  # the network's score of each pixel's class
 
 
 def _same_grid(a: SeriesVolume, b: SeriesVolume) -> str:
@@ -119,7 +120,7 @@ def segment_axial_series(datasets: Sequence[Header], engine: SegmentationEngine[
     except EngineError as e:
         raise SeriesError("not_axial_grid", str(e)) from e
     return SegmentedAxialSeries(volume, seg.classes, {"load": t1 - t0, "segment": seg.timings_s["inference"],
-                                                    "postprocess": seg.timings_s["postprocess"]})
+                                                    "postprocess": seg.timings_s["postprocess"]}, seg.class_scores)
 
 
 def measure_axial_series(
@@ -178,6 +179,8 @@ def measure_axial_series(
                                    dixon_noise_sigma=sigma or 0.0)
     if FLAG_LEVELS_FROM_AXIAL not in flags:
         measurements = _with_disagreements(geometry, disc, centroids, measurements)
+    if segmented.class_scores is not None:
+        measurements = _with_confidence(segmented.class_scores, muscles, measurements)
     levels = nearest_disc_levels(geometry, centroids)
     label_map = axial_spine_labels(geometry, classes == VB_CLASS, disc, levels)
     for key, value in MUSCLE_LABELS.items():
@@ -196,6 +199,20 @@ def _with_disagreements(geometry: AxialGeometry, disc: np.ndarray, centroids: Ma
     why = {k: f"{d:.0f}mm_from_axial_disc" if np.isfinite(d) else "no_axial_disc" for k, d in off.items()}
     return [replace(m, flags=tuple(m.flags) + (f"{FLAG_LEVEL_DISAGREEMENT}_{m.level.name}_{why[m.level.name]}",))
             if m.level.name in off else m for m in measurements]
+
+
+def _with_confidence(class_scores: np.ndarray, muscles: Mapping[str, np.ndarray],
+                     measurements: Sequence[MuscleLevelMeasurements]) -> list[MuscleLevelMeasurements]:
+    """Each muscle measurement whose pixels over its level's slices the
+    network scored under `LOW_MUSCLE_CONFIDENCE`, flagged."""
+    out = []
+    for m in measurements:
+        ks = [k for k, _, _ in m.per_slice]
+        score = mean_class_score(class_scores[ks], muscles[m.muscle.name][ks])
+        if score < LOW_MUSCLE_CONFIDENCE:
+            m = replace(m, flags=tuple(m.flags) + (f"{FLAG_LOW_CONFIDENCE}_{score:.2f}",))
+        out.append(m)
+    return out
 
 
 def sagittal_disc_centroids(volumes_and_measurements: Sequence[tuple[SeriesVolume, Sequence[Any]]]

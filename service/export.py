@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from spinegate.dicom_io.send import SendError, send_files
+from spinegate.dicom_io.send import SendError, send_files, sop_class_uid
 from spinegate.service.config import Destination, ExportConfig, OutputKind
 
 __all__ = ["DeliveryStatus", "deliver_round", "retry_delay_s", "initial_status", "statuses_from_detail",
@@ -65,28 +65,33 @@ def retry_delay_s(config: ExportConfig, rounds_done: int) -> float:
     return min(config.backoff_initial_s * 2 ** max(rounds_done - 1, 0), config.backoff_max_s)
 
 
-# Output file name prefixes (as `service.pipeline` names them) → their kind.
-_PREFIXES = {"seg_": OutputKind.SEG, "sr": OutputKind.SR, "key_": OutputKind.KEY_IMAGES,
-             "report_pdf": OutputKind.PDF_REPORT}
+# SOP classes of the outputs the pipeline writes → their kind.
+_KINDS = {"1.2.840.10008.5.1.4.1.1.66.4": OutputKind.SEG, "1.2.840.10008.5.1.4.1.1.88.34": OutputKind.SR,
+          "1.2.840.10008.5.1.4.1.1.7": OutputKind.KEY_IMAGES, "1.2.840.10008.5.1.4.1.1.104.1": OutputKind.PDF_REPORT}
 
 
-def output_kind(path: Path) -> OutputKind:
-    """The kind of a study output, from the name the pipeline gives it.
+def output_kind(path: Path) -> OutputKind | None:
+    """The kind of an output, from its SOP class (None: not one spinegate
+    writes).
 
     Raises
     ------
     ValueError
-        For a file the pipeline does not write.
+        If ``path`` is not a readable DICOM file.
     """
-    for prefix, kind in _PREFIXES.items():
-        if path.name.startswith(prefix) and path.suffix == ".dcm":
-            return kind
-    raise ValueError(f"'{path.name}' is not a spinegate output")
+    return _KINDS.get(sop_class_uid(path))
 
 
 def objects_for(paths: Sequence[Path], dest: Destination) -> list[Path]:
-    """The outputs ``dest`` is configured to receive (``objects``)."""
-    return [p for p in paths if output_kind(p) in dest.objects]
+    """The outputs ``dest`` is configured to receive (``objects``); an
+    object of no known kind goes only to a destination that takes every kind."""
+    every = set(dest.objects) == set(OutputKind)
+    out = []
+    for p in paths:
+        kind = output_kind(p)
+        if (kind in dest.objects) if kind is not None else every:
+            out.append(p)
+    return out
 
 
 def _send(paths: Sequence[Path], dest: Destination, config: ExportConfig) -> str:
@@ -128,7 +133,10 @@ def deliver_round(
         if status.confirmed or dest is None:
             out.append(status)
             continue
-        error = send(objects_for(paths, dest), dest, config)
+        try:
+            error = send(objects_for(paths, dest), dest, config)
+        except ValueError as e:  # an output that is no longer a readable DICOM file
+            error = str(e)
         attempt = status.attempts + 1
         if error:
             log.warning("export failed destination=%s attempt=%d/%d: %s", dest.ae_title, attempt, config.attempts,

@@ -12,7 +12,6 @@ import io
 from typing import Any, Mapping, Sequence
 from xml.sax.saxutils import escape
 
-from pydicom.dataset import Dataset
 from reportlab.graphics.charts.barcharts import VerticalBarChart
 from reportlab.graphics.charts.legends import Legend
 from reportlab.graphics.shapes import Drawing, String
@@ -26,6 +25,7 @@ from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from spinegate.dicom_io.key_images import DERIVED_WARNING
+from spinegate.dicom_io.study import Header
 
 __all__ = ["DOCUMENT_TITLE", "LIMITS", "render_pdf_report"]
 
@@ -80,7 +80,7 @@ def _text(value: Any) -> str:
     return f'<font name="{_FONTS["cid"]}">{s}</font>'
 
 
-def _header(source: Dataset, doc: Mapping[str, Any], st: Mapping[str, ParagraphStyle]) -> list[Any]:
+def _header(source: Header, doc: Mapping[str, Any], st: Mapping[str, ParagraphStyle]) -> list[Any]:
     name = [part for part in str(source.get("PatientName") or "").split("^") if part]
     rows = [("Patient", _text(", ".join(name[:1] + [" ".join(name[1:])]) if len(name) > 1 else "".join(name))), ("Patient ID", _text(source.get("PatientID"))),
             ("Birth date", _text(source.get("PatientBirthDate"))), ("Sex", _text(source.get("PatientSex"))),
@@ -211,7 +211,7 @@ def _models(doc: Mapping[str, Any], st: Mapping[str, ParagraphStyle]) -> list[An
     return [Paragraph("Models", st["h2"]), _table(rows, [50, 70, 50])]
 
 
-def render_pdf_report(doc: Mapping[str, Any], source: Dataset) -> bytes:
+def render_pdf_report(doc: Mapping[str, Any], source: Header) -> bytes:
     """The PDF report of a study.
 
     Parameters

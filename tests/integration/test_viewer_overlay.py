@@ -151,7 +151,6 @@ def test_key_images_and_pdf_report_show_in_ohif(analysed, tmp_path):
     in colour) in the viewport, and the PDF report in OHIF's PDF viewport,
     which fetches the document from the PACS."""
     study, t2, out_dir = analysed
-    t2_series = str(pydicom.dcmread(t2[0], stop_before_pixels=True).SeriesInstanceUID)
     keys = [p for p in out_dir.glob("key_*.dcm")
             if pydicom.dcmread(p, stop_before_pixels=True).SourceImageSequence[0].ReferencedSOPInstanceUID
             in {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in t2}]

@@ -291,3 +291,35 @@ def test_dixon_water_without_uniform_muscle_keeps_the_noise_floor_and_says_so(ax
     assert "dixon_noise_floor_not_removed" in water["flags"] and water["dixon_noise_sigma"] == 0.0
     assert water["muscles"] and all(m["fat_fraction"] is not None and "dixon_noise_floor_not_removed" in m["flags"]
                                     for m in water["muscles"])
+
+
+def test_a_muscle_the_network_hesitated_over_is_flagged_at_each_of_its_levels(axial_study, engines, analysed):
+    """Low model confidence on the axial path: the network's own scores of
+    the held-out phantom are confident (no flag); the same segmentation with
+    the left multifidus' scores lowered to 0.8 flags exactly that muscle."""
+    from dataclasses import replace
+
+    from spinegate.dicom_io.classify import Weighting
+    from spinegate.dicom_io.study import read_study_headers
+    from spinegate.inference.axial_classes import MUSCLE_CLASSES
+    from spinegate.inference.axial_engine import mean_class_score
+    from spinegate.service.axial_stage import measure_axial_series, segment_axial_series
+
+    _, doc = analysed
+    assert not any(f.startswith("low_model_confidence") for m in _series(doc, "AX T2 TSE")["muscles"] for f in m["flags"])
+    study = read_study_headers(axial_study["files"])
+    t2 = next(s for s in study.series if s.description == "AX T2 TSE")
+    segmented = segment_axial_series(t2.datasets, engines.get("axial_muscle"))
+    mf_l = segmented.classes == MUSCLE_CLASSES[("MF", "L")]
+    scores = segmented.class_scores.copy()
+    scores[mf_l] = 0.8
+    assert mean_class_score(scores, mf_l) == pytest.approx(0.8, abs=1e-3)
+    sagittal = {m["level"]: np.array(m["centroid_lps_mm"]) for s in doc["series"] for m in s["structures"]
+                if m["kind"] == "disc" and s["description"] == "SAG T2 TSE"}
+    result = measure_axial_series(replace(segmented, class_scores=scores), Weighting.T2,
+                                  {segmented.volume.frame_of_reference_uid: sagittal})
+    flagged = {m.muscle.name for m in result.measurements if any(f.startswith("low_model_confidence_0.80")
+                                                                   for f in m.flags)}
+    assert flagged == {"MF_L"}
+    with pytest.raises(ValueError, match="not on one grid"):
+        mean_class_score(scores[:1], mf_l)

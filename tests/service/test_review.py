@@ -8,7 +8,6 @@ import time
 import urllib.request
 
 import highdicom as hd
-import numpy as np
 import pydicom
 import pytest
 from pydicom.sr.codedict import codes
@@ -16,7 +15,6 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage
 from scipy import ndimage
 
-from conftest import MODEL_DIR
 from spinegate.dicom_io import codes as sg_codes
 from spinegate.dicom_io.levels import structure_by_name
 from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
@@ -171,19 +169,28 @@ def test_status_api_filters_the_worklist_and_a_metric_counts_it(tmp_path, engine
         svc.shutdown()
 
 
-def test_output_kinds_and_per_destination_objects(tmp_path):
+def test_output_kinds_and_per_destination_objects(l3_missed, tmp_path):
     from pydantic import ValidationError
 
     from spinegate.service.config import Destination, OutputKind
     from spinegate.service.export import objects_for, output_kind
 
-    names = ["seg_1.2.3.dcm", "key_1.2.3_1.dcm", "report_pdf.dcm", "sr.dcm"]
-    assert [output_kind(tmp_path / n) for n in names] == [OutputKind.SEG, OutputKind.KEY_IMAGES,
-                                                          OutputKind.PDF_REPORT, OutputKind.SR]
-    with pytest.raises(ValueError, match="'measurements.json' is not a spinegate output"):
-        output_kind(tmp_path / "measurements.json")
+    result, _ = l3_missed
+    kinds = [output_kind(p) for p in result.outputs]
+    assert kinds[0] is OutputKind.SEG and kinds[-2:] == [OutputKind.PDF_REPORT, OutputKind.SR]
+    assert OutputKind.KEY_IMAGES in kinds
+    not_dicom = tmp_path / "measurements.json"
+    not_dicom.write_text("{}")
+    with pytest.raises(ValueError, match="'measurements.json' is not a readable DICOM file"):
+        output_kind(not_dicom)
     viewer_only = Destination("VIEWER", "127.0.0.1", 104, objects=["key_images", "pdf_report"])
-    assert [p.name for p in objects_for([tmp_path / n for n in names], viewer_only)] == names[1:3]
+    assert [output_kind(p) for p in objects_for(result.outputs, viewer_only)] == [
+        k for k in kinds if k in (OutputKind.KEY_IMAGES, OutputKind.PDF_REPORT)]
+    # An object of no known kind (here an MR image) goes only where every kind goes.
+    source = result.series[0]
+    mr = next((result.sr_path.parent.parent / "in").rglob("*.dcm"))
+    assert output_kind(mr) is None and source.seg_path is not None
+    assert objects_for([mr], viewer_only) == [] and objects_for([mr], Destination("PACS", "127.0.0.1", 104)) == [mr]
     assert Destination("PACS", "127.0.0.1", 104).objects == tuple(OutputKind)  # everything by default
     with pytest.raises(ValidationError, match="objects"):
         Destination("PACS", "127.0.0.1", 104, objects=[])
