@@ -3,8 +3,10 @@
 -- "spinegate" in "DicomModalities" (see deploy/orthanc/orthanc.json).
 -- A study becomes stable "StableAge" seconds after its last instance; its MR
 -- series are then sent to spinegate. Studies that already hold spinegate's
--- results (SEG/SR) are not sent again: when the results arrive the study
--- turns stable a second time, and re-sending would only make duplicates.
+-- results (a SEG or SR, or any series spinegate made: its key images and PDF
+-- report, for a destination that takes only those) are not sent again: when
+-- the results arrive the study turns stable a second time, and re-sending
+-- would only make duplicates.
 
 local SPINEGATE = 'spinegate'
 
@@ -13,7 +15,7 @@ function OnStableStudy(studyId, tags, metadata)
   local mr = {}
   for _, s in pairs(series) do
     local modality = s['MainDicomTags']['Modality']
-    if modality == 'SEG' or modality == 'SR' then
+    if modality == 'SEG' or modality == 'SR' or s['MainDicomTags']['Manufacturer'] == 'spinegate' then
       print('spinegate auto-forward: study ' .. studyId .. ' holds spinegate results, not sent again')
       return
     end

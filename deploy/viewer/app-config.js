@@ -1,6 +1,8 @@
 /* OHIF 3.x configuration for viewing spinegate's results from Orthanc's
  * DICOMweb plugin, served from the same origin as the viewer (the web server
- * proxies /dicom-web and /wado to Orthanc, so no CORS is needed).
+ * proxies /dicom-web and /wado to Orthanc, so no CORS is needed; the proxy
+ * passes the browser's Host header on, from which Orthanc writes the absolute
+ * BulkDataURIs OHIF's PDF viewport fetches).
  * Replace dist/app-config.js of the prebuilt @ohif/app package with this file. */
 window.config = {
   routerBasename: '/',

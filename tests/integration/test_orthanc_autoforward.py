@@ -1,7 +1,8 @@
 """The PACS loop with the Debian Orthanc: MR instances stored into Orthanc
 are auto-forwarded to spinegate by deploy/orthanc/autoforward.lua when the
-study is stable; spinegate's SEG and SR come back into Orthanc and are found
-through its REST API under the same study, and are not forwarded again."""
+study is stable; spinegate's SEG, SR, key images and PDF report come back
+into Orthanc and are found through its REST API under the same study, and
+the study is not forwarded again."""
 from __future__ import annotations
 
 import time
@@ -35,7 +36,8 @@ def test_orthanc_forwards_stable_mr_study_and_receives_seg_and_sr(tmp_path):
                 if modalities.count("SEG") == 2 and "SR" in modalities:
                     break
             time.sleep(1.0)
-        assert modalities == ["MR", "MR", "SEG", "SEG", "SR"], orthanc.log_path.read_text()[-3000:]
+        # Per sagittal series a SEG and a key-image series (OT), per study the PDF report (DOC) and the SR (sent last).
+        assert modalities == ["DOC", "MR", "MR", "OT", "OT", "SEG", "SEG", "SR"], orthanc.log_path.read_text()[-3000:]
         # When the results made the study stable again, the script saw them
         # and did not forward a second time.
         deadline = time.monotonic() + 60

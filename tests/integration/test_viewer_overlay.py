@@ -116,8 +116,9 @@ def _run_viewer(tmp_path, files, study_uid: str, script_name: str) -> tuple[dict
     try:
         for f in files:
             orthanc.upload(f)
-        script = VIEWER / script_name
-        shutil.copy(REPO / "tests" / "integration" / "viewer" / script_name, script)
+        script = VIEWER / script_name  # beside node_modules/, where playwright-core resolves
+        for name in (script_name, "open_study.mjs"):
+            shutil.copy(REPO / "tests" / "integration" / "viewer" / name, VIEWER / name)
         out = tmp_path / "shots"
         out.mkdir()
         run = subprocess.run([node, str(script), f"http://127.0.0.1:{server.server_address[1]}", study_uid, str(out)],

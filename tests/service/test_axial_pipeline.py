@@ -17,10 +17,12 @@ from conftest import dciodvfy_errors
 from spinegate.dicom_io import codes as sg_codes
 from spinegate.dicom_io.muscles import MUSCLE_GROUPS
 from spinegate.dicom_io.mr_writer import StudyInfo
-from spinegate.service.config import load_config
+from spinegate.service.config import OutputsConfig, load_config
 from spinegate.service.pipeline import analyze_study
 
 RULES = load_config(environ={}).routing
+# Neither the loads nor the key images and PDF are under test here: off, to save the suite's time.
+FAST = {"biomechanics": False, "outputs": OutputsConfig(key_images=False, pdf_report=False)}
 SEED = 1000  # inference.training.train_axial.VALIDATION_PHANTOM_SEEDS
 CSA_TOL = 0.05  # relative, level mean, muscles of >= 2 cm² (issue 3's figure)
 FF_TOL = 0.03  # absolute Dixon fat fraction (issue 3's figure)
@@ -136,7 +138,7 @@ def test_a_second_held_out_subject_on_another_grid(engines, tmp_path):
 
     truth = write_axial_phantom_study(tmp_path / "in", seed=SEED + 1, rows=288, columns=288, pixel_spacing_mm=0.7,
                                       slice_spacing_mm=5.0, dixon=True, study=StudyInfo(uid_seed="axial-pipeline-2"))
-    result = analyze_study(truth["files"], engines, RULES, tmp_path / "out")
+    result = analyze_study(truth["files"], engines, RULES, tmp_path / "out", **FAST)
     _assert_issue_3_accuracy(json.loads(result.measurements_path.read_text()), truth)
 
 
@@ -210,12 +212,12 @@ def test_one_slice_per_disc_in_any_order_without_sagittal_series(axial_study, en
     picks = sorted({int(np.argmin(np.abs(z - ph.element(d).centre_lps[2])))
                     for d in ("L1L2", "L2L3", "L3L4", "L4L5", "L5S1")})
     files = [axial_study["by_series"][5][k] for k in picks][::-1]
-    result = analyze_study(files, engines, RULES, tmp_path / "out")
+    result = analyze_study(files, engines, RULES, tmp_path / "out", **FAST)
     s = json.loads(result.measurements_path.read_text())["series"][0]
     assert s["error"] is None and "levels_from_axial_disc_order_lowest_assumed_L5S1" in s["flags"]
     assert {m["level"] for m in s["muscles"]} == {"L1L2", "L2L3", "L3L4", "L4L5", "L5S1"}
     assert all(m["n_slices"] == 1 and m["volume_ml"] is None for m in s["muscles"])
-    with_sagittal = analyze_study(files + axial_study["by_series"][3], engines, RULES, tmp_path / "out2")
+    with_sagittal = analyze_study(files + axial_study["by_series"][3], engines, RULES, tmp_path / "out2", **FAST)
     doc = json.loads(with_sagittal.measurements_path.read_text())
     ax = _series(doc, "AX T2 TSE")
     assert {m["level"] for m in ax["muscles"]} == {"L1L2", "L2L3", "L3L4", "L4L5", "L5S1"}
@@ -235,7 +237,7 @@ def test_broken_axial_geometry_fails_the_series_with_its_reason(axial_study, eng
             ds.ImagePositionPatient = [ipp[0], ipp[1] + 0.35 * 4.0 * k, ipp[2]]  # ~19° shear
 
     files = _copy(axial_study["by_series"][5], tmp_path / "in", edit) + axial_study["by_series"][3]
-    result = analyze_study(files, engines, RULES, tmp_path / "out")
+    result = analyze_study(files, engines, RULES, tmp_path / "out", **FAST)
     ax = _series(json.loads(result.measurements_path.read_text()), "AX T2 TSE")
     assert ax["error"].startswith(reason + ":") and not ax["muscles"]
 
@@ -256,7 +258,7 @@ def test_tilted_axial_stacks(axial_study, engines, tmp_path, tilt_deg, analysed_
     # levels come from its own disc sections (a skipped series alone would
     # fail the study, so the sagittal series comes along there).
     extra = [] if analysed_ else axial_study["by_series"][3]
-    result = analyze_study(files + extra, engines, RULES, tmp_path / "out")
+    result = analyze_study(files + extra, engines, RULES, tmp_path / "out", **FAST)
     ax = _series(json.loads(result.measurements_path.read_text()), "AX T2 TSE")
     if analysed_:
         assert ax["plane"] == "axial" and ax["error"] is None and ax["muscles"]
@@ -270,7 +272,7 @@ def test_dixon_pair_with_mismatched_geometry_is_flagged_not_measured(axial_study
         ds.ImagePositionPatient = [ipp[0], ipp[1], ipp[2] + 2.0]
 
     files = axial_study["by_series"][6] + _copy(axial_study["by_series"][7], tmp_path / "fat", shift)
-    result = analyze_study(files + axial_study["by_series"][3], engines, RULES, tmp_path / "out")
+    result = analyze_study(files + axial_study["by_series"][3], engines, RULES, tmp_path / "out", **FAST)
     water = _series(json.loads(result.measurements_path.read_text()), "AX DIXON W")
     assert any(f.startswith("dixon_fat_geometry_mismatch: different slice positions") for f in water["flags"])
     assert water["muscles"] and all(m["fat_fraction"] is None for m in water["muscles"])
@@ -286,7 +288,7 @@ def test_dixon_water_without_uniform_muscle_keeps_the_noise_floor_and_says_so(ax
         ds.PixelData = np.clip(pixels * np.where((rows + cols) % 2, 1.5, 0.5), 0, 65535).astype(np.uint16).tobytes()
 
     files = _copy(axial_study["by_series"][6], tmp_path / "water", checkerboard) + axial_study["by_series"][7]
-    result = analyze_study(files + axial_study["by_series"][3], engines, RULES, tmp_path / "out")
+    result = analyze_study(files + axial_study["by_series"][3], engines, RULES, tmp_path / "out", **FAST)
     water = _series(json.loads(result.measurements_path.read_text()), "AX DIXON W")
     assert "dixon_noise_floor_not_removed" in water["flags"] and water["dixon_noise_sigma"] == 0.0
     assert water["muscles"] and all(m["fat_fraction"] is not None and "dixon_noise_floor_not_removed" in m["flags"]

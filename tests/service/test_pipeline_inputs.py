@@ -9,10 +9,12 @@ import pytest
 
 from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
 from spinegate.dicom_io.phantom import SliceGrid, make_spine_phantom, render_phantom, sagittal_grid
-from spinegate.service.config import load_config
+from spinegate.service.config import OutputsConfig, load_config
 from spinegate.service.pipeline import StudyFailed, analyze_study
 
 RULES = load_config(environ={}).routing
+# Neither the loads nor the key images and PDF are under test here: off, to save the suite's time.
+FAST = {"biomechanics": False, "outputs": OutputsConfig(key_images=False, pdf_report=False)}
 STUDY = StudyInfo("pipeline-inputs")
 
 
@@ -41,7 +43,7 @@ def _write(tmp_path, kind: str, number: int, n_slices: int | None = None):
 def test_coronal_and_oblique_series_are_skipped_with_reason(tmp_path, engines):
     files = _write(tmp_path, "coronal", 4) + _write(tmp_path, "oblique", 5)
     with pytest.raises(StudyFailed) as e:
-        analyze_study(files, engines, RULES, tmp_path / "out")
+        analyze_study(files, engines, RULES, tmp_path / "out", **FAST)
     assert e.value.reason == "no_analysable_series"
     doc = json.loads((tmp_path / "out" / "measurements.json").read_text())
     reasons = {s["description"]: s["skipped_reason"] for s in doc["series"]}
@@ -60,7 +62,7 @@ def test_one_slice_and_mixed_size_series_fail_alone(tmp_path, engines, phantom_s
         d = pydicom.dcmread(f)
         d.StudyInstanceUID = phantom_study["study_instance_uid"]
         d.save_as(f)
-    result = analyze_study(phantom_study["files"] + one + mixed, engines, RULES, tmp_path / "out")
+    result = analyze_study(phantom_study["files"] + one + mixed, engines, RULES, tmp_path / "out", **FAST)
     errors = {o.description: o.error for o in result.series}
     assert errors["sagittal T2"].startswith(("too_few_slices", "mixed_size"))
     by_number = {o.description: o for o in result.series}
@@ -73,7 +75,7 @@ def test_one_slice_and_mixed_size_series_fail_alone(tmp_path, engines, phantom_s
 def test_study_without_sagittal_series_fails_clearly(tmp_path, engines):
     files = _write(tmp_path, "coronal", 8)
     with pytest.raises(StudyFailed, match="no_rule_for_coronal_T2"):
-        analyze_study(files, engines, RULES, tmp_path / "out")
+        analyze_study(files, engines, RULES, tmp_path / "out", **FAST)
 
 
 def test_unreadable_files_are_reported_not_fatal(tmp_path, engines, phantom_study):
@@ -81,18 +83,18 @@ def test_unreadable_files_are_reported_not_fatal(tmp_path, engines, phantom_stud
     junk.write_bytes(b"not dicom at all")
     truncated = tmp_path / "truncated.dcm"
     truncated.write_bytes(phantom_study["files"][0].read_bytes()[:300])
-    result = analyze_study(phantom_study["files"] + [junk, truncated], engines, RULES, tmp_path / "out")
+    result = analyze_study(phantom_study["files"] + [junk, truncated], engines, RULES, tmp_path / "out", **FAST)
     assert result.sr_path is not None and len(result.outputs) >= 2
     with pytest.raises(StudyFailed) as e:
-        analyze_study([junk], engines, RULES, tmp_path / "out2")
+        analyze_study([junk], engines, RULES, tmp_path / "out2", **FAST)
     assert e.value.reason == "no_readable_instances"
 
 
 def test_reprocessing_same_input_gives_same_uids_new_input_new_uids(tmp_path, engines, phantom_study):
-    first = analyze_study(phantom_study["files"], engines, RULES, tmp_path / "a")
-    again = analyze_study(phantom_study["files"], engines, RULES, tmp_path / "b")
+    first = analyze_study(phantom_study["files"], engines, RULES, tmp_path / "a", **FAST)
+    again = analyze_study(phantom_study["files"], engines, RULES, tmp_path / "b", **FAST)
     uid = lambda r: pydicom.dcmread(r.sr_path, stop_before_pixels=True).SOPInstanceUID  # noqa: E731
     assert uid(first) == uid(again)
     fewer = analyze_study([f for f in phantom_study["files"] if f.name.startswith("003_")], engines, RULES,
-                          tmp_path / "c")
+                          tmp_path / "c", **FAST)
     assert uid(fewer) != uid(first)

@@ -1,28 +1,14 @@
-// Open a study in the OHIF viewer with headless Chromium (playwright-core,
-// the Debian browser), show spinegate's key image (Secondary Capture) in the
-// viewport and its PDF report in OHIF's PDF viewport; report as JSON what
-// the page showed: console errors, the PDF object's URL and the first bytes
-// the viewer fetched from it.
+// Open a study in the OHIF viewer (open_study.mjs), show spinegate's key
+// image (Secondary Capture) in the viewport and its PDF report in OHIF's PDF
+// viewport; report as JSON what the page showed: console errors, the PDF
+// object's URL and the first bytes the viewer fetched from it.
 // usage: node key_images.mjs BASE_URL STUDY_UID OUT_DIR
-import { chromium } from 'playwright-core';
+import { openStudy } from './open_study.mjs';
 
 const [, , base, study, out] = process.argv;
-const browser = await chromium.launch({
-  executablePath: '/usr/bin/chromium',
-  args: ['--no-sandbox', '--use-angle=swiftshader', '--enable-unsafe-swiftshader'],
-});
-const result = { errors: [], steps: [], pdf: null };
+const { browser, page, result } = await openStudy(base, study);
+result.pdf = null;
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  page.on('console', (m) => { if (m.type() === 'error') result.errors.push(m.text()); });
-  page.on('pageerror', (e) => result.errors.push(String(e)));
-  await page.goto(`${base}/viewer?StudyInstanceUIDs=${study}`, { waitUntil: 'domcontentloaded' });
-  await page.waitForSelector('[data-cy="viewport-pane"] canvas', { timeout: 120000 });
-  result.steps.push('viewport');
-  await page.waitForTimeout(3000);
-  try {
-    await page.getByText('Confirm and hide').click({ timeout: 5000 });  // "investigational use" banner
-  } catch (e) {}
   const keyImages = page.locator('[data-cy="study-browser-thumbnail"]', { hasText: 'key images' }).first();
   await keyImages.dblclick({ timeout: 60000 });
   await page.waitForTimeout(6000);

@@ -1,26 +1,11 @@
-// Open a study in the OHIF viewer with headless Chromium (playwright-core,
-// the Debian browser: never a downloaded one), screenshot the viewport
+// Open a study in the OHIF viewer (open_study.mjs), screenshot the viewport
 // before and after loading the SEG, and report console errors as JSON.
 // usage: node overlay.mjs BASE_URL STUDY_UID OUT_DIR
-import { chromium } from 'playwright-core';
+import { openStudy } from './open_study.mjs';
 
 const [, , base, study, out] = process.argv;
-const browser = await chromium.launch({
-  executablePath: '/usr/bin/chromium',
-  args: ['--no-sandbox', '--use-angle=swiftshader', '--enable-unsafe-swiftshader'],
-});
-const result = { errors: [], steps: [] };
+const { browser, page, result } = await openStudy(base, study);
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  page.on('console', (m) => { if (m.type() === 'error') result.errors.push(m.text()); });
-  page.on('pageerror', (e) => result.errors.push(String(e)));
-  await page.goto(`${base}/viewer?StudyInstanceUIDs=${study}`, { waitUntil: 'domcontentloaded' });
-  await page.waitForSelector('[data-cy="viewport-pane"] canvas', { timeout: 120000 });
-  result.steps.push('viewport');
-  await page.waitForTimeout(4000);
-  try {
-    await page.getByText('Confirm and hide').click({ timeout: 5000 });  // "investigational use" banner
-  } catch (e) {}
   const viewport = page.locator('[data-cy="viewport-pane"]').first();
   const canvas = page.locator('[data-cy="viewport-pane"] canvas').first();
   // Scroll to the central slice (the stack opens on its first, lateral one).

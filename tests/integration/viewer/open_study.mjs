@@ -1,0 +1,27 @@
+// Shared by the viewer scripts: headless Debian Chromium (playwright-core,
+// never a downloaded browser) with OHIF open on one study, console errors
+// collected in result.errors, the "investigational use" banner dismissed.
+import { chromium } from 'playwright-core';
+
+export async function openStudy(base, study) {
+  const browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    args: ['--no-sandbox', '--use-angle=swiftshader', '--enable-unsafe-swiftshader'],
+  });
+  const result = { errors: [], steps: [] };
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.on('console', (m) => { if (m.type() === 'error') result.errors.push(m.text()); });
+  page.on('pageerror', (e) => result.errors.push(String(e)));
+  try {
+    await page.goto(`${base}/viewer?StudyInstanceUIDs=${study}`, { waitUntil: 'domcontentloaded' });
+    await page.waitForSelector('[data-cy="viewport-pane"] canvas', { timeout: 120000 });
+    result.steps.push('viewport');
+    await page.waitForTimeout(4000);
+    try {
+      await page.getByText('Confirm and hide').click({ timeout: 5000 });
+    } catch (e) {}
+  } catch (e) {
+    result.errors.push(`driver: ${e}`);
+  }
+  return { browser, page, result };
+}
