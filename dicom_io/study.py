@@ -16,7 +16,8 @@ from typing import Sequence
 import pydicom
 from pydicom.dataset import Dataset
 
-__all__ = ["Header", "SeriesHeaders", "StudyHeaders", "parse_instance", "read_header", "read_study_headers"]
+__all__ = ["Header", "SeriesHeaders", "StudyHeaders", "files_by_study", "parse_instance", "read_header",
+           "read_study_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,22 @@ def read_study_headers(paths: Sequence[Path]) -> StudyHeaders:
             log.warning("unreadable input file=%s: %s", Path(path).name, type(e).__name__)
     series = [SeriesHeaders(uid, tuple(datasets)) for uid, datasets in grouped.items()]
     return StudyHeaders(tuple(sorted(series, key=lambda s: s.series_number)))
+
+
+def files_by_study(paths: Sequence[Path]) -> tuple[dict[str, list[Path]], list[Path]]:
+    """Study Instance UID → its files, reading each header's UID only; and
+    the files that are not readable DICOM (logged by name, not fatal)."""
+    studies: dict[str, list[Path]] = {}
+    unreadable = []
+    for path in paths:
+        try:
+            uid = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).StudyInstanceUID)
+        except Exception as e:  # pydicom raises many types for malformed input
+            log.warning("unreadable input file=%s: %s", Path(path).name, type(e).__name__)
+            unreadable.append(path)
+            continue
+        studies.setdefault(uid, []).append(path)
+    return studies, unreadable
 
 
 def read_header(path: Path) -> Header:

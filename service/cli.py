@@ -32,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="run the pipeline on DICOM files, no networking")
     a.add_argument("dicom_dir", type=Path)
     a.add_argument("--out", type=Path, required=True)
+    b = sub.add_parser("batch", help="every study under a folder (and in .zip archives) to CSV; resumable")
+    b.add_argument("in_dir", type=Path)
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--workers", type=int, default=1, help="analysis processes (they share the cores)")
     d = sub.add_parser("demo", help="phantom study through a real 'spinegate serve' and back")
     d.add_argument("--work-dir", type=Path)
     d.add_argument("--seed", type=int, default=7)
@@ -75,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return _queue_study(config, args.command, args.study_uid)
     if args.command == "analyze":
         return _analyze(config, args.dicom_dir, args.out)
+    if args.command == "batch":
+        return _batch(config, args)
     if args.command == "loads":
         return _loads(args)
     if args.command == "demo":
@@ -129,6 +135,29 @@ def _analyze(config: SpinegateConfig, dicom_dir: Path, out: Path) -> int:
         return EXIT_STUDY_FAILED
     print(structure_table(json.loads(result.measurements_path.read_text())))
     print(f"\nwrote {', '.join(p.name for p in result.outputs)} and measurements.json to {out}")
+    return EXIT_OK
+
+
+def _batch(config: SpinegateConfig, args: argparse.Namespace) -> int:
+    from spinegate.inference.engine import EngineError
+    from spinegate.service.batch import run_batch
+
+    if args.workers < 1:
+        print(f"spinegate: --workers must be >= 1, got {args.workers}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not args.in_dir.is_dir():
+        print(f"spinegate: {args.in_dir} is not a folder", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        summary = run_batch(args.in_dir, args.out, config, args.workers, progress=sys.stderr.isatty())
+    except EngineError as e:
+        print(f"spinegate: {e}", file=sys.stderr)
+        return EXIT_NO_MODEL
+    print(f"{summary.found} studies: {summary.analysed} analysed, {summary.skipped} already finished, "
+          f"{len(summary.failed)} failed, {summary.unreadable} files not DICOM")
+    for uid, reason in summary.failed.items():
+        print(f"  failed {uid}: {reason}")
+    print(f"wrote {args.out / 'measurements.csv'} and {args.out / 'studies.csv'}")
     return EXIT_OK
 
 
