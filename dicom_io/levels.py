@@ -57,12 +57,17 @@ class SpineStructure:
     colour_rgb: tuple[int, int, int]
 
     @property
-    def display_name(self) -> str:
-        """Human label: ``"L3 vertebral body"``, ``"L4-L5 intervertebral disc"``."""
+    def short_name(self) -> str:
+        """The level as a reader writes it: ``"L3"``, ``"L4-L5"``."""
         if self.kind is StructureKind.DISC:
             upper, lower = _split_disc(self.name)
-            return f"{upper}-{lower} {self.kind.value}"
-        return f"{self.name} {self.kind.value}"
+            return f"{upper}-{lower}"
+        return self.name
+
+    @property
+    def display_name(self) -> str:
+        """Human label: ``"L3 vertebral body"``, ``"L4-L5 intervertebral disc"``."""
+        return f"{self.short_name} {self.kind.value}"
 
 
 def _split_disc(name: str) -> tuple[str, str]:

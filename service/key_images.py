@@ -23,9 +23,10 @@ import numpy as np
 from spinegate.dicom_io import codes as sg_codes
 from spinegate.dicom_io.key_images import (KeyImageContent, LegendRow, MeasurementLine, Outline, build_key_image,
                                            edge_letters, render_key_image)
-from spinegate.dicom_io.levels import StructureKind, structure_by_label, structure_by_name
+from spinegate.dicom_io.levels import StructureKind, structure_by_name
 from spinegate.dicom_io.measurements import MuscleLevelMeasurements, StructureMeasurements
-from spinegate.dicom_io.muscles import muscle_by_label
+from spinegate.dicom_io.muscles import MuscleStructure
+from spinegate.dicom_io.seg import structure_of_label
 from spinegate.dicom_io.uids import derive_uid
 from spinegate.dicom_io.volume import SeriesVolume
 from spinegate.inference.level_naming import naming_unverified
@@ -38,14 +39,6 @@ log = logging.getLogger(__name__)
 
 KEY_IMAGE_SERIES_NUMBER_OFFSET = 8000
 MAX_SAGITTAL_KEY_IMAGES = 3
-
-
-def _short(name: str) -> str:
-    """``L4L5`` → ``L4-L5``; bodies as they are."""
-    for i in range(1, len(name)):
-        if name[i].isalpha() and i > 1:
-            return f"{name[:i]}-{name[i:]}"
-    return name
 
 
 def _needs_review(flags: Sequence[str], series_flags: Sequence[str]) -> bool:
@@ -70,12 +63,12 @@ def _sagittal(volume: SeriesVolume, label_map: np.ndarray, structures: Sequence[
     for m in structures:
         what = "disc" if m.structure.kind is StructureKind.DISC else "body"
         legend.append(LegendRow(m.structure.colour_rgb,
-                                f"{_short(m.structure.name)} {what}: height {m.height_mm:.1f} mm, {m.volume_cm3:.1f} cm³",
+                                f"{m.structure.short_name} {what}: height {m.height_mm:.1f} mm, {m.volume_cm3:.1f} cm³",
                                 _needs_review(m.flags, flags)))
     out = []
     for k in slices:
         pixels, spacing, edges = _base(volume, k)
-        outlines = [Outline(label_map[k] == m.structure.label, m.structure.colour_rgb, _short(m.structure.name))
+        outlines = [Outline(label_map[k] == m.structure.label, m.structure.colour_rgb, m.structure.short_name)
                     for m in structures if (label_map[k] == m.structure.label).any()]
         lines = [MeasurementLine(m.height_line.points_rc) for m in structures if m.height_line.slice_index == k]
         out.append((k, KeyImageContent(pixels, spacing, outlines, lines, legend, edges,
@@ -95,12 +88,9 @@ def _axial(volume: SeriesVolume, label_map: np.ndarray, muscles: Sequence[Muscle
         for value in np.unique(label_map[k]):
             if not value:
                 continue
-            try:
-                muscle = muscle_by_label(int(value))
-                outlines.append(Outline(label_map[k] == value, muscle.colour_rgb, f"{muscle.muscle} {muscle.side}"))
-            except ValueError:
-                s = structure_by_label(int(value))
-                outlines.append(Outline(label_map[k] == value, s.colour_rgb, _short(s.name)))
+            s = structure_of_label(int(value))
+            name = f"{s.muscle} {s.side}" if isinstance(s, MuscleStructure) else s.short_name
+            outlines.append(Outline(label_map[k] == value, s.colour_rgb, name))
         legend = []
         for m in at_level:
             fat = (f", FF {100 * m.fat_fraction:.0f} %" if m.fat_fraction is not None else
@@ -109,7 +99,8 @@ def _axial(volume: SeriesVolume, label_map: np.ndarray, muscles: Sequence[Muscle
             legend.append(LegendRow(m.muscle.colour_rgb, f"{m.muscle.display_name}: CSA {csa:.1f} cm²{fat}",
                                     _needs_review(m.flags, flags)))
         out.append((k, KeyImageContent(pixels, spacing, outlines, [], legend, edges,
-                                       f"{description}, {_short(level)} level, slice {k + 1}, spinegate {__version__}")))
+                                       f"{description}, {structure_by_name(level).short_name} level, "
+                                       f"slice {k + 1}, spinegate {__version__}")))
     return out
 
 
