@@ -13,7 +13,7 @@ $(VENV)/.runtime: pyproject.toml
 	touch $@
 
 $(VENV)/.testdeps: $(VENV)/.runtime
-	$(PIP) install -q -e '.[train,test,bench]'
+	$(PIP) install -q -e '.[train,test]'
 	touch $@
 
 # Debian peers the tests drive: dcmtk (storescu/storescp/dcmcjpeg/dcmcjpls), dicom3tools (dciodvfy),
@@ -47,13 +47,20 @@ demo: $(VENV)/.runtime
 	$(VENV)/bin/spinegate demo
 
 # The whole suite runs in a private network namespace holding only loopback,
-# so no peer started by a test is reachable from outside this machine.
+# so no peer started by a test is reachable from outside this machine. Two
+# pytest-xdist workers, a test file each at a time (most integration tests
+# wait on peers, so two share the 2 cores well); then the log audit alone,
+# over every worker's temporary files (tests/test_no_phi.py).
+SUITE_TMP := $(CURDIR)/.cache/pytest-suite
+SUITE := $(VENV)/bin/python -m pytest -p no:cacheprovider -n 2 --dist loadfile --basetemp=$(SUITE_TMP) \
+	-m "not session_audit" $(PYTEST_ARGS) && SPINEGATE_AUDIT_DIR=$(SUITE_TMP) $(VENV)/bin/python -m pytest \
+	-p no:cacheprovider -m session_audit -q tests/test_no_phi.py
 test: $(VENV)/.testdeps peers $(VIEWER)/.ready $(WHEELHOUSE)/.ready
 	@if unshare -n true 2>/dev/null; then \
-	  unshare -n sh -c 'ip link set lo up && exec $(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)'; \
+	  unshare -n sh -c 'ip link set lo up && $(SUITE)'; \
 	else \
 	  echo "unshare -n is not permitted here: running the suite in the host network namespace (peers bind 127.0.0.1 or a free port)"; \
-	  $(VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS); \
+	  sh -c '$(SUITE)'; \
 	fi
 
 test-quick: $(VENV)/.testdeps

@@ -34,6 +34,18 @@ def pytest_configure(config: pytest.Config) -> None:
     spinegate_log.setLevel(logging.INFO)
 
 
+SESSION_LOG_FILE = "session.log"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_log_file(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """At the end of the session, this process's spinegate log lines beside
+    its temporary files: with several test processes (``make test`` runs
+    pytest-xdist workers) the audit reads them from there afterwards."""
+    yield
+    (tmp_path_factory.getbasetemp() / SESSION_LOG_FILE).write_text("\n".join(SessionLogRecords.lines) + "\n")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The audit of what the whole run logged goes last.
     items.sort(key=lambda item: item.get_closest_marker("session_audit") is not None)
