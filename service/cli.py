@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("in_dir", type=Path)
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--workers", type=int, default=1, help="analysis processes (they share the cores)")
+    ev = sub.add_parser("evaluate", help="spinegate's SEGs against manual labels (DICOM SEG or NIfTI): overlap, "
+                        "surface distances, measurement agreement; CSV, JSON, plots")
+    ev.add_argument("auto_dir", type=Path, help="the folder 'analyze' or 'batch' wrote")
+    ev.add_argument("manual", type=Path, help="manual labels: a folder or one file (DICOM SEG, .nii, .nii.gz)")
+    ev.add_argument("--out", type=Path, required=True)
+    ev.add_argument("--labels", type=Path, help="label table (YAML/JSON: value or segment label -> level, e.g. 4: L4)")
+    ev.add_argument("--pairs", type=Path, help="CSV with columns manual, series_instance_uid (NIfTI not named by UID)")
     d = sub.add_parser("demo", help="phantom study through a real 'spinegate serve' and back")
     d.add_argument("--work-dir", type=Path)
     d.add_argument("--seed", type=int, default=7)
@@ -49,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     ph = sub.add_parser("phantom", help="write the synthetic sagittal phantom study as DICOM")
     ph.add_argument("out_dir", type=Path)
     ph.add_argument("--seed", type=int, default=7)
+    ph.add_argument("--labels", action="store_true", help="also its exact labels as NIfTI (for 'evaluate')")
     return p
 
 
@@ -81,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return _analyze(config, args.dicom_dir, args.out)
     if args.command == "batch":
         return _batch(config, args)
+    if args.command == "evaluate":
+        return _evaluate(args)
     if args.command == "loads":
         return _loads(args)
     if args.command == "demo":
@@ -90,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "phantom":
         from spinegate.dicom_io.phantom.study import write_phantom_study
 
-        truth = write_phantom_study(args.out_dir, seed=args.seed)
+        truth = write_phantom_study(args.out_dir, seed=args.seed, labels=args.labels)
         (args.out_dir / "truth.json").write_text(json.dumps(truth["structures"], indent=1))
-        print(f"wrote {len(truth['files'])} files and truth.json to {args.out_dir}")
+        labels = " and labels/ (NIfTI + labels.yaml)" if args.labels else ""
+        print(f"wrote {len(truth['files'])} files, truth.json{labels} to {args.out_dir}")
         return EXIT_OK
     return EXIT_CONFIG
 
@@ -158,6 +169,34 @@ def _batch(config: SpinegateConfig, args: argparse.Namespace) -> int:
     for uid, reason in summary.failed.items():
         print(f"  failed {uid}: {reason}")
     print(f"wrote {args.out / 'measurements.csv'} and {args.out / 'studies.csv'}")
+    return EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from spinegate.service.evaluate import EvaluationError, run_evaluation
+
+    for path in (args.auto_dir, args.manual):
+        if not path.exists():
+            print(f"spinegate: {path} does not exist", file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        summary = run_evaluation(args.auto_dir, args.manual, args.out, args.labels, args.pairs)
+    except EvaluationError as e:
+        print(f"spinegate: cannot evaluate: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{len(summary['pairs'])} label files compared")
+    for kind, block in summary["overlap"].items():
+        s = block["all"]
+        print(f"  {kind:20s} n={s['n']:3d} missed={s['missed']} Dice {s['dice']['mean']} "
+              f"mean surface distance {s['mean_surface_distance_mm']['mean']} mm HD95 {s['hd95_mm']['mean']} mm")
+    for kind, by_name in summary["measurements"].items():
+        for name, block in by_name.items():
+            a = block["all"]
+            print(f"  {kind:20s} {name:11s} n={a['n']:3d} MAE {a['mae']} {a['unit']} bias {a['bias']} "
+                  f"limits {a['limits_of_agreement']} ICC(2,1) {a['icc_2_1']} r {a['pearson_r']}")
+    for line in summary["unpaired"]:
+        print(f"  not compared: {line}")
+    print(f"wrote overlap.csv, measurements.csv, summary.json, dice_per_level.png, bland_altman.png to {args.out}")
     return EXIT_OK
 
 

@@ -32,6 +32,7 @@ from spinegate.dicom_io.classify import Weighting
 from spinegate.dicom_io.levels import StructureKind, structure_by_name
 from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
 from spinegate.inference.engine import SagittalSpineEngine
+from spinegate.service.agreement import agreement
 
 __all__ = ["measurement_rows", "summarise", "main"]
 
@@ -75,19 +76,20 @@ def summarise(rows: list[dict[str, Any]], manual: str = "") -> dict[str, Any]:
             sel = [r for r in rows if r["kind"] == kind and r["slab_mm"] == slab]
             if not sel:
                 continue
-            dh = np.array([r["height_auto_mm"] - r[f"height_manual{manual}_mm"] for r in sel])
+            manual_height = np.array([r[f"height_manual{manual}_mm"] for r in sel])
+            height = agreement(np.array([r["height_auto_mm"] for r in sel]), manual_height)
             vm = np.array([r[f"volume_manual{manual}_cm3"] for r in sel])
-            va = np.array([r["volume_auto_cm3"] for r in sel])
-            sd = float(dh.std(ddof=1)) if len(dh) > 1 else 0.0
+            volume_auto = np.array([r["volume_auto_cm3"] for r in sel])
+            volume = agreement(volume_auto, vm)
+            limits = height.limits_of_agreement if height.n > 1 else (height.bias, height.bias)
             out.setdefault(kind, {})[f"{slab}mm"] = {
                 "n": len(sel),
-                "height_mae_mm": round(float(np.abs(dh).mean()), 2),
-                "height_bias_mm": round(float(dh.mean()), 2),
-                "height_limits_of_agreement_mm": [round(float(dh.mean() - 1.96 * sd), 2),
-                                                  round(float(dh.mean() + 1.96 * sd), 2)],
-                "volume_mae_cm3": round(float(np.abs(va - vm).mean()), 3),
-                "volume_bias_pct": round(float(100 * ((va - vm) / vm).mean()), 1),
-                "volume_mape_pct": round(float(100 * (np.abs(va - vm) / vm).mean()), 1),
+                "height_mae_mm": round(height.mae, 2),
+                "height_bias_mm": round(height.bias, 2),
+                "height_limits_of_agreement_mm": [round(v, 2) for v in limits],
+                "volume_mae_cm3": round(volume.mae, 3),
+                "volume_bias_pct": round(float(100 * np.mean((volume_auto - vm) / vm)), 1),
+                "volume_mape_pct": round(volume.mape_pct, 1),
             }
     return out
 
@@ -136,8 +138,8 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> None:
         ax.scatter(mean[real], diff[real], s=14, label="real (manual labels)")
         ax.scatter(mean[~real], diff[~real], s=14, marker="x", label="phantom (exact labels)")
         if len(diff) > 1:
-            bias, sd = diff.mean(), diff.std(ddof=1)
-            for y, style in ((bias, "-"), (bias - 1.96 * sd, "--"), (bias + 1.96 * sd, "--")):
+            a = agreement(diff + mean, mean)  # the differences' bias and limits
+            for y, style in ((a.bias, "-"), (a.limits_of_agreement[0], "--"), (a.limits_of_agreement[1], "--")):
                 ax.axhline(y, color="grey", linestyle=style, linewidth=1)
         ax.set_title(f"{kind.replace('_', ' ')} height, 4 mm slabs (n={len(sel)})")
         ax.set_xlabel("mean of spinegate and manual (mm)")

@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import numpy as np
+import pydicom
+import SimpleITK as sitk
 
 from spinegate.dicom_io.classify import Weighting
 from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
@@ -21,29 +24,53 @@ _SUBPLANES = 3
 
 def write_phantom_study(
     out_dir: Path, seed: int = 7, rows: int = 384, columns: int = 384, pixel_spacing_mm: float = 0.8,
-    n_slices: int = 15, slice_spacing_mm: float = 4.0, study: StudyInfo | None = None,
+    n_slices: int = 15, slice_spacing_mm: float = 4.0, study: StudyInfo | None = None, labels: bool = False,
 ) -> dict[str, Any]:
     """Write sagittal T1 (series 2) and T2 (series 3); return the truth.
+
+    With ``labels``, also the exact label image of the T2 series as a
+    reader's manual labels would come: ``labels/<SeriesInstanceUID>.nii.gz``
+    with ``labels/labels.yaml`` naming its values (for ``spinegate
+    evaluate``).
 
     Returns
     -------
     dict
         ``study_instance_uid``, ``files`` (paths) and ``structures``: per
-        level its analytic ``height_mm`` and ``volume_cm3``.
+        level its analytic ``height_mm`` and ``volume_cm3``; with ``labels``
+        also ``label_image`` (its path).
     """
     study = study or StudyInfo(uid_seed=f"spinegate-phantom-{seed}")
     phantom = make_spine_phantom(seed)
     grid = sagittal_grid(n_slices, rows, columns, pixel_spacing_mm, slice_spacing_mm)
-    files = []
+    files: list[Path] = []
+    truth: dict[str, Any] = {}
     for number, weighting, desc, tr, te in ((2, Weighting.T1, "SAG T1 TSE", 600, 12),
                                             (3, Weighting.T2, "SAG T2 TSE", 3500, 100)):
-        image, _ = render_phantom(phantom, grid, weighting)
-        files += write_mr_series(image, grid.affine, study, SeriesSpec(number, desc, tr, te, slice_spacing_mm), out_dir)
+        image, label_map = render_phantom(phantom, grid, weighting)
+        written = write_mr_series(image, grid.affine, study, SeriesSpec(number, desc, tr, te, slice_spacing_mm),
+                                  out_dir)
+        files += written
+        if labels and weighting is Weighting.T2:
+            series_uid = str(pydicom.dcmread(written[0], stop_before_pixels=True).SeriesInstanceUID)
+            truth["label_image"] = _write_label_image(out_dir / "labels", series_uid, label_map, grid.affine,
+                                                      {e.label: e.name for e in phantom.elements})
     return {
         "study_instance_uid": study.study_instance_uid,
         "files": files,
         "structures": {e.name: {"height_mm": e.height_mm, "volume_cm3": e.volume_cm3} for e in phantom.elements},
+        **truth,
     }
+
+
+def _write_label_image(folder: Path, series_uid: str, label_map: np.ndarray, affine: np.ndarray,
+                       names: dict[int, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{series_uid}.nii.gz"
+    volume = hd.Volume(np.asarray(label_map, np.uint8), np.asarray(affine, float), coordinate_system="PATIENT")
+    sitk.WriteImage(volume.to_simpleitk(), str(path))
+    (folder / "labels.yaml").write_text("".join(f"{value}: {name}\n" for value, name in sorted(names.items())))
+    return path
 
 
 def write_axial_phantom_study(
