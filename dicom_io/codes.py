@@ -18,6 +18,8 @@ __all__ = [
     "SEX", "SPINAL_LOAD", "DISC_COMPRESSION", "DISC_ANTERIOR_SHEAR", "VERTEBRAL_BODY_COMPRESSION",
     "LUMBAR_LORDOSIS", "SACRAL_SLOPE", "TASK", "REASON", "UCUM_SQUARE_CENTIMETRE", "UCUM_MILLILITRE", "UCUM_PERCENT",
     "UCUM_RATIO", "RELATIVE_CSA", "FAT_INFILTRATION", "FAT_FRACTION", "CSA_ASYMMETRY", "PARASPINAL_MUSCLE",
+    "RADIOMICS_WHOLE_STRUCTURE", "RADIOMICS_CENTRAL_SLICE", "MEAN_OF_POSITIVE_INTENSITIES", "INTENSITY_P10",
+    "INTENSITY_P90", "INTENSITY_IQR", "UCUM_ARBITRARY_UNIT", "UCUM_NO_UNIT", "UCUM_BIT",
 ]
 
 SCHEME = "99SPINEGATE"
@@ -107,6 +109,19 @@ REASON = {
     "sagittal_axial_level_disagreement": Code("SG0079", SCHEME, "Sagittal and axial levels disagree"),
     "off_column_components_dropped": Code("SG0080", SCHEME, "Components off the spinal column left out"),
 }
+# Radiomics (IBSI features): the region a group covers (its measurement
+# method), and the features with no code in DICOM's IBSI or statistics
+# context groups.
+RADIOMICS_WHOLE_STRUCTURE = Code("SG0090", SCHEME, "IBSI radiomics over the whole structure")
+RADIOMICS_CENTRAL_SLICE = Code("SG0091", SCHEME, "IBSI radiomics over the central sagittal slice")
+MEAN_OF_POSITIVE_INTENSITIES = Code("SG0092", SCHEME, "Mean of the positive intensities")
+INTENSITY_P10 = Code("SG0093", SCHEME, "Intensity 10th percentile (IBSI QG58)")
+INTENSITY_P90 = Code("SG0094", SCHEME, "Intensity 90th percentile (IBSI 8DWT)")
+INTENSITY_IQR = Code("SG0095", SCHEME, "Intensity interquartile range (IBSI SALO)")
+UCUM_ARBITRARY_UNIT = Code("[arb'U]", "UCUM", "arbitrary unit")
+UCUM_NO_UNIT = Code("1", "UCUM", "no units")
+UCUM_BIT = Code("bit", "UCUM", "bit")
+
 # Flags (by prefix) that record an assumed model input rather than a result
 # to look at: coded as ASSUMED_INPUT, they do not make a result need review.
 ASSUMPTIONS = ("default_height_used", "default_weight_used", "default_sex_used",

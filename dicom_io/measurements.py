@@ -1,14 +1,16 @@
 """Typed measurement values that cross from `biomech` to the SR writer."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from spinegate.dicom_io.levels import SpineStructure
 from spinegate.dicom_io.muscles import MuscleStructure
 
-__all__ = ["HeightLine", "StructureMeasurements", "MuscleLevelMeasurements", "TaskLoadReport", "LoadReport"]
+__all__ = ["HeightLine", "StructureMeasurements", "MuscleLevelMeasurements", "TaskLoadReport", "LoadReport",
+           "FirstOrderFeatures", "ShapeFeatures", "StructureRadiomics"]
 
 
 @dataclass(frozen=True)
@@ -161,3 +163,58 @@ class LoadReport:
             raise ValueError(f"'sex' must be 'M' or 'F', got {self.sex!r}")
         if self.height_m <= 0 or self.mass_kg <= 0:
             raise ValueError(f"'height_m' and 'mass_kg' must be > 0, got {self.height_m}, {self.mass_kg}")
+
+
+def _rounded(value: float, digits: int) -> float | None:
+    return None if not math.isfinite(value) else round(float(value), digits)
+
+
+@dataclass(frozen=True)
+class FirstOrderFeatures:
+    """Intensity features of a set of voxels (values in the series' units;
+    ``skewness``, ``kurtosis`` and ``entropy_bits`` have none), IBSI
+    definitions (`biomech.radiomics`)."""
+
+    n_voxels: int
+    mean: float
+    mean_positive: float
+    standard_deviation: float
+    skewness: float
+    kurtosis: float
+    entropy_bits: float
+    minimum: float
+    p10: float
+    median: float
+    p90: float
+    maximum: float
+    interquartile_range: float
+
+    def as_dict(self, digits: int = 4) -> dict[str, float | int | None]:
+        return {k: (v if isinstance(v, int) else _rounded(v, digits)) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class ShapeFeatures:
+    """Shape of a 3D mask (lengths in mm)."""
+
+    volume_cm3: float
+    major_axis_mm: float
+    minor_axis_mm: float
+    least_axis_mm: float
+    elongation: float
+    flatness: float
+
+    def as_dict(self, digits: int = 4) -> dict[str, float | None]:
+        return {k: _rounded(v, digits) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class StructureRadiomics:
+    """Features of one structure: intensity over the whole structure and
+    over its centroid sagittal slice (the slice its height is measured on,
+    DOMAIN.md §6), and its 3D shape."""
+
+    whole: FirstOrderFeatures
+    central_slice: FirstOrderFeatures
+    shape: ShapeFeatures
+    central_slice_index: int

@@ -176,6 +176,23 @@ def _unit(name: str) -> str:
     return next((u for suffix, u in _UNITS.items() if name.endswith(suffix)), "1")
 
 
+# Radiomics block of measurements.json → CSV measurement prefix; intensity
+# features are in the series' arbitrary units.
+_RADIOMICS_REGIONS = {"whole_structure": "radiomics_whole", "central_slice": "radiomics_central_slice",
+                      "shape": "radiomics_shape"}
+_RADIOMICS_UNITS = {"skewness": "1", "kurtosis": "1", "entropy_bits": "bit", "n_voxels": "1", "elongation": "1",
+                    "flatness": "1", "volume_cm3": "cm3", "major_axis_mm": "mm", "minor_axis_mm": "mm",
+                    "least_axis_mm": "mm"}
+
+
+def _radiomics_values(block: Mapping[str, Any] | None) -> list[tuple[str, Any, str]]:
+    """(measurement, value, unit) of a structure's radiomics (``outputs.radiomics``)."""
+    if not block:
+        return []
+    return [(f"{prefix}_{feature}", value, _RADIOMICS_UNITS.get(feature, "arb"))
+            for region, prefix in _RADIOMICS_REGIONS.items() for feature, value in block[region].items()]
+
+
 def long_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per series × structure × measurement (and per load) of a
     ``measurements.json`` document (`LONG_COLUMNS`)."""
@@ -188,6 +205,9 @@ def long_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
             for name in _STRUCTURE_VALUES:
                 rows.append({**base, "level": m["level"], "structure": m["kind"], "measurement": name,
                              "value": m[name], "unit": _unit(name), "flags": "; ".join(m["flags"])})
+            for name, value, unit in _radiomics_values(m.get("radiomics")):
+                rows.append({**base, "level": m["level"], "structure": m["kind"], "measurement": name,
+                             "value": value, "unit": unit, "flags": "; ".join(m["flags"])})
         for m in s.get("muscles", []):
             for name in _MUSCLE_VALUES:
                 if m.get(name) is not None:

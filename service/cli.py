@@ -32,10 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="run the pipeline on DICOM files, no networking")
     a.add_argument("dicom_dir", type=Path)
     a.add_argument("--out", type=Path, required=True)
+    a.add_argument("--radiomics", action="store_true", help="also IBSI radiomics features (outputs.radiomics)")
     b = sub.add_parser("batch", help="every study under a folder (and in .zip archives) to CSV; resumable")
     b.add_argument("in_dir", type=Path)
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--workers", type=int, default=1, help="analysis processes (they share the cores)")
+    b.add_argument("--radiomics", action="store_true", help="also IBSI radiomics features (outputs.radiomics)")
     ev = sub.add_parser("evaluate", help="spinegate's SEGs against manual labels (DICOM SEG or NIfTI): overlap, "
                         "surface distances, measurement agreement; CSV, JSON, plots")
     ev.add_argument("auto_dir", type=Path, help="the folder 'analyze' or 'batch' wrote")
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {}
     if args.command == "serve":
         overrides["network"] = {"port": args.port, "ae_title": args.ae_title}
+    if getattr(args, "radiomics", False):
+        overrides["outputs"] = {"radiomics": True}
     try:
         config = load_config(args.config, overrides)
     except ConfigError as e:

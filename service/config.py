@@ -353,6 +353,10 @@ class OutputsConfig(_Section):
 
     key_images: bool = True
     pdf_report: bool = True
+    # First-order and shape features of every vertebral body and disc
+    # (IBSI; measurements.json, the SR, batch CSVs): for research, off by
+    # default (about a second more per sagittal series in the SR).
+    radiomics: bool = False
 
 
 class BiomechanicsConfig(_Section):

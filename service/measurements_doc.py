@@ -12,7 +12,7 @@ import numpy as np
 
 from spinegate.dicom_io.levels import StructureKind
 from spinegate.inference.level_naming import naming_unverified
-from spinegate.dicom_io.measurements import MuscleLevelMeasurements
+from spinegate.dicom_io.measurements import MuscleLevelMeasurements, StructureRadiomics
 from spinegate.inference.engine import ModelInfo
 from spinegate.service.review import review_fields, study_review
 from spinegate.service.study_result import StudyResult
@@ -46,6 +46,14 @@ def _muscle_entry(m: MuscleLevelMeasurements) -> dict[str, Any]:
                    for k, a, c in m.per_slice],
         "flags": list(m.flags),
     }
+
+
+def _radiomics_entry(r: StructureRadiomics | None) -> dict[str, Any]:
+    """``{"radiomics": ...}`` when the features were computed (``outputs.radiomics``), else nothing."""
+    if r is None:
+        return {}
+    return {"radiomics": {"whole_structure": r.whole.as_dict(), "central_slice": r.central_slice.as_dict(),
+                          "central_slice_index": r.central_slice_index, "shape": r.shape.as_dict()}}
 
 
 def _with_review(entry: dict[str, Any], series_flags: Sequence[str]) -> dict[str, Any]:
@@ -86,6 +94,7 @@ def measurements_document(result: StudyResult, models: Sequence[ModelInfo]) -> d
                     "volume_mae_cm3": o.accuracy.get(m.structure.kind.value, {}).get("volume_mae_cm3"),
                     "centroid_lps_mm": [round(float(v), 2) for v in np.asarray(m.centroid_lps_mm)],
                     "flags": list(m.flags),
+                    **_radiomics_entry(o.radiomics.get(m.structure.name)),
                 }, o.flags)
                 for m in o.measurements
             ],

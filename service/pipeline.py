@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from spinegate.biomech.axial_measurements import model_acsa_cm2
+from spinegate.biomech.radiomics import structure_radiomics
 from spinegate.dicom_io.classify import classify_series
 from spinegate.dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
 from spinegate.dicom_io.sr import SeriesReport, build_measurement_report, series_measurement_groups
@@ -189,7 +190,7 @@ def write_seg(series: RoutedSeries, analysis: SeriesAnalysis, algorithm: Algorit
     numbers = {s.label: i + 1 for i, s in enumerate(segment_numbers(analysis.label_map))}
     report = SeriesReport(analysis.volume, datasets, seg, numbers, list(analysis.structures), series.description,
                           analysis.flags, muscles=list(analysis.muscles), algorithm=algorithm,
-                          accuracy=dict(accuracy or {}))
+                          accuracy=dict(accuracy or {}), radiomics=dict(analysis.radiomics))
     log.info("seg written series_uid=%s seconds=%.3f", series.series_uid, time.perf_counter() - t0)
     return report, path
 
@@ -207,7 +208,23 @@ def _outcome(series: RoutedSeries, result: SeriesAnalysis | str | None, seg: tup
     return replace(base, measurements=result.structures, muscles=result.muscles, flags=result.flags,
                    seg_path=seg[1], seg_sop_instance_uid=str(seg[0].segmentation.SOPInstanceUID), accuracy=seg[0].accuracy,
                    timings_s={**result.timings_s, "seg_write": seg_write_s},
-                   dixon_noise_sigma=result.dixon_noise_sigma)
+                   dixon_noise_sigma=result.dixon_noise_sigma, radiomics=result.radiomics)
+
+
+def with_radiomics(analysis: SeriesAnalysis) -> SeriesAnalysis:
+    """The analysis with the radiomics features of each vertebral body and
+    disc (central slice: the one its height was measured on)."""
+    t0 = time.perf_counter()
+    features = {}
+    for m in analysis.structures:
+        try:
+            features[m.structure.name] = structure_radiomics(
+                analysis.volume.array, analysis.label_map == m.structure.label, analysis.volume.affine,
+                m.height_line.slice_index)
+        except ValueError as e:  # a structure too thin on its height slice: its measurements say so already
+            log.warning("no radiomics structure=%s reason=%s", m.structure.name, e)
+    return replace(analysis, radiomics=features,
+                   timings_s={**analysis.timings_s, "radiomics": time.perf_counter() - t0})
 
 
 def _write_pdf_report(doc: dict[str, Any], sources: Sequence[Any], digest: str, path: Path) -> None:
@@ -244,6 +261,8 @@ def analyze_study(
     selection = select_series(read_study_headers(paths), engines, rules)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = analyse_series(selection)
+    if outputs.radiomics:
+        results = {uid: with_radiomics(a) if isinstance(a, SeriesAnalysis) else a for uid, a in results.items()}
     # SEGs in stage order (the series measured without context first), each
     # group in series-number order; the SR lists the series in that order.
     analysed = sorted(((r, a) for r in selection.routed if isinstance(a := results.get(r.series_uid), SeriesAnalysis)),

@@ -18,7 +18,7 @@ import numpy as np
 from spinegate.biomech.morphometry import measure_structure
 from spinegate.biomech.plausibility import with_review_flags
 from spinegate.dicom_io.classify import Plane, SeriesClass, Weighting
-from spinegate.dicom_io.measurements import MuscleLevelMeasurements, StructureMeasurements
+from spinegate.dicom_io.measurements import MuscleLevelMeasurements, StructureMeasurements, StructureRadiomics
 from spinegate.dicom_io.seg import segment_numbers
 from spinegate.dicom_io.study import Header, SeriesHeaders
 from spinegate.dicom_io.volume import SeriesError, SeriesVolume, read_series
@@ -78,6 +78,8 @@ class SeriesAnalysis:
     timings_s: Mapping[str, float] = field(default_factory=dict)
     dixon_noise_sigma: float | None = None
     measured_with_series_uid: str | None = None
+    # Structure name → its radiomics features (`with_radiomics`).
+    radiomics: Mapping[str, StructureRadiomics] = field(default_factory=dict)
 
 
 class SeriesStage(Protocol):

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from spinegate.dicom_io.classify import SeriesClass
-from spinegate.dicom_io.measurements import MuscleLevelMeasurements, StructureMeasurements
+from spinegate.dicom_io.measurements import MuscleLevelMeasurements, StructureMeasurements, StructureRadiomics
 from spinegate.service.routing import RoutingDecision
 
 __all__ = ["StudyFailed", "SeriesOutcome", "StudyResult"]
@@ -39,6 +39,8 @@ class SeriesOutcome:
     # Structure kind value → the model's validated accuracy for it
     # (`measurement_accuracy`): what a change of the measurement means.
     accuracy: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # Structure name → radiomics features (``outputs.radiomics``).
+    radiomics: Mapping[str, StructureRadiomics] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
