@@ -10,7 +10,7 @@ from spinegate.dicom_io.levels import SpineStructure
 from spinegate.dicom_io.muscles import MuscleStructure
 
 __all__ = ["HeightLine", "StructureMeasurements", "MuscleLevelMeasurements", "TaskLoadReport", "LoadReport",
-           "FirstOrderFeatures", "ShapeFeatures", "StructureRadiomics"]
+           "FirstOrderFeatures", "ShapeFeatures", "StructureRadiomics", "RelaxationSummary"]
 
 
 @dataclass(frozen=True)
@@ -218,3 +218,15 @@ class StructureRadiomics:
     central_slice: FirstOrderFeatures
     shape: ShapeFeatures
     central_slice_index: int
+
+
+@dataclass(frozen=True)
+class RelaxationSummary:
+    """T2 of one structure's fitted voxels (ms); ``n_voxels`` fitted of
+    ``n_structure`` in the structure."""
+
+    mean_ms: float
+    median_ms: float
+    sd_ms: float
+    n_voxels: int
+    n_structure: int

@@ -22,7 +22,7 @@ from spinegate.dicom_io.muscles import MuscleStructure, muscle_by_label
 from spinegate.dicom_io.uids import derive_uid
 from spinegate.dicom_io.volume import SeriesVolume
 
-__all__ = ["AlgorithmInfo", "build_segmentation", "segment_numbers", "structure_of_label"]
+__all__ = ["AlgorithmInfo", "build_segmentation", "frames_in_source_order", "segment_numbers", "structure_of_label"]
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,10 @@ def _segment(number: int, s: SpineStructure | MuscleStructure, algorithm: Algori
     return description
 
 
-def _order_like_source(volume: SeriesVolume, source_images: Sequence[Dataset], label_map: np.ndarray) -> np.ndarray:
-    """Label frames in the order highdicom expects: source frame order for
-    one multi-frame image, else the order of ``source_images``."""
+def frames_in_source_order(volume: SeriesVolume, source_images: Sequence[Dataset], label_map: np.ndarray) -> np.ndarray:
+    """Frames of a per-slice array (a label map, a parametric map) in the
+    order highdicom expects: source frame order for one multi-frame image,
+    else the order of ``source_images``."""
     if len(source_images) == 1 and int(source_images[0].get("NumberOfFrames", 1)) > 1:
         n = int(source_images[0].NumberOfFrames)
         out = np.zeros((n,) + label_map.shape[1:], label_map.dtype)
@@ -147,7 +148,7 @@ def build_segmentation(
     for number, s in enumerate(structures, start=1):
         remap[s.label] = number
         descriptions.append(_segment(number, s, algorithm, sop_instance_uid, level_unverified))
-    frames = _order_like_source(volume, source_images, remap[label_map])
+    frames = frames_in_source_order(volume, source_images, remap[label_map])
     seg = hd.seg.Segmentation(
         source_images=list(source_images),
         pixel_array=frames,

@@ -19,10 +19,10 @@ from pydicom.sr.codedict import codes
 from spinegate.dicom_io import codes as sg_codes
 from spinegate.dicom_io.charset import declare_character_set
 from spinegate.dicom_io.levels import structure_by_name
-from spinegate.dicom_io.measurements import (LoadReport, MuscleLevelMeasurements, StructureMeasurements,
-                                             StructureRadiomics)
+from spinegate.dicom_io.measurements import (LoadReport, MuscleLevelMeasurements, RelaxationSummary,
+                                             StructureMeasurements, StructureRadiomics)
 from spinegate.dicom_io.seg import AlgorithmInfo
-from spinegate.dicom_io.sr_radiomics import radiomics_groups
+from spinegate.dicom_io.sr_radiomics import radiomics_groups, relaxation_group
 from spinegate.dicom_io.uids import derive_uid
 from spinegate.dicom_io.volume import SeriesVolume
 
@@ -56,6 +56,8 @@ class SeriesReport:
     accuracy: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     # Structure name → radiomics features: one more group per structure.
     radiomics: Mapping[str, StructureRadiomics] = field(default_factory=dict)
+    # Disc name → T2 from a multi-echo fit: one more group per disc.
+    relaxation: Mapping[str, RelaxationSummary] = field(default_factory=dict)
 
 
 def _algorithm_id(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
@@ -246,6 +248,10 @@ def series_measurement_groups(reports: Sequence[SeriesReport], algorithm: Algori
                                          r.description, _segment_reference(r, m.structure.label),
                                          _algorithm_id(algorithm), _review(tuple(r.flags) + tuple(m.flags)),
                                          sop_instance_uid)]
+    groups += [relaxation_group(m, r.relaxation[m.structure.name], r.volume.series_instance_uid, r.description,
+                                _segment_reference(r, m.structure.label), _algorithm_id(algorithm),
+                                _review(tuple(r.flags) + tuple(m.flags)), sop_instance_uid)
+               for r in reports for m in r.measurements if m.structure.name in r.relaxation]
     groups += [_muscle_group(r, m, r.algorithm or algorithm, sop_instance_uid) for r in reports for m in r.muscles]
     return groups
 

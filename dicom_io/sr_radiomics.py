@@ -4,6 +4,11 @@ measurement method: the whole structure (intensity and shape features) and
 the structure on its central sagittal slice (intensity features). A
 group-level method is what readers such as dcmqi's tid1500reader interpret.
 
+Also the T2 group of a disc whose stack was imaged at several echo times
+(`relaxation_group`): NUMs "T2" (DCM 113065) in ms with derivation Mean,
+Median and Standard Deviation, method SG0096 "Mono-exponential T2 fit,
+multi-echo".
+
 For the intensity statistics each NUM has the concept "MR signal intensity" with the
 statistic as derivation (CID 7464); IBSI features that DICOM codes (CID
 7477/7478: histogram entropy, voxel-counting volume, axis lengths,
@@ -21,11 +26,11 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from spinegate.dicom_io import codes as sg_codes
-from spinegate.dicom_io.measurements import (FirstOrderFeatures, ShapeFeatures, StructureMeasurements,
-                                             StructureRadiomics)
+from spinegate.dicom_io.measurements import (FirstOrderFeatures, RelaxationSummary, ShapeFeatures,
+                                             StructureMeasurements, StructureRadiomics)
 from spinegate.dicom_io.uids import derive_uid
 
-__all__ = ["radiomics_groups"]
+__all__ = ["radiomics_groups", "relaxation_group"]
 
 # (feature, concept name, derivation, unit)
 _FIRST_ORDER: tuple[tuple[str, Code, Code | None, Code], ...] = (
@@ -87,3 +92,26 @@ def radiomics_groups(m: StructureMeasurements, features: StructureRadiomics, ser
         measurements=values,
         qualitative_evaluations=list(review),
     ) for region, method, values in regions]
+
+
+def relaxation_group(m: StructureMeasurements, t2: RelaxationSummary, series_uid: str, description: str,
+                     referenced_segment: hd.sr.ReferencedSegment, algorithm_id: hd.sr.AlgorithmIdentification,
+                     review: Sequence[hd.sr.QualitativeEvaluation], uid_seed: str
+                     ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """The T2 group of disc ``m``: mean, median and SD of its fitted voxels."""
+    s = m.structure
+    values = [hd.sr.Measurement(codes.DCM.T2, round(v, 2), codes.UCUM.Millisecond, derivation=d)
+              for v, d in ((t2.mean_ms, codes.SCT.Mean), (t2.median_ms, codes.SCT.Median),
+                           (t2.sd_ms, codes.SCT.StandardDeviation))]
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=hd.UID(derive_uid(uid_seed, series_uid, s.name, "t2")),
+            identifier=f"{s.display_name} ({description}) T2"),
+        referenced_segment=referenced_segment,
+        finding_type=s.property_type,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=s.property_type)],
+        method=sg_codes.T2_FIT,
+        algorithm_id=algorithm_id,
+        measurements=values,
+        qualitative_evaluations=list(review),
+    )

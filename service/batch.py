@@ -205,6 +205,9 @@ def long_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
             for name in _STRUCTURE_VALUES:
                 rows.append({**base, "level": m["level"], "structure": m["kind"], "measurement": name,
                              "value": m[name], "unit": _unit(name), "flags": "; ".join(m["flags"])})
+            if m.get("t2_ms"):
+                rows.append({**base, "level": m["level"], "structure": m["kind"], "measurement": "t2_mean_ms",
+                             "value": m["t2_ms"]["mean"], "unit": "ms", "flags": "; ".join(m["flags"])})
             for name, value, unit in _radiomics_values(m.get("radiomics")):
                 rows.append({**base, "level": m["level"], "structure": m["kind"], "measurement": name,
                              "value": value, "unit": unit, "flags": "; ".join(m["flags"])})

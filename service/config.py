@@ -62,6 +62,7 @@ class OutputKind(str, enum.Enum):
     SR = "sr"
     KEY_IMAGES = "key_images"
     PDF_REPORT = "pdf_report"
+    PARAMETRIC_MAP = "parametric_map"
 
 
 class QueueBackend(str, enum.Enum):
@@ -357,6 +358,10 @@ class OutputsConfig(_Section):
     # (IBSI; measurements.json, the SR, batch CSVs): for research, off by
     # default (about a second more per sagittal series in the SR).
     radiomics: bool = False
+    # T2 per disc and a DICOM Parametric Map when the study has a sagittal
+    # stack at three or more echo times (a multi-echo series, or single-echo
+    # series of one geometry and TR).
+    relaxometry: bool = True
 
 
 class BiomechanicsConfig(_Section):

@@ -67,7 +67,8 @@ def retry_delay_s(config: ExportConfig, rounds_done: int) -> float:
 
 # SOP classes of the outputs the pipeline writes → their kind.
 _KINDS = {"1.2.840.10008.5.1.4.1.1.66.4": OutputKind.SEG, "1.2.840.10008.5.1.4.1.1.88.34": OutputKind.SR,
-          "1.2.840.10008.5.1.4.1.1.7": OutputKind.KEY_IMAGES, "1.2.840.10008.5.1.4.1.1.104.1": OutputKind.PDF_REPORT}
+          "1.2.840.10008.5.1.4.1.1.7": OutputKind.KEY_IMAGES, "1.2.840.10008.5.1.4.1.1.104.1": OutputKind.PDF_REPORT,
+          "1.2.840.10008.5.1.4.1.1.30": OutputKind.PARAMETRIC_MAP}
 
 
 def output_kind(path: Path) -> OutputKind | None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from spinegate.dicom_io.levels import StructureKind
 from spinegate.inference.level_naming import naming_unverified
-from spinegate.dicom_io.measurements import MuscleLevelMeasurements, StructureRadiomics
+from spinegate.dicom_io.measurements import MuscleLevelMeasurements, RelaxationSummary, StructureRadiomics
 from spinegate.inference.engine import ModelInfo
 from spinegate.service.review import review_fields, study_review
 from spinegate.service.study_result import StudyResult
@@ -56,6 +56,14 @@ def _radiomics_entry(r: StructureRadiomics | None) -> dict[str, Any]:
                           "central_slice_index": r.central_slice_index, "shape": r.shape.as_dict()}}
 
 
+def _t2_entry(t2: RelaxationSummary | None) -> dict[str, Any]:
+    """``{"t2_ms": ...}`` for a disc fitted from several echo times, else nothing."""
+    if t2 is None:
+        return {}
+    return {"t2_ms": {"mean": round(t2.mean_ms, 2), "median": round(t2.median_ms, 2), "sd": round(t2.sd_ms, 2),
+                      "n_voxels": t2.n_voxels, "n_structure_voxels": t2.n_structure}}
+
+
 def _with_review(entry: dict[str, Any], series_flags: Sequence[str]) -> dict[str, Any]:
     """The entry with whether it needs review and why (its own and its series' flags, as in the SR)."""
     return {**entry, **review_fields(list(entry["flags"]) + [f for f in series_flags if f not in entry["flags"]])}
@@ -95,12 +103,16 @@ def measurements_document(result: StudyResult, models: Sequence[ModelInfo]) -> d
                     "centroid_lps_mm": [round(float(v), 2) for v in np.asarray(m.centroid_lps_mm)],
                     "flags": list(m.flags),
                     **_radiomics_entry(o.radiomics.get(m.structure.name)),
+                    **_t2_entry(o.relaxation.get(m.structure.name)),
                 }, o.flags)
                 for m in o.measurements
             ],
             "muscles": [_with_review(_muscle_entry(m), o.flags) for m in o.muscles],
             "dixon_noise_sigma": _rounded(o.dixon_noise_sigma, 3),
         }
+        if o.echo_times_ms:  # the stack was also imaged at several echo times
+            entry["relaxometry"] = {"echo_times_ms": list(o.echo_times_ms),
+                                    "t2_map_sop_instance_uid": o.t2_map_sop_instance_uid or None}
         series.append(entry)
     doc = {
         "schema": SCHEMA,

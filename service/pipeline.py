@@ -24,6 +24,7 @@ import numpy as np
 from spinegate.biomech.axial_measurements import model_acsa_cm2
 from spinegate.biomech.radiomics import structure_radiomics
 from spinegate.dicom_io.classify import classify_series
+from spinegate.dicom_io.echoes import EchoSet, find_echo_sets
 from spinegate.dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
 from spinegate.dicom_io.sr import SeriesReport, build_measurement_report, series_measurement_groups
 from spinegate.dicom_io.study import StudyHeaders, read_study_headers
@@ -39,6 +40,7 @@ from spinegate.service.key_images import write_key_images
 from spinegate.service.pdf_report import DOCUMENT_TITLE, render_pdf_report
 from spinegate.service.engines import Engines
 from spinegate.service.measurements_doc import measurement_accuracy, measurements_document, structure_table
+from spinegate.service.relaxometry_stage import fit_echo_sets, segmentation_echo, write_t2_map
 from spinegate.service.routing import RoutingDecision, route
 from spinegate.service.series_stages import (RoutedSeries, SeriesAnalysis, SeriesStage, StudyContext, stage_for,
                                              study_context)
@@ -67,6 +69,7 @@ class StudySelection:
     primary: ModelInfo | None  # the engine the SR names as its device
     models: tuple[ModelInfo, ...]  # primary first
     digest: str
+    echo_sets: tuple[EchoSet, ...] = ()  # stacks at several echo times (relaxometry)
 
 
 def _algorithm(info: ModelInfo) -> AlgorithmInfo:
@@ -85,10 +88,18 @@ def select_series(study: StudyHeaders, engines: Engines, rules: Sequence[Routing
         raise StudyFailed("no_readable_instances", "no readable DICOM instance in the study")
     if len(study.study_uids) != 1:
         raise StudyFailed("multiple_studies", f"inputs hold {len(study.study_uids)} studies")
+    echo_sets = tuple(find_echo_sets(study.series))
+    # Single-echo series of one stack: only the echo to segment is segmented.
+    other_echoes = {uid: es.series_uids[es.segmentation_echo()] for es in echo_sets for uid in es.series_uids
+                    if uid != es.series_uids[es.segmentation_echo()]}
     routed = []
     for headers in study.series:
+        headers = segmentation_echo(headers)  # a multi-echo series: the echo to segment
         cls = classify_series(headers.datasets)
         decision = route(cls, tuple(rules))
+        if headers.series_uid in other_echoes and decision.engine is not None:
+            decision = RoutingDecision(None, None,
+                                       f"echo_of_stack_segmented_in_series_{other_echoes[headers.series_uid]}")
         log.info("series routed series_uid=%s plane=%s weighting=%s rule=%s engine=%s skipped=%s",
                  headers.series_uid, cls.plane.value, cls.weighting.value, decision.rule, decision.engine,
                  decision.skipped_reason)
@@ -106,7 +117,7 @@ def select_series(study: StudyHeaders, engines: Engines, rules: Sequence[Routing
     digest = hashlib.sha256("\n".join(sorted(study.sop_instance_uids) + sorted(i.sha256 for i in infos.values()))
                             .encode()).hexdigest()[:32]
     return StudySelection(next(iter(study.study_uids)), tuple(routed), stages, infos[ranked[0]] if ranked else None,
-                      tuple(infos[n] for n in ranked[:1] + sorted(ranked[1:])), digest)
+                          tuple(infos[n] for n in ranked[:1] + sorted(ranked[1:])), digest, echo_sets)
 
 
 def _pairs(routed: Sequence[RoutedSeries], stages: Mapping[str, SeriesStage]) -> list[tuple[RoutedSeries, SeriesStage]]:
@@ -190,13 +201,14 @@ def write_seg(series: RoutedSeries, analysis: SeriesAnalysis, algorithm: Algorit
     numbers = {s.label: i + 1 for i, s in enumerate(segment_numbers(analysis.label_map))}
     report = SeriesReport(analysis.volume, datasets, seg, numbers, list(analysis.structures), series.description,
                           analysis.flags, muscles=list(analysis.muscles), algorithm=algorithm,
-                          accuracy=dict(accuracy or {}), radiomics=dict(analysis.radiomics))
+                          accuracy=dict(accuracy or {}), radiomics=dict(analysis.radiomics),
+                          relaxation=dict(analysis.relaxation))
     log.info("seg written series_uid=%s seconds=%.3f", series.series_uid, time.perf_counter() - t0)
     return report, path
 
 
 def _outcome(series: RoutedSeries, result: SeriesAnalysis | str | None, seg: tuple[SeriesReport, Path] | None,
-             seg_write_s: float, consumed_by: Mapping[str, str]) -> SeriesOutcome:
+             seg_write_s: float, consumed_by: Mapping[str, str], t2_map_uid: str = "") -> SeriesOutcome:
     decision = series.decision
     if series.series_uid in consumed_by:
         decision = RoutingDecision(None, None, f"dixon_fat_image_measured_with_water_series_{consumed_by[series.series_uid]}")
@@ -208,7 +220,8 @@ def _outcome(series: RoutedSeries, result: SeriesAnalysis | str | None, seg: tup
     return replace(base, measurements=result.structures, muscles=result.muscles, flags=result.flags,
                    seg_path=seg[1], seg_sop_instance_uid=str(seg[0].segmentation.SOPInstanceUID), accuracy=seg[0].accuracy,
                    timings_s={**result.timings_s, "seg_write": seg_write_s},
-                   dixon_noise_sigma=result.dixon_noise_sigma, radiomics=result.radiomics)
+                   dixon_noise_sigma=result.dixon_noise_sigma, radiomics=result.radiomics,
+                   relaxation=result.relaxation, echo_times_ms=result.echo_times_ms, t2_map_sop_instance_uid=t2_map_uid)
 
 
 def with_radiomics(analysis: SeriesAnalysis) -> SeriesAnalysis:
@@ -263,6 +276,7 @@ def analyze_study(
     results = analyse_series(selection)
     if outputs.radiomics:
         results = {uid: with_radiomics(a) if isinstance(a, SeriesAnalysis) else a for uid, a in results.items()}
+    fits = fit_echo_sets(selection.echo_sets, selection.routed, results) if outputs.relaxometry else []
     # SEGs in stage order (the series measured without context first), each
     # group in series-number order; the SR lists the series in that order.
     analysed = sorted(((r, a) for r in selection.routed if isinstance(a := results.get(r.series_uid), SeriesAnalysis)),
@@ -282,6 +296,7 @@ def analyze_study(
                                        measurement_accuracy(info.path, info.name, slab_mm) if a.structures else None)
         seg_seconds[r.series_uid] = time.perf_counter() - t0
     reports = [segs[r.series_uid][0] for r, _ in analysed]
+    t2_maps = {fit.series.series_uid: write_t2_map(fit, selection.digest, out_dir) for fit in fits}
     t0 = time.perf_counter()
     key_images = [p for r, a in analysed for p in write_key_images(r, a, selection.digest, out_dir)] \
         if outputs.key_images else []
@@ -314,11 +329,11 @@ def analyze_study(
     consumed_by = {a.measured_with_series_uid: uid for uid, a in results.items()
                    if isinstance(a, SeriesAnalysis) and a.measured_with_series_uid}
     outcomes = tuple(_outcome(r, results.get(r.series_uid), segs.get(r.series_uid), seg_seconds.get(r.series_uid, 0.0),
-                              consumed_by) for r in selection.routed)
+                              consumed_by, t2_maps.get(r.series_uid, (None, ""))[1]) for r in selection.routed)
     pdf_path = out_dir / PDF_FILE if outputs.pdf_report and reports else None
     # The SR last: a receiver that waits for the report has the rest by then.
-    written = (tuple(segs[r.series_uid][1] for r, _ in analysed) + tuple(key_images) + ((pdf_path,) if pdf_path else ())
-               + ((sr_path,) if sr_path else ()))
+    written = (tuple(segs[r.series_uid][1] for r, _ in analysed) + tuple(p for p, _ in t2_maps.values())
+               + tuple(key_images) + ((pdf_path,) if pdf_path else ()) + ((sr_path,) if sr_path else ()))
     result = StudyResult(selection.study_uid, outcomes, sr_path, out_dir / "measurements.json", written, timings,
                          biomech_doc)
     doc = measurements_document(result, selection.models)

@@ -18,7 +18,8 @@ import numpy as np
 from spinegate.biomech.morphometry import measure_structure
 from spinegate.biomech.plausibility import with_review_flags
 from spinegate.dicom_io.classify import Plane, SeriesClass, Weighting
-from spinegate.dicom_io.measurements import MuscleLevelMeasurements, StructureMeasurements, StructureRadiomics
+from spinegate.dicom_io.measurements import (MuscleLevelMeasurements, RelaxationSummary, StructureMeasurements,
+                                             StructureRadiomics)
 from spinegate.dicom_io.seg import segment_numbers
 from spinegate.dicom_io.study import Header, SeriesHeaders
 from spinegate.dicom_io.volume import SeriesError, SeriesVolume, read_series
@@ -80,6 +81,9 @@ class SeriesAnalysis:
     measured_with_series_uid: str | None = None
     # Structure name → its radiomics features (`with_radiomics`).
     radiomics: Mapping[str, StructureRadiomics] = field(default_factory=dict)
+    # Disc name → its T2 from the study's echoes of this stack (`service.relaxometry_stage`).
+    relaxation: Mapping[str, RelaxationSummary] = field(default_factory=dict)
+    echo_times_ms: tuple[float, ...] = ()
 
 
 class SeriesStage(Protocol):

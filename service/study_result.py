@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from spinegate.dicom_io.classify import SeriesClass
-from spinegate.dicom_io.measurements import MuscleLevelMeasurements, StructureMeasurements, StructureRadiomics
+from spinegate.dicom_io.measurements import (MuscleLevelMeasurements, RelaxationSummary, StructureMeasurements,
+                                             StructureRadiomics)
 from spinegate.service.routing import RoutingDecision
 
 __all__ = ["StudyFailed", "SeriesOutcome", "StudyResult"]
@@ -41,6 +42,10 @@ class SeriesOutcome:
     accuracy: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     # Structure name → radiomics features (``outputs.radiomics``).
     radiomics: Mapping[str, StructureRadiomics] = field(default_factory=dict)
+    # Disc name → T2 from the echoes of this stack, their echo times, the T2 map.
+    relaxation: Mapping[str, RelaxationSummary] = field(default_factory=dict)
+    echo_times_ms: tuple[float, ...] = ()
+    t2_map_sop_instance_uid: str = ""
 
 
 @dataclass(frozen=True)
