@@ -1,5 +1,6 @@
-"""The radiologist's view: spinegate's SEG as an overlay in OHIF, and the
-key images and PDF report a viewer without SEG support shows.
+"""The radiologist's view: spinegate's SEG as an overlay in OHIF, the key
+images and PDF report a viewer without SEG support shows, and the T2
+Parametric Map of a multi-echo study as a colour overlay.
 
 The prebuilt OHIF viewer (npm @ohif/app 3.13.2, its dist/, fetched by `make
 test`) is served with deploy/viewer/app-config.js against the Debian Orthanc's
@@ -165,3 +166,22 @@ def test_key_images_and_pdf_report_show_in_ohif(analysed, tmp_path):
     assert pdf["status"] == 200 and pdf["head"] == "%PDF-", pdf
     expected = pydicom.dcmread(out_dir / "report_pdf.dcm").EncapsulatedDocumentLength
     assert abs(pdf["length"] - expected) <= 1, (pdf, expected)  # the document, at most its padding byte more
+
+
+def test_t2_parametric_map_shows_in_ohif(engines, tmp_path):
+    """The T2 map of a multi-echo study loads in OHIF as a colour overlay."""
+    from spinegate.dicom_io.phantom.multi_echo import write_multi_echo_phantom_study
+    from spinegate.service.config import OutputsConfig, load_config
+    from spinegate.service.pipeline import analyze_study
+
+    truth = write_multi_echo_phantom_study(tmp_path / "src", seed=11)
+    result = analyze_study(truth["files"], engines, load_config(environ={}).routing, tmp_path / "out",
+                           biomechanics=False, outputs=OutputsConfig(key_images=False, pdf_report=False))
+    (t2_map,) = [p for p in result.outputs if p.name.startswith("t2map_")]
+    echo = [f for f in truth["files"] if float(pydicom.dcmread(f, stop_before_pixels=True).EchoTime) == 80.0]
+    report, out = _run_viewer(tmp_path, echo + [t2_map], truth["study_instance_uid"], "pmap.mjs")
+    assert [e for e in report["errors"] if "driver" in e or "pmap" in e.lower() or "parametric" in e.lower()] == [], \
+        report
+    assert "screenshots" in report["steps"], report
+    before, after = _coloured_pixels(out / "pmap_before.png"), _coloured_pixels(out / "pmap_after.png")
+    assert before < 50 and after > 1000, (before, after, report)
