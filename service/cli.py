@@ -177,7 +177,7 @@ def _batch(config: SpinegateConfig, args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from spinegate.service.evaluate import EvaluationError, run_evaluation
+    from spinegate.service.evaluate import LabelFileError, run_evaluation
 
     for path in (args.auto_dir, args.manual):
         if not path.exists():
@@ -185,7 +185,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             return EXIT_CONFIG
     try:
         summary = run_evaluation(args.auto_dir, args.manual, args.out, args.labels, args.pairs)
-    except EvaluationError as e:
+    except LabelFileError as e:  # EvaluationError included
         print(f"spinegate: cannot evaluate: {e}", file=sys.stderr)
         return EXIT_CONFIG
     print(f"{len(summary['pairs'])} label files compared")

@@ -11,7 +11,7 @@ table (``--labels``, YAML or JSON) names the label values of a NIfTI
 SEG that are not level names; without one, NIfTI values are spinegate's
 own and SEG labels are read as level names ("L4-L5 intervertebral disc",
 "L3", "Right multifidus"). Both sides are compared on the automatic grid
-(`service.label_sets`).
+(`service.label_sets`; the files are read by `dicom_io.label_files`).
 
 Per labelled structure: Dice, Jaccard, sensitivity, precision, volumes,
 mean and 95 % surface distance, Hausdorff distance (`service.agreement`).
@@ -41,11 +41,12 @@ from spinegate.biomech.morphometry import measure_structure
 from spinegate.dicom_io.levels import DISC_LEVELS, VERTEBRAL_BODY_LEVELS, SpineStructure, structure_by_name
 from spinegate.dicom_io.muscles import MUSCLE_STRUCTURES
 from spinegate.service.agreement import agreement, overlap
-from spinegate.service.label_sets import (EvaluationError, LabelSet, Structure, on_reference_grid,
-                                          read_label_table, read_nifti_labels, read_seg_labels, structure_named)
+from spinegate.dicom_io.label_files import (LabelFileError, LabelSet, Structure, read_label_table,
+                                            read_nifti_labels, read_seg_labels, structure_named)
+from spinegate.service.label_sets import EvaluationError, on_reference_grid
 
-__all__ = ["EvaluationError", "evaluate_pair", "find_automatic_segs", "pair_manual_labels", "summarise",
-           "run_evaluation"]
+__all__ = ["EvaluationError", "LabelFileError", "evaluate_pair", "find_automatic_segs", "pair_manual_labels",
+           "summarise", "run_evaluation"]
 
 log = logging.getLogger(__name__)
 
@@ -303,9 +304,9 @@ def run_evaluation(auto_dir: Path, manual: Path, out: Path, labels: Path | None 
 
     Raises
     ------
-    EvaluationError
-        If nothing can be paired, or a paired file cannot be read (the
-        message names it).
+    LabelFileError
+        If nothing can be paired (`EvaluationError`), or a label file or
+        table cannot be read (the message names it).
     """
     automatic = find_automatic_segs(auto_dir)
     table = read_label_table(labels) if labels is not None else None

@@ -23,8 +23,9 @@ from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagit
 from spinegate.dicom_io.phantom.study import StudyInfo
 from spinegate.service.cli import EXIT_CONFIG, EXIT_OK, main
 from spinegate.service.evaluate import run_evaluation
-from spinegate.service.label_sets import (EvaluationError, LabelSet, on_reference_grid, read_label_table,
-                                          read_nifti_labels, resolve_structure)
+from spinegate.dicom_io.label_files import (LabelFileError, LabelSet, read_label_table, read_nifti_labels,
+                                            resolve_structure)
+from spinegate.service.label_sets import EvaluationError, on_reference_grid
 
 SEED = 5
 
@@ -40,7 +41,7 @@ def test_level_names_as_people_write_them(text, name):
 def test_muscle_names_and_unknown_names():
     assert resolve_structure("MF_R") == muscle_by_name("MF_R")
     assert resolve_structure("left erector spinae") == muscle_by_name("ES_L")
-    with pytest.raises(EvaluationError, match="'spinal cord' names no spine level or muscle"):
+    with pytest.raises(LabelFileError, match="'spinal cord' names no spine level or muscle"):
         resolve_structure("spinal cord")
 
 
@@ -52,12 +53,12 @@ def test_label_tables(tmp_path):
     (tmp_path / "t.json").write_text(json.dumps({"4": "L4"}))
     assert read_label_table(tmp_path / "t.json") == {4: structure_by_name("L4")}
     (tmp_path / "bad.yaml").write_text("1: L1\n2: cord\n3: L9\n")
-    with pytest.raises(EvaluationError, match="names unknown structures: 2: cord, 3: L9"):
+    with pytest.raises(LabelFileError, match="names unknown structures: 2: cord, 3: L9"):
         read_label_table(tmp_path / "bad.yaml")
     (tmp_path / "list.yaml").write_text("- L1\n- L2\n")
-    with pytest.raises(EvaluationError, match="must map label values"):
+    with pytest.raises(LabelFileError, match="must map label values"):
         read_label_table(tmp_path / "list.yaml")
-    with pytest.raises(EvaluationError, match="cannot read the label table"):
+    with pytest.raises(LabelFileError, match="cannot read the label table"):
         read_label_table(tmp_path / "absent.yaml")
 
 
@@ -104,15 +105,15 @@ def test_nifti_values_must_be_named(tmp_path):
     labels = np.zeros((4, 5, 6), np.uint8)
     labels[1, 2, 3], labels[2, 2, 3] = 4, 7
     path = _write_nifti(tmp_path / "l.nii.gz", labels, np.eye(4))
-    with pytest.raises(EvaluationError, match=r"label values \[7\] are not in the label table"):
+    with pytest.raises(LabelFileError, match=r"label values \[7\] are not in the label table"):
         read_nifti_labels(path, {4: structure_by_name("L4")})
     # without a table the values are spinegate's own (4 = L1, 7 = L4)
     assert set(read_nifti_labels(path).masks) == {"L1", "L4"}
     floats = _write_nifti(tmp_path / "f.nii.gz", labels.astype(np.float32) / 3, np.eye(4))
-    with pytest.raises(EvaluationError, match="integer values"):
+    with pytest.raises(LabelFileError, match="integer values"):
         read_nifti_labels(floats)
     (tmp_path / "x.nii.gz").write_bytes(b"not nifti")
-    with pytest.raises(EvaluationError, match="x.nii.gz: not a readable NIfTI image"):
+    with pytest.raises(LabelFileError, match="x.nii.gz: not a readable NIfTI image"):
         read_nifti_labels(tmp_path / "x.nii.gz")
 
 
