@@ -14,14 +14,17 @@ from typing import Mapping, Union
 import highdicom as hd
 import numpy as np
 import SimpleITK as sitk
+import pydicom
 import yaml
 
 from spinegate.dicom_io.levels import SpineStructure, structure_by_name
 from spinegate.dicom_io.muscles import MUSCLE_STRUCTURES, MuscleStructure, muscle_by_name
 from spinegate.dicom_io.seg import structure_of_label
+from spinegate.dicom_io.uids import SEG_SOP_CLASS
+from spinegate.dicom_io.volume import SeriesVolume
 
 __all__ = ["LabelFileError", "LabelSet", "Structure", "resolve_structure", "structure_named", "read_label_table",
-           "read_seg_labels", "read_nifti_labels"]
+           "read_seg_labels", "read_nifti_labels", "label_image", "label_image_array", "seg_referenced_series"]
 
 Structure = Union[SpineStructure, MuscleStructure]
 class LabelFileError(ValueError):
@@ -103,24 +106,36 @@ def read_label_table(path: Path) -> dict[int | str, Structure]:
     return table
 
 
-def read_seg_labels(path: Path, table: Mapping[int | str, Structure] | None = None) -> tuple[LabelSet, str, str]:
+def read_seg_labels(path: Path, table: Mapping[int | str, Structure] | None = None,
+                    source: SeriesVolume | None = None) -> tuple[LabelSet, str, str]:
     """A DICOM SEG's segments as masks; also the series it references and its study.
 
     A segment is named by ``table`` (by segment label or number) or, failing
-    that, by its label read as a level name.
+    that, by its label read as a level name. The masks are on the SEG's own
+    volume, or with ``source`` on that volume's grid (slice by slice from
+    the source instances each frame derives from; slices without a frame
+    are empty).
 
     Raises
     ------
     LabelFileError
-        If the file is not a readable SEG or a segment cannot be named.
+        If the file is not a readable SEG, does not segment ``source``, or a
+        segment cannot be named.
     """
     try:
         seg = hd.seg.segread(str(path))
-        volume = seg.get_volume(combine_segments=False)
         series_uid = str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
+        if source is None:
+            volume = seg.get_volume(combine_segments=False)
+            array, affine = volume.array, volume.affine
+        else:
+            array = seg.get_pixels_by_source_instance([r.sop_instance_uid for r in source.slice_refs],
+                                                      assert_missing_frames_are_empty=True)
+            affine = source.affine
     except Exception as e:  # pydicom/highdicom raise many kinds on bad files
-        raise LabelFileError(f"{path.name}: not a readable DICOM SEG ({type(e).__name__}: {e})") from None
-    array = volume.array if volume.array.ndim == 4 else volume.array[..., None]
+        raise LabelFileError(f"{path.name}: not a readable DICOM SEG of these images ({type(e).__name__}: {e})") \
+            from None
+    array = array if array.ndim == 4 else array[..., None]
     masks: dict[str, np.ndarray] = {}
     for index, description in enumerate(seg.SegmentSequence):
         number, label = int(description.SegmentNumber), str(description.SegmentLabel)
@@ -128,7 +143,7 @@ def read_seg_labels(path: Path, table: Mapping[int | str, Structure] | None = No
         structure = named if named is not None else resolve_structure(label)
         mask = array[..., index] > 0
         masks[structure.name] = masks[structure.name] | mask if structure.name in masks else mask
-    return LabelSet(masks, volume.affine, path.name), series_uid, str(seg.StudyInstanceUID)
+    return LabelSet(masks, affine, path.name), series_uid, str(seg.StudyInstanceUID)
 
 
 def read_nifti_labels(path: Path, table: Mapping[int | str, Structure] | None = None) -> LabelSet:
@@ -171,3 +186,33 @@ def structure_named(name: str) -> Structure:
         return structure_by_name(name)
     except ValueError:
         return muscle_by_name(name)
+
+
+def label_image(mask: np.ndarray, affine: np.ndarray) -> sitk.Image:
+    """A mask as a SimpleITK image in LPS mm (via highdicom's ``Volume``).
+
+    ``affine`` maps array indices to LPS mm (voxel centres).
+    """
+    affine = np.asarray(affine, float)
+    if mask.ndim != 3 or affine.shape != (4, 4):
+        raise ValueError(f"'mask' must be 3D and 'affine' 4x4, got shapes {mask.shape} and {affine.shape}")
+    return hd.Volume(np.ascontiguousarray(mask, dtype=np.uint8), affine, coordinate_system="PATIENT").to_simpleitk()
+
+
+def label_image_array(image: sitk.Image) -> np.ndarray:
+    """A SimpleITK label image's voxels in the index order `label_image`
+    takes (the inverse of it)."""
+    return hd.Volume.from_simpleitk(image).array
+
+
+def seg_referenced_series(path: Path) -> str | None:
+    """The Series Instance UID a DICOM SEG file segments ("" when it names
+    none), or None when the file is not a DICOM SEG (not DICOM, another
+    object, truncated). Reads the header only."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "ReferencedSeriesSequence"])
+    except Exception:  # not DICOM, truncated: not a SEG either
+        return None
+    if str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS:
+        return None
+    return str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID) if "ReferencedSeriesSequence" in ds else ""

@@ -25,7 +25,8 @@ from spinegate.dicom_io.levels import StructureKind, structure_by_label, structu
 from spinegate.inference.level_naming import CLASS_DISC, CLASS_S1, CLASS_VB, NamedLabels, name_levels
 from spinegate.inference.preprocessing import from_training_grid, normalise_intensity, to_training_grid
 
-__all__ = ["ModelInfo", "SegmentationEngine", "SagittalSpineEngine", "EngineError", "load_model_info", "with_neighbours",
+__all__ = ["ModelInfo", "SegmentationEngine", "SagittalSpineEngine", "EngineError", "load_model_info",
+           "with_neighbours", "canonical_planes", "to_canonical",
            "structure_confidence", "with_confidence_flags", "LOW_CONFIDENCE", "FLAG_LOW_CONFIDENCE"]
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,8 @@ def _canonical_axes(affine: np.ndarray) -> tuple[bool, bool, bool]:
     return transpose, bool(row_step[2] > 0), bool(col_step[1] < 0)
 
 
-def _to_canonical(a: np.ndarray, axes: tuple[bool, bool, bool]) -> np.ndarray:
+def to_canonical(a: np.ndarray, axes: tuple[bool, bool, bool]) -> np.ndarray:
+    """``a`` (…, rows, columns) turned into training orientation (`canonical_planes`)."""
     transpose, fr, fc = axes
     if transpose:
         a = np.swapaxes(a, -1, -2)
@@ -145,6 +147,16 @@ def _from_canonical(a: np.ndarray, axes: tuple[bool, bool, bool]) -> np.ndarray:
     if transpose:
         a = np.swapaxes(a, -1, -2)
     return np.ascontiguousarray(a)
+
+
+def canonical_planes(volume: SeriesVolume) -> tuple[np.ndarray, tuple[float, float], tuple[bool, bool, bool]]:
+    """A sagittal volume's slices in training orientation, their (row,
+    column) pixel spacing in mm, and the axes to turn results back with
+    (training, `spinegate train`, and inference share it)."""
+    axes = _canonical_axes(volume.affine)
+    spacing = volume.spacing_mm
+    return (to_canonical(volume.array, axes), (spacing[2], spacing[1]) if axes[0] else (spacing[1], spacing[2]),
+            axes)
 
 
 def with_neighbours(n_slices: int, input_slices: int) -> np.ndarray:
@@ -182,10 +194,7 @@ class SagittalSpineEngine:
 
     def scores(self, volume: SeriesVolume) -> np.ndarray:
         """Softmax class scores (slices, classes, rows, cols) on the native grid."""
-        axes = _canonical_axes(volume.affine)
-        planes = _to_canonical(volume.array, axes)
-        spacing = volume.spacing_mm
-        ps = (spacing[2], spacing[1]) if axes[0] else (spacing[1], spacing[2])
+        planes, ps, axes = canonical_planes(volume)
         x, valid = to_training_grid(normalise_intensity(planes), ps)
         stacks = with_neighbours(len(x), self.input_slices)
         outs = []

@@ -27,12 +27,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import highdicom as hd
 import numpy as np
 import SimpleITK as sitk
 from scipy import stats
 
-__all__ = ["Overlap", "Agreement", "overlap", "agreement", "icc_2_1", "label_image"]
+from spinegate.dicom_io.label_files import label_image
+
+__all__ = ["Overlap", "Agreement", "overlap", "agreement", "icc_2_1"]
 
 
 @dataclass(frozen=True)
@@ -78,17 +79,6 @@ class Agreement:
     mape_pct: float
     bias: float
     limits_of_agreement: tuple[float, float]
-
-
-def label_image(mask: np.ndarray, affine: np.ndarray) -> sitk.Image:
-    """A mask as a SimpleITK image in LPS mm (via highdicom's ``Volume``).
-
-    ``affine`` maps array indices to LPS mm (voxel centres).
-    """
-    affine = np.asarray(affine, float)
-    if mask.ndim != 3 or affine.shape != (4, 4):
-        raise ValueError(f"'mask' must be 3D and 'affine' 4x4, got shapes {mask.shape} and {affine.shape}")
-    return hd.Volume(np.ascontiguousarray(mask, dtype=np.uint8), affine, coordinate_system="PATIENT").to_simpleitk()
 
 
 def _directed_surface_distances(from_image: sitk.Image, to_image: sitk.Image) -> np.ndarray:

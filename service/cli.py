@@ -45,6 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, required=True)
     ev.add_argument("--labels", type=Path, help="label table (YAML/JSON: value or segment label -> level, e.g. 4: L4)")
     ev.add_argument("--pairs", type=Path, help="CSV with columns manual, series_instance_uid (NIfTI not named by UID)")
+    tr = sub.add_parser("train", help="train the sagittal model on your labelled images (needs the [train] extra)")
+    tr.add_argument("spec", type=Path, nargs="?", help="training specification (YAML): cases, label table, split, "
+                                                         "settings (docs/models.md)")
+    tr.add_argument("--out", type=Path, required=True, help="folder for the model, its records and model card")
+    tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    tr.add_argument("--reproduce-committed", action="store_true",
+                    help="instead of a spec: train the committed sagittal model again from the shared data (--data), "
+                         "stage by stage as its training record says, and compare its validation")
+    tr.add_argument("--data", type=Path, help="the shared lumbar_mri NIfTI folder (--reproduce-committed)")
+    tr.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
+    tr.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     d = sub.add_parser("demo", help="phantom study through a real 'spinegate serve' and back")
     d.add_argument("--work-dir", type=Path)
     d.add_argument("--seed", type=int, default=7)
@@ -95,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         return _batch(config, args)
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "train":
+        return _train(args)
     if args.command == "loads":
         return _loads(args)
     if args.command == "demo":
@@ -201,6 +214,49 @@ def _evaluate(args: argparse.Namespace) -> int:
     for line in summary["unpaired"]:
         print(f"  not compared: {line}")
     print(f"wrote overlap.csv, measurements.csv, summary.json, dice_per_level.png, bland_altman.png to {args.out}")
+    return EXIT_OK
+
+
+def _train(args: argparse.Namespace) -> int:
+    try:
+        from spinegate.inference.training.site_data import SpecError, read_spec
+        from spinegate.inference.training.site_train import train_site
+    except ImportError as e:  # torch is an extra
+        print(f"spinegate: training needs the [train] extra (pip install 'spinegate[train]'): {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.reproduce_committed:
+        return _reproduce(args)
+    if args.spec is None:
+        print("spinegate: give a training specification (or --reproduce-committed --data DIR)", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        spec = read_spec(args.spec)
+        record = train_site(spec, args.out, resume=args.resume, device=args.device, threads=args.threads,
+                            progress=sys.stderr.isatty())
+    except (SpecError, ValueError) as e:
+        print(f"spinegate: cannot train: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"trained {record['iterations']} iterations in {record['seconds']:.0f} s on "
+          f"{len(record['split']['training'])} cases; validated on {', '.join(record['split']['validation_subjects'])}")
+    print(f"wrote {args.out}/sagittal_spine.onnx, its training and validation records and MODEL_CARD.md "
+          f"(use it with inference.model_dir: {args.out})")
+    return EXIT_OK
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from spinegate.inference.training.reproduce import reproduce_committed
+
+    if args.spec is not None or args.data is None or not args.data.is_dir():
+        print("spinegate: --reproduce-committed takes no specification and needs --data, the shared lumbar_mri "
+              "folder", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        result = reproduce_committed(args.data, args.out, args.device, args.threads)
+    except ValueError as e:
+        print(f"spinegate: cannot reproduce: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"vertebral-body mean Dice: committed {result['committed_vertebral_body_mean_dice']:.4f}, reproduced "
+          f"{result['reproduced_vertebral_body_mean_dice']:.4f}; wrote {args.out}/reproduction.json")
     return EXIT_OK
 
 

@@ -35,14 +35,14 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-import pydicom
 
 from spinegate.biomech.morphometry import measure_structure
 from spinegate.dicom_io.levels import DISC_LEVELS, VERTEBRAL_BODY_LEVELS, SpineStructure, structure_by_name
 from spinegate.dicom_io.muscles import MUSCLE_STRUCTURES
 from spinegate.service.agreement import agreement, overlap
 from spinegate.dicom_io.label_files import (LabelFileError, LabelSet, Structure, read_label_table,
-                                            read_nifti_labels, read_seg_labels, structure_named)
+                                            read_nifti_labels, read_seg_labels, seg_referenced_series,
+                                            structure_named)
 from spinegate.service.label_sets import EvaluationError, on_reference_grid
 
 __all__ = ["EvaluationError", "LabelFileError", "evaluate_pair", "find_automatic_segs", "pair_manual_labels",
@@ -50,7 +50,6 @@ __all__ = ["EvaluationError", "LabelFileError", "evaluate_pair", "find_automatic
 
 log = logging.getLogger(__name__)
 
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 OVERLAP_COLUMNS = ("study_instance_uid", "series_instance_uid", "manual", "level", "structure", "kind", "found",
                    "dice", "jaccard", "sensitivity", "precision", "volume_auto_cm3", "volume_manual_cm3",
                    "volume_difference_cm3", "volume_difference_pct", "mean_surface_distance_mm", "hd95_mm",
@@ -75,15 +74,6 @@ def _nifti_stem(path: Path) -> str:
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else name[: -len(".nii")]
 
 
-def _seg_header(path: Path) -> pydicom.Dataset | None:
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "ReferencedSeriesSequence",
-                                                                           "StudyInstanceUID"])
-    except Exception:  # not DICOM, truncated: not a SEG either
-        return None
-    return ds if str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS else None
-
-
 def find_automatic_segs(auto_dir: Path) -> dict[str, Path]:
     """spinegate's SEG objects under ``auto_dir``, by referenced series UID.
 
@@ -94,10 +84,9 @@ def find_automatic_segs(auto_dir: Path) -> dict[str, Path]:
     """
     found: dict[str, Path] = {}
     for path in sorted(p for p in Path(auto_dir).rglob("*.dcm") if ".extracted" not in p.parts):
-        ds = _seg_header(path)
-        if ds is None or "ReferencedSeriesSequence" not in ds:
+        series = seg_referenced_series(path)
+        if not series:
             continue
-        series = str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
         if series in found:
             raise EvaluationError(f"two SEG objects under {auto_dir} segment series {series}: {found[series]} and "
                                   f"{path}; evaluate one analysis at a time")
@@ -140,10 +129,9 @@ def pair_manual_labels(manual: Path, automatic: Mapping[str, Path], pairs_csv: P
         if series is None and _is_nifti(path):
             series = _nifti_stem(path)
         elif series is None:
-            ds = _seg_header(path)
-            if ds is None:
+            series = seg_referenced_series(path)
+            if series is None:
                 continue  # not a label file (a README, the source images)
-            series = str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID) if "ReferencedSeriesSequence" in ds else ""
         if series in automatic:
             pairs.append((path, series))
         else:

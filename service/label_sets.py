@@ -8,12 +8,10 @@ times per voxel along each axis where the manual grid is finer).
 """
 from __future__ import annotations
 
-import highdicom as hd
 import numpy as np
 import SimpleITK as sitk
 
-from spinegate.dicom_io.label_files import LabelFileError, LabelSet
-from spinegate.service.agreement import label_image
+from spinegate.dicom_io.label_files import LabelFileError, LabelSet, label_image, label_image_array
 
 __all__ = ["EvaluationError", "on_reference_grid"]
 
@@ -42,7 +40,7 @@ def _fraction_on_grid(mask: np.ndarray, affine: np.ndarray, grid_affine: np.ndar
     reference = label_image(np.zeros(tuple(shape), np.uint8), sub_affine)
     moving = label_image(mask, affine)
     sampled = sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    values = hd.Volume.from_simpleitk(sampled).array.astype(np.float32)  # back in (sub_affine) index order
+    values = label_image_array(sampled).astype(np.float32)  # back in (sub_affine) index order
     n = stop - start
     return values.reshape(n[0], factors[0], n[1], factors[1], n[2], factors[2]).mean(axis=(1, 3, 5))
 

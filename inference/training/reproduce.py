@@ -1,0 +1,117 @@
+"""``spinegate train --reproduce-committed``: the committed sagittal model
+trained again from the shared data, stage by stage, with the settings its
+training record holds (``sagittal_spine.training.json``: ``stage_g1``,
+``stage_g2``, ...), then validated as it was and compared with it.
+
+The record is the recipe: each stage's configuration is built from the
+recorded values (seed, iterations, the iterations at the starting rate,
+batch, learning rate, batch workers, slab rules, context, feature maps,
+bfloat16), the real cases are packed from the data as the record says they
+were (6-bit images), and each stage continues the one before. The batches
+repeat with the seed and the number of workers; on a GPU some kernels are
+not deterministic, so the weights repeat closely rather than bit for bit
+(the record's ``reproducibility``), which the validation comparison shows.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from spinegate.inference.training.train import SagittalTrainingConfig, fit
+from spinegate.inference.training.training_data import SPLIT, load_real_case, pack_cases, training_stems
+
+__all__ = ["committed_record", "stage_configs", "reproduce_committed"]
+
+log = logging.getLogger(__name__)
+
+
+def committed_record() -> dict[str, Any]:
+    """The committed sagittal model's training record."""
+    path = Path(str(resources.files("spinegate.inference") / "models" / "sagittal_spine.training.json"))
+    return json.loads(path.read_text())
+
+
+def stage_configs(record: dict[str, Any], cases: Path, out: Path, device: str,
+                  threads: int = 1) -> list[SagittalTrainingConfig]:
+    """One `SagittalTrainingConfig` per recorded stage, in order: the first
+    from scratch (or its recorded init), each later one from the state the
+    stage before saved; the last exports the ONNX model into ``out``.
+
+    Raises
+    ------
+    ValueError
+        If the record has no stages or a stage lacks a setting.
+    """
+    names = sorted(k for k in record if k.startswith("stage_"))
+    if not names:
+        raise ValueError("the training record lists no stages (stage_*)")
+    configs, previous = [], None
+    for i, name in enumerate(names):
+        s = record[name]
+        last = i == len(names) - 1
+        stage_out = out if last else out / name.removeprefix("stage_")
+        try:
+            configs.append(SagittalTrainingConfig(
+                out=stage_out, cases=cases, iterations=int(s["iterations"]),
+                start_iterations=int(s.get("start_iterations", 0)), batch=int(s["batch"]), lr=float(s["lr"]),
+                seed=int(s["seed"]), phantoms=len(s["phantom_seeds"]) if "phantom_seeds" in s else 20,
+                threads=threads, device=device, workers=int(s["workers"]), export_onnx=last,
+                init=None if previous is None else previous.out / "sagittal_spine.pt",
+                context=int(s["context_slices_each_side"]), channels=tuple(s["channels"]),
+                thickness_mm=tuple(s["thickness_mm"]), exact_planes=bool(s["exact_planes"]),
+                end_plane_share=float(s["end_plane_share"]), slab_labels=str(s["slab_labels"]),
+                balance_datasets=bool(s["balance_datasets"]), global_context=bool(s["global_context"]),
+                train_only_context=s.get("trained") == "global context bias only", bf16=bool(s["bf16_autocast"])))
+        except KeyError as e:
+            raise ValueError(f"{name} of the training record lacks {e}") from None
+        if i == 0 and s.get("init"):
+            raise ValueError(f"{name} starts from {s['init']}, which the record does not rebuild")
+        previous = configs[-1]
+    return configs
+
+
+def reproduce_committed(data: Path, out: Path, device: str = "cuda", threads: int = 1) -> dict[str, Any]:
+    """Pack the data's training cases, train every stage, validate the
+    result as the committed model was, and write ``reproduction.json``
+    (committed against reproduced vertebral-body Dice per volume).
+
+    Raises
+    ------
+    ValueError
+        If ``data`` is not the shared data or its training volumes are not
+        the record's.
+    """
+    from spinegate.inference.training import validation
+
+    record = committed_record()
+    if not (data / "manifest.csv").is_file():
+        raise ValueError(f"{data} is not the shared lumbar_mri folder (no manifest.csv)")
+    stems = training_stems(data)
+    recorded = record[sorted(k for k in record if k.startswith("stage_"))[0]].get("training_volumes", stems)
+    if stems != recorded:
+        raise ValueError(f"{data} holds other training volumes than the committed model's record "
+                         f"(missing {sorted(set(recorded) - set(stems))}, extra {sorted(set(stems) - set(recorded))})")
+    out.mkdir(parents=True, exist_ok=True)
+    cases = out / "cases.xz"
+    if not cases.exists():
+        pack_cases([load_real_case(data, s) for s in stems], cases)
+    for config in stage_configs(record, cases, out, device, threads):
+        log.info("training stage into %s (%d iterations)", config.out, config.iterations)
+        fit(config)
+    validation.main(["--data", str(data), "--models", str(out)])
+    committed = json.loads((Path(str(resources.files("spinegate.inference") / "models"))
+                            / "sagittal_spine.validation.json").read_text())
+    reproduced = json.loads((out / "sagittal_spine.validation.json").read_text())
+    comparison = {
+        "validation_volumes": SPLIT["validation"],
+        "committed_vertebral_body_mean_dice": committed["vertebral_body_mean_dice"],
+        "reproduced_vertebral_body_mean_dice": reproduced["vertebral_body_mean_dice"],
+        "per_volume": {stem: {"committed": committed["vertebral_body_mean_dice_per_volume"].get(stem), "reproduced": v}
+                       for stem, v in reproduced["vertebral_body_mean_dice_per_volume"].items()},
+        "device": device,
+    }
+    (out / "reproduction.json").write_text(json.dumps(comparison, indent=1))
+    return comparison
