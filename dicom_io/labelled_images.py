@@ -48,10 +48,13 @@ def labels_on_image_grid(labels: LabelSet, affine: np.ndarray, shape: tuple[int,
     return {name: np.transpose(mask[flips], np.argsort(order)) for name, mask in labels.masks.items()}
 
 
-def read_labelled_nifti(image_path: Path, labels_path: Path, table: LabelTable | None = None
-                        ) -> tuple[SeriesVolume, LabelSet]:
-    """A NIfTI sagittal image and its label image (the same voxels, in any
-    axis order), slices first (the axis nearest left-right).
+def read_labelled_nifti(image_path: Path, labels_path: Path, table: LabelTable | None = None,
+                        stack_axis_lps: int = 0) -> tuple[SeriesVolume, LabelSet]:
+    """A NIfTI image and its label image (the same voxels, in any axis
+    order), slices first: the image axis nearest the patient axis
+    ``stack_axis_lps`` (0: left-right, a sagittal stack; 2: foot-head, an
+    axial one). An isotropic image is taken in that plane; thick slices
+    must be in it.
 
     Raises
     ------
@@ -69,7 +72,12 @@ def read_labelled_nifti(image_path: Path, labels_path: Path, table: LabelTable |
     if masks is None:
         raise LabelFileError(f"{labels_path.name} is not on the grid of {image_path.name} (shapes {labels.shape} "
                              f"and {array.shape}; the voxels must be the same, in any axis order)")
-    axis = int(np.argmax(np.abs(image.affine[0, :3]) / np.linalg.norm(image.affine[:3, :3], axis=0)))
+    spacing = np.linalg.norm(image.affine[:3, :3], axis=0)
+    axis = int(np.argmax(np.abs(image.affine[stack_axis_lps, :3]) / spacing))
+    thick = int(np.argmax(spacing))
+    if thick != axis and spacing[thick] > 1.5 * spacing.min():  # thick slices of another plane: not resliced
+        raise LabelFileError(f"{image_path.name}: its slices ({spacing[thick]:.1f} mm apart) are not "
+                             f"{('sagittal', 'coronal', 'axial')[stack_axis_lps]}")
     order = [axis] + [a for a in range(3) if a != axis]
     affine = np.eye(4)
     affine[:3, :3] = image.affine[:3, order]

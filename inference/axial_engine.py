@@ -32,8 +32,8 @@ from spinegate.inference.postprocess import fill_holes_2d
 from spinegate.inference.preprocessing import from_training_grid, normalise_intensity, to_training_grid
 from spinegate.inference.tiling import sliding_window_softmax
 
-__all__ = ["AxialMuscleEngine", "AxialSegmentation", "MODEL_NAME", "axial_canonical_axes",
-           "clean_axial_classes", "LOW_MUSCLE_CONFIDENCE", "mean_class_score"]
+__all__ = ["AxialMuscleEngine", "AxialSegmentation", "MODEL_NAME", "axial_canonical_axes", "axial_canonical_planes",
+           "to_axial_canonical", "clean_axial_classes", "LOW_MUSCLE_CONFIDENCE", "mean_class_score"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,21 @@ def _apply(a: np.ndarray, axes: tuple[bool, bool, bool], inverse: bool = False) 
     if transpose and inverse:
         a = np.swapaxes(a, -1, -2)
     return np.ascontiguousarray(a)
+
+
+def axial_canonical_planes(volume: SeriesVolume) -> tuple[np.ndarray, tuple[float, float], tuple[bool, bool, bool]]:
+    """An axial volume's slices in training orientation, their (row, column)
+    pixel spacing in mm, and the axes that turned them (inference and
+    `spinegate train` share it)."""
+    axes = axial_canonical_axes(volume.affine)
+    spacing = volume.spacing_mm
+    return _apply(volume.array, axes), ((spacing[2], spacing[1]) if axes[0] else (spacing[1], spacing[2])), axes
+
+
+def to_axial_canonical(a: np.ndarray, axes: tuple[bool, bool, bool]) -> np.ndarray:
+    """``a`` (…, rows, columns) turned as `axial_canonical_planes` turns the
+    slices."""
+    return _apply(a, axes)
 
 
 def clean_axial_classes(classes: np.ndarray, pixel_area_mm2: float = 1.0, min_area_mm2: float = 15.0) -> np.ndarray:
@@ -150,10 +165,7 @@ class AxialMuscleEngine:
 
     def scores(self, volume: SeriesVolume) -> np.ndarray:
         """Softmax class scores (slices, classes, rows, cols) on the native grid."""
-        axes = axial_canonical_axes(volume.affine)
-        planes = _apply(volume.array, axes)
-        spacing = volume.spacing_mm
-        ps = (spacing[2], spacing[1]) if axes[0] else (spacing[1], spacing[2])
+        planes, ps, axes = axial_canonical_planes(volume)
         x, valid = to_training_grid(normalise_intensity(planes), ps, AXIAL_SPACING_MM)
         probs = sliding_window_softmax(self.backend.run, x[:, None], AXIAL_TILE, batch=self._batch)
         return _apply(from_training_grid(probs, valid, planes.shape[1:]), axes, inverse=True)

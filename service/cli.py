@@ -45,15 +45,16 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, required=True)
     ev.add_argument("--labels", type=Path, help="label table (YAML/JSON: value or segment label -> level, e.g. 4: L4)")
     ev.add_argument("--pairs", type=Path, help="CSV with columns manual, series_instance_uid (NIfTI not named by UID)")
-    tr = sub.add_parser("train", help="train the sagittal model on your labelled images (needs the [train] extra)")
+    tr = sub.add_parser("train", help="train the sagittal or axial model on your labelled images (needs the [train] "
+                                      "extra)")
     tr.add_argument("spec", type=Path, nargs="?", help="training specification (YAML): cases, label table, split, "
                                                          "settings (docs/models.md)")
     tr.add_argument("--out", type=Path, required=True, help="folder for the model, its records and model card")
     tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    tr.add_argument("--reproduce-committed", action="store_true",
-                    help="instead of a spec: train the committed sagittal model again from the shared data (--data), "
-                         "stage by stage as its training record says, and compare its validation")
-    tr.add_argument("--data", type=Path, help="the shared lumbar_mri NIfTI folder (--reproduce-committed)")
+    tr.add_argument("--reproduce-committed", choices=("sagittal", "axial"),
+                    help="instead of a spec: train that committed model again from the shared data (--data) as its "
+                         "training record says, and compare its validation")
+    tr.add_argument("--data", type=Path, help="the shared lumbar_mri (sagittal) or axial_muscle (axial) folder")
     tr.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
     tr.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     d = sub.add_parser("demo", help="phantom study through a real 'spinegate serve' and back")
@@ -238,25 +239,29 @@ def _train(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     print(f"trained {record['iterations']} iterations in {record['seconds']:.0f} s on "
           f"{len(record['split']['training'])} cases; validated on {', '.join(record['split']['validation_subjects'])}")
-    print(f"wrote {args.out}/sagittal_spine.onnx, its training and validation records and MODEL_CARD.md "
-          f"(use it with inference.model_dir: {args.out})")
+    print(f"wrote {args.out}/{record['model']}.onnx, its training and validation records and MODEL_CARD.md "
+          f"(use it with inference.model_dir: {args.out}"
+          + (", inference.axial_precision: fp32)" if record["engine"] == "axial" and not record["calibrated"] else ")"))
     return EXIT_OK
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from spinegate.inference.training.reproduce import reproduce_committed
+    from spinegate.inference.training.reproduce import reproduce_committed, reproduce_committed_axial
 
     if args.spec is not None or args.data is None or not args.data.is_dir():
         print("spinegate: --reproduce-committed takes no specification and needs --data, the shared lumbar_mri "
-              "folder", file=sys.stderr)
+              "(sagittal) or axial_muscle (axial) folder", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        result = reproduce_committed(args.data, args.out, args.device, args.threads)
+        if args.reproduce_committed == "axial":
+            result = reproduce_committed_axial(args.data, args.out, args.threads)
+        else:
+            result = reproduce_committed(args.data, args.out, args.device, args.threads)
     except ValueError as e:
         print(f"spinegate: cannot reproduce: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"vertebral-body mean Dice: committed {result['committed_vertebral_body_mean_dice']:.4f}, reproduced "
-          f"{result['reproduced_vertebral_body_mean_dice']:.4f}; wrote {args.out}/reproduction.json")
+    print("; ".join(f"{k} {v}" for k, v in result.items() if not isinstance(v, (dict, list)))
+          + f"; wrote {args.out}/reproduction.json")
     return EXIT_OK
 
 

@@ -15,6 +15,7 @@ from spinegate.dicom_io.classify import Weighting
 from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
 from spinegate.dicom_io.phantom.anatomy import make_spine_phantom, render_phantom, sagittal_grid
 from spinegate.dicom_io.phantom.paraspinal import axial_grid, make_paraspinal_anatomy, muscle_field, slice_muscle_truth
+from spinegate.dicom_io.seg import structure_of_label
 
 __all__ = ["write_phantom_study", "write_axial_phantom_study"]
 
@@ -77,12 +78,16 @@ def write_axial_phantom_study(
     out_dir: Path, seed: int = 7, rows: int = 320, columns: int = 320, pixel_spacing_mm: float = 0.6,
     slice_spacing_mm: float = 4.0, study: StudyInfo | None = None, sagittal: bool = True, dixon: bool = False,
     axial_weightings: tuple[str, ...] = ("T1", "T2"), sagittal_size: tuple[int, float] = (384, 0.8),
+    labels: bool = False,
 ) -> dict[str, Any]:
     """Axial T1 (series 4) and T2 (series 5) from above L1 down to S1 (those
     of ``axial_weightings``), with ``dixon`` also the Dixon water (6) and
     fat (7) images, plus (with ``sagittal``) the sagittal T1/T2 of
     `write_phantom_study` (``sagittal_size``: rows = columns, pixel mm), all
-    in one frame of reference; return the truth.
+    in one frame of reference; return the truth. With ``labels``, the exact
+    label image of the last axial series is written as
+    ``labels/<SeriesInstanceUID>.nii.gz`` with ``labels/labels.yaml``
+    (muscles, vertebral bodies and discs), as a reader's would come.
 
     Returns
     -------
@@ -90,7 +95,8 @@ def write_axial_phantom_study(
         ``study_instance_uid``, ``files``, ``structures`` (sagittal truth) and
         ``axial``: per slice its ``z_mm`` and, per muscle (``"MF_R"`` …), the
         exact ``csa_cm2``, ``fat_fraction`` and ``fat_area_share`` of
-        `dicom_io.phantom.paraspinal.slice_muscle_truth`.
+        `dicom_io.phantom.paraspinal.slice_muscle_truth`; with ``labels``
+        also ``axial_label_image`` (its path).
     """
 
     if not dixon and not set(axial_weightings) & {"T1", "T2"}:
@@ -106,18 +112,24 @@ def write_axial_phantom_study(
     grid = axial_grid(z_top, phantom.element("S1").centre_lps[2], slice_spacing_mm, rows, columns, pixel_spacing_mm,
                       centre_xy_mm=(0.0, field.view_centre_y_mm()))
     files = list(truth["files"])
-    labels = np.zeros(0)
     plain = ("ORIGINAL", "PRIMARY", "OTHER")
     series: list[tuple[int, Weighting, str, int, int, tuple[str, ...]]] = [spec for spec in ((4, Weighting.T1, "AX T1 TSE", 600, 12, plain),
                                 (5, Weighting.T2, "AX T2 TSE", 3800, 110, plain)) if spec[1].value in axial_weightings]
     if dixon:  # ImageType as Siemens writes Dixon images
         series += [(6, Weighting.WATER, "AX DIXON W", 6, 2, ("DERIVED", "PRIMARY", "DIXON", "WATER")),
                    (7, Weighting.FAT, "AX DIXON F", 6, 2, ("DERIVED", "PRIMARY", "DIXON", "FAT"))]
+    written: list[Path] = []
+    label_map = np.zeros(0)
     for number, weighting, desc, tr, te, image_type in series:
-        image, labels = render_phantom(phantom, grid, weighting, subplanes=_SUBPLANES, muscles=field)
+        image, label_map = render_phantom(phantom, grid, weighting, subplanes=_SUBPLANES, muscles=field)
         spec = SeriesSpec(number, desc, tr, te, slice_spacing_mm, image_type=image_type)
-        files += write_mr_series(image, grid.affine, study, spec, out_dir)
+        written = write_mr_series(image, grid.affine, study, spec, out_dir)
+        files += written
     slices = [{"z_mm": float(grid.affine[2, 3] + grid.affine[2, 0] * k),
-               "muscles": slice_muscle_truth(field, grid, labels, k, _SUBPLANES)} for k in range(grid.shape[0])]
+               "muscles": slice_muscle_truth(field, grid, label_map, k, _SUBPLANES)} for k in range(grid.shape[0])]
     truth.update(files=files, axial=slices, axial_grid_affine=grid.affine.tolist())
+    if labels:
+        series_uid = str(pydicom.dcmread(written[0], stop_before_pixels=True).SeriesInstanceUID)
+        names = {int(v): structure_of_label(int(v)).name for v in np.unique(label_map) if v}
+        truth["axial_label_image"] = _write_label_image(out_dir / "labels", series_uid, label_map, grid.affine, names)
     return truth

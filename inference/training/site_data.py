@@ -30,12 +30,18 @@ from spinegate.dicom_io.label_files import LabelFileError, LabelSet, Structure, 
 from spinegate.dicom_io.labelled_images import read_labelled_nifti, read_labelled_series
 from spinegate.dicom_io.levels import SpineStructure, StructureKind
 from spinegate.dicom_io.volume import SeriesVolume
-from spinegate.inference.engine import canonical_planes, to_canonical
+from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES
+from spinegate.inference.axial_engine import axial_canonical_planes, to_axial_canonical
+from spinegate.inference.engine import EngineError, canonical_planes, to_canonical
 from spinegate.inference.preprocessing import TRAINING_SPACING_MM, normalise_intensity
+from spinegate.inference.axial_classes import DISC_CLASS, VB_CLASS
+from spinegate.inference.training.axial_data import training_planes
+from spinegate.inference.training.train_axial import ALL_BITS as AXIAL_ALL_BITS
+from spinegate.inference.training.train_axial import AxialCase
 from spinegate.inference.training.training_data import DISC, S1, VB, TrainingCase, allowed_all
 
-__all__ = ["SiteCase", "TrainingSpec", "SpecError", "read_spec", "load_site_case", "split_by_subject",
-           "class_bit", "label_table_of"]
+__all__ = ["SiteCase", "TrainingSpec", "SpecError", "read_spec", "load_site_case", "load_axial_site_case",
+           "split_by_subject", "class_bit", "axial_class", "label_table_of"]
 
 
 LabelTable = Mapping[int | str, Structure]
@@ -92,10 +98,17 @@ class TrainingSpec(BaseModel):
     and ``bf16`` are those of the committed model's recipe
     (`train.SagittalTrainingConfig`): one neighbouring slice on each side,
     thick-slab targets by majority, the thickness's own number of planes.
+
+    ``engine: axial`` trains the paraspinal-muscle model instead: its cases
+    are axial series labelled with muscles (``MF_R`` ... ``QL_L``) and
+    optionally vertebral bodies and discs; its phantoms render T1, T2 and
+    Dixon water each; the sagittal-only settings above do not apply.
+    ``calibrate`` (axial) fits the area calibration and builds the INT8
+    model of the result, as for the committed model (minutes on a CPU).
     """
 
     model_config = ConfigDict(extra="forbid")
-    engine: Literal["sagittal"] = "sagittal"
+    engine: Literal["sagittal", "axial"] = "sagittal"
     cases: list[SiteCase] = Field(min_length=2)
     label_table: Path | None = None
     validation_subjects: list[str] = Field(default_factory=list)
@@ -114,6 +127,7 @@ class TrainingSpec(BaseModel):
     slab_labels: Literal["union", "centre", "majority"] = "majority"
     exact_planes: bool = True
     bf16: bool = False
+    calibrate: bool = True
 
     @model_validator(mode="after")
     def _subjects(self) -> TrainingSpec:
@@ -187,6 +201,61 @@ def _zoom(planes: np.ndarray, spacing: tuple[float, float], order: int) -> np.nd
     return ndimage.zoom(planes, zoom, order=order, prefilter=False)
 
 
+def _read_case(case: SiteCase, table: LabelTable | None, stack_axis_lps: int) -> tuple[SeriesVolume, LabelSet]:
+    try:
+        if case.image is not None:
+            assert case.labels is not None
+            return read_labelled_nifti(case.image, case.labels, table, stack_axis_lps)
+        assert case.dicom is not None
+        return read_labelled_series(case.dicom, seg=case.seg, labels=case.labels, table=table,
+                                    series_instance_uid=case.series_instance_uid)
+    except LabelFileError as e:
+        raise SpecError(str(e)) from None
+
+
+def axial_class(structure: Structure) -> int:
+    """The axial network's class of a muscle, vertebral body or disc."""
+    if isinstance(structure, SpineStructure):
+        return DISC_CLASS if structure.kind is StructureKind.DISC else VB_CLASS
+    return AXIAL_CLASS_NAMES.index(structure.name)
+
+
+def load_axial_site_case(case: SiteCase, table: LabelTable | None = None) -> tuple[AxialCase, SeriesVolume, LabelSet]:
+    """An axial case as an `AxialCase` of its labelled slices (training
+    orientation and spacing), and its volume and labels as given.
+
+    A class the case labels is ruled out on its labelled slices wherever it
+    is not traced; the classes it does not label stay open there (as the
+    committed model's real subject, which traces erector spinae and
+    multifidus only).
+
+    Raises
+    ------
+    SpecError
+        If the files cannot be read, do not match, the series is not axial,
+        or the labels name no muscle, vertebral body or disc.
+    """
+    volume, labels = _read_case(case, table, stack_axis_lps=2)
+    known = {n: m for n, m in labels.masks.items() if m.any()}
+    if not known:
+        raise SpecError(f"{case.name}: the labels name no muscle, vertebral body or disc")
+    try:
+        planes, spacing, axes = axial_canonical_planes(volume)
+    except EngineError as e:
+        raise SpecError(f"{case.name}: {e}") from None
+    classes = np.zeros(planes.shape, np.uint8)
+    covered = 0
+    for name, mask in known.items():
+        c = axial_class(structure_named(name))
+        classes[to_axial_canonical(mask, axes)] = c
+        covered |= 1 << c
+    slices = np.flatnonzero(classes.any(axis=(1, 2)))
+    image, allowed = training_planes(normalise_intensity(planes)[slices], classes[slices], AXIAL_ALL_BITS & ~covered,
+                                     spacing)
+    return AxialCase(f"{case.subject}:{case.name}", image, allowed), volume, LabelSet(known, volume.affine,
+                                                                                   labels.source)
+
+
 def load_site_case(case: SiteCase, table: LabelTable | None = None
                    ) -> tuple[TrainingCase, SeriesVolume, LabelSet]:
     """The case as a `TrainingCase` (training orientation and spacing), and
@@ -197,16 +266,7 @@ def load_site_case(case: SiteCase, table: LabelTable | None = None
     SpecError
         If the files cannot be read, do not match, or label no spine structure.
     """
-    try:
-        if case.image is not None:
-            assert case.labels is not None
-            volume, labels = read_labelled_nifti(case.image, case.labels, table)
-        else:
-            assert case.dicom is not None
-            volume, labels = read_labelled_series(case.dicom, seg=case.seg, labels=case.labels, table=table,
-                                                  series_instance_uid=case.series_instance_uid)
-    except LabelFileError as e:
-        raise SpecError(str(e)) from None
+    volume, labels = _read_case(case, table, stack_axis_lps=0)
     spine = {n: m for n, m in labels.masks.items() if isinstance(structure_named(n), SpineStructure) and m.any()}
     if not spine:
         raise SpecError(f"{case.name}: the labels name no vertebral body or disc")

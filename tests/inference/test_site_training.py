@@ -13,18 +13,20 @@ import pytest
 import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 
-from conftest import require_shared_data
+from conftest import MODEL_DIR, require_shared_data
 
 torch = pytest.importorskip("torch", reason="torch is the training extra: pip install '.[train]'")
 
-from spinegate.dicom_io.label_files import read_label_table, read_nifti_labels  # noqa: E402
-from spinegate.dicom_io.phantom.study import write_phantom_study  # noqa: E402
+from spinegate.dicom_io.label_files import read_label_table, read_nifti_labels, structure_named  # noqa: E402
+from spinegate.dicom_io.phantom.study import write_axial_phantom_study, write_phantom_study  # noqa: E402
 from spinegate.dicom_io.volume import read_series  # noqa: E402
 from spinegate.inference.training.reproduce import committed_record, reproduce_committed, stage_configs  # noqa: E402
 from spinegate.dicom_io.labelled_images import labels_on_image_grid  # noqa: E402
-from spinegate.inference.training.site_data import (SiteCase, SpecError, load_site_case, read_spec,  # noqa: E402
+from spinegate.inference.training.site_data import (SiteCase, SpecError, axial_class,  # noqa: E402
+                                                    load_axial_site_case, load_site_case, read_spec,
                                                     split_by_subject)
-from spinegate.inference.training.site_train import train_site  # noqa: E402
+from spinegate.inference.training.train_axial import ALL_BITS as AXIAL_ALL_BITS  # noqa: E402
+from spinegate.inference.training.site_train import one_cycle, train_site  # noqa: E402
 from spinegate.inference.training.train import SagittalTrainingConfig, _parser  # noqa: E402
 from spinegate.inference.training.training_data import BG, DISC, S1, VB, allowed_all, training_stems  # noqa: E402
 from spinegate.service.cli import main  # noqa: E402
@@ -191,21 +193,29 @@ def test_a_study_folder_with_nifti_labels_on_one_of_its_series(tmp_path, site):
         load_site_case(SiteCase(subject="s2", dicom=s["dicom"], labels=outlines), table)
 
 
+def _partial_labels(labels: Path, slices: list[int], values: dict[int, int], out: Path) -> None:
+    """A reader's partial tracing: of a phantom's exact label image, only
+    ``values`` (renumbered) on ``slices`` of its stack (its shortest axis)."""
+    full = sitk.ReadImage(str(labels))
+    array = sitk.GetArrayFromImage(full)
+    stack_axis = int(np.argmin(array.shape))
+    partial = np.zeros_like(array, dtype=np.uint8)
+    for k in slices:
+        index = [slice(None)] * 3
+        index[stack_axis] = k
+        for old, new in values.items():
+            partial[tuple(index)][array[tuple(index)] == old] = new
+    assert partial.any()
+    image = sitk.GetImageFromArray(partial)
+    image.CopyInformation(full)
+    sitk.WriteImage(image, str(out))
+
+
 def test_partial_labels_rule_out_a_class_only_where_it_is_labelled(tmp_path, site):
     """One disc traced on one plane: that plane's disc rows say "not a disc"
     outside the traces; other planes and other classes stay open."""
     s = site["s1"]
-    full = sitk.ReadImage(str(s["labels"]))
-    values = sitk.GetArrayFromImage(full)
-    stack_axis = int(np.argmin(values.shape))  # the phantom's 15 sagittal slices
-    middle = [slice(None)] * 3
-    middle[stack_axis] = values.shape[stack_axis] // 2
-    partial = np.zeros_like(values, dtype=np.uint8)
-    partial[tuple(middle)] = values[tuple(middle)] == 27  # L4L5 in the phantom's table
-    assert partial.any()
-    out = sitk.GetImageFromArray(partial)
-    out.CopyInformation(full)
-    sitk.WriteImage(out, str(tmp_path / "disc_mid.nii.gz"))
+    _partial_labels(s["labels"], [7], {27: 1}, tmp_path / "disc_mid.nii.gz")  # L4L5 in the phantom's table
     (tmp_path / "table.yaml").write_text("1: L4-L5\n")
     case, _, _ = load_site_case(SiteCase(subject="s1", image=s["image"], labels=tmp_path / "disc_mid.nii.gz"),
                                 read_label_table(tmp_path / "table.yaml"))
@@ -220,6 +230,20 @@ def test_partial_labels_rule_out_a_class_only_where_it_is_labelled(tmp_path, sit
     others = np.setdiff1d(np.arange(case.allowed.shape[0]), labelled_planes)
     assert (case.allowed[others] == allowed_all).all()
     assert BG & (allowed_all & ~DISC)
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3, 4, 5, 19, 20, 21, 39, 40, 41, 100, 2000])
+def test_the_schedule_runs_for_any_number_of_iterations(iterations):
+    weight = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([weight], lr=1e-3)
+    schedule = one_cycle(opt, 1e-3, iterations)
+    rates = []
+    for i in range(iterations):  # the run's steps: the schedule steps after each but the last
+        opt.step()
+        rates.append(opt.param_groups[0]["lr"])
+        if i < iterations - 1:
+            schedule.step()
+    assert max(rates) <= 1e-3 + 1e-12 and all(np.isfinite(rates))
 
 
 def _initializers(path: Path) -> bytes:
@@ -277,9 +301,12 @@ def test_spinegate_train_refuses_clearly(tmp_path, site, capsys):
     spec = _spec(tmp_path / "spec.yaml", site, init=str(tmp_path / "broken.onnx"))
     assert main(["train", str(spec), "--out", str(tmp_path / "o")]) == 2
     assert "init: " in capsys.readouterr().err
-    assert main(["train", "--reproduce-committed", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert main(["train", "--reproduce-committed", "sagittal", "--data", str(tmp_path), "--out",
+                 str(tmp_path / "r")]) == 2
     assert "cannot reproduce: " in capsys.readouterr().err
-    assert main(["train", "--reproduce-committed", "--out", str(tmp_path / "r")]) == 2
+    assert main(["train", "--reproduce-committed", "axial", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "not the shared axial_muscle folder" in capsys.readouterr().err
+    assert main(["train", "--reproduce-committed", "sagittal", "--out", str(tmp_path / "r")]) == 2
     assert "needs --data" in capsys.readouterr().err
 
 
@@ -321,3 +348,78 @@ def test_the_shared_data_holds_the_records_training_volumes():
     record = committed_record()
     for name in (k for k in record if k.startswith("stage_")):
         assert training_stems(data) == record[name]["training_volumes"]
+
+
+@pytest.fixture(scope="module")
+def axial_site(tmp_path_factory):
+    """Three axial phantom subjects (T2 only, 1 mm pixels) with their exact
+    labels saved over the series as NIfTI."""
+    root = tmp_path_factory.mktemp("axial_site")
+    subjects = {}
+    for seed in (1, 2, 3):
+        folder = root / f"a{seed}"
+        truth = write_axial_phantom_study(folder, seed=seed, sagittal=False, labels=True, axial_weightings=("T2",),
+                                          rows=200, columns=200, pixel_spacing_mm=1.0)
+        labels = Path(truth["axial_label_image"])
+        subjects[f"a{seed}"] = {"dicom": folder, "labels": labels, "table": labels.parent / "labels.yaml"}
+    return subjects
+
+
+def test_axial_labels_rule_out_the_traced_muscles_on_traced_slices_only(tmp_path, axial_site):
+    """Multifidus traced on two slices (as a reader might): there the pixels
+    outside the traces may be anything but multifidus; untraced slices are
+    not trained on."""
+    s = axial_site["a1"]
+    _partial_labels(s["labels"], [4, 6], {41: 1, 42: 2}, tmp_path / "mf.nii.gz")
+    (tmp_path / "table.yaml").write_text("1: MF_R\n2: MF_L\n")
+    case, volume, labels = load_axial_site_case(SiteCase(subject="a1", dicom=s["dicom"], labels=tmp_path / "mf.nii.gz"),
+                                                read_label_table(tmp_path / "table.yaml"))
+    assert set(labels.masks) == {"MF_R", "MF_L"} and case.image.shape[0] == 2
+    mf_r, mf_l = 1 << axial_class(structure_named("MF_R")), 1 << axial_class(structure_named("MF_L"))
+    assert (case.allowed == mf_r).any() and (case.allowed == mf_l).any()
+    open_pixels = case.allowed[(case.allowed != mf_r) & (case.allowed != mf_l)]
+    assert (open_pixels == AXIAL_ALL_BITS & ~(mf_r | mf_l)).all()
+    with pytest.raises(SpecError, match=r"sag_image.nii.gz: its slices \(4.0 mm apart\) are not axial"):
+        load_axial_site_case(SiteCase(subject="s1", image=_sagittal_image(tmp_path), labels=tmp_path / "sag.nii.gz"),
+                             read_label_table(tmp_path / "table.yaml"))
+
+
+def _sagittal_image(tmp_path: Path) -> Path:
+    """A small sagittal NIfTI image with one label, to give the axial loader."""
+    image = sitk.Image(8, 32, 32, sitk.sitkFloat32)
+    image.SetDirection((1, 0, 0, 0, 0, -1, 0, -1, 0))  # index axes: left-right, foot-head, anterior-posterior
+    image.SetSpacing((4.0, 1.0, 1.0))
+    labels = sitk.Image(8, 32, 32, sitk.sitkUInt8)
+    labels.CopyInformation(image)
+    labels[2:4, 10:12, 10:12] = 1
+    sitk.WriteImage(image, str(tmp_path / "sag_image.nii.gz"))
+    sitk.WriteImage(labels, str(tmp_path / "sag.nii.gz"))
+    return tmp_path / "sag_image.nii.gz"
+
+
+def test_spinegate_train_axial_writes_a_muscle_model_the_pipeline_uses(tmp_path, axial_site, capsys):
+    cases = [{"subject": k, "dicom": str(v["dicom"]), "labels": str(v["labels"])} for k, v in axial_site.items()]
+    spec = {"engine": "axial", "cases": cases, "label_table": str(axial_site["a1"]["table"]),
+            "validation_subjects": ["a3"], "iterations": 3, "batch": 2, "phantoms": 0, "phantom_share": 0,
+            "calibrate": False}
+    (tmp_path / "spec.yaml").write_text(json.dumps(spec))
+    out = tmp_path / "model"
+    assert main(["train", str(tmp_path / "spec.yaml"), "--out", str(out)]) == 0
+    assert "axial_muscle.onnx" in capsys.readouterr().out
+    card = (out / "MODEL_CARD.md").read_text()
+    validation = json.loads((out / "axial_muscle.validation.json").read_text())
+    assert card.startswith("# Model card: axial_muscle (site-trained)") and "no area calibration" in card
+    assert {"muscle", "vertebral body", "intervertebral disc"} <= set(validation["per_kind"])
+    assert validation["per_structure"]["Left multifidus"]["mean_dice"] > 0.8  # 3 steps from the committed model
+    # bodies and discs are one class each to the axial network, whatever their level
+    assert {"vertebral body", "intervertebral disc"} <= set(validation["per_structure"])
+    assert not any(k.startswith("L3") for k in validation["per_structure"])
+    assert validation["per_structure"]["vertebral body"]["mean_dice"] > 0.8
+    assert "before_training" in validation
+    assert (out / "sagittal_spine.onnx").read_bytes() == (MODEL_DIR / "sagittal_spine.onnx").read_bytes()
+    (tmp_path / "config.yaml").write_text(f"inference:\n  model_dir: {out}\n  axial_precision: fp32\n")
+    assert main(["--config", str(tmp_path / "config.yaml"), "analyze", str(axial_site["a3"]["dicom"]),
+                 "--out", str(tmp_path / "analysis")]) == 0
+    measured = json.loads((tmp_path / "analysis" / "measurements.json").read_text())
+    assert {"name": "axial_muscle", "version": "site-seed20261121"}.items() <= \
+        next(m for m in measured["models"] if m["name"] == "axial_muscle").items()

@@ -25,3 +25,17 @@ export async function openStudy(base, study) {
   }
   return { browser, page, result };
 }
+
+// Double-click a derived series' thumbnail (SEG, Parametric Map) and accept
+// OHIF's offer to hydrate it onto its source images, if it asks; the steps
+// are recorded as `${name}-opened` and 'hydrated' / 'no-hydrate-prompt'.
+export async function openDerived(page, result, thumbnail, name, hydrateTimeoutMs = 20000) {
+  await thumbnail.dblclick({ timeout: 60000 });
+  result.steps.push(`${name}-opened`);
+  try {
+    await page.locator('[data-cy="yes-hydrate-btn"]').click({ timeout: hydrateTimeoutMs });
+    result.steps.push('hydrated');
+  } catch (e) {
+    result.steps.push('no-hydrate-prompt');
+  }
+}

@@ -1,7 +1,7 @@
 // Open a study in the OHIF viewer (open_study.mjs), screenshot the viewport
 // before and after loading the SEG, and report console errors as JSON.
 // usage: node overlay.mjs BASE_URL STUDY_UID OUT_DIR
-import { openStudy } from './open_study.mjs';
+import { openDerived, openStudy } from './open_study.mjs';
 
 const [, , base, study, out] = process.argv;
 const { browser, page, result } = await openStudy(base, study);
@@ -17,15 +17,8 @@ try {
   }
   await page.waitForTimeout(2000);
   await canvas.screenshot({ path: `${out}/before.png` });
-  const seg = page.locator('[data-cy="study-browser-thumbnail-no-image"]', { hasText: 'SEG' }).first();
-  await seg.dblclick({ timeout: 60000 });
-  result.steps.push('seg-opened');
-  try {
-    await page.locator('[data-cy="yes-hydrate-btn"]').click({ timeout: 20000 });
-    result.steps.push('hydrated');
-  } catch (e) {
-    result.steps.push('no-hydrate-prompt');
-  }
+  await openDerived(page, result, page.locator('[data-cy="study-browser-thumbnail-no-image"]', { hasText: 'SEG' }).first(),
+                    'seg');
   await page.waitForTimeout(8000);
   // Loading the SEG jumps to its first segmented slice; go back to the centre.
   const shown = await page.locator('[data-cy="viewport-overlay-bottom-right"]').first().innerText().catch(() => '');
