@@ -3,12 +3,11 @@
 // viewport; report as JSON what the page showed: console errors, the PDF
 // object's URL and the first bytes the viewer fetched from it.
 // usage: node key_images.mjs BASE_URL STUDY_UID OUT_DIR
-import { openStudy } from './open_study.mjs';
+import { inStudy } from './open_study.mjs';
 
 const [, , base, study, out] = process.argv;
-const { browser, page, result } = await openStudy(base, study);
-result.pdf = null;
-try {
+await inStudy(base, study, async (page, result) => {
+  result.pdf = null;
   const keyImages = page.locator('[data-cy="study-browser-thumbnail"]', { hasText: 'key images' }).first();
   await keyImages.dblclick({ timeout: 60000 });
   await page.waitForTimeout(6000);
@@ -33,9 +32,4 @@ try {
   }, url);
   await page.screenshot({ path: `${out}/pdf_viewport.png` });
   result.steps.push('pdf');
-} catch (e) {
-  result.errors.push(`driver: ${e}`);
-} finally {
-  await browser.close();
-}
-console.log(JSON.stringify(result));
+});

@@ -39,3 +39,18 @@ export async function openDerived(page, result, thumbnail, name, hydrateTimeoutM
     result.steps.push('no-hydrate-prompt');
   }
 }
+
+// The viewer scripts' frame: open the study, run `body(page, result)`, record
+// a failure as a driver error, close the browser and print the result as
+// JSON (the test reads it from stdout).
+export async function inStudy(base, study, body) {
+  const { browser, page, result } = await openStudy(base, study);
+  try {
+    await body(page, result);
+  } catch (e) {
+    result.errors.push(`driver: ${e}`);
+  } finally {
+    await browser.close();
+  }
+  console.log(JSON.stringify(result));
+}

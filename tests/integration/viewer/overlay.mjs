@@ -1,11 +1,10 @@
 // Open a study in the OHIF viewer (open_study.mjs), screenshot the viewport
 // before and after loading the SEG, and report console errors as JSON.
 // usage: node overlay.mjs BASE_URL STUDY_UID OUT_DIR
-import { openDerived, openStudy } from './open_study.mjs';
+import { inStudy, openDerived } from './open_study.mjs';
 
 const [, , base, study, out] = process.argv;
-const { browser, page, result } = await openStudy(base, study);
-try {
+await inStudy(base, study, async (page, result) => {
   const viewport = page.locator('[data-cy="viewport-pane"]').first();
   const canvas = page.locator('[data-cy="viewport-pane"] canvas').first();
   // Scroll to the central slice (the stack opens on its first, lateral one).
@@ -36,9 +35,4 @@ try {
   await canvas.screenshot({ path: `${out}/after.png` });
   await page.screenshot({ path: `${out}/viewer.png` });
   result.steps.push('screenshots');
-} catch (e) {
-  result.errors.push(`driver: ${e}`);
-} finally {
-  await browser.close();
-}
-console.log(JSON.stringify(result));
+});
