@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from spinegate.inference.training.site_engines import committed_models
 from spinegate.inference.training.train import SagittalTrainingConfig, fit
 from spinegate.inference.training.training_data import SPLIT, load_real_case, pack_cases, training_stems
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def committed_record() -> dict[str, Any]:
     """The committed sagittal model's training record."""
-    path = Path(str(resources.files("spinegate.inference") / "models" / "sagittal_spine.training.json"))
+    path = committed_models() / "sagittal_spine.training.json"
     return json.loads(path.read_text())
 
 
@@ -104,8 +104,7 @@ def reproduce_committed(data: Path, out: Path, device: str = "cuda", threads: in
         log.info("training stage into %s (%d iterations)", config.out, config.iterations)
         fit(config)
     validation.main(["--data", str(data), "--models", str(out)])
-    committed = json.loads((Path(str(resources.files("spinegate.inference") / "models"))
-                            / "sagittal_spine.validation.json").read_text())
+    committed = json.loads((committed_models() / "sagittal_spine.validation.json").read_text())
     reproduced = json.loads((out / "sagittal_spine.validation.json").read_text())
     comparison = {
         "validation_volumes": SPLIT["validation"],
@@ -139,8 +138,7 @@ def reproduce_committed_axial(data: Path, out: Path, threads: int = 2) -> dict[s
     out.mkdir(parents=True, exist_ok=True)
     train_axial.main(["--data", str(data), "--out", str(out), "--threads", str(threads)])
     axial_validation.main(["--data", str(data), "--out", str(out)])
-    models = Path(str(resources.files("spinegate.inference") / "models"))
-    committed = json.loads((models / "axial_muscle.validation.json").read_text())
+    committed = json.loads((committed_models() / "axial_muscle.validation.json").read_text())
     reproduced = json.loads((out / "axial_muscle.validation.json").read_text())
     comparison = {
         "committed_real_mean_pooled_dice": committed["real_subject_cross_validation"].get("mean_pooled_dice"),
