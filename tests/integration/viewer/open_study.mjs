@@ -26,6 +26,37 @@ export async function openStudy(base, study) {
   return { browser, page, result };
 }
 
+// Poll `locator`'s screenshot until more than `minPixels` of its central
+// 80 % are coloured (channel spread > 60, as the tests count them) or
+// `timeoutMs` passes; returns the milliseconds waited, or -1. The PNG is
+// decoded in the page, so no image library is needed here.
+export async function waitForColour(page, locator, minPixels, timeoutMs) {
+  const start = Date.now();
+  while (Date.now() - start < timeoutMs) {
+    const png = (await locator.screenshot()).toString('base64');
+    const coloured = await page.evaluate(async (b64) => {
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const bitmap = await createImageBitmap(new Blob([bytes], { type: 'image/png' }));
+      const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+      const context = canvas.getContext('2d');
+      context.drawImage(bitmap, 0, 0);
+      const { width: w, height: h } = bitmap;
+      const { data } = context.getImageData(0, 0, w, h);
+      let count = 0;
+      for (let y = Math.floor(h / 10); y < h - Math.floor(h / 10); y++) {
+        for (let x = Math.floor(w / 10); x < w - Math.floor(w / 10); x++) {
+          const i = 4 * (y * w + x);
+          if (Math.max(data[i], data[i + 1], data[i + 2]) - Math.min(data[i], data[i + 1], data[i + 2]) > 60) count++;
+        }
+      }
+      return count;
+    }, png);
+    if (coloured > minPixels) return Date.now() - start;
+    await page.waitForTimeout(1000);
+  }
+  return -1;
+}
+
 // Double-click a derived series' thumbnail (SEG, Parametric Map) and accept
 // OHIF's offer to hydrate it onto its source images, if it asks; the steps
 // are recorded as `${name}-opened` and 'hydrated' / 'no-hydrate-prompt'.
