@@ -10,7 +10,10 @@ Each (engine, backend) runs in a fresh process so its peak resident memory
 issue 6 standard study); the short mode uses 6 × 192² / 8 × 160². Times
 cover pre-processing, the network and resampling back (`engine.scores`).
 The axial engine also runs its INT8 model (`inference.training.quantize`, the
-service's CPU default) on ONNX Runtime.
+service's CPU default) on ONNX Runtime. ``--gpu`` adds ONNX Runtime's CUDA
+provider and PyTorch CUDA (FP16, CUDA graphs) where they run, in the same
+run as the CPU rows, and names the card; a GPU backend that cannot run here
+is listed as skipped with its reason.
 Writes bench/results/inference_backends.json and prints a Markdown table.
 """
 from __future__ import annotations
@@ -89,27 +92,44 @@ def measure_one(engine: str, backend: str, runs: int, short: bool) -> dict:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+def _gpu_name() -> str | None:
+    """The CUDA card's name (nvidia-smi), or None without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--short", action="store_true")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--gpu", action="store_true", help="also the CUDA backends (onnxruntime-cuda, torch-cuda)")
     ap.add_argument("--one", nargs=2, metavar=("ENGINE", "BACKEND"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     runs = 1 if args.short else args.runs
     if args.one:
         print(json.dumps(measure_one(args.one[0], args.one[1], runs, args.short)))
         return 0
-    results = []
+    results, skipped = [], []
+    gpu = ("onnxruntime-cuda", "torch-cuda") if args.gpu else ()
     for engine in ENGINES:
-        for backend in BACKENDS[engine]:
-            cmd = [sys.executable, __file__, "--one", engine, backend, "--runs", str(runs)] + (["--short"] if args.short else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=REPO)
+        for backend in BACKENDS[engine] + gpu:
+            cmd = [sys.executable, __file__, "--one", engine, backend, "--runs", str(runs)]
+            proc = subprocess.run(cmd + (["--short"] if args.short else []), capture_output=True, text=True, timeout=1200,
+                                  cwd=REPO)
+            if proc.returncode != 0 and backend in gpu and "BackendUnavailable" in proc.stderr:
+                skipped.append({"engine": engine, "backend": backend, "reason": proc.stderr.strip().splitlines()[-1]})
+                continue
             if proc.returncode != 0:
                 print(proc.stderr[-2000:], file=sys.stderr)
                 return 1
             results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     record = {"mode": "short" if args.short else "full", "machine": f"{platform.machine()} {platform.processor()}",
-              "cpus": __import__("os").cpu_count(), "date": time.strftime("%Y-%m-%d"), "results": results}
+              "cpus": __import__("os").cpu_count(), "gpu": _gpu_name() if args.gpu else None,
+              "date": time.strftime("%Y-%m-%d"), "results": results, "skipped": skipped}
     out = REPO / "bench" / "results" / "inference_backends.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))
@@ -119,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         s = r["per_series_s"]
         print(f"| {r['engine']} | {r['backend']} | {'×'.join(map(str, r['series_shape']))} | {r['per_slice_ms']} | "
               f"{s['median']} ({s['min']}–{s['max']}) | {r['peak_rss_mb']} | {r['load_s']} |")
+    for r in skipped:
+        print(f"skipped {r['engine']} {r['backend']}: {r['reason']}")
     print(f"wrote {out}")
     return 0
 

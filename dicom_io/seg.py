@@ -32,6 +32,7 @@ class AlgorithmInfo:
     name: str
     version: str
     model_sha256: str
+    backend: str = ""  # the inference backend that ran it (e.g. onnxruntime-cpu, torch-cuda)
 
     def __post_init__(self) -> None:
         if len(self.model_sha256) != 64:
@@ -42,8 +43,12 @@ class AlgorithmInfo:
             name=self.name,
             family=codes.cid7162.ArtificialIntelligence,
             version=self.version,
-            parameters={"model_sha256": self.model_sha256},
+            parameters=self.parameters(),
         )
+
+    def parameters(self) -> dict[str, str]:
+        """The Algorithm Parameters written with the identification."""
+        return {"model_sha256": self.model_sha256, **({"inference_backend": self.backend} if self.backend else {})}
 
 
 def structure_of_label(label: int) -> SpineStructure | MuscleStructure:

@@ -62,7 +62,8 @@ class SeriesReport:
 
 def _algorithm_id(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(
-        name=algorithm.name, version=algorithm.version, parameters=[f"model_sha256={algorithm.model_sha256}"]
+        name=algorithm.name, version=algorithm.version,
+        parameters=[f"{key}={value}" for key, value in algorithm.parameters().items()]
     )
 
 

@@ -139,7 +139,7 @@ class AxialMuscleEngine:
     model_name : str
         Model file stem (the cross-validation folds use others).
     backend : str
-        ``"onnxruntime"`` (the product) or ``"torch"`` (reference, parity tests).
+        One of `backends.BACKENDS` (as for `SagittalSpineEngine`).
     calibrated : bool
         Apply the area calibration written beside the model
         (`inference.training.axial_calibration`), when there is one; its checksum
@@ -156,12 +156,14 @@ class AxialMuscleEngine:
         if self.offsets is not None:
             self.info = replace(self.info, version=f"{self.info.version}+{self.offsets.tag}")
         self.backend = make_backend(backend, self.info.path, threads)
+        self.info = replace(self.info, backend=self.backend.name)
         self._batch = batch_slices
         outputs = self.backend.output_classes
         if outputs != len(AXIAL_CLASS_NAMES):
             raise EngineError(f"{self.info.path} has {outputs} output classes, the axial engine needs "
                               f"{len(AXIAL_CLASS_NAMES)}")
-        log.info("loaded model name=%s version=%s sha256=%s", self.info.name, self.info.version, self.info.sha256[:12])
+        log.info("loaded model name=%s version=%s sha256=%s backend=%s", self.info.name, self.info.version,
+                 self.info.sha256[:12], self.backend.name)
 
     def scores(self, volume: SeriesVolume) -> np.ndarray:
         """Softmax class scores (slices, classes, rows, cols) on the native grid."""

@@ -13,14 +13,14 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 import numpy as np
 
 from spinegate.dicom_io.volume import SeriesVolume
-from spinegate.inference.backends import make_backend
+from spinegate.inference.backends import Backend, make_backend
 from spinegate.dicom_io.levels import StructureKind, structure_by_label, structure_by_name
 from spinegate.inference.level_naming import CLASS_DISC, CLASS_S1, CLASS_VB, NamedLabels, name_levels
 from spinegate.inference.preprocessing import from_training_grid, normalise_intensity, to_training_grid
@@ -54,6 +54,7 @@ class ModelInfo:
     version: str
     path: Path
     sha256: str
+    backend: str = ""  # the inference backend running it, once loaded (`backends.BACKENDS`)
 
 
 SegmentationT_co = TypeVar("SegmentationT_co", covariant=True)
@@ -65,6 +66,7 @@ class SegmentationEngine(Protocol[SegmentationT_co]):
     thread-safe: several series may be segmented at once."""
 
     info: ModelInfo
+    backend: Backend
 
     def segment(self, volume: SeriesVolume) -> SegmentationT_co: ...
 
@@ -181,16 +183,20 @@ class SagittalSpineEngine:
     batch_slices : int
         Slices per inference call.
     backend : str
-        ``"onnxruntime"`` (the product) or ``"torch"`` (reference, parity tests).
+        One of `backends.BACKENDS`: ``"onnxruntime"`` (the product on the
+        CPU), ``"auto"`` (a GPU where one works), ``"torch"`` (reference,
+        parity tests), or a named CUDA backend.
     """
 
     def __init__(self, model_dir: Path, threads: int = 2, batch_slices: int = 8, backend: str = "onnxruntime") -> None:
         self.info = load_model_info(model_dir)
         self.backend = make_backend(backend, self.info.path, threads)
+        self.info = replace(self.info, backend=self.backend.name)
         self._batch = batch_slices
         # 1: single slices; 3: each slice with its two neighbours (2.5D).
         self.input_slices = self.backend.input_channels
-        log.info("loaded model name=%s version=%s sha256=%s", self.info.name, self.info.version, self.info.sha256[:12])
+        log.info("loaded model name=%s version=%s sha256=%s backend=%s", self.info.name, self.info.version,
+                 self.info.sha256[:12], self.backend.name)
 
     def scores(self, volume: SeriesVolume) -> np.ndarray:
         """Softmax class scores (slices, classes, rows, cols) on the native grid."""

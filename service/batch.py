@@ -92,7 +92,8 @@ def _init_worker(config: SpinegateConfig, threads: int) -> None:
     from spinegate.service.engines import Engines
 
     _worker["config"] = config
-    _worker["engines"] = Engines(config.inference.model_dir, threads, axial_precision=config.inference.axial_precision)
+    _worker["engines"] = Engines(config.inference.model_dir, threads, axial_precision=config.inference.axial_precision,
+                                 backend=config.inference.backend)
 
 
 def _analyse_one(study_uid: str, paths: Sequence[Path], out: Path) -> tuple[str, str]:

@@ -150,7 +150,7 @@ def _analyze(config: SpinegateConfig, dicom_dir: Path, out: Path) -> int:
 
     paths = sorted(p for p in dicom_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
     engines = Engines(config.inference.model_dir, config.inference.threads,
-                      axial_precision=config.inference.axial_precision)
+                      axial_precision=config.inference.axial_precision, backend=config.inference.backend)
     try:
         for rule in config.routing:
             engines.model_info(rule.engine)
@@ -162,6 +162,9 @@ def _analyze(config: SpinegateConfig, dicom_dir: Path, out: Path) -> int:
     except StudyFailed as e:
         print(f"spinegate: study not analysed: {e.reason}: {e}", file=sys.stderr)
         return EXIT_STUDY_FAILED
+    except EngineError as e:  # e.g. a named CUDA backend on a machine without one
+        print(f"spinegate: {e}", file=sys.stderr)
+        return EXIT_NO_MODEL
     print(structure_table(json.loads(result.measurements_path.read_text())))
     print(f"\nwrote {', '.join(p.name for p in result.outputs)} and measurements.json to {out}")
     return EXIT_OK

@@ -51,8 +51,12 @@ class AxialPrecision(str, enum.Enum):
 
 
 class InferenceBackend(str, enum.Enum):
-    ONNXRUNTIME = "onnxruntime"
-    AUTO = "auto"
+    """Where the networks run (`spinegate.inference.backends`)."""
+
+    ONNXRUNTIME = "onnxruntime"  # ONNX Runtime on the CPU
+    AUTO = "auto"  # ONNX Runtime's CUDA provider, else PyTorch CUDA, else the CPU (logged)
+    ONNXRUNTIME_CUDA = "onnxruntime-cuda"  # a GPU or a start-up error, never a silent CPU
+    TORCH_CUDA = "torch-cuda"
 
 
 class OutputKind(str, enum.Enum):

@@ -5,13 +5,17 @@ Each engine is loaded on first use and kept for the life of the process
 """
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any, Callable
 
 from spinegate.inference.axial_engine import AxialMuscleEngine
+from spinegate.inference.backends import BackendUnavailable
 from spinegate.inference.engine import EngineError, ModelInfo, SagittalSpineEngine, SegmentationEngine, load_model_info
 from spinegate.service.config import AxialPrecision, EngineName
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Engines", "ENGINE_MODELS", "model_stem"]
 
@@ -37,16 +41,24 @@ def model_stem(name: EngineName | str, axial_precision: AxialPrecision | str = A
     return ENGINE_MODELS[engine]
 
 
-def _construct(name: EngineName, model_dir: Path, threads: int, axial_precision: AxialPrecision
-               ) -> SegmentationEngine[Any]:
+def _construct(name: EngineName, model_dir: Path, threads: int, axial_precision: AxialPrecision,
+               backend: str) -> SegmentationEngine[Any]:
     if name is EngineName.SAGITTAL_SPINE:
-        return SagittalSpineEngine(model_dir, threads)
+        return SagittalSpineEngine(model_dir, threads, backend=backend)
     # The axial engine runs in the pipeline's second lane, beside the
     # sagittal stage: half the threads, so the two lanes do not oversubscribe
     # the cores. Measured on 2 cores, standard study, FP32 axial model,
     # sagittal + axial threads: 2 + 2 14.2-15.3 s, 2 + 1 13.7-14.0 s, 1 + 1 13.0-13.3 s; a
     # sagittal-only study takes 7.5 s with 2 threads, 8.0 s with 1.
-    return AxialMuscleEngine(model_dir, max(1, threads // 2), model_name=model_stem(name, axial_precision))
+    engine = AxialMuscleEngine(model_dir, max(1, threads // 2), model_name=model_stem(name, axial_precision),
+                               backend=backend)
+    if engine.backend.name.endswith("-cuda") and axial_precision is not AxialPrecision.FP32:
+        # The INT8 model is the CPU's speed-up (ONNX Runtime's CPU kernels);
+        # on a GPU the float model is the fast and the exact one.
+        log.info("axial model on a GPU runs fp32 instead of %s backend=%s", axial_precision.value, engine.backend.name)
+        engine = AxialMuscleEngine(model_dir, max(1, threads // 2), model_name=model_stem(name, AxialPrecision.FP32),
+                                   backend=backend)
+    return engine
 
 
 class Engines:
@@ -63,11 +75,15 @@ class Engines:
     on_load : callable, optional
         Called with each engine's `ModelInfo` once it is loaded (metrics).
     axial_precision : AxialPrecision or str
-        ``"int8"`` (the quantised axial model, the CPU default) or ``"fp32"``.
+        ``"int8"`` (the quantised axial model, the CPU default) or ``"fp32"``
+        (what a GPU backend always runs).
+    backend : str
+        ``inference.backend``: one of `spinegate.inference.backends.BACKENDS`
+        (``"auto"``: a GPU where one works, else the CPU, logged).
     """
 
     def __init__(self, model_dir: Path, threads: int = 2, on_load: Callable[[ModelInfo], None] | None = None,
-                 axial_precision: AxialPrecision | str = AxialPrecision.INT8) -> None:
+                 axial_precision: AxialPrecision | str = AxialPrecision.INT8, backend: str = "onnxruntime") -> None:
         try:
             self.axial_precision = AxialPrecision(axial_precision)
         except ValueError:
@@ -75,6 +91,7 @@ class Engines:
                               f"{', '.join(p.value for p in AxialPrecision)}") from None
         self.model_dir = Path(model_dir)
         self.threads = threads
+        self.backend = str(getattr(backend, "value", backend))
         self._on_load = on_load
         self._loaded: dict[EngineName, SegmentationEngine[Any]] = {}
         self._lock = threading.Lock()
@@ -90,7 +107,10 @@ class Engines:
         engine_name = _engine_name(name)  # unknown names fail here, before the lock
         with self._lock:
             if engine_name not in self._loaded:
-                engine = _construct(engine_name, self.model_dir, self.threads, self.axial_precision)
+                try:
+                    engine = _construct(engine_name, self.model_dir, self.threads, self.axial_precision, self.backend)
+                except BackendUnavailable as e:
+                    raise EngineError(f"inference.backend {self.backend!r} cannot run here: {e}") from None
                 self._loaded[engine_name] = engine
                 if self._on_load:
                     self._on_load(engine.info)
@@ -104,6 +124,12 @@ class Engines:
     @property
     def loaded(self) -> bool:
         return bool(self._loaded)
+
+    def device_memory_bytes(self) -> int | None:
+        """GPU memory held by the loaded engines' backends, or None when
+        none runs on a GPU (the metric is then left unset)."""
+        held = [b for e in list(self._loaded.values()) if (b := e.backend.device_memory_bytes()) is not None]
+        return max(held) if held else None
 
     def model_info(self, name: EngineName | str) -> ModelInfo:
         """Identity of an engine's model without loading it."""

@@ -69,6 +69,10 @@ def _with_review(entry: dict[str, Any], series_flags: Sequence[str]) -> dict[str
     return {**entry, **review_fields(list(entry["flags"]) + [f for f in series_flags if f not in entry["flags"]])}
 
 
+def _model_entry(m: ModelInfo) -> dict[str, str]:
+    return {"name": m.name, "version": m.version, "sha256": m.sha256, "inference_backend": m.backend}
+
+
 def measurements_document(result: StudyResult, models: Sequence[ModelInfo]) -> dict[str, Any]:
     """The documented ``measurements.json`` (see docs/outputs.md, "measurements.json");
     ``models`` are the `ModelInfo` of the engines used, the study's main one
@@ -118,9 +122,8 @@ def measurements_document(result: StudyResult, models: Sequence[ModelInfo]) -> d
         "schema": SCHEMA,
         "study_instance_uid": result.study_uid,
         "software_version": __version__,
-        "model": ({"name": models[0].name, "version": models[0].version, "sha256": models[0].sha256}
-                  if models else None),
-        "models": [{"name": m.name, "version": m.version, "sha256": m.sha256} for m in models],
+        "model": _model_entry(models[0]) if models else None,
+        "models": [_model_entry(m) for m in models],
         "series": series,
         "biomechanics": result.biomechanics,
         "outputs": [p.name for p in result.outputs],

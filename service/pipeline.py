@@ -73,7 +73,7 @@ class StudySelection:
 
 
 def _algorithm(info: ModelInfo) -> AlgorithmInfo:
-    return AlgorithmInfo(info.name, info.version, info.sha256)
+    return AlgorithmInfo(info.name, info.version, info.sha256, info.backend)
 
 
 def select_series(study: StudyHeaders, engines: Engines, rules: Sequence[RoutingRule]) -> StudySelection:

@@ -39,7 +39,6 @@ __all__ = ["StudyWorker", "build_queue", "build_worker", "open_store"]
 
 log = logging.getLogger(__name__)
 
-BACKEND = "onnxruntime-cpu"
 EXPORT_PRIORITY = 10
 
 
@@ -87,10 +86,10 @@ class StudyWorker:
         if self._engines is None:
             def on_load(info: Any) -> None:
                 if self.metrics:
-                    self.metrics.model_info.labels(info.name, info.version, info.sha256, BACKEND).set(1)
+                    self.metrics.model_info.labels(info.name, info.version, info.sha256, info.backend).set(1)
 
             self._engines = Engines(self.config.inference.model_dir, self.config.inference.threads, on_load,
-                                    self.config.inference.axial_precision)
+                                    self.config.inference.axial_precision, self.config.inference.backend)
         return self._engines
 
     def load_engines(self) -> None:
@@ -340,9 +339,12 @@ class StudyWorker:
                 self.metrics.level_naming_unverified.inc()
             t = o.timings_s
             if "segment" in t:
-                self.metrics.observe_stage("segmentation", t["segment"], o.decision.engine or "", BACKEND)
+                backend = self.engines.model_info(o.decision.engine).backend if o.decision.engine else ""
+                self.metrics.observe_stage("segmentation", t["segment"], o.decision.engine or "", backend)
                 self.metrics.observe_stage("measurement", t.get("measure", 0.0))
                 self.metrics.observe_stage("report", t.get("seg_write", 0.0))
+        if (gpu_bytes := self.engines.device_memory_bytes()) is not None:
+            self.metrics.gpu_memory_bytes.labels("cuda:0").set(gpu_bytes)
         if "biomechanics" in result.timings_s:
             self.metrics.observe_stage("biomechanics", result.timings_s["biomechanics"])
         if "sr" in result.timings_s:

@@ -102,7 +102,7 @@ def write_seg_and_sr(out: Path, study, seed: int, grid: tuple, loads=None) -> di
     from spinegate.dicom_io.uids import derive_uid
     from spinegate.dicom_io.volume import read_series
 
-    algorithm = AlgorithmInfo("sagittal_spine", "test", "0" * 64)
+    algorithm = AlgorithmInfo("sagittal_spine", "test", "0" * 64, "onnxruntime-cpu")
     grid = sagittal_grid(*grid)
     image, labels = render_phantom(make_spine_phantom(seed), grid, "T2", subplanes=2)
     paths = write_mr_series(image, grid.affine, study, SeriesSpec(3, "SAG T2", 3500, 100, 4.0), out / "in")

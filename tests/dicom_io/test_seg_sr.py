@@ -11,7 +11,7 @@ from spinegate.dicom_io.levels import structure_by_label
 from spinegate.dicom_io.mr_writer import StudyInfo
 from spinegate.dicom_io.seg import AlgorithmInfo, build_segmentation
 
-ALGO = AlgorithmInfo("sagittal_spine", "test", "0" * 64)
+ALGO = AlgorithmInfo("sagittal_spine", "test", "0" * 64, "onnxruntime-cpu")
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +56,12 @@ def test_sr_is_tid1500_with_tracking_segments_and_polylines(written):
         # The segment is referenced with its source series (TID 1411), not image by image.
         assert not seg_ref.has_source_images()
         assert seg_ref.source_series_for_segmentation.value == written["volume"].series_instance_uid
-        # Algorithm identification once per group: name, version, model checksum.
+        # Algorithm identification once per group: name, version, model checksum, backend.
         items = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in group[0].ContentSequence if "TextValue" in i}
         assert items["Algorithm Name"].TextValue == ALGO.name and items["Algorithm Version"].TextValue == ALGO.version
-        assert items["Algorithm Parameters"].TextValue == f"model_sha256={ALGO.model_sha256}"
+        assert [i.TextValue for i in group[0].ContentSequence if "TextValue" in i
+                and i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Parameters"] == \
+            [f"model_sha256={ALGO.model_sha256}", "inference_backend=onnxruntime-cpu"]
         vol = group.get_measurements(name=codes.SCT.Volume)[0]
         assert vol.unit.value == "cm3"
     for group in planar:

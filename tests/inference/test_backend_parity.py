@@ -1,6 +1,8 @@
 """ONNX Runtime (the product backend) against PyTorch (the reference) on the
 same committed models: every structure's Dice ≥ 0.99 between the two, on a
-held-out phantom and, when the shared data is present, a real volume.
+held-out phantom and, when the shared data is present, a real volume; and
+the GPU backends (ONNX Runtime's CUDA provider, PyTorch CUDA) against the
+CPU, skipped on a machine without a CUDA device.
 
 There is no TensorRT backend to compare: TensorRT cannot be installed in
 this workplace (bench/README.md, "TensorRT")."""
@@ -81,3 +83,41 @@ def test_axial_onnxruntime_matches_torch_on_the_real_subject():
     volume = canonical_axial_volume(water[::2], (spacing, spacing))
     ort_engine, torch_engine = _pair(AxialMuscleEngine)
     _assert_parity(ort_engine.segment(volume).classes, torch_engine.segment(volume).classes)
+
+
+def _gpu_engine(engine_cls, backend: str):
+    from spinegate.inference.backends import BackendUnavailable
+
+    try:
+        return engine_cls(MODEL_DIR, backend=backend)
+    except BackendUnavailable as e:
+        pytest.skip(f"{backend} cannot run here: {e}")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime-cuda", "torch-cuda"])
+def test_sagittal_gpu_backend_matches_the_cpu_on_a_held_out_phantom(backend):
+    """The GPU backends (FP16 autocast and CUDA graphs for PyTorch) against
+    the product's CPU backend; skipped without a CUDA device."""
+    from spinegate.inference.engine import SagittalSpineEngine
+
+    gpu_engine = _gpu_engine(SagittalSpineEngine, backend)
+    cpu_engine = SagittalSpineEngine(MODEL_DIR, backend="onnxruntime")
+    grid = sagittal_grid(12, 256, 256, 1.2, 4.0)
+    image, _ = render_phantom(make_spine_phantom(1003), grid, Weighting.T1, subplanes=2)
+    volume = SeriesVolume.from_array(image.astype(np.float32), grid.affine, 4.0)
+    for _ in range(2):  # the second run replays the captured CUDA graphs
+        assert np.abs(gpu_engine.scores(volume) - cpu_engine.scores(volume)).max() < 0.05  # FP16
+        _assert_parity(_sagittal_labels(gpu_engine, volume), _sagittal_labels(cpu_engine, volume))
+    assert gpu_engine.backend.device_memory_bytes() is None or gpu_engine.backend.device_memory_bytes() > 0
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime-cuda", "torch-cuda"])
+def test_axial_gpu_backend_matches_the_cpu_on_a_held_out_phantom(backend):
+    from spinegate.inference.axial_engine import AxialMuscleEngine
+    from spinegate.inference.training.axial_data import canonical_axial_volume, phantom_axial_series
+
+    gpu_engine = _gpu_engine(AxialMuscleEngine, backend)
+    image, _, spacing = phantom_axial_series(1002, Weighting.T2)
+    volume = canonical_axial_volume(image[::4], spacing)
+    cpu_engine = AxialMuscleEngine(MODEL_DIR, backend="onnxruntime")
+    _assert_parity(gpu_engine.segment(volume).classes, cpu_engine.segment(volume).classes)

@@ -53,3 +53,28 @@ def test_worker_without_a_shared_queue_exits_2(tmp_path):
     proc = _cli("worker", env=env)
     assert proc.returncode == 2
     assert "queue.backend" in proc.stderr
+
+
+def test_a_named_cuda_backend_without_a_gpu_exits_4_saying_why(tmp_path, phantom_study):
+    import os
+
+    import pytest
+
+    from spinegate.inference.backends import BackendUnavailable, make_backend
+    from conftest import MODEL_DIR
+
+    try:
+        make_backend("onnxruntime-cuda", MODEL_DIR / "sagittal_spine.onnx")
+        pytest.skip("ONNX Runtime's CUDA provider runs on this machine")
+    except BackendUnavailable:
+        pass
+    env = {**os.environ, "SPINEGATE_INFERENCE__BACKEND": "onnxruntime-cuda"}
+    t2 = tmp_path / "t2"
+    t2.mkdir()
+    for f in phantom_study["files"]:
+        if f.name.startswith("003_"):
+            (t2 / f.name).write_bytes(f.read_bytes())
+    proc = _cli("analyze", str(t2), "--out", str(tmp_path / "out"), env=env)
+    assert proc.returncode == 4, proc.stderr
+    assert "inference.backend 'onnxruntime-cuda' cannot run here: this onnxruntime has no CUDAExecutionProvider" \
+        in proc.stderr
