@@ -15,6 +15,7 @@ shape), and ONNX Runtime on the CPU, and logs why it fell back.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -93,8 +94,8 @@ class OnnxRuntimeBackend:
 class TorchBackend:
     """PyTorch, the network rebuilt from the ONNX file's weights: on the CPU
     in float32 (the parity reference); on ``device="cuda"`` with FP16
-    autocast and, unless ``cuda_graphs=False``, one captured CUDA graph per
-    batch shape (a study has two or three shapes: full batches and the last).
+    autocast and one captured CUDA graph per batch shape (a study has two or
+    three shapes: full batches and the last).
 
     Raises
     ------
@@ -102,7 +103,7 @@ class TorchBackend:
         If ``device="cuda"`` and PyTorch is missing or sees no CUDA device.
     """
 
-    def __init__(self, path: Path, threads: int = 2, device: str = "cpu", cuda_graphs: bool = True) -> None:
+    def __init__(self, path: Path, threads: int = 2, device: str = "cpu") -> None:
         try:
             import torch
         except ImportError as e:
@@ -120,7 +121,6 @@ class TorchBackend:
         self._model = model.to(self._device).eval()
         self._torch = torch
         self._graphs: dict[tuple[int, ...], tuple[Any, Any, Any]] = {}
-        self._cuda_graphs = cuda_graphs and device == "cuda"
         if device == "cpu":
             torch.set_num_threads(threads)
 
@@ -153,13 +153,13 @@ class TorchBackend:
         torch = self._torch
         x = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
         with torch.inference_mode():
-            if self._cuda_graphs:
+            if self._device.type == "cuda":
                 graph, static_in, static_out = self._graph(tuple(x.shape))
                 static_in.copy_(x)
                 graph.replay()
                 out = static_out
             else:
-                out = self._forward(x.to(self._device))
+                out = self._forward(x)
             return out.float().cpu().numpy()
 
     def device_memory_bytes(self) -> int | None:
@@ -169,8 +169,6 @@ class TorchBackend:
 def _nvml_process_memory() -> int | None:
     """GPU memory used by this process (NVML), or None without pynvml."""
     try:
-        import os
-
         import pynvml  # nvidia-ml-py, installed beside onnxruntime-gpu in the GPU image
 
         pynvml.nvmlInit()
