@@ -8,7 +8,10 @@ run on the manual labels resampled to the same slabs (a voxel belongs to a
 level when at least half of its slab does). Per structure kind and slab
 thickness: MAE, bias and Bland-Altman 95 % limits of the height (mm), MAE,
 bias and MAPE of the volume — also against the labels as drawn (1 mm),
-which shows what the slab grid itself changes. Discs come from the disc-labelled subject
+which shows what the slab grid itself changes — and per label set (VB1,
+VB2, VB3, IVD, phantom), with where the outlines differ: the area ratio on
+the central planes (the in-plane contour) and the volume share on the
+lateral planes (`outline_split`). Discs come from the disc-labelled subject
 (IVD) and the held-out phantoms (exact labels), bodies from the VB volumes
 and the phantoms.
 
@@ -34,7 +37,7 @@ from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagit
 from spinegate.inference.engine import SagittalSpineEngine
 from spinegate.service.agreement import agreement
 
-__all__ = ["measurement_rows", "summarise", "main"]
+__all__ = ["measurement_rows", "outline_split", "family", "summarise", "main"]
 
 SLABS_MM = (3, 4, 5)
 MIN_VOXELS = 50
@@ -56,13 +59,34 @@ def measurement_rows(pred: np.ndarray, truth: np.ndarray, affine: np.ndarray, ta
         m, a = measure_structure(manual, affine, structure), measure_structure(auto, affine, structure)
         row = {"source": source, "slab_mm": slab_mm, "level": level, "kind": structure.kind.value,
                "height_manual_mm": round(m.height_mm, 2), "height_auto_mm": round(a.height_mm, 2),
-               "volume_manual_cm3": round(m.volume_cm3, 3), "volume_auto_cm3": round(a.volume_cm3, 3)}
+               "volume_manual_cm3": round(m.volume_cm3, 3), "volume_auto_cm3": round(a.volume_cm3, 3),
+               **outline_split(manual, auto)}
         if native is not None:
             drawn = measure_structure(native[0] == value, native[1], structure)
             row.update(height_manual_native_mm=round(drawn.height_mm, 2),
                        volume_manual_native_cm3=round(drawn.volume_cm3, 3))
         rows.append(row)
     return rows
+
+
+def outline_split(manual: np.ndarray, auto: np.ndarray) -> dict[str, float]:
+    """Where two masks of one structure (sagittal planes first) differ: the
+    ratio of their areas on the central planes (those where the manual area
+    is at least half its largest: the contour drawn in-plane) and the share
+    of each volume on the other, lateral planes (how far to the sides each
+    reaches)."""
+    manual_area = manual.sum(axis=(1, 2)).astype(float)
+    auto_area = auto.sum(axis=(1, 2)).astype(float)
+    central = manual_area >= 0.5 * manual_area.max()
+    return {"central_area_ratio": round(float(auto_area[central].sum() / manual_area[central].sum()), 4),
+            "lateral_share_manual": round(float(manual_area[~central].sum() / manual_area.sum()), 4),
+            "lateral_share_auto": round(float(auto_area[~central].sum() / auto_area.sum()), 4)}
+
+
+def family(source: str) -> str:
+    """The label set a row's volume comes from: VB1, VB2, VB3, IVD or
+    phantom (each set has its own contouring convention)."""
+    return source.split("_")[0]
 
 
 def summarise(rows: list[dict[str, Any]], manual: str = "") -> dict[str, Any]:
@@ -91,6 +115,11 @@ def summarise(rows: list[dict[str, Any]], manual: str = "") -> dict[str, Any]:
                 "volume_bias_pct": round(float(100 * np.mean((volume_auto - vm) / vm)), 1),
                 "volume_mape_pct": round(volume.mape_pct, 1),
             }
+            split = [r for r in sel if "central_area_ratio" in r]
+            if split and not manual:
+                out[kind][f"{slab}mm"].update({
+                    key: round(float(np.mean([r[key] for r in split])), 3)
+                    for key in ("central_area_ratio", "lateral_share_manual", "lateral_share_auto")})
     return out
 
 
@@ -170,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
               "--data ../shared/data/lumbar_mri", "summary": summary,
               "summary_real_only": summarise([r for r in rows if not r["source"].startswith("phantom")]),
               "summary_real_against_labels_as_drawn": summarise(rows, "_native"),
+              "summary_by_label_set": {f: summarise([r for r in rows if family(r["source"]) == f])
+                                       for f in sorted({family(r["source"]) for r in rows})},
               "rows": rows}
     args.out.write_text(json.dumps(record, indent=1))
     _plot(rows, args.out.parent / "bland_altman_heights.png")

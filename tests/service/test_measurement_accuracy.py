@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pydicom
 import pytest
 
-from spinegate.service.measurement_validation import summarise
+from spinegate.service.measurement_validation import family, outline_split, summarise
 from spinegate.service.measurements_doc import measurement_accuracy
 
 
@@ -27,6 +28,25 @@ def test_summary_is_exact_on_constructed_rows():
     assert s["height_limits_of_agreement_mm"] == [pytest.approx(-1.93, abs=0.01), pytest.approx(2.60, abs=0.01)]
     assert s["volume_mae_cm3"] == 1.0 and s["volume_bias_pct"] == pytest.approx(3.3, abs=0.05)
     assert s["volume_mape_pct"] == pytest.approx(10.0, abs=0.05)
+
+
+def test_outline_split_separates_the_in_plane_contour_from_the_lateral_reach():
+    manual = np.zeros((6, 20, 20), bool)
+    manual[1:4, 5:15, 5:15] = True  # central planes: 100 pixels each
+    manual[4, 8:12, 8:12] = True  # a lateral plane under half the largest: 16
+    auto = np.zeros_like(manual)
+    auto[1:4, 5:15, 5:16] = True  # 110 on each central plane
+    auto[4:6, 8:12, 8:12] = True  # reaches one plane further: 16 + 16
+    split = outline_split(manual, auto)
+    assert split["central_area_ratio"] == 1.1
+    assert split["lateral_share_manual"] == round(16 / 316, 4)
+    assert split["lateral_share_auto"] == round(32 / 362, 4)
+    rows = [{**_row("vertebral body", 4, 20.0, 20.0, 30.0, 33.0), **split}]
+    assert summarise(rows)["vertebral body"]["4mm"]["central_area_ratio"] == 1.1
+
+
+def test_rows_are_grouped_by_the_label_set_they_come_from():
+    assert [family(s) for s in ("VB1_10", "VB3_05", "IVD_42", "phantom_1000")] == ["VB1", "VB3", "IVD", "phantom"]
 
 
 def test_the_record_is_read_at_the_nearest_validated_thickness(tmp_path):
