@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(rows)
     record = {"model_version": engine.info.version, "command": "python -m spinegate.service.measurement_validation "
               "--data ../shared/data/lumbar_mri", "summary": summary,
-              "summary_real_only": summarise([r for r in rows if not r["source"].startswith("phantom")]),
+              "summary_real_only": summarise([r for r in rows if family(r["source"]) != "phantom"]),
               "summary_real_against_labels_as_drawn": summarise(rows, "_native"),
               "summary_by_label_set": {f: summarise([r for r in rows if family(r["source"]) == f])
                                        for f in sorted({family(r["source"]) for r in rows})},

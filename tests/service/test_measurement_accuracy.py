@@ -101,5 +101,5 @@ def test_the_committed_record_is_reproduced_for_the_disc_labelled_subject(engine
     assert len(rows) == len(committed) == 5
     for got, want in zip(rows, committed):
         assert got["level"] == want["level"]
-        for key in ("height_auto_mm", "height_manual_mm", "volume_auto_cm3", "volume_manual_cm3"):
+        for key in ("height_auto_mm", "height_manual_mm", "volume_auto_cm3", "volume_manual_cm3", "central_area_ratio"):
             assert got[key] == pytest.approx(want[key], abs=0.02), (got["level"], key)
