@@ -65,6 +65,7 @@ def stage_configs(record: dict[str, Any], cases: Path, out: Path, device: str,
                 context=int(s["context_slices_each_side"]), channels=tuple(s["channels"]),
                 thickness_mm=tuple(s["thickness_mm"]), exact_planes=bool(s["exact_planes"]),
                 end_plane_share=float(s["end_plane_share"]), slab_labels=str(s["slab_labels"]),
+                disc_rim=str(s.get("disc_rim", "strict")),
                 balance_datasets=bool(s["balance_datasets"]), global_context=bool(s["global_context"]),
                 train_only_context=s.get("trained") == "global context bias only", bf16=bool(s["bf16_autocast"])))
         except KeyError as e:

@@ -46,6 +46,7 @@ from spinegate.inference.training.training_data import (
     training_stems,
     unpack_cases,
     with_teacher_s1,
+    with_uncertain_disc_rim,
 )
 from spinegate.inference.training.training_samples import PATCH, SampleStream, draw_batch
 
@@ -187,10 +188,11 @@ def apply_s1_teacher(cases: list[TrainingCase], teacher: Path | None,
 
 def load_training_cases(data: Path | None, cases_file: Path | None, n_phantoms: int, processes: int,
                         s1_teacher: Path | None = None, s1_teacher_datasets: list[str] | None = None,
-                        ) -> tuple[list[str], list[TrainingCase], list[TrainingCase]]:
+                        disc_rim: str = "strict") -> tuple[list[str], list[TrainingCase], list[TrainingCase]]:
     """The training stems, real cases (from the shared data, or a file made
-    by the ``pack`` command; with ``s1_teacher``, see `apply_s1_teacher`) and
-    phantom cases (rendered in ``processes`` processes when above 1)."""
+    by the ``pack`` command; with ``s1_teacher``, see `apply_s1_teacher`;
+    with ``disc_rim="uncertain"``, `training_data.with_uncertain_disc_rim`)
+    and phantom cases (rendered in ``processes`` processes when above 1)."""
     if cases_file is not None:
         cases = unpack_cases(cases_file)
         stems = [c.name for c in cases]
@@ -198,6 +200,8 @@ def load_training_cases(data: Path | None, cases_file: Path | None, n_phantoms: 
         stems = training_stems(data)
         cases = [load_real_case(data, s) for s in stems]
     cases = apply_s1_teacher(cases, s1_teacher, s1_teacher_datasets)
+    if disc_rim == "uncertain":
+        cases = [with_uncertain_disc_rim(c) for c in cases]
     jobs = [(seed, w) for seed in range(n_phantoms) for w in (Weighting.T1, Weighting.T2)]
     if processes > 1:
         import multiprocessing
@@ -238,6 +242,7 @@ class SagittalTrainingConfig:
     exact_planes: bool = False
     end_plane_share: float = 0.0
     slab_labels: str = "union"
+    disc_rim: str = "strict"
     s1_teacher: Path | None = None
     s1_teacher_datasets: tuple[str, ...] | None = None
     balance_datasets: bool = False
@@ -252,6 +257,8 @@ class SagittalTrainingConfig:
             raise ValueError("iterations and batch must be positive; phantoms, workers and context not negative")
         if self.slab_labels not in ("union", "centre", "majority"):
             raise ValueError(f"slab_labels {self.slab_labels!r} is not union, centre or majority")
+        if self.disc_rim not in ("strict", "uncertain"):
+            raise ValueError(f"disc_rim {self.disc_rim!r} is not strict or uncertain")
         if not 0.0 <= self.end_plane_share <= 1.0:
             raise ValueError(f"end_plane_share {self.end_plane_share} is not within 0-1")
 
@@ -296,7 +303,8 @@ def fit(config: SagittalTrainingConfig) -> dict[str, Any]:
 
     t0 = time.time()
     stems, cases, phantoms = load_training_cases(config.data, config.cases, config.phantoms, max(1, config.workers),
-                                                 config.s1_teacher, _listed(config.s1_teacher_datasets))
+                                                 config.s1_teacher, _listed(config.s1_teacher_datasets),
+                                                 config.disc_rim)
     log.info("cached %d real + %d phantom volumes in %.0f s", len(cases), len(phantoms), time.time() - t0)
     ivd = [c for c in cases if c.name.startswith("IVD")]
     vb = [c for c in cases if not c.name.startswith("IVD")]
@@ -343,7 +351,7 @@ def fit(config: SagittalTrainingConfig) -> dict[str, Any]:
     record = {
         "seed": config.seed, "iterations": iterations, "start_iterations": start,
         "init": str(config.init) if config.init else None, "slab_labels": config.slab_labels,
-        "context_slices_each_side": config.context, "channels": list(model.channels),
+        "disc_rim": config.disc_rim, "context_slices_each_side": config.context, "channels": list(model.channels),
         "thickness_mm": list(config.thickness_mm), "exact_planes": config.exact_planes,
         "end_plane_share": config.end_plane_share, "bf16_autocast": config.bf16,
         "balance_datasets": config.balance_datasets, "global_context": model.context is not None,
@@ -406,6 +414,9 @@ def _fit_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--slab-labels", choices=("union", "centre", "majority"), default="union",
                     help="thick-slab targets: the centre plane's classes, the union where the slab's planes "
                          "disagree, or the class of at least half of the planes (see slab_targets)")
+    ap.add_argument("--disc-rim", choices=("strict", "uncertain"), default="strict",
+                    help="uncertain: the dilated L1L2-L4L5 outlines of the IVD volumes may be disc, body or "
+                         "background on their rim (training_data.with_uncertain_disc_rim)")
     _teacher_arguments(ap)
     ap.add_argument("--balance-datasets", action="store_true",
                     help="draw each dataset (VB1, VB2, VB3) equally often, not each volume")
