@@ -35,9 +35,10 @@ from spinegate.dicom_io.classify import Weighting
 from spinegate.dicom_io.levels import StructureKind, structure_by_name
 from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
 from spinegate.inference.engine import SagittalSpineEngine
+from spinegate.inference.training.training_data import dataset_of
 from spinegate.service.agreement import agreement
 
-__all__ = ["measurement_rows", "outline_split", "family", "summarise", "main"]
+__all__ = ["measurement_rows", "outline_split", "summarise", "main"]
 
 SLABS_MM = (3, 4, 5)
 MIN_VOXELS = 50
@@ -81,12 +82,6 @@ def outline_split(manual: np.ndarray, auto: np.ndarray) -> dict[str, float]:
     return {"central_area_ratio": round(float(auto_area[central].sum() / manual_area[central].sum()), 4),
             "lateral_share_manual": round(float(manual_area[~central].sum() / manual_area.sum()), 4),
             "lateral_share_auto": round(float(auto_area[~central].sum() / auto_area.sum()), 4)}
-
-
-def family(source: str) -> str:
-    """The label set a row's volume comes from: VB1, VB2, VB3, IVD or
-    phantom (each set has its own contouring convention)."""
-    return source.split("_")[0]
 
 
 def summarise(rows: list[dict[str, Any]], manual: str = "") -> dict[str, Any]:
@@ -163,7 +158,7 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> None:
         sel = [r for r in rows if r["kind"] == kind and r["slab_mm"] == 4]
         mean = np.array([(r["height_auto_mm"] + r["height_manual_mm"]) / 2 for r in sel])
         diff = np.array([r["height_auto_mm"] - r["height_manual_mm"] for r in sel])
-        real = np.array([not r["source"].startswith("phantom") for r in sel])
+        real = np.array([dataset_of(r["source"]) != "phantom" for r in sel])
         ax.scatter(mean[real], diff[real], s=14, label="real (manual labels)")
         ax.scatter(mean[~real], diff[~real], s=14, marker="x", label="phantom (exact labels)")
         if len(diff) > 1:
@@ -197,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(rows)
     record = {"model_version": engine.info.version, "command": "python -m spinegate.service.measurement_validation "
               "--data ../shared/data/lumbar_mri", "summary": summary,
-              "summary_real_only": summarise([r for r in rows if family(r["source"]) != "phantom"]),
+              "summary_real_only": summarise([r for r in rows if dataset_of(r["source"]) != "phantom"]),
               "summary_real_against_labels_as_drawn": summarise(rows, "_native"),
-              "summary_by_label_set": {f: summarise([r for r in rows if family(r["source"]) == f])
-                                       for f in sorted({family(r["source"]) for r in rows})},
+              "summary_by_label_set": {f: summarise([r for r in rows if dataset_of(r["source"]) == f])
+                                       for f in sorted({dataset_of(r["source"]) for r in rows})},
               "rows": rows}
     args.out.write_text(json.dumps(record, indent=1))
     _plot(rows, args.out.parent / "bland_altman_heights.png")

@@ -39,6 +39,7 @@ from spinegate.inference.training.training_data import (
     CLASS_NAMES,
     SPLIT,
     TrainingCase,
+    dataset_of,
     load_real_case,
     make_phantom_case,
     pack_cases,
@@ -180,7 +181,7 @@ def apply_s1_teacher(cases: list[TrainingCase], teacher: Path | None,
     if teacher is None:
         return cases
     backend = make_backend("onnxruntime", teacher)  # one session for every case
-    chosen = [c.name.split("_")[0] in datasets if datasets else True for c in cases]
+    chosen = [dataset_of(c.name) in datasets if datasets else True for c in cases]
     out = [with_teacher_s1(c, teacher_classes(c, backend)) if pick else c for c, pick in zip(cases, chosen)]
     log.info("S1 from %s on %d of %d cases", teacher.name, sum(o is not c for o, c in zip(out, cases)), len(cases))
     return out

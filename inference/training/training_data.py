@@ -45,6 +45,7 @@ __all__ = [
     "teacher_classes",
     "with_teacher_s1",
     "with_uncertain_disc_rim",
+    "dataset_of",
     "unpack_cases",
     "training_stems",
     "allowed_all",
@@ -105,6 +106,13 @@ class TrainingCase:
         if area.max() == 0:
             return np.zeros(0, int)
         return np.nonzero((area > 0) & (area < END_PLANE_AREA_FRACTION * area.max()))[0]
+
+
+def dataset_of(name: str) -> str:
+    """The dataset (label set) a case or row name comes from: the part
+    before the first ``_`` (VB1, VB2, VB3, IVD, phantom); each dataset has
+    its own contouring convention."""
+    return name.split("_")[0]
 
 
 def _to_display_planes(ras: np.ndarray) -> np.ndarray:

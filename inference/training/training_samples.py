@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from spinegate.inference.training.training_data import TrainingCase
+from spinegate.inference.training.training_data import TrainingCase, dataset_of
 
 __all__ = ["PATCH", "SampleStream", "draw_batch", "pick_case", "sample_example", "slab_targets"]
 
@@ -129,9 +129,9 @@ def pick_case(pool: list[TrainingCase], rng: np.random.Generator, by_dataset: bo
     as a large one."""
     if not by_dataset:
         return pool[rng.integers(len(pool))]
-    datasets = sorted({c.name.split("_")[0] for c in pool})
+    datasets = sorted({dataset_of(c.name) for c in pool})
     chosen = datasets[rng.integers(len(datasets))]
-    members = [c for c in pool if c.name.split("_")[0] == chosen]
+    members = [c for c in pool if dataset_of(c.name) == chosen]
     return members[rng.integers(len(members))]
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from spinegate.service.measurement_validation import family, outline_split, summarise
+from spinegate.inference.training.training_data import dataset_of
+from spinegate.service.measurement_validation import outline_split, summarise
 from spinegate.service.measurements_doc import measurement_accuracy
 
 
@@ -46,7 +47,7 @@ def test_outline_split_separates_the_in_plane_contour_from_the_lateral_reach():
 
 
 def test_rows_are_grouped_by_the_label_set_they_come_from():
-    assert [family(s) for s in ("VB1_10", "VB3_05", "IVD_42", "phantom_1000")] == ["VB1", "VB3", "IVD", "phantom"]
+    assert [dataset_of(s) for s in ("VB1_10", "VB3_05", "IVD_42", "phantom_1000")] == ["VB1", "VB3", "IVD", "phantom"]
 
 
 def test_the_record_is_read_at_the_nearest_validated_thickness(tmp_path):
