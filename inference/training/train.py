@@ -47,12 +47,14 @@ from spinegate.inference.training.training_data import (
     training_stems,
     unpack_cases,
     with_teacher_s1,
-    with_uncertain_disc_rim,
 )
+from spinegate.inference.training.ivd_discs import with_source_size_discs, with_uncertain_disc_rim
 from spinegate.inference.training.training_samples import PATCH, SampleStream, draw_batch
 
 log = logging.getLogger("spinegate.inference.training.train")
 
+# How the IVD volumes' dilated disc masks are used (ivd_discs).
+DISC_RIMS = ("strict", "source-size", "uncertain")
 # A time-budgeted run measures its speed over this many iterations.
 _BUDGET_START_ITERATIONS = 100
 
@@ -192,7 +194,7 @@ def load_training_cases(data: Path | None, cases_file: Path | None, n_phantoms: 
                         disc_rim: str = "strict") -> tuple[list[str], list[TrainingCase], list[TrainingCase]]:
     """The training stems, real cases (from the shared data, or a file made
     by the ``pack`` command; with ``s1_teacher``, see `apply_s1_teacher`;
-    with ``disc_rim="uncertain"``, `training_data.with_uncertain_disc_rim`)
+    with ``disc_rim`` "source-size" or "uncertain", `ivd_discs`)
     and phantom cases (rendered in ``processes`` processes when above 1)."""
     if cases_file is not None:
         cases = unpack_cases(cases_file)
@@ -201,7 +203,9 @@ def load_training_cases(data: Path | None, cases_file: Path | None, n_phantoms: 
         stems = training_stems(data)
         cases = [load_real_case(data, s) for s in stems]
     cases = apply_s1_teacher(cases, s1_teacher, s1_teacher_datasets)
-    if disc_rim == "uncertain":
+    if disc_rim == "source-size":
+        cases = [with_source_size_discs(c) for c in cases]
+    elif disc_rim == "uncertain":
         cases = [with_uncertain_disc_rim(c) for c in cases]
     jobs = [(seed, w) for seed in range(n_phantoms) for w in (Weighting.T1, Weighting.T2)]
     if processes > 1:
@@ -258,8 +262,8 @@ class SagittalTrainingConfig:
             raise ValueError("iterations and batch must be positive; phantoms, workers and context not negative")
         if self.slab_labels not in ("union", "centre", "majority"):
             raise ValueError(f"slab_labels {self.slab_labels!r} is not union, centre or majority")
-        if self.disc_rim not in ("strict", "uncertain"):
-            raise ValueError(f"disc_rim {self.disc_rim!r} is not strict or uncertain")
+        if self.disc_rim not in DISC_RIMS:
+            raise ValueError(f"disc_rim {self.disc_rim!r} is not one of {', '.join(DISC_RIMS)}")
         if not 0.0 <= self.end_plane_share <= 1.0:
             raise ValueError(f"end_plane_share {self.end_plane_share} is not within 0-1")
 
@@ -415,9 +419,10 @@ def _fit_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--slab-labels", choices=("union", "centre", "majority"), default="union",
                     help="thick-slab targets: the centre plane's classes, the union where the slab's planes "
                          "disagree, or the class of at least half of the planes (see slab_targets)")
-    ap.add_argument("--disc-rim", choices=("strict", "uncertain"), default="strict",
-                    help="uncertain: the dilated L1L2-L4L5 outlines of the IVD volumes may be disc, body or "
-                         "background on their rim (training_data.with_uncertain_disc_rim)")
+    ap.add_argument("--disc-rim", choices=DISC_RIMS, default="strict",
+                    help="the IVD volumes' dilated L1L2-L4L5 masks: as drawn (strict), eroded back to the "
+                         "source's outlines (source-size), or open to disc, body or background on their rim "
+                         "(uncertain); see ivd_discs")
     _teacher_arguments(ap)
     ap.add_argument("--balance-datasets", action="store_true",
                     help="draw each dataset (VB1, VB2, VB3) equally often, not each volume")

@@ -44,7 +44,6 @@ __all__ = [
     "pack_cases",
     "teacher_classes",
     "with_teacher_s1",
-    "with_uncertain_disc_rim",
     "dataset_of",
     "unpack_cases",
     "training_stems",
@@ -310,34 +309,4 @@ def with_teacher_s1(case: TrainingCase, classes: np.ndarray, min_s1_mm3: float =
     allowed = case.allowed.copy()
     allowed[open_s1] &= np.uint8(~S1 & 0xFF)
     allowed[components == int(sizes.argmax()) + 1] = S1
-    return TrainingCase(case.name, case.image, allowed, case.plane_spacing_mm, case.labelled_planes)
-
-
-def with_uncertain_disc_rim(case: TrainingCase, lateral_planes: int = 2, in_plane_pixels: int = 1) -> TrainingCase:
-    """A disc-labelled (IVD) case whose dilated disc outlines are left open.
-
-    Why: the L1L2–L4L5 masks of the IVD volumes are 10–28 % larger than
-    the source's own volume table and reach 1–2 mm further to the sides
-    than L5S1's, which matches it (../shared/data/lumbar_mri/README.md;
-    model card, "Measurement accuracy"). They are the only real disc
-    supervision, so a network trained on them draws discs as large. Here
-    every disc but the lowest (L5S1) keeps its interior as disc, while its
-    outermost ``lateral_planes`` planes on each side and its in-plane rim of
-    ``in_plane_pixels`` may be disc, body or background: the marginal loss
-    then takes the boundary from L5S1 and the phantoms' exact discs. Other
-    cases are returned unchanged.
-    """
-    known_disc = case.allowed == DISC
-    if not case.name.startswith("IVD") or not known_disc.any():
-        return case
-    components, n = ndimage.label(known_disc)
-    if n < 2:
-        return case
-    rows = ndimage.center_of_mass(known_disc, components, range(1, n + 1))
-    lowest = 1 + int(np.argmax([r[1] for r in rows]))  # rows run superior→inferior
-    box = np.ones((2 * lateral_planes + 1, 2 * in_plane_pixels + 1, 2 * in_plane_pixels + 1), bool)
-    upper = known_disc & (components != lowest)
-    rim = upper & ~ndimage.binary_erosion(upper, structure=box)
-    allowed = case.allowed.copy()
-    allowed[rim] = DISC | VB | BG
     return TrainingCase(case.name, case.image, allowed, case.plane_spacing_mm, case.labelled_planes)
