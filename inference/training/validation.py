@@ -28,6 +28,7 @@ from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagit
 from spinegate.dicom_io.study import read_study_headers
 from spinegate.dicom_io.volume import read_series
 from spinegate.inference.engine import SagittalSpineEngine
+from spinegate.inference.training.ivd_discs import source_size_disc_labels
 from spinegate.inference.training.training_data import SPLIT, training_stems
 
 __all__ = ["dice", "thick_slice_series", "slab_labels", "run_dicom_path", "validate_volume", "validate_phantom",
@@ -121,9 +122,20 @@ def validate_volume(engine: SagittalSpineEngine, data_dir: Path, stem: str) -> d
         per_level[level] = round(dice(pred == structure_by_name(level).label, t), 4)
     kind_levels = [lv for lv in per_level if (lv in IVD_TABLE.values()) == stem.startswith("IVD")]
     named_correctly = all(per_level[lv] > 0.5 for lv in kind_levels)
-    return {"stem": stem, "dice_per_level": per_level,
-            "mean_dice": round(float(np.mean(list(per_level.values()))), 4) if per_level else None,
-            "levels_named_correctly": named_correctly, "flags": list(seg.named.series_flags)}
+    result = {"stem": stem, "dice_per_level": per_level,
+              "mean_dice": round(float(np.mean(list(per_level.values()))), 4) if per_level else None,
+              "levels_named_correctly": named_correctly, "flags": list(seg.named.series_flags)}
+    if stem.startswith("IVD"):
+        # The masks above L5S1 are dilated; also against the outlines at the source's size (ivd_discs).
+        voxel_mm = np.linalg.norm(lab.affine[:3, :3], axis=0)
+        source_size = slab_labels(source_size_disc_labels(np.asarray(lab.dataobj).astype(np.uint8),
+                                                          (float(voxel_mm[0]), float(voxel_mm[1]),
+                                                           float(voxel_mm[2]))))
+        at_source_size = {level: round(dice(pred == structure_by_name(level).label, source_size == value), 4)
+                          for value, level in IVD_TABLE.items() if (source_size == value).any()}
+        result.update(dice_per_level_source_size=at_source_size,
+                      mean_dice_source_size=round(float(np.mean(list(at_source_size.values()))), 4))
+    return result
 
 
 def validate_phantom(engine: SagittalSpineEngine, seed: int, weighting: Weighting) -> dict[str, Any]:
@@ -178,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(f"{r['stem']:<18} mean Dice {r['mean_dice']:.3f} named {r['levels_named_correctly']} "
               f"{r['dice_per_level']} {r['flags']}")
+        if "mean_dice_source_size" in r:
+            print(f"{'':<18} against the outlines at the source's size: {r['mean_dice_source_size']:.3f} "
+                  f"{r['dice_per_level_source_size']}")
     print(f"VB mean Dice {summary['vertebral_body_mean_dice']:.3f}; wrote {out}")
     return 0
 
