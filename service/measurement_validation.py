@@ -158,8 +158,7 @@ def _real_rows(engine: SagittalSpineEngine, data: Path, stem: str, slab: int) ->
         return measurement_rows(pred, truth, affine, table, stem, slab, native=(labels, lab.affine))
     # The IVD masks above L5S1 are dilated (ivd_discs): compare with the
     # outlines at the source's size, and show the masks as drawn beside them.
-    voxel_mm = np.linalg.norm(lab.affine[:3, :3], axis=0)
-    source_size = source_size_disc_labels(labels, (float(voxel_mm[0]), float(voxel_mm[1]), float(voxel_mm[2])))
+    source_size = source_size_disc_labels(labels, nib.affines.voxel_sizes(lab.affine))
     rows = [{**r, "reference": "as_drawn"}
             for r in measurement_rows(pred, truth, affine, IVD_TABLE, stem, slab, native=(labels, lab.affine))]
     return rows + [{**r, "reference": "source_size"}

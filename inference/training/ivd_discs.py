@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -97,19 +97,21 @@ def _overshoot_mm(code: int, native_spacing_mm: tuple[float, float, float]) -> t
     return (fraction * native_spacing_mm[0], fraction * native_spacing_mm[1], fraction * native_spacing_mm[2])
 
 
-def source_size_disc_labels(labels: np.ndarray, spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+def source_size_disc_labels(labels: np.ndarray, spacing_mm: Sequence[float] = (1.0, 1.0, 1.0),
                             codes: dict[int, int] | None = None,
                             native_spacing_mm: tuple[float, float, float] = IVD_NATIVE_SPACING_MM) -> np.ndarray:
     """IVD disc labels (sagittal planes on the first axis) with each level
     eroded back to its drawn outline (module docstring); voxels it loses
-    become 0. ``codes`` maps label value to the source's code multiple
-    (`IVD_LEVEL_CODES` by default)."""
+    become 0. ``spacing_mm``: the voxel size per axis (e.g. nibabel's
+    ``affines.voxel_sizes``); ``codes`` maps label value to the source's code
+    multiple (`IVD_LEVEL_CODES` by default)."""
+    spacing = (float(spacing_mm[0]), float(spacing_mm[1]), float(spacing_mm[2]))
     out = np.array(labels, copy=True)
     for value, code in (codes or IVD_LEVEL_CODES).items():
         mask = labels == value
         if code == 1 or not mask.any():
             continue
-        kept = erode_mm(mask, spacing_mm, _overshoot_mm(code, native_spacing_mm))
+        kept = erode_mm(mask, spacing, _overshoot_mm(code, native_spacing_mm))
         out[mask & ~kept] = 0
     return out
 
@@ -241,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         image_img: Any = nib.load(str(args.data / f"{stem}_image.nii.gz"))
         labels = np.asarray(label_img.dataobj).astype(np.uint8)
         image = np.asarray(image_img.dataobj).astype(float)
-        spacing = np.linalg.norm(label_img.affine[:3, :3], axis=0)
-        source_size = source_size_disc_labels(labels, (float(spacing[0]), float(spacing[1]), float(spacing[2])))
+        spacing = nib.affines.voxel_sizes(label_img.affine)
+        source_size = source_size_disc_labels(labels, spacing)
         mean_offset = {v: float(np.mean(end_plate_offsets_mm(image, labels == v, float(spacing[2])))) for v in names}
         for value, level in names.items():
             excess[level].append((labels == value).sum() / (source_size == value).sum() - 1)

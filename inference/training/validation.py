@@ -127,10 +127,8 @@ def validate_volume(engine: SagittalSpineEngine, data_dir: Path, stem: str) -> d
               "levels_named_correctly": named_correctly, "flags": list(seg.named.series_flags)}
     if stem.startswith("IVD"):
         # The masks above L5S1 are dilated; also against the outlines at the source's size (ivd_discs).
-        voxel_mm = np.linalg.norm(lab.affine[:3, :3], axis=0)
         source_size = slab_labels(source_size_disc_labels(np.asarray(lab.dataobj).astype(np.uint8),
-                                                          (float(voxel_mm[0]), float(voxel_mm[1]),
-                                                           float(voxel_mm[2]))))
+                                                          nib.affines.voxel_sizes(lab.affine)))
         at_source_size = {level: round(dice(pred == structure_by_name(level).label, source_size == value), 4)
                           for value, level in IVD_TABLE.items() if (source_size == value).any()}
         result.update(dice_per_level_source_size=at_source_size,
