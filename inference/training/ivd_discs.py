@@ -33,14 +33,16 @@ from scipy import ndimage
 from spinegate.inference.preprocessing import TRAINING_SPACING_MM
 from spinegate.inference.training.training_data import BG, DISC, S1, VB, TrainingCase
 
-__all__ = ["IVD_NATIVE_SPACING_MM", "IVD_LEVEL_CODES", "level_code_overshoot", "erode_mm", "end_plate_offsets_mm",
+__all__ = ["IVD_NATIVE_SPACING_MM", "IVD_TABLE", "IVD_LEVEL_CODES", "level_code_overshoot", "erode_mm", "end_plate_offsets_mm",
            "source_size_disc_labels", "with_source_size_discs", "with_uncertain_disc_rim", "main"]
 
 # Native grid of the IVD study, (left-right, in-plane, in-plane), from the
 # volume's 67 mm in 16 sections and its 221 mm field in 256 pixels.
 IVD_NATIVE_SPACING_MM = (67 / 16, 221 / 256, 221 / 256)
-# Shared-data label value -> the source's level code multiple k (code 51·k).
-IVD_LEVEL_CODES = {1: 5, 2: 4, 3: 3, 4: 2, 5: 1}  # L1L2 ... L5S1
+# Shared-data label value -> level (the data README's disc table), and ->
+# the source's level code multiple k (code 51·k).
+IVD_TABLE = {1: "L1L2", 2: "L2L3", 3: "L3L4", 4: "L4L5", 5: "L5S1"}
+IVD_LEVEL_CODES = {1: 5, 2: 4, 3: 3, 4: 2, 5: 1}
 
 
 def level_code_overshoot(code: int) -> float:
@@ -231,13 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="check the IVD disc-mask dilation model on the shared data")
     ap.add_argument("--data", type=Path, required=True, help="../shared/data/lumbar_mri")
     args = ap.parse_args(argv)
-    names = {1: "L1L2", 2: "L2L3", 3: "L3L4", 4: "L4L5", 5: "L5S1"}
     stems = sorted(p.name.removesuffix("_label.nii.gz") for p in args.data.glob("IVD_*_label.nii.gz"))
     if not stems:
         raise SystemExit(f"no IVD volumes in {args.data}")
     print("volume  level  drawn/source-size  end-plate offset beyond the edge minus L5S1's (predicted)")
-    excess: dict[str, list[float]] = {level: [] for level in names.values()}
-    offset: dict[str, list[float]] = {level: [] for level in names.values()}
+    excess: dict[str, list[float]] = {level: [] for level in IVD_TABLE.values()}
+    offset: dict[str, list[float]] = {level: [] for level in IVD_TABLE.values()}
     for stem in stems:
         label_img: Any = nib.load(str(args.data / f"{stem}_label.nii.gz"))  # nibabel types it as any file image
         image_img: Any = nib.load(str(args.data / f"{stem}_image.nii.gz"))
@@ -245,14 +246,15 @@ def main(argv: list[str] | None = None) -> int:
         image = np.asarray(image_img.dataobj).astype(float)
         spacing = nib.affines.voxel_sizes(label_img.affine)
         source_size = source_size_disc_labels(labels, spacing)
-        mean_offset = {v: float(np.mean(end_plate_offsets_mm(image, labels == v, float(spacing[2])))) for v in names}
-        for value, level in names.items():
+        mean_offset = {v: float(np.mean(end_plate_offsets_mm(image, labels == v, float(spacing[2]))))
+                       for v in IVD_TABLE}
+        for value, level in IVD_TABLE.items():
             excess[level].append((labels == value).sum() / (source_size == value).sum() - 1)
             offset[level].append(mean_offset[value] - mean_offset[5])
             predicted = level_code_overshoot(IVD_LEVEL_CODES[value]) * IVD_NATIVE_SPACING_MM[1]
             print(f"{stem:<7} {level:<6} {excess[level][-1]:+7.1%}            {offset[level][-1]:+.2f} mm "
                   f"({predicted:.2f})")
-    for level in names.values():
+    for level in IVD_TABLE.values():
         print(f"{'mean':<7} {level:<6} {np.mean(excess[level]):+7.1%}            {np.mean(offset[level]):+.2f} mm")
     return 0
 

@@ -28,7 +28,7 @@ from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagit
 from spinegate.dicom_io.study import read_study_headers
 from spinegate.dicom_io.volume import read_series
 from spinegate.inference.engine import SagittalSpineEngine
-from spinegate.inference.training.ivd_discs import source_size_disc_labels
+from spinegate.inference.training.ivd_discs import IVD_TABLE, source_size_disc_labels
 from spinegate.inference.training.training_data import SPLIT, training_stems
 
 __all__ = ["dice", "thick_slice_series", "slab_labels", "run_dicom_path", "validate_volume", "validate_phantom",
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 # Shared-data label values → level names (../shared/data/lumbar_mri/README.md).
 VB_TABLE = {1: "L1", 2: "L2", 3: "L3", 4: "L4", 5: "L5", 6: "S1", 7: "T12", 8: "T11", 9: "T10"}
-IVD_TABLE = {1: "L1L2", 2: "L2L3", 3: "L3L4", 4: "L4L5", 5: "L5S1"}
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -106,10 +105,11 @@ def validate_volume(engine: SagittalSpineEngine, data_dir: Path, stem: str) -> d
     """Dice per level for one shared-data volume presented as 4 mm slabs."""
     import nibabel as nib
 
-    img = nib.load(str(data_dir / f"{stem}_image.nii.gz"))
-    lab = nib.load(str(data_dir / f"{stem}_label.nii.gz"))
+    img: Any = nib.load(str(data_dir / f"{stem}_image.nii.gz"))  # a Nifti1Image; nibabel types it as any file image
+    lab: Any = nib.load(str(data_dir / f"{stem}_label.nii.gz"))
     pixels, affine, _ = thick_slice_series(np.asarray(img.dataobj), img.affine)
-    truth = slab_labels(np.asarray(lab.dataobj).astype(np.uint8))
+    labels = np.asarray(lab.dataobj).astype(np.uint8)
+    truth = slab_labels(labels)
     weighting = "T1" if stem in ("VB1_10",) else "T2"
     pred, seg = run_dicom_path(engine, pixels, affine, stem, weighting)
     table = IVD_TABLE if stem.startswith("IVD") else VB_TABLE
@@ -127,8 +127,7 @@ def validate_volume(engine: SagittalSpineEngine, data_dir: Path, stem: str) -> d
               "levels_named_correctly": named_correctly, "flags": list(seg.named.series_flags)}
     if stem.startswith("IVD"):
         # The masks above L5S1 are dilated; also against the outlines at the source's size (ivd_discs).
-        source_size = slab_labels(source_size_disc_labels(np.asarray(lab.dataobj).astype(np.uint8),
-                                                          nib.affines.voxel_sizes(lab.affine)))
+        source_size = slab_labels(source_size_disc_labels(labels, nib.affines.voxel_sizes(lab.affine)))
         at_source_size = {level: round(dice(pred == structure_by_name(level).label, source_size == value), 4)
                           for value, level in IVD_TABLE.items() if (source_size == value).any()}
         result.update(dice_per_level_source_size=at_source_size,
