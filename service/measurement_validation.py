@@ -21,7 +21,8 @@ dilated masks as drawn are kept (``reference``) and summarised apart.
 
 writes ``inference/models/sagittal_spine.measurement_accuracy.json`` (the
 4 mm MAEs are what the SR and measurements.json state as each measurement's
-uncertainty) and ``bland_altman_heights.png`` beside it.
+uncertainty) and ``bland_altman_heights.png`` beside it; ``--models DIR``
+validates another model folder (a training candidate) into that folder.
 """
 from __future__ import annotations
 
@@ -221,10 +222,12 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="../shared/data/lumbar_mri")
-    models = Path(__file__).resolve().parent.parent / "inference" / "models"
-    ap.add_argument("--out", type=Path, default=models / "sagittal_spine.measurement_accuracy.json")
+    ap.add_argument("--models", type=Path, default=Path(__file__).resolve().parent.parent / "inference" / "models",
+                    help="the model folder to validate (a candidate's, say); the committed one by default")
+    ap.add_argument("--out", type=Path, help="default: sagittal_spine.measurement_accuracy.json in --models")
     args = ap.parse_args(argv)
-    engine = SagittalSpineEngine(models)
+    args.out = args.out or args.models / "sagittal_spine.measurement_accuracy.json"
+    engine = SagittalSpineEngine(args.models)
     rows: list[dict[str, Any]] = []
     for slab in SLABS_MM:
         for stem in SPLIT["validation"]:
