@@ -27,7 +27,6 @@ validates another model folder (a training candidate) into that folder.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -140,21 +139,10 @@ def summaries(rows: list[dict[str, Any]]) -> dict[str, Any]:
                                      "IVD as drawn": summarise([r for r in rows if r.get("reference") == "as_drawn"])}}
 
 
-@functools.lru_cache(maxsize=2)
-def _source_size_labels(label_path: Path) -> np.ndarray:
-    """An IVD label volume's discs at the source's size (computed once for
-    the three slab thicknesses)."""
-    import nibabel as nib
-
-    from spinegate.inference.training.ivd_discs import source_size_disc_labels
-
-    lab: Any = nib.load(str(label_path))
-    return source_size_disc_labels(np.asarray(lab.dataobj).astype(np.uint8), nib.affines.voxel_sizes(lab.affine))
-
-
 def _real_rows(engine: SagittalSpineEngine, data: Path, stem: str, slab: int) -> list[dict[str, Any]]:
     import nibabel as nib
 
+    from spinegate.inference.training.ivd_discs import source_size_label_file
     from spinegate.inference.training.validation import (IVD_TABLE, VB_TABLE, run_dicom_path, slab_labels,
                                                          thick_slice_series)
 
@@ -171,7 +159,7 @@ def _real_rows(engine: SagittalSpineEngine, data: Path, stem: str, slab: int) ->
         return measurement_rows(pred, truth, affine, table, stem, slab, native=(labels, lab.affine))
     # The IVD masks above L5S1 are dilated (ivd_discs): compare with the
     # outlines at the source's size, and show the masks as drawn beside them.
-    source_size = _source_size_labels(data / f"{stem}_label.nii.gz")
+    source_size = source_size_label_file(data / f"{stem}_label.nii.gz")
     rows = [{**r, "reference": "as_drawn"}
             for r in measurement_rows(pred, truth, affine, IVD_TABLE, stem, slab, native=(labels, lab.affine))]
     return rows + [{**r, "reference": "source_size"}

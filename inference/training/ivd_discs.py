@@ -24,6 +24,7 @@ lie further beyond the intensity edge than L5S1's by about the predicted
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,7 +35,7 @@ from spinegate.inference.preprocessing import TRAINING_SPACING_MM
 from spinegate.inference.training.training_data import BG, DISC, S1, VB, TrainingCase
 
 __all__ = ["IVD_NATIVE_SPACING_MM", "IVD_TABLE", "IVD_LEVEL_CODES", "level_code_overshoot", "erode_mm", "end_plate_offsets_mm",
-           "source_size_disc_labels", "with_source_size_discs", "with_uncertain_disc_rim", "main"]
+           "source_size_disc_labels", "source_size_label_file", "with_source_size_discs", "with_uncertain_disc_rim", "main"]
 
 # Native grid of the IVD study, (left-right, in-plane, in-plane), from the
 # volume's 67 mm in 16 sections and its 221 mm field in 256 pixels.
@@ -116,6 +117,19 @@ def source_size_disc_labels(labels: np.ndarray, spacing_mm: Sequence[float] = (1
         kept = erode_mm(mask, spacing, _overshoot_mm(code, native_spacing_mm))
         out[mask & ~kept] = 0
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def source_size_label_file(label_path: Path) -> np.ndarray:
+    """`source_size_disc_labels` of an IVD label file (NIfTI), computed once
+    per file and process (the validations ask for it per slab thickness);
+    read-only."""
+    import nibabel as nib  # training-only dependency
+
+    lab: Any = nib.load(str(label_path))  # a Nifti1Image; nibabel types it as any file image
+    labels = source_size_disc_labels(np.asarray(lab.dataobj).astype(np.uint8), nib.affines.voxel_sizes(lab.affine))
+    labels.setflags(write=False)
+    return labels
 
 
 def _disc_components(case: TrainingCase) -> tuple[np.ndarray, list[int]]:

@@ -28,7 +28,7 @@ from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagit
 from spinegate.dicom_io.study import read_study_headers
 from spinegate.dicom_io.volume import read_series
 from spinegate.inference.engine import SagittalSpineEngine
-from spinegate.inference.training.ivd_discs import IVD_TABLE, source_size_disc_labels
+from spinegate.inference.training.ivd_discs import IVD_TABLE, source_size_label_file
 from spinegate.inference.training.training_data import SPLIT, training_stems
 
 __all__ = ["dice", "thick_slice_series", "slab_labels", "run_dicom_path", "validate_volume", "validate_phantom",
@@ -127,7 +127,7 @@ def validate_volume(engine: SagittalSpineEngine, data_dir: Path, stem: str) -> d
               "levels_named_correctly": named_correctly, "flags": list(seg.named.series_flags)}
     if stem.startswith("IVD"):
         # The masks above L5S1 are dilated; also against the outlines at the source's size (ivd_discs).
-        source_size = slab_labels(source_size_disc_labels(labels, nib.affines.voxel_sizes(lab.affine)))
+        source_size = slab_labels(source_size_label_file(data_dir / f"{stem}_label.nii.gz"))
         at_source_size = {level: round(dice(pred == structure_by_name(level).label, source_size == value), 4)
                           for value, level in IVD_TABLE.items() if (source_size == value).any()}
         result.update(dice_per_level_source_size=at_source_size,
