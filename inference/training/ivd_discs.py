@@ -34,8 +34,9 @@ from scipy import ndimage
 from spinegate.inference.preprocessing import TRAINING_SPACING_MM
 from spinegate.inference.training.training_data import BG, DISC, S1, VB, TrainingCase
 
-__all__ = ["IVD_NATIVE_SPACING_MM", "IVD_TABLE", "IVD_LEVEL_CODES", "level_code_overshoot", "erode_mm", "end_plate_offsets_mm",
-           "source_size_disc_labels", "source_size_label_file", "with_source_size_discs", "with_uncertain_disc_rim", "main"]
+__all__ = ["IVD_NATIVE_SPACING_MM", "IVD_TABLE", "IVD_LEVEL_CODES", "level_code_overshoot", "erode_mm",
+           "end_plate_offsets_mm", "source_size_disc_labels", "source_size_label_file", "with_source_size_discs",
+           "with_uncertain_disc_rim", "main"]
 
 # Native grid of the IVD study, (left-right, in-plane, in-plane), from the
 # volume's 67 mm in 16 sections and its 221 mm field in 256 pixels.
@@ -157,13 +158,13 @@ def with_source_size_discs(case: TrainingCase,
     components, order = _disc_components(case)
     if len(order) != len(IVD_LEVEL_CODES):
         raise ValueError(f"{case.name}: {len(order)} separate discs, expected {len(IVD_LEVEL_CODES)}")
-    spacing = (case.plane_spacing_mm, TRAINING_SPACING_MM, TRAINING_SPACING_MM)
+    labels = np.zeros(case.allowed.shape, np.uint8)
+    for value, component in zip(IVD_TABLE, order):  # both run superior to inferior
+        labels[components == component] = value
+    kept = source_size_disc_labels(labels, (case.plane_spacing_mm, TRAINING_SPACING_MM, TRAINING_SPACING_MM),
+                                   native_spacing_mm=native_spacing_mm)
     allowed = case.allowed.copy()
-    for component, code in zip(order, sorted(IVD_LEVEL_CODES.values(), reverse=True)):
-        if code == 1:
-            continue
-        disc = components == component
-        allowed[disc & ~erode_mm(disc, spacing, _overshoot_mm(code, native_spacing_mm))] = BG | VB | S1
+    allowed[(labels > 0) & (kept == 0)] = BG | VB | S1
     return TrainingCase(case.name, case.image, allowed, case.plane_spacing_mm, case.labelled_planes)
 
 

@@ -108,8 +108,7 @@ def validate_volume(engine: SagittalSpineEngine, data_dir: Path, stem: str) -> d
     img: Any = nib.load(str(data_dir / f"{stem}_image.nii.gz"))  # a Nifti1Image; nibabel types it as any file image
     lab: Any = nib.load(str(data_dir / f"{stem}_label.nii.gz"))
     pixels, affine, _ = thick_slice_series(np.asarray(img.dataobj), img.affine)
-    labels = np.asarray(lab.dataobj).astype(np.uint8)
-    truth = slab_labels(labels)
+    truth = slab_labels(np.asarray(lab.dataobj).astype(np.uint8))
     weighting = "T1" if stem in ("VB1_10",) else "T2"
     pred, seg = run_dicom_path(engine, pixels, affine, stem, weighting)
     table = IVD_TABLE if stem.startswith("IVD") else VB_TABLE
