@@ -212,8 +212,11 @@ def regularise_body_heights(bodies: list[np.ndarray], affine: np.ndarray) -> lis
     touching neighbours, each under 0.8 × the median or sharing at least
     half of the shorter one's superior-inferior extent (split side by side:
     two bodies are stacked, a disc between them), and together at most
-    1.35 × the median, become one. Bodies cut by the field of view are left alone;
-    with fewer than three whole bodies nothing is changed.
+    1.35 × the median, become one; after each join the median is taken
+    again over the bodies as they stand (with two bodies broken, their
+    halves would hold it down and hide the second). Bodies cut by the
+    field of view are left alone; with fewer than three whole bodies
+    nothing is changed.
     """
     # each body's height once; a body cut by the field of view has none that
     # counts (inf: never tall, never short)
@@ -244,6 +247,10 @@ def regularise_body_heights(bodies: list[np.ndarray], affine: np.ndarray) -> lis
             hj = body_height_mm(joined, affine)
             if hj <= _BROKEN_PAIR_HEIGHT_FACTOR * median:
                 out[i : i + 2] = [(joined, hj)]
+                # Broken halves pull the median down; judged again against
+                # the bodies as they now stand, a pair passed over may be short.
+                median = float(np.median([h for _, h in out if np.isfinite(h)]))
+                i = 0
                 continue
         i += 1
     return sorted((b for b, _ in out), key=lambda p: -int(p.sum()))

@@ -207,6 +207,25 @@ def test_a_body_broken_in_two_is_one_body_and_neighbours_stay_apart():
     assert len(regularise_body_heights(bodies + [small_a, small_b], AFFINE)) == 6
 
 
+def test_two_broken_bodies_are_joined_though_their_halves_hold_the_median_down():
+    from spinegate.inference.postprocess import regularise_body_heights
+
+    bodies = _four_bodies()  # 24 mm high each
+    # one body split obliquely, its halves 20 mm high sharing half their extent
+    front, back = np.zeros((3, 220, 60), bool), np.zeros((3, 220, 60), bool)
+    front[:, 130:140, 15:30] = True
+    back[:, 134:144, 30:45] = True
+    # another broken across, 18 and 16 mm, overlapping a third of that: short
+    # beside 24 mm bodies (0.8 × 24 = 19.2), not beside the first median of
+    # all eight components (22 mm: 17.6)
+    upper, lower = np.zeros((3, 220, 60), bool), np.zeros((3, 220, 60), bool)
+    upper[:, 160:169, 15:32] = True
+    lower[:, 166:174, 32:45] = True
+    out = regularise_body_heights(bodies + [front, back, upper, lower], AFFINE)
+    assert len(out) == 6
+    assert any((o == (front | back)).all() for o in out) and any((o == (upper | lower)).all() for o in out)
+
+
 def test_a_tall_body_without_a_waist_is_not_split():
     from spinegate.inference.postprocess import regularise_body_heights
 
