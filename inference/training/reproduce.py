@@ -36,11 +36,14 @@ def committed_record() -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def stage_configs(record: dict[str, Any], cases: Path, out: Path, device: str,
+def stage_configs(record: dict[str, Any], data: Path, cases: Path, out: Path, device: str,
                   threads: int = 1) -> list[SagittalTrainingConfig]:
     """One `SagittalTrainingConfig` per recorded stage, in order: the first
     from scratch (or its recorded init), each later one from the state the
-    stage before saved; the last exports the ONNX model into ``out``.
+    stage before saved; the last exports the ONNX model into ``out``. A
+    stage recorded as reading the shared data (``real_cases``) reads it
+    from ``data`` at full precision, the others the 6-bit ``cases`` file;
+    every stage trains on ``device``.
 
     Raises
     ------
@@ -55,9 +58,11 @@ def stage_configs(record: dict[str, Any], cases: Path, out: Path, device: str,
         s = record[name]
         last = i == len(names) - 1
         stage_out = out if last else out / name.removeprefix("stage_")
+        from_data = str(s.get("real_cases", "")).startswith("shared data")
         try:
             configs.append(SagittalTrainingConfig(
-                out=stage_out, cases=cases, iterations=int(s["iterations"]),
+                out=stage_out, data=data if from_data else None, cases=None if from_data else cases,
+                iterations=int(s["iterations"]),
                 start_iterations=int(s.get("start_iterations", 0)), batch=int(s["batch"]), lr=float(s["lr"]),
                 seed=int(s["seed"]), phantoms=len(s["phantom_seeds"]) if "phantom_seeds" in s else 20,
                 threads=threads, device=device, workers=int(s["workers"]), export_onnx=last,
@@ -99,9 +104,9 @@ def reproduce_committed(data: Path, out: Path, device: str = "cuda", threads: in
                          f"(missing {sorted(set(recorded) - set(stems))}, extra {sorted(set(stems) - set(recorded))})")
     out.mkdir(parents=True, exist_ok=True)
     cases = out / "cases.xz"
-    if not cases.exists():
+    if not cases.exists():  # the stages recorded as trained on packed cases read these
         pack_cases([load_real_case(data, s) for s in stems], cases)
-    for config in stage_configs(record, cases, out, device, threads):
+    for config in stage_configs(record, data, cases, out, device, threads):
         log.info("training stage into %s (%d iterations)", config.out, config.iterations)
         fit(config)
     validation.main(["--data", str(data), "--models", str(out)])

@@ -312,23 +312,32 @@ def test_spinegate_train_refuses_clearly(tmp_path, site, capsys):
 
 def test_the_committed_recipe_is_the_recorded_commands():
     """Each stage rebuilt from the training record equals the configuration
-    its recorded command line gives (up to the folders)."""
+    its recorded command line gives (up to the folders, the device and the
+    threads, which the reproduction chooses, and the export, which only the
+    last stage makes); a stage that read the shared data reads it again,
+    the others the packed cases."""
     record = committed_record()
     names = sorted(k for k in record if k.startswith("stage_"))
-    configs = stage_configs(record, Path("cases.xz"), Path("out"), "cuda")
+    configs = stage_configs(record, Path("data"), Path("cases.xz"), Path("out"), "cuda")
     assert len(configs) == len(names) >= 2
     for name, config in zip(names, configs):
         argv = shlex.split(record[name]["command"])
-        recorded = SagittalTrainingConfig.from_arguments(_parser().parse_args(["fit"] + argv[argv.index("--cases"):]))
+        first = min(argv.index(a) for a in ("--cases", "--data") if a in argv)
+        recorded = SagittalTrainingConfig.from_arguments(_parser().parse_args(["fit"] + argv[first:]))
         for f in fields(SagittalTrainingConfig):
-            if f.name in ("out", "init"):
+            if f.name in ("out", "init", "data", "cases", "device", "threads", "export_onnx"):
                 continue
             expected = getattr(recorded, f.name)
             if f.name == "channels" and expected is None:
                 expected = tuple(record[name]["channels"])
             assert getattr(config, f.name) == expected, (name, f.name)
-    assert configs[0].init is None and configs[1].init == configs[0].out / "sagittal_spine.pt"
-    assert not configs[0].export_onnx and configs[-1].export_onnx and configs[-1].out == Path("out")
+        from_data = recorded.data is not None
+        assert (config.data, config.cases) == ((Path("data"), None) if from_data else (None, Path("cases.xz"))), name
+        assert config.device == "cuda"
+    assert configs[0].init is None
+    assert all(later.init == earlier.out / "sagittal_spine.pt" for earlier, later in zip(configs, configs[1:]))
+    assert not any(c.export_onnx for c in configs[:-1]) and configs[-1].export_onnx and configs[-1].out == Path("out")
+    assert record["stage_g3"]["disc_rim"] == "source-size" and configs[-1].disc_rim == "source-size"
 
 
 def test_reproduction_refuses_data_that_is_not_the_records(tmp_path):
