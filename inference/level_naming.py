@@ -68,6 +68,10 @@ FLAG_PITCH_UNCOUNTABLE = "level_naming_pitch_not_countable"
 # S1 (seen on a held-out volume cropped 70 mm); two pitches between S1 and
 # the lowest body may be a missed L5 or S2 called S1 (seen with S1 blanked).
 FLAG_S1_AT_EDGE = "level_naming_s1_cut_by_field_of_view"
+# The network seldom labels a structure's outermost pixel at the image edge:
+# an S1 ending this close to the inferior edge is cut by it (held-out
+# VB2_14 cropped 40 mm: L5 called S1, ending one 1 mm row above the edge).
+S1_EDGE_MARGIN_MM = 3.0
 # An S1 component this small beside the lumbar bodies is a sliver that may
 # be a fragment of L5 (held-out volume cropped 55 mm: 0.09 of the bodies'
 # median; whole S1 components measure 0.5-0.7, partial ones down to 0.2).
@@ -179,7 +183,7 @@ def name_bodies(classes: np.ndarray, affine: np.ndarray, min_body_voxels: int,
     named: list[NamedBody] = []
     if s1 is not None:
         named.append(NamedBody("S1", s1_z, s1))
-        if touches_inferior_edge(s1, affine):
+        if touches_inferior_edge(s1, affine, S1_EDGE_MARGIN_MM):
             flags.append(FLAG_S1_AT_EDGE)
     else:
         flags.append(FLAG_UNANCHORED)
@@ -205,12 +209,14 @@ def name_bodies(classes: np.ndarray, affine: np.ndarray, min_body_voxels: int,
     return named, flags
 
 
-def touches_inferior_edge(mask: np.ndarray, affine: np.ndarray) -> bool:
+def touches_inferior_edge(mask: np.ndarray, affine: np.ndarray, margin_mm: float = 0.0) -> bool:
     """Whether a component reaches the in-plane image edge that lies most
-    inferior (the row or column edge along which patient z falls)."""
+    inferior (the row or column edge along which patient z falls), or
+    comes within ``margin_mm`` of it (patient z)."""
     axis = 1 if abs(affine[2, 1]) >= abs(affine[2, 2]) else 2
-    index = -1 if affine[2, axis] < 0 else 0
-    return bool(np.take(mask, index, axis=axis).any())
+    n = 1 + int(margin_mm / abs(affine[2, axis]))
+    edge = np.arange(mask.shape[axis] - n, mask.shape[axis]) if affine[2, axis] < 0 else np.arange(n)
+    return bool(np.take(mask, edge, axis=axis).any())
 
 
 def level_steps(pitches_mm: np.ndarray, from_s1: bool = False) -> tuple[list[int], list[str]]:

@@ -188,6 +188,16 @@ def _four_bodies() -> list[np.ndarray]:
     return bodies
 
 
+def test_s1_at_or_one_pixel_from_the_inferior_edge_is_cut_by_the_field_of_view():
+    from spinegate.inference.level_naming import FLAG_S1_AT_EDGE, naming_unverified
+
+    # _spine leaves 5 empty rows (10 mm) under S1; rolled down by k rows, k - 5 stay
+    for shift, cut in ((5, True), (4, True), (3, False), (0, False)):
+        named = name_levels(np.roll(_spine(5, with_s1=True), shift, axis=1), AFFINE, 4 * 2 * 2)
+        assert (FLAG_S1_AT_EDGE in named.series_flags) is cut, shift
+        assert bool(naming_unverified(named.series_flags)) is cut, shift
+
+
 def test_a_body_broken_in_two_is_one_body_and_neighbours_stay_apart():
     from spinegate.inference.postprocess import regularise_body_heights
 
