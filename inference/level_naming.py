@@ -214,7 +214,8 @@ def touches_inferior_edge(mask: np.ndarray, affine: np.ndarray, margin_mm: float
     inferior (the row or column edge along which patient z falls), or
     comes within ``margin_mm`` of it (patient z)."""
     axis = 1 if abs(affine[2, 1]) >= abs(affine[2, 2]) else 2
-    n = 1 + int(margin_mm / abs(affine[2, axis]))
+    step_mm = abs(float(affine[2, axis]))  # patient z per pixel along that axis
+    n = min(mask.shape[axis], 1 + int(margin_mm / step_mm)) if step_mm > 0 else 1
     edge = np.arange(mask.shape[axis] - n, mask.shape[axis]) if affine[2, axis] < 0 else np.arange(n)
     return bool(np.take(mask, edge, axis=axis).any())
 
