@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from spinegate.inference.training.site_engines import committed_models
-from spinegate.inference.training.train import SagittalTrainingConfig, fit
+from spinegate.inference.training.train import REAL_CASES_FROM_DATA, SagittalTrainingConfig, fit
 from spinegate.inference.training.training_data import SPLIT, load_real_case, pack_cases, training_stems
 
 __all__ = ["committed_record", "stage_configs", "reproduce_committed", "reproduce_committed_axial"]
@@ -58,7 +58,7 @@ def stage_configs(record: dict[str, Any], data: Path, cases: Path, out: Path, de
         s = record[name]
         last = i == len(names) - 1
         stage_out = out if last else out / name.removeprefix("stage_")
-        from_data = str(s.get("real_cases", "")).startswith("shared data")
+        from_data = str(s.get("real_cases", "")).startswith(REAL_CASES_FROM_DATA)
         try:
             configs.append(SagittalTrainingConfig(
                 out=stage_out, data=data if from_data else None, cases=None if from_data else cases,

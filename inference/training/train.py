@@ -57,6 +57,9 @@ log = logging.getLogger("spinegate.inference.training.train")
 DISC_RIMS = ("strict", "source-size", "uncertain")
 # A time-budgeted run measures its speed over this many iterations.
 _BUDGET_START_ITERATIONS = 100
+# A training record's ``real_cases`` when the real cases were read from the
+# shared data (full precision) rather than a packed cases file.
+REAL_CASES_FROM_DATA = "shared data"
 
 
 def partial_label_loss(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -365,7 +368,7 @@ def fit(config: SagittalTrainingConfig) -> dict[str, Any]:
         "time_budget_s": config.time_budget_s,
         "s1_teacher": str(config.s1_teacher) if config.s1_teacher else None,
         "s1_teacher_datasets": _listed(config.s1_teacher_datasets),
-        "real_cases": str(config.cases) if config.cases else "shared data",
+        "real_cases": str(config.cases) if config.cases else REAL_CASES_FROM_DATA,
         "patch_rows_cols": PATCH, "classes": CLASS_NAMES, "training_volumes": stems,
         "phantom_seeds": list(range(config.phantoms)), "split": SPLIT, "pool_weights": [w for _, w in pools],
         "loss_every_50": [float(np.mean(curve[i : i + 50])) for i in range(0, len(curve), 50)],
