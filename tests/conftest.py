@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -44,6 +46,52 @@ def _session_log_file(tmp_path_factory: pytest.TempPathFactory):  # type: ignore
     pytest-xdist workers) the audit reads them from there afterwards."""
     yield
     (tmp_path_factory.getbasetemp() / SESSION_LOG_FILE).write_text("\n".join(SessionLogRecords.lines) + "\n")
+
+
+# Files the processes the tests start write (their logs; metrics kept at
+# stop): what tests/test_no_phi.py audits after the suite.
+AUDITED_FILES = re.compile(rf"^(serve\.log|worker\d*\.log|metrics\.prom|worker\d*\.metrics\.prom|{SESSION_LOG_FILE})$")
+_TEST_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type: ignore[no-untyped-def]
+    report = yield
+    if report.failed:
+        item.stash[_TEST_FAILED] = True
+    return report
+
+
+def prune_to_audited_files(folder: Path) -> None:
+    """Remove every file under ``folder`` but those the audit reads."""
+    for root, dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            if not AUDITED_FILES.match(name):
+                (Path(root) / name).unlink(missing_ok=True)
+        for name in dirs:
+            path = Path(root) / name
+            if path.is_symlink():
+                path.unlink()
+            elif not any(path.iterdir()):
+                path.rmdir()
+
+
+@pytest.fixture(autouse=True)
+def _prune_passed_test_files(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """A passed test's temporary files go at its end, but for the logs and
+    metrics the audit reads: the suite writes gigabytes (a clean virtual
+    environment, peers' stores, studies), and a run that fills a small disk
+    fails its last tests for want of space, not for what they check. A
+    failed test keeps everything, to be looked at."""
+    yield
+    tmp_path = request.node.funcargs.get("tmp_path")
+    if tmp_path is not None and not request.node.stash.get(_TEST_FAILED, False):
+        prune_to_audited_files(tmp_path)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    free_gb = shutil.disk_usage(config.rootpath).free / 1e9
+    return f"free disk beside the suite: {free_gb:.1f} GB (the suite needs about 2 GB while it runs)"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conformance.cases import NAMES as CONFORMANCE_NAMES
-from conftest import SESSION_LOG_FILE, SessionLogRecords
+from conftest import AUDITED_FILES, SessionLogRecords, prune_to_audited_files
 from spinegate.dicom_io.mr_writer import StudyInfo
 
 _DEFAULT = StudyInfo("audit")
@@ -30,8 +30,6 @@ _NAMES = (_DEFAULT.patient_name, *(name for _, _, name in CONFORMANCE_NAMES), "D
           "Παπαδόπουλος^Γιώργος", "SMITH^JOHN")
 PATIENT_IDENTIFIERS = (*_NAMES, *(n.replace("^", " ") for n in _NAMES), _DEFAULT.patient_id, "PID-4711",
                        _DEFAULT.patient_birth_date)
-# Files the processes the tests start write (their logs; metrics kept at stop).
-AUDITED_FILES = re.compile(rf"^(serve\.log|worker\d*\.log|metrics\.prom|worker\d*\.metrics\.prom|{SESSION_LOG_FILE})$")
 MIN_LINES = 500  # fewer: the suite did not run (this test alone)
 
 
@@ -46,6 +44,18 @@ def test_the_audit_finds_each_kind_of_identifier():
     planted = [f"refused instance peer=X: bad value '{_DEFAULT.patient_name}'", f"id={_DEFAULT.patient_id}",
                f"born {_DEFAULT.patient_birth_date}", "uid=1.2.3.4119610704555 is not a birth date"]
     assert find_identifiers(planted) == planted[:3]
+
+
+def test_a_passed_tests_files_are_pruned_to_what_the_audit_reads(tmp_path):
+    kept = [tmp_path / "sg" / "var" / "serve.log", tmp_path / "w" / "worker2.metrics.prom"]
+    dropped = [tmp_path / "sg" / "var" / "state.sqlite", tmp_path / "venv" / "lib" / "x.so", tmp_path / "a.dcm"]
+    for path in kept + dropped:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "venv", target_is_directory=True)
+    prune_to_audited_files(tmp_path)
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(kept)
+    assert not (tmp_path / "venv").exists() and not (tmp_path / "link").exists()
 
 
 @pytest.mark.session_audit
