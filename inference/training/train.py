@@ -46,6 +46,7 @@ from spinegate.inference.training.training_data import (
     teacher_classes,
     training_stems,
     unpack_cases,
+    with_open_body_rim,
     with_teacher_s1,
 )
 from spinegate.inference.training.ivd_discs import with_source_size_discs, with_uncertain_disc_rim
@@ -55,6 +56,8 @@ log = logging.getLogger("spinegate.inference.training.train")
 
 # How the IVD volumes' dilated disc masks are used (ivd_discs).
 DISC_RIMS = ("strict", "source-size", "uncertain")
+# Label sets whose body outlines may be left open (--open-body-rim).
+OPEN_BODY_RIM_DATASETS = ("VB1", "VB2", "VB3", "phantom")
 # A time-budgeted run measures its speed over this many iterations.
 _BUDGET_START_ITERATIONS = 100
 # A training record's ``real_cases`` when the real cases were read from the
@@ -194,11 +197,13 @@ def apply_s1_teacher(cases: list[TrainingCase], teacher: Path | None,
 
 def load_training_cases(data: Path | None, cases_file: Path | None, n_phantoms: int, processes: int,
                         s1_teacher: Path | None = None, s1_teacher_datasets: list[str] | None = None,
-                        disc_rim: str = "strict") -> tuple[list[str], list[TrainingCase], list[TrainingCase]]:
+                        disc_rim: str = "strict", open_body_rim: tuple[str, ...] = ()
+                        ) -> tuple[list[str], list[TrainingCase], list[TrainingCase]]:
     """The training stems, real cases (from the shared data, or a file made
     by the ``pack`` command; with ``s1_teacher``, see `apply_s1_teacher`;
-    with ``disc_rim`` "source-size" or "uncertain", `ivd_discs`)
-    and phantom cases (rendered in ``processes`` processes when above 1)."""
+    with ``disc_rim`` "source-size" or "uncertain", `ivd_discs`; the label
+    sets in ``open_body_rim`` with `with_open_body_rim`) and phantom cases
+    (rendered in ``processes`` processes when above 1)."""
     if cases_file is not None:
         cases = unpack_cases(cases_file)
         stems = [c.name for c in cases]
@@ -218,6 +223,8 @@ def load_training_cases(data: Path | None, cases_file: Path | None, n_phantoms: 
             phantoms = pool.map(_phantom_case, jobs)
     else:
         phantoms = [_phantom_case(j) for j in jobs]
+    cases, phantoms = ([with_open_body_rim(c) if dataset_of(c.name) in open_body_rim else c for c in group]
+                       for group in (cases, phantoms))
     return stems, cases, phantoms
 
 
@@ -251,6 +258,7 @@ class SagittalTrainingConfig:
     end_plane_share: float = 0.0
     slab_labels: str = "union"
     disc_rim: str = "strict"
+    open_body_rim: tuple[str, ...] = ()
     s1_teacher: Path | None = None
     s1_teacher_datasets: tuple[str, ...] | None = None
     balance_datasets: bool = False
@@ -267,6 +275,9 @@ class SagittalTrainingConfig:
             raise ValueError(f"slab_labels {self.slab_labels!r} is not union, centre or majority")
         if self.disc_rim not in DISC_RIMS:
             raise ValueError(f"disc_rim {self.disc_rim!r} is not one of {', '.join(DISC_RIMS)}")
+        if not set(self.open_body_rim) <= set(OPEN_BODY_RIM_DATASETS):
+            raise ValueError(f"open_body_rim {self.open_body_rim} names a label set not in "
+                             f"{', '.join(OPEN_BODY_RIM_DATASETS)}")
         if not 0.0 <= self.end_plane_share <= 1.0:
             raise ValueError(f"end_plane_share {self.end_plane_share} is not within 0-1")
 
@@ -275,7 +286,7 @@ class SagittalTrainingConfig:
         """The configuration of the ``fit`` command's arguments."""
         values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
         values["export_onnx"] = not args.no_onnx
-        for name in ("channels", "thickness_mm", "s1_teacher_datasets"):
+        for name in ("channels", "thickness_mm", "s1_teacher_datasets", "open_body_rim"):
             if values.get(name) is not None:
                 values[name] = tuple(values[name])
         return cls(**values)
@@ -312,7 +323,7 @@ def fit(config: SagittalTrainingConfig) -> dict[str, Any]:
     t0 = time.time()
     stems, cases, phantoms = load_training_cases(config.data, config.cases, config.phantoms, max(1, config.workers),
                                                  config.s1_teacher, _listed(config.s1_teacher_datasets),
-                                                 config.disc_rim)
+                                                 config.disc_rim, config.open_body_rim)
     log.info("cached %d real + %d phantom volumes in %.0f s", len(cases), len(phantoms), time.time() - t0)
     ivd = [c for c in cases if c.name.startswith("IVD")]
     vb = [c for c in cases if not c.name.startswith("IVD")]
@@ -359,7 +370,8 @@ def fit(config: SagittalTrainingConfig) -> dict[str, Any]:
     record = {
         "seed": config.seed, "iterations": iterations, "start_iterations": start,
         "init": str(config.init) if config.init else None, "slab_labels": config.slab_labels,
-        "disc_rim": config.disc_rim, "context_slices_each_side": config.context, "channels": list(model.channels),
+        "disc_rim": config.disc_rim, "open_body_rim": list(config.open_body_rim),
+        "context_slices_each_side": config.context, "channels": list(model.channels),
         "thickness_mm": list(config.thickness_mm), "exact_planes": config.exact_planes,
         "end_plane_share": config.end_plane_share, "bf16_autocast": config.bf16,
         "balance_datasets": config.balance_datasets, "global_context": model.context is not None,
@@ -426,6 +438,9 @@ def _fit_arguments(ap: argparse.ArgumentParser) -> None:
                     help="the IVD volumes' dilated L1L2-L4L5 masks: as drawn (strict), eroded back to the "
                          "source's outlines (source-size), or open to disc, body or background on their rim "
                          "(uncertain); see ivd_discs")
+    ap.add_argument("--open-body-rim", nargs="+", choices=OPEN_BODY_RIM_DATASETS, default=(),
+                    help="label sets whose body and S1 outlines are left open by a pixel's rim, so that the "
+                         "others set where a contour lies (training_data.with_open_body_rim)")
     _teacher_arguments(ap)
     ap.add_argument("--balance-datasets", action="store_true",
                     help="draw each dataset (VB1, VB2, VB3) equally often, not each volume")

@@ -455,9 +455,29 @@ def test_the_training_configuration_checks_its_values():
                        ({"data": Path("d"), "batch": 0}, "positive"),
                        ({"data": Path("d"), "slab_labels": "mode"}, "union, centre or majority"),
                        ({"data": Path("d"), "end_plane_share": 1.5}, "0-1"),
-                       ({"data": Path("d"), "disc_rim": "loose"}, "strict, source-size, uncertain")):
+                       ({"data": Path("d"), "disc_rim": "loose"}, "strict, source-size, uncertain"),
+                       ({"data": Path("d"), "open_body_rim": ("VB4",)}, "not in VB1, VB2, VB3, phantom")):
         with pytest.raises(ValueError, match=match):
             SagittalTrainingConfig(**bad)
+
+
+def test_an_open_body_rim_leaves_a_pixel_around_each_outline_to_the_other_label_sets():
+    from spinegate.inference.training.training_data import TrainingCase, with_open_body_rim
+
+    allowed = np.full((8, 60, 40), BG | DISC, np.uint8)
+    allowed[:, 45:, :] = BG | DISC | S1
+    allowed[2:6, 10:20, 10:30] = VB  # L5 (rows run superior→inferior)
+    allowed[2:6, 50:56, 10:30] = S1
+    case = TrainingCase("VB1_99", np.zeros(allowed.shape, np.float32), allowed, 1.0, np.arange(2, 6))
+    out = with_open_body_rim(case).allowed
+    body = out[2:6, 10:20, 10:30]
+    assert (body[:, 1:-1, 1:-1] == VB).all()  # the interior stays body
+    assert (body[:, 0] == VB | BG | DISC).all() and (body[:, :, -1] == VB | BG | DISC).all()
+    assert (out[2:6, 9, 10:30] == BG | DISC | VB).all() and (out[2:6, 20, 9:31] == BG | DISC | VB).all()
+    assert (out[[1, 6], 9:21, 9:31] == BG | DISC | VB).all()  # a plane beyond each lateral end
+    assert (out[[0, 7]] == allowed[[0, 7]]).all() and (out[2:6, 22:44] == allowed[2:6, 22:44]).all()
+    assert (out[2:6, 51:55, 11:29] == S1).all() and (out[2:6, 49, 10:30] == BG | DISC | S1).all()
+    assert (out[2:6, 50, 10:30] == S1 | BG | DISC).all() and out.dtype == np.uint8
 
 
 def test_a_teacher_s1_fills_an_unlabelled_s1_and_rules_it_out_elsewhere():
