@@ -3,7 +3,8 @@
 The same MR instances (512×512×16 bit, uncompressed) are sent by dcmtk
 `storescu` over one association and over four in parallel to:
 `spinegate serve` (durable: temp file, fsync, rename before the response),
-in one process and with ``network.receiver_processes: 2``,
+in one process and with ``network.receiver_processes`` above one
+(``--receiver-processes``; 1 and 2 by default),
 dcmtk `storescp` (+xa, not durable) and Orthanc 1.10 (durable by default).
 Reported per receiver: instances/s (min/median/max over the passes) and the
 receiver's CPU time per instance (from /proc), plus spinegate's ratio to
@@ -16,6 +17,7 @@ holding only loopback (`unshare -n`).
 
     .venv/bin/python bench/ingest.py                 # 200 instances, 3 passes
     .venv/bin/python bench/ingest.py --short         # CI: 40 instances, 1 pass
+    .venv/bin/python bench/ingest.py --receiver-processes 1 2 4
 
 Writes a JSON record to bench/results/ and prints a Markdown table.
 """
@@ -43,8 +45,17 @@ from spinegate.dicom_io.phantom import sagittal_grid  # noqa: E402
 from spinegate.service.demo import free_port, stop_process, wait_for_echo  # noqa: E402
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
-# spinegate-2proc: network.receiver_processes 2 (two processes on the port).
-KINDS = ("spinegate", "spinegate-2proc", "storescp", "orthanc")
+PEERS = ("storescp", "orthanc")
+
+
+def spinegate_kind(processes: int) -> str:
+    """The receiver's name in the results: spinegate-2proc is
+    ``network.receiver_processes: 2`` (two processes on the port)."""
+    return "spinegate" if processes == 1 else f"spinegate-{processes}proc"
+
+
+def _receiver_processes(kind: str) -> int:
+    return 1 if kind == "spinegate" else int(kind.removeprefix("spinegate-").removesuffix("proc"))
 
 
 def _only_loopback() -> bool:
@@ -95,7 +106,7 @@ def _start(kind: str, work: Path) -> tuple[subprocess.Popen, int, str]:
     port = free_port()
     work.mkdir(parents=True)
     if kind.startswith("spinegate"):
-        processes = 2 if kind == "spinegate-2proc" else 1
+        processes = _receiver_processes(kind)
         cfg = {"network": {"port": port, "receiver_processes": processes}, "http": {"enabled": False},
                "storage": {"root": str(work / "var")}, "assembly": {"quiet_period_s": 3600}}
         (work / "c.yaml").write_text(yaml.safe_dump(cfg))
@@ -131,7 +142,8 @@ def measure(kind: str, files: list[Path], associations: int, passes: int, work: 
             wait_for_echo("127.0.0.1", port, called, 90, proc)
             # Every receiver process listening (and done starting) before the clock runs.
             deadline = time.time() + 60
-            while kind == "spinegate-2proc" and _listeners(port) < 2 and time.time() < deadline:
+            while kind.startswith("spinegate") and _listeners(port) < _receiver_processes(kind) \
+                    and time.time() < deadline:
                 time.sleep(0.2)
             time.sleep(1.0)
             c0 = _cpu_s(proc.pid)
@@ -150,26 +162,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--short", action="store_true", help="40 instances, one pass (CI)")
     ap.add_argument("--instances", type=int, default=200)
     ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--receiver-processes", type=int, nargs="+", default=[1, 2], metavar="N",
+                    help="spinegate's network.receiver_processes settings to measure")
     args = ap.parse_args(argv)
     if not _only_loopback():
         if shutil.which("unshare") is None:
             raise SystemExit("needs a loopback-only network namespace: run it under 'unshare -n'")
-        cmd = f"ip link set lo up && exec {sys.executable} {' '.join(map(str, [Path(__file__).resolve(), *sys.argv[1:]]))}"
+        rerun = " ".join(map(str, [sys.executable, Path(__file__).resolve(), *sys.argv[1:]]))
+        cmd = f"ip link set lo up && exec {rerun}"
         return subprocess.run(["unshare", "-n", "sh", "-c", cmd]).returncode
     n, passes = (40, 1) if args.short else (args.instances, args.passes)
     work = Path(tempfile.mkdtemp(prefix="spinegate-ingest-"))
     files = _instances(n, work / "instances")
     results: dict[str, dict[str, object]] = {}
+    variants = [spinegate_kind(n) for n in args.receiver_processes]
     for associations in (1, 4):
-        for kind in KINDS:
+        for kind in (*variants, *PEERS):
             results[f"{kind}/{associations}"] = measure(kind, files, associations, passes, work)
     shutil.rmtree(work, ignore_errors=True)
     record = {"kind": "short" if args.short else "full", "instances": n, "passes": passes,
               "instance": "MR 512x512x16 bit, Explicit VR Little Endian", "results": results}
     for associations in (1, 4):
-        for variant in ("spinegate", "spinegate-2proc"):
+        for variant in variants:
             ours = results[f"{variant}/{associations}"]["instances_per_s"]["median"]  # type: ignore[index]
-            for peer in ("storescp", "orthanc"):
+            for peer in PEERS:
                 theirs = results[f"{peer}/{associations}"]["instances_per_s"]["median"]  # type: ignore[index]
                 record[f"ratio_{variant}_to_{peer}_{associations}_assoc"] = round(ours / theirs, 2)
     out = REPO / "bench" / "results" / f"ingest_{record['kind']}_{time.strftime('%Y%m%dT%H%M%S')}.json"
