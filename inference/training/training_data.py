@@ -163,14 +163,14 @@ def with_open_body_rim(case: TrainingCase, in_plane_pixels: int = 1, lateral_pla
     """A case whose vertebral-body and S1 outlines are left open by a rim.
 
     Each labelled body (and S1) keeps its interior, less ``in_plane_pixels``
-    from its in-plane boundary, as its class; that inner rim, and an outer
-    rim of ``in_plane_pixels`` in-plane and ``lateral_planes`` planes to
-    each side, may be the structure or what the pixel allowed before. The
-    marginal loss then takes where a body's contour lies from the other
-    cases. For a label set drawn to another contour convention than the
-    rest (VB1's outlines enclose about a tenth less than the network's,
-    VB2's and VB3's about a twentieth more; the model card's measurement
-    accuracy), so that one network is not pulled between them.
+    from its in-plane boundary, as its class; that inner rim may be the
+    structure, background or disc, and an outer rim of ``in_plane_pixels``
+    in-plane and ``lateral_planes`` planes to each side the structure or
+    what the pixel allowed before. The marginal loss then takes where a
+    body's contour lies from the other cases. For a label set drawn to
+    another contour convention than the one measurements are compared with
+    (VB1's outlines enclose about a tenth less than the network's, VB2's and
+    VB3's about a twentieth more; the model card's measurement accuracy).
     """
     allowed = case.allowed.copy()
     in_plane = np.ones((1, 2 * in_plane_pixels + 1, 2 * in_plane_pixels + 1), bool)
