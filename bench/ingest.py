@@ -54,10 +54,6 @@ def spinegate_kind(processes: int) -> str:
     return "spinegate" if processes == 1 else f"spinegate-{processes}proc"
 
 
-def _receiver_processes(kind: str) -> int:
-    return 1 if kind == "spinegate" else int(kind.removeprefix("spinegate-").removesuffix("proc"))
-
-
 def _only_loopback() -> bool:
     lines = Path("/proc/self/net/dev").read_text().splitlines()[2:]
     return {line.split(":")[0].strip() for line in lines} == {"lo"}
@@ -102,11 +98,10 @@ def _send(files: list[Path], port: int, called: str, associations: int) -> float
     return time.perf_counter() - t0
 
 
-def _start(kind: str, work: Path) -> tuple[subprocess.Popen, int, str]:
+def _start(kind: str, work: Path, processes: int = 1) -> tuple[subprocess.Popen, int, str]:
     port = free_port()
     work.mkdir(parents=True)
     if kind.startswith("spinegate"):
-        processes = _receiver_processes(kind)
         cfg = {"network": {"port": port, "receiver_processes": processes}, "http": {"enabled": False},
                "storage": {"root": str(work / "var")}, "assembly": {"quiet_period_s": 3600}}
         (work / "c.yaml").write_text(yaml.safe_dump(cfg))
@@ -134,16 +129,16 @@ def _listeners(port: int) -> int:
     return sum(1 for line in lines if line.split()[1] == local and line.split()[3] == "0A")
 
 
-def measure(kind: str, files: list[Path], associations: int, passes: int, work: Path) -> dict[str, object]:
+def measure(kind: str, files: list[Path], associations: int, passes: int, work: Path,
+            processes: int = 1) -> dict[str, object]:
     rates, cpu = [], []
     for i in range(passes):
-        proc, port, called = _start(kind, work / f"{kind}-{associations}-{i}")
+        proc, port, called = _start(kind, work / f"{kind}-{associations}-{i}", processes)
         try:
             wait_for_echo("127.0.0.1", port, called, 90, proc)
             # Every receiver process listening (and done starting) before the clock runs.
             deadline = time.time() + 60
-            while kind.startswith("spinegate") and _listeners(port) < _receiver_processes(kind) \
-                    and time.time() < deadline:
+            while processes > 1 and _listeners(port) < processes and time.time() < deadline:
                 time.sleep(0.2)
             time.sleep(1.0)
             c0 = _cpu_s(proc.pid)
@@ -175,10 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="spinegate-ingest-"))
     files = _instances(n, work / "instances")
     results: dict[str, dict[str, object]] = {}
-    variants = [spinegate_kind(n) for n in args.receiver_processes]
+    variants = {spinegate_kind(n): n for n in args.receiver_processes}
     for associations in (1, 4):
-        for kind in (*variants, *PEERS):
-            results[f"{kind}/{associations}"] = measure(kind, files, associations, passes, work)
+        for kind, processes in (*variants.items(), *((peer, 1) for peer in PEERS)):
+            results[f"{kind}/{associations}"] = measure(kind, files, associations, passes, work, processes)
     shutil.rmtree(work, ignore_errors=True)
     record = {"kind": "short" if args.short else "full", "instances": n, "passes": passes,
               "instance": "MR 512x512x16 bit, Explicit VR Little Endian", "results": results}
