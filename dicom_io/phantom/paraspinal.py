@@ -63,11 +63,14 @@ BACK_FAT_BEHIND_CANAL_MM = 6.0
 @dataclass(frozen=True)
 class ParaspinalAnatomy:
     """One subject's muscles: per (muscle, side) a size factor (asymmetry)
-    and the area share of fat blobs; ``seed`` drives the blob pattern."""
+    and the area share of fat blobs; ``seed`` drives the blob pattern;
+    ``fascia_fat_fraction`` is how fatty (so how visible) the sheets
+    between the muscles are."""
 
     size: dict[tuple[str, str], float]
     blob_share: dict[tuple[str, str], float]
     seed: int
+    fascia_fat_fraction: float = FASCIA_FAT_FRACTION
 
     def fat_fraction(self, muscle: str, side: str) -> float:
         """Expected mean fat fraction of a muscle (the exact value on a grid
@@ -76,11 +79,34 @@ class ParaspinalAnatomy:
         return share * BLOB_FAT_FRACTION + (1 - share) * LEAN_FAT_FRACTION
 
 
-def make_paraspinal_anatomy(seed: int) -> ParaspinalAnatomy:
+def make_paraspinal_anatomy(seed: int, multifidus_scale: float = 1.0,
+                            fascia_fat_fraction: float = FASCIA_FAT_FRACTION) -> ParaspinalAnatomy:
+    """One subject's muscles, drawn from ``seed``.
+
+    Parameters
+    ----------
+    seed : int
+        Drives the per-muscle size factors (0.9-1.1, the left/right
+        asymmetry), the fat-blob shares and the blob pattern.
+    multifidus_scale : float
+        Extra linear size factor of both multifidi (area ∝ its square): the
+        multifidus' size against the erector spinae varies between adults
+        far more than the default asymmetry (atrophy in back pain). Training
+        data uses it to show the network multifidi of every size; 1.0 keeps
+        the anatomy of the anchors.
+    fascia_fat_fraction : float
+        Fat fraction of the fascia sheets. On real water images the sheet
+        between multifidus and erector spinae is often barely darker than
+        the muscles; training data draws fainter sheets than the default.
+    """
+    if not 0.3 <= multifidus_scale <= 2.0:
+        raise ValueError(f"multifidus_scale {multifidus_scale} is outside 0.3-2.0")
+    if not 0.0 <= fascia_fat_fraction <= 1.0:
+        raise ValueError(f"fascia_fat_fraction {fascia_fat_fraction} is outside 0-1")
     rng = np.random.default_rng(10_000 + seed)
-    size = {key: float(rng.uniform(0.9, 1.1)) for key in MUSCLE_LABELS}
+    size = {key: float(rng.uniform(0.9, 1.1)) * (multifidus_scale if key[0] == "MF" else 1.0) for key in MUSCLE_LABELS}
     share = {key: float(rng.uniform(0.03, 0.25)) for key in MUSCLE_LABELS}
-    return ParaspinalAnatomy(size, share, seed)
+    return ParaspinalAnatomy(size, share, seed, fascia_fat_fraction)
 
 
 def _anchor_z_and_canal_y(ph: SpinePhantom) -> tuple[np.ndarray, np.ndarray]:
@@ -165,7 +191,7 @@ class ParaspinalField:
                 inside = exists & ((dx / (a * k)) ** 2 + (dy / (b * k)) ** 2 <= 1.0)
                 sheet = exists & ~inside & ((dx / (a * k + FASCIA_MM)) ** 2 + (dy / (b * k + FASCIA_MM)) ** 2 <= 1.0)
                 label[sheet] = 0
-                ff[sheet] = FASCIA_FAT_FRACTION
+                ff[sheet] = self.anatomy.fascia_fat_fraction
                 label[inside] = MUSCLE_LABELS[key]
                 # The blob field only where the muscle is (a few % of the slice).
                 blobs = _blob_field(p[inside], self.anatomy.seed, key) >= self.blob_cut[key]

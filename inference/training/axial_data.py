@@ -8,7 +8,8 @@ import numpy as np
 from scipy import ndimage
 
 from spinegate.dicom_io.levels import StructureKind, structure_by_label
-from spinegate.dicom_io.phantom.paraspinal import MUSCLE_LABELS, PHANTOM_REVISION, axial_grid, make_paraspinal_anatomy, muscle_field
+from spinegate.dicom_io.phantom.paraspinal import (FASCIA_FAT_FRACTION, MUSCLE_LABELS, PHANTOM_REVISION, axial_grid,
+                                                   make_paraspinal_anatomy, muscle_field)
 from spinegate.dicom_io.classify import Weighting
 from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom
 from spinegate.dicom_io.volume import SeriesVolume
@@ -44,15 +45,19 @@ def class_map_of_phantom_labels(labels: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
-def phantom_axial_series(seed: int, weighting: Weighting) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+def phantom_axial_series(seed: int, weighting: Weighting, multifidus_scale: float = 1.0,
+                         fascia_fat_fraction: float = FASCIA_FAT_FRACTION,
+                         ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     """Render one axial phantom series (L1 top to S1) on a per-seed random
-    grid. Returns image (n, rows, cols), class map and pixel spacing."""
+    grid, its multifidi scaled by ``multifidus_scale`` and its fascia as
+    fatty as ``fascia_fat_fraction`` (`make_paraspinal_anatomy`). Returns
+    image (n, rows, cols), class map and pixel spacing."""
     rng = np.random.default_rng(50_000 + seed)
     spacing = float(rng.uniform(0.5, 0.8))
     size = int(round(rng.uniform(200, 250) / spacing))
     slice_mm = float(rng.uniform(3.0, 5.0))
     ph = make_spine_phantom(seed)
-    field = muscle_field(ph, make_paraspinal_anatomy(seed))
+    field = muscle_field(ph, make_paraspinal_anatomy(seed, multifidus_scale, fascia_fat_fraction))
     z_top = ph.element("L1").centre_lps[2] + ph.element("L1").height_mm / 2
     grid = axial_grid(z_top, ph.element("S1").centre_lps[2], slice_mm, size, size, spacing,
                       centre_xy_mm=(rng.uniform(-10, 10), field.view_centre_y_mm() + rng.uniform(-10, 10)))
@@ -72,15 +77,20 @@ def training_planes(normalised: np.ndarray, classes: np.ndarray, allowed_unlabel
     return x[:, :r, :c].astype(np.float32), allowed
 
 
-def phantom_training_planes(seed: int, weighting: Weighting,
-                            cache_dir: Path | None = PHANTOM_CACHE) -> tuple[np.ndarray, np.ndarray]:
+def phantom_training_planes(seed: int, weighting: Weighting, cache_dir: Path | None = PHANTOM_CACHE,
+                            multifidus_scale: float = 1.0,
+                            fascia_fat_fraction: float = FASCIA_FAT_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """`training_planes` of a fully labelled phantom series, rendered once
-    and cached as .npz in ``cache_dir`` (named by the phantom revision)."""
-    path = cache_dir / f"axial_phantom_r{PHANTOM_REVISION}_{seed}_{weighting.name}.npz" if cache_dir else None
+    and cached as .npz in ``cache_dir`` (named by the phantom revision and
+    any multifidus scale or fascia fat fraction)."""
+    scaled = "" if multifidus_scale == 1.0 else f"_mf{multifidus_scale:.4f}"
+    if fascia_fat_fraction != FASCIA_FAT_FRACTION:
+        scaled += f"_fa{fascia_fat_fraction:.4f}"
+    path = cache_dir / f"axial_phantom_r{PHANTOM_REVISION}_{seed}_{weighting.name}{scaled}.npz" if cache_dir else None
     if path is not None and path.exists():
         z = np.load(path)
         return z["image"], z["allowed"]
-    image, classes, spacing = phantom_axial_series(seed, weighting)
+    image, classes, spacing = phantom_axial_series(seed, weighting, multifidus_scale, fascia_fat_fraction)
     planes, allowed = training_planes(normalise_intensity(image), classes, 1, spacing)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ import torch
 from scipy import ndimage
 
 from spinegate.dicom_io.classify import Weighting
+from spinegate.dicom_io.phantom.paraspinal import FASCIA_FAT_FRACTION
 from spinegate.inference.training.axial_calibration import calibrate
 from spinegate.inference.training.quantize import build_int8
 from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM, AXIAL_TILE, MUSCLE_CLASSES
@@ -63,9 +64,32 @@ class AxialCase:
     allowed: np.ndarray  # int32 (n, rows, cols)
 
 
-def make_phantom_case(seed: int, weighting: Weighting, cache_dir: Path | None = None) -> AxialCase:
+def make_phantom_case(seed: int, weighting: Weighting, cache_dir: Path | None = None,
+                      multifidus_scale: float = 1.0, fascia_fat_fraction: float = FASCIA_FAT_FRACTION) -> AxialCase:
     """A fully labelled phantom series as a training case (cached as .npz)."""
-    return AxialCase(f"phantom_{seed}_{weighting.name}", *phantom_training_planes(seed, weighting, cache_dir))
+    return AxialCase(f"phantom_{seed}_{weighting.name}_mf{multifidus_scale:.3f}_fa{fascia_fat_fraction:.3f}",
+                     *phantom_training_planes(seed, weighting, cache_dir, multifidus_scale, fascia_fat_fraction))
+
+
+def stratified_values(n_seeds: int, value_range: tuple[float, float], stream: int) -> list[float]:
+    """One value per phantom seed 0..n-1: evenly spread over ``value_range``
+    (stratified, so a dozen seeds cover its ends) and assigned to the seeds
+    in an order shuffled by ``stream``, so that it does not follow the
+    seed's other anatomy or another drawn value."""
+    low, high = value_range
+    order = np.random.default_rng(stream).permutation(n_seeds)
+    return [round(low + (high - low) * (int(k) + 0.5) / n_seeds, 4) for k in order]
+
+
+def varied_phantoms(n_seeds: int, multifidus_scale: tuple[float, float] | None,
+                    fascia_fat_fraction: tuple[float, float] | None, cache_dir: Path | None) -> list[AxialCase]:
+    """Phantom seeds 0..n-1 in every training contrast with their multifidus
+    scale and fascia fat fraction drawn from the given ranges (the
+    phantom's own value where a range is None)."""
+    scales = stratified_values(n_seeds, multifidus_scale, 70_000) if multifidus_scale else [1.0] * n_seeds
+    fascia = (stratified_values(n_seeds, fascia_fat_fraction, 71_000) if fascia_fat_fraction
+              else [FASCIA_FAT_FRACTION] * n_seeds)
+    return [make_phantom_case(s, w, cache_dir, scales[s], fascia[s]) for s in range(n_seeds) for w in CONTRASTS]
 
 
 def load_real_case(data_dir: Path, slices: np.ndarray) -> AxialCase:
@@ -144,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=20261121)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tune-multifidus-scale", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                    help="fine-tune on phantoms (--tune-varied-seeds) whose multifidi are scaled by a per-seed "
+                         "factor in this range, instead of the base's phantoms")
+    ap.add_argument("--tune-fascia-fat-fraction", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                    help="the same with the fascia sheets' fat fraction drawn per seed in this range")
+    ap.add_argument("--tune-varied-seeds", type=int, default=12, help="how many phantom seeds (from 0) are varied")
     ap.add_argument("--step", choices=("cache", "base", "fold0", "fold1", "fold2", "final", "all"), default="all")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -152,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     phantoms = [make_phantom_case(s, w, args.cache) for s in TRAINING_PHANTOM_SEEDS for w in CONTRASTS]
-    log.info("%d phantom series ready (%.0f s)", len(phantoms), time.time() - t0)
+    tune_phantoms = phantoms
+    if args.tune_multifidus_scale or args.tune_fascia_fat_fraction:
+        tune_phantoms = varied_phantoms(args.tune_varied_seeds, args.tune_multifidus_scale,
+                                        args.tune_fascia_fat_fraction, args.cache)
+    log.info("%d phantom series ready, %d varied (%.0f s)", len(phantoms),
+             0 if tune_phantoms is phantoms else len(tune_phantoms), time.time() - t0)
     if args.step == "cache":
         return 0
     base_pt = args.out / f"{MODEL_NAME}.base.pt"
@@ -173,10 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         train_slices = np.setdiff1d(np.arange(n_real), held)
         real = load_real_case(args.data, train_slices)
         name = MODEL_NAME if step == "final" else f"{MODEL_NAME}.{step}"
-        model, curve = train([(phantoms, 0.6), ([real], 0.4)], args.tune_iterations, args.batch, args.lr / 2,
+        model, curve = train([(tune_phantoms, 0.6), ([real], 0.4)], args.tune_iterations, args.batch, args.lr / 2,
                              args.seed + 1, base_pt, args.out / f"{name}.pt")
         export_onnx(model, args.out / f"{name}.onnx")
         record[step] = {"iterations": args.tune_iterations, "init": base_pt.name, "real_slices": train_slices.tolist(),
+                        "multifidus_scale_range": args.tune_multifidus_scale,
+                        "fascia_fat_fraction_range": args.tune_fascia_fat_fraction,
+                        "varied_phantom_seeds": args.tune_varied_seeds if tune_phantoms is not phantoms else None,
                         "held_out_real_slices": held.tolist(), "loss_every_50": _every_50(curve)}
         record_path.write_text(json.dumps(record, indent=1))
         log.info("wrote %s", args.out / f"{name}.onnx")

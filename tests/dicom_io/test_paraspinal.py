@@ -73,8 +73,10 @@ def test_rendered_muscles_keep_their_anatomical_sizes_down_to_s1(subject):
         assert es[3] > es[4] > es[5], es
 
 
-def test_a_fascia_sheet_separates_multifidus_from_erector_spinae(subject):
-    ph, an, field = subject
+@pytest.mark.parametrize("fascia_fat_fraction", [FASCIA_FAT_FRACTION, 0.2])
+def test_a_fascia_sheet_separates_multifidus_from_erector_spinae(subject, fascia_fat_fraction):
+    ph, _, _ = subject
+    field = muscle_field(ph, make_paraspinal_anatomy(3, fascia_fat_fraction=fascia_fat_fraction))
     z = ph.element("L3").centre_lps[2]
     xs = np.arange(0.0, 80.0, 0.1)  # patient left, along the line through the multifidus centre
     lab_line = None
@@ -88,7 +90,7 @@ def test_a_fascia_sheet_separates_multifidus_from_erector_spinae(subject):
     gap = np.flatnonzero(lab[lateral + 1:] != 0)[0]  # samples until the next muscle
     assert lab[lateral + 1 + gap] == MUSCLE_LABELS[("ES", "L")]
     assert 0.5 <= gap * 0.1 <= 1.3  # ~1 mm of fascia
-    assert np.all(ff[lateral + 1:lateral + 1 + gap] == np.float32(FASCIA_FAT_FRACTION))
+    assert np.all(ff[lateral + 1:lateral + 1 + gap] == np.float32(fascia_fat_fraction))
 
 
 def test_fat_fraction_truth_is_the_blob_mixture(subject):
@@ -196,3 +198,20 @@ def test_the_slab_truth_is_the_fat_a_thick_slice_images(subject):
                 measured = fat_fraction(water[k].astype(float), fat[k].astype(float), inside, border_px=1)
                 errors.append(abs(measured - t["fat_fraction"]))
     assert len(errors) >= 80 and np.mean(errors) <= 0.004 and max(errors) <= 0.02, (np.mean(errors), max(errors))
+
+
+def test_multifidus_scale_scales_only_the_multifidi(subject):
+    ph, an, field = subject
+    scaled = make_paraspinal_anatomy(3, multifidus_scale=1.3)
+    assert scaled.blob_share == an.blob_share
+    for key, factor in an.size.items():
+        assert scaled.size[key] == pytest.approx(factor * (1.3 if key[0] == "MF" else 1.0))
+    z = ph.element("L3").centre_lps[2]
+    key = MUSCLE_LABELS[("MF", "R")]
+    # Area grows with the square of the scale (the ellipse is painted over its neighbour).
+    ratio = _area_mm2(muscle_field(ph, scaled), z, key) / _area_mm2(field, z, key)
+    assert ratio == pytest.approx(1.3**2, rel=0.03)
+    with pytest.raises(ValueError, match="multifidus_scale 0.1 is outside"):
+        make_paraspinal_anatomy(3, multifidus_scale=0.1)
+    with pytest.raises(ValueError, match="fascia_fat_fraction 1.5 is outside"):
+        make_paraspinal_anatomy(3, fascia_fat_fraction=1.5)

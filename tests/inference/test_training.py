@@ -527,3 +527,13 @@ def test_teacher_classes_run_an_exported_model_on_the_planes(tmp_path):
     cases = _tiny_cases()
     out = apply_s1_teacher(cases, tmp_path / "teacher.onnx", ["IVD"])
     assert out[0] is cases[0] and out[1] is cases[1]
+
+
+def test_varied_phantom_values_cover_the_range_evenly_in_a_fixed_order_per_stream():
+    from spinegate.inference.training.train_axial import stratified_values
+
+    scales = stratified_values(12, (0.75, 1.35), 70_000)
+    assert scales == stratified_values(12, (0.75, 1.35), 70_000)
+    assert sorted(scales) == pytest.approx([0.775 + 0.05 * k for k in range(12)])
+    assert scales != sorted(scales)  # the value does not follow the seed
+    assert stratified_values(12, (0.75, 1.35), 71_000) != scales  # nor another drawn value
