@@ -83,10 +83,10 @@ def phantom_training_planes(seed: int, weighting: Weighting, cache_dir: Path | N
     """`training_planes` of a fully labelled phantom series, rendered once
     and cached as .npz in ``cache_dir`` (named by the phantom revision and
     any multifidus scale or fascia fat fraction)."""
-    scaled = "" if multifidus_scale == 1.0 else f"_mf{multifidus_scale:.4f}"
+    variant = "" if multifidus_scale == 1.0 else f"_mf{multifidus_scale:.4f}"
     if fascia_fat_fraction != FASCIA_FAT_FRACTION:
-        scaled += f"_fa{fascia_fat_fraction:.4f}"
-    path = cache_dir / f"axial_phantom_r{PHANTOM_REVISION}_{seed}_{weighting.name}{scaled}.npz" if cache_dir else None
+        variant += f"_fa{fascia_fat_fraction:.4f}"
+    path = cache_dir / f"axial_phantom_r{PHANTOM_REVISION}_{seed}_{weighting.name}{variant}.npz" if cache_dir else None
     if path is not None and path.exists():
         z = np.load(path)
         return z["image"], z["allowed"]
