@@ -67,7 +67,9 @@ class AxialCase:
 def make_phantom_case(seed: int, weighting: Weighting, cache_dir: Path | None = None,
                       multifidus_scale: float = 1.0, fascia_fat_fraction: float = FASCIA_FAT_FRACTION) -> AxialCase:
     """A fully labelled phantom series as a training case (cached as .npz)."""
-    return AxialCase(f"phantom_{seed}_{weighting.name}_mf{multifidus_scale:.3f}_fa{fascia_fat_fraction:.3f}",
+    varied = (multifidus_scale, fascia_fat_fraction) != (1.0, FASCIA_FAT_FRACTION)
+    suffix = f"_mf{multifidus_scale:.3f}_fa{fascia_fat_fraction:.3f}" if varied else ""
+    return AxialCase(f"phantom_{seed}_{weighting.name}{suffix}",
                      *phantom_training_planes(seed, weighting, cache_dir, multifidus_scale, fascia_fat_fraction))
 
 
