@@ -19,7 +19,8 @@ from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagit
 from spinegate.dicom_io.phantom.study import write_axial_phantom_study, write_phantom_study
 from spinegate.dicom_io.uids import derive_uid
 
-__all__ = ["NAMES", "StatusCase", "StudyCase", "matrix_case", "status_cases", "storescu_proposal", "whole_study_cases"]
+__all__ = ["MATRIX_IMAGE", "NAMES", "StatusCase", "StudyCase", "matrix_case", "status_cases", "storescu_proposal",
+           "whole_study_cases"]
 
 # (label, (0008,0005) the sources declare, patient name): a plain-ASCII
 # scanner that declares nothing, Latin-1, and UTF-8.
@@ -66,11 +67,18 @@ class StudyCase:
     source_character_set: str | None
     loads: bool | None  # None: not asserted
     multiframe: bool = False
+    transfer_syntax: str = ExplicitVRLittleEndian
+    # The rendered image the study's one series carries, where other studies
+    # carry the same one in another encoding (None: a study of its own).
+    image: str | None = None
 
     @property
     def output_character_set(self) -> str | None:
         """What every returned object must declare: nothing for ASCII text."""
         return None if self.patient_name.isascii() else "ISO_IR 192"
+
+
+MATRIX_IMAGE = "sagittal T2 phantom, seed 301"
 
 
 @functools.lru_cache(maxsize=1)
@@ -101,7 +109,8 @@ def matrix_case(work: Path, index: int, storage_class: UID, ts: UID) -> StudyCas
     if ts != ExplicitVRLittleEndian:
         files = [encode(f, ts, folder / "sent" / f.name) for f in files]
     return StudyCase(f"M{index:02d}", f"{UID(storage_class).name}, {UID(ts).name}, names {label}", tuple(files),
-                     study.study_instance_uid, storescu_proposal(ts), 1, name, character_set, None, multiframe)
+                     study.study_instance_uid, storescu_proposal(ts), 1, name, character_set, None, multiframe,
+                     UID(ts), MATRIX_IMAGE)
 
 
 def whole_study_cases(work: Path) -> list[StudyCase]:

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import highdicom as hd
 import pydicom
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from conformance.cases import StudyCase, matrix_case, status_cases, whole_study_cases
 from conformance.checks import Check, ToolMissing, check_returned_object, tool
-from conformance.encode import encoder_name
+from conformance.encode import LOSSY, encoder_name
 from conformance.pacs import StoreSCP, echoscu, storescu_statuses
 from spinegate.dicom_io import codes as sg_codes
 
@@ -177,6 +177,47 @@ def _content_checks(case: StudyCase, objects: dict[str, list[Path]]) -> list[Che
     return checks
 
 
+def measured_values(sr: pydicom.Dataset) -> list[tuple[str, str]]:
+    """Every numeric content item of an SR in document order, as (concept
+    name, value as written)."""
+    values: list[tuple[str, str]] = []
+
+    def walk(items: pydicom.Sequence) -> None:
+        for item in items:
+            if item.get("ValueType") == "NUM" and item.get("MeasuredValueSequence"):
+                values.append((str(item.ConceptNameCodeSequence[0].CodeMeaning),
+                               str(item.MeasuredValueSequence[0].NumericValue)))
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.get("ContentSequence", []))
+    return values
+
+
+def _alike_checks(cases: list[StudyCase], srs: dict[str, Path]) -> list[Check]:
+    """Studies carrying one image in a lossless encoding or a multi-frame
+    form must measure exactly what its single-frame Explicit VR Little
+    Endian form measures: decoding and multi-frame geometry change nothing."""
+    checks = []
+    for image in sorted({c.image for c in cases if c.image is not None}):
+        same = [c for c in cases if c.image == image]
+        reference = next((c for c in same if not c.multiframe and c.transfer_syntax == ExplicitVRLittleEndian), None)
+        if reference is None or reference.case_id not in srs:
+            continue  # the reference's own outputs check already failed
+        expected = measured_values(pydicom.dcmread(srs[reference.case_id]))
+        for case in same:
+            if case is reference or UID(case.transfer_syntax) in LOSSY:
+                continue
+            got = measured_values(pydicom.dcmread(srs[case.case_id])) if case.case_id in srs else []
+            differ = [(e, g) for e, g in zip(expected, got) if e != g]
+            observed = f"{len(got)} values, {len(differ)} differ"
+            if differ:
+                observed += f"; first: {differ[0][1][0]} {differ[0][1][1]} (reference {differ[0][0][1]})"
+            checks.append(Check("content", "measures as uncompressed", f"{case.case_id} SR",
+                                len(got) == len(expected) and not differ,
+                                f"the {len(expected)} values of {reference.case_id}", observed))
+    return checks
+
+
 def _collect(case: StudyCase, pacs: StoreSCP, deadline: float,
              study_timeout_s: float) -> tuple[Check, dict[str, list[Path]]]:
     expected = f"{case.seg_count} SEG + 1 SR + key images (>= 1 per SEG) + 1 PDF"
@@ -224,6 +265,7 @@ def run_suite(target: Target, work: Path, pacs_folder: Path, timeout_s: float = 
             checks.append(_send(case, target))
         log(f"sent {len(cases)} studies; C-STORE status cases next")
         checks += _status_checks(target, work)
+        srs: dict[str, Path] = {}
         with ThreadPoolExecutor(max_workers=2) as pool:
             pending = []
             for case in cases:
@@ -231,9 +273,11 @@ def run_suite(target: Target, work: Path, pacs_folder: Path, timeout_s: float = 
                 checks.append(arrived)
                 log(f"{case.case_id}: {arrived.observed}")
                 checks += _content_checks(case, objects)
+                srs.update({case.case_id: objects["SR"][0]} if len(objects["SR"]) == 1 else {})
                 pending += [pool.submit(_object_checks, case, m, p) for m, paths in objects.items() for p in paths]
             for future in pending:
                 checks += future.result()
+        checks += _alike_checks(cases, srs)
     finally:
         pacs.stop()
     order = ["association", "storage", "C-STORE statuses", "outputs", "objects", "content"]
