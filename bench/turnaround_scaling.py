@@ -89,7 +89,8 @@ def main() -> int:
             by_slices.append({"sagittal_slices_per_series": n, **_time(study["files"], engines, solver, runs, work)})
             print(json.dumps(by_slices[-1]), flush=True)
         study = write_axial_phantom_study(work / "series", seed=450, rows=axial_size, columns=axial_size,
-                                          pixel_spacing_mm=205.0 / axial_size, axial_weightings=("T1", "T2"),
+                                          pixel_spacing_mm=205.0 / axial_size,
+                                          axial_weightings=("T2",) if args.short else ("T1", "T2"),
                                           sagittal_size=(size, 300.0 / size), study=StudyInfo(uid_seed="scale-series"))
         by_series = []
         for label, numbers in series_steps:
