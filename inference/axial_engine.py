@@ -165,10 +165,13 @@ class AxialMuscleEngine:
         log.info("loaded model name=%s version=%s sha256=%s backend=%s", self.info.name, self.info.version,
                  self.info.sha256[:12], self.backend.name)
 
-    def scores(self, volume: SeriesVolume) -> np.ndarray:
-        """Softmax class scores (slices, classes, rows, cols) on the native grid."""
+    def scores(self, volume: SeriesVolume, slices: slice | None = None) -> np.ndarray:
+        """Softmax class scores (slices, classes, rows, cols) on the native grid,
+        of every slice or only of ``slices`` (scaled by the whole series'
+        intensities either way, so a slice scores the same in both)."""
         planes, ps, axes = axial_canonical_planes(volume)
-        x, valid = to_training_grid(normalise_intensity(planes), ps, AXIAL_SPACING_MM)
+        normalised = normalise_intensity(planes)
+        x, valid = to_training_grid(normalised if slices is None else normalised[slices], ps, AXIAL_SPACING_MM)
         probs = sliding_window_softmax(self.backend.run, x[:, None], AXIAL_TILE, batch=self._batch)
         return _apply(from_training_grid(probs, valid, planes.shape[1:]), axes, inverse=True)
 

@@ -50,7 +50,7 @@ def real_fold_dice(data_dir: Path, model_dir: Path) -> dict:
     for k, (lo, hi) in enumerate(REAL_FOLDS):
         engine = AxialMuscleEngine(model_dir, model_name=f"{MODEL_NAME}.fold{k}")
         # Intensity scaling over the whole series, as for any series at inference.
-        probs = engine.scores(canonical_axial_volume(water, (spacing, spacing)))[lo:hi]
+        probs = engine.scores(canonical_axial_volume(water, (spacing, spacing)), slice(lo, hi))
         pred = clean_axial_classes(probs.argmax(axis=1).astype(np.uint8), spacing * spacing)
         per = {}
         for name in REAL_MUSCLES:

@@ -38,6 +38,17 @@ def test_held_out_phantom_classes_are_segmented(axial_engine, held_out):
         assert dice(pred == c, classes == c) > 0.85, AXIAL_CLASS_NAMES[c]
 
 
+def test_some_slices_score_as_in_the_whole_series(axial_engine, held_out):
+    """Scoring only a block of slices (the cross-validation's held-out
+    blocks) scales them by the whole series and gives their scores exactly."""
+    image, _, aff = held_out
+    volume = SeriesVolume.from_array(image[:7], aff, 4.0)
+    whole = axial_engine.scores(volume)
+    np.testing.assert_array_equal(axial_engine.scores(volume, slice(2, 5)), whole[2:5])
+    # alone, the block would be scaled by its own intensities: not the same scores
+    assert not np.array_equal(axial_engine.scores(SeriesVolume.from_array(image[2:5], aff, 4.0)), whole[2:5])
+
+
 def test_laterality_follows_patient_coordinates_not_the_image_grid(axial_engine, held_out):
     """The same slices stored with columns running toward the patient's right
     (and rows transposed) give the same left and right muscles."""
