@@ -37,7 +37,7 @@ from conformance.encode import LOSSY, encoder_name
 from conformance.pacs import StoreSCP, echoscu, storescu_statuses
 from spinegate.dicom_io import codes as sg_codes
 
-__all__ = ["Claims", "Target", "main", "read_claims", "run_suite", "write_report"]
+__all__ = ["Claims", "Target", "main", "measured_values", "read_claims", "run_suite", "write_report"]
 
 STATEMENT = Path(__file__).with_name("CONFORMANCE.md")
 _ROW = re.compile(r"^\|\s*([^|]+?)\s*\|\s*(1\.2\.840\.10008\.[0-9.]+)\s*\|(.*)$")
@@ -205,7 +205,7 @@ def _alike_checks(cases: list[StudyCase], srs: dict[str, Path]) -> list[Check]:
             continue  # the reference's own outputs check already failed
         expected = measured_values(pydicom.dcmread(srs[reference.case_id]))
         for case in same:
-            if case is reference or UID(case.transfer_syntax) in LOSSY:
+            if case is reference or case.transfer_syntax in LOSSY:
                 continue
             got = measured_values(pydicom.dcmread(srs[case.case_id])) if case.case_id in srs else []
             differ = [(e, g) for e, g in zip(expected, got) if e != g]
@@ -273,7 +273,8 @@ def run_suite(target: Target, work: Path, pacs_folder: Path, timeout_s: float = 
                 checks.append(arrived)
                 log(f"{case.case_id}: {arrived.observed}")
                 checks += _content_checks(case, objects)
-                srs.update({case.case_id: objects["SR"][0]} if len(objects["SR"]) == 1 else {})
+                if len(objects["SR"]) == 1:
+                    srs[case.case_id] = objects["SR"][0]
                 pending += [pool.submit(_object_checks, case, m, p) for m, paths in objects.items() for p in paths]
             for future in pending:
                 checks += future.result()
