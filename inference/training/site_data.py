@@ -11,7 +11,7 @@ Partial labels are the rule, not the exception: a case teaches the classes
 it labels (vertebral body, S1, disc), and an unlabelled pixel is told "not
 this class" only on the planes that label the class, between the most
 superior and the most inferior row labelled with it there. Elsewhere it may
-be any class, which the marginal loss (`train.partial_label_loss`) turns
+be any class, which the marginal loss (`training_steps.partial_label_loss`) turns
 into no supervision: a site that traced the discs on the mid-sagittal slice
 alone teaches discs there and nothing wrong anywhere else.
 """

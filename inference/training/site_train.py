@@ -34,7 +34,7 @@ from spinegate.dicom_io.label_files import structure_named
 from spinegate.dicom_io.levels import SpineStructure
 from spinegate.inference.training.site_data import TrainingSpec, label_table_of, split_by_subject
 from spinegate.inference.training.site_engines import RECIPES, EngineRecipe, HeldOut, committed_models
-from spinegate.inference.training.train import export_onnx, optimisation_step
+from spinegate.inference.training.training_steps import export_onnx, optimisation_step
 
 __all__ = ["train_site", "one_cycle", "CHECKPOINT"]
 

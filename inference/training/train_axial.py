@@ -4,7 +4,7 @@ Data: axial phantoms (every class: vertebral body, disc, left/right MF, ES,
 PM, QL; T1, T2 and Dixon-water contrast, 0.5-0.8 mm pixels, 3-5 mm slices)
 and the real labelled subject TUM01 (Dixon water image; erector spinae and
 multifidus only, so its unlabelled pixels allow background, vertebral body,
-disc, psoas and quadratus lumborum: `inference.training.train.partial_label_loss`).
+disc, psoas and quadratus lumborum: `inference.training.training_steps.partial_label_loss`).
 
 The committed model and its cross-validation come from one command
 (docs/models.md, "The axial model")::
@@ -41,7 +41,7 @@ from spinegate.inference.training.axial_data import (PHANTOM_CACHE, REAL_FOLDS, 
                                   training_planes, tum_classes)
 from spinegate.inference.training.network import ResidualUNet2D
 from spinegate.inference.preprocessing import normalise_intensity
-from spinegate.inference.training.train import export_onnx, optimisation_step
+from spinegate.inference.training.training_steps import export_onnx, optimisation_step
 
 log = logging.getLogger("spinegate.inference.training.train_axial")
 

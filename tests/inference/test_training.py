@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="torch is the training extra: pip install '.[train]'")
 
-from spinegate.inference.training.train import partial_label_loss  # noqa: E402
+from spinegate.inference.training.training_steps import partial_label_loss  # noqa: E402
 from spinegate.inference.training.training_data import BG, DISC, S1, VB, allowed_all  # noqa: E402
 
 

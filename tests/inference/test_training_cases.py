@@ -107,7 +107,8 @@ def test_training_from_packed_cases_with_workers_and_a_time_budget(tmp_path):
 
 def test_teacher_classes_run_an_exported_model_on_the_planes(tmp_path):
     from spinegate.inference.training.network import ResidualUNet2D
-    from spinegate.inference.training.train import apply_s1_teacher, export_onnx
+    from spinegate.inference.training.train import apply_s1_teacher
+    from spinegate.inference.training.training_steps import export_onnx
     from spinegate.inference.training.training_data import teacher_classes
 
     torch.manual_seed(0)

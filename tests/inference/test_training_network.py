@@ -60,7 +60,7 @@ def test_network_given_more_feature_maps_computes_the_same_function_until_traine
 def test_a_network_rebuilt_from_its_onnx_export_computes_the_same(tmp_path):
     pytest.importorskip("onnx")
     from spinegate.inference.training.network import ResidualUNet2D, load_from_onnx
-    from spinegate.inference.training.train import export_onnx
+    from spinegate.inference.training.training_steps import export_onnx
 
     torch.manual_seed(0)
     net = ResidualUNet2D(4, channels=(4, 8), dropout=0.0, in_channels=3).eval()
@@ -86,7 +86,8 @@ def test_a_network_rebuilt_from_its_onnx_export_computes_the_same(tmp_path):
 def test_training_continues_from_a_state_dict_or_an_onnx_model_widened_to_the_context(tmp_path):
     pytest.importorskip("onnx")
     from spinegate.inference.training.network import ResidualUNet2D
-    from spinegate.inference.training.train import export_onnx, initial_model
+    from spinegate.inference.training.train import initial_model
+    from spinegate.inference.training.training_steps import export_onnx
     from spinegate.inference.training.training_data import CLASS_NAMES
 
     torch.manual_seed(1)
@@ -127,7 +128,7 @@ def test_training_continues_from_a_state_dict_or_an_onnx_model_widened_to_the_co
 @pytest.mark.parametrize("bf16", [False, True])
 def test_an_optimisation_step_fits_a_batch_and_keeps_float32_weights(bf16):
     from spinegate.inference.training.network import ResidualUNet2D
-    from spinegate.inference.training.train import optimisation_step
+    from spinegate.inference.training.training_steps import optimisation_step
     from spinegate.inference.training.training_data import CLASS_NAMES
 
     torch.manual_seed(3)
@@ -147,7 +148,7 @@ def test_an_optimisation_step_fits_a_batch_and_keeps_float32_weights(bf16):
 def test_a_global_context_bias_starts_at_zero_shifts_whole_slices_and_survives_export(tmp_path):
     pytest.importorskip("onnx")
     from spinegate.inference.training.network import ResidualUNet2D, from_weights, load_from_onnx
-    from spinegate.inference.training.train import export_onnx
+    from spinegate.inference.training.training_steps import export_onnx
 
     torch.manual_seed(4)
     net = ResidualUNet2D(4, channels=(4, 8, 12), in_channels=3).eval()
@@ -179,7 +180,8 @@ def test_a_global_context_bias_starts_at_zero_shifts_whole_slices_and_survives_e
 
 def test_training_only_the_context_bias_leaves_the_rest_of_the_network_unchanged(tmp_path):
     from spinegate.inference.training.network import ResidualUNet2D
-    from spinegate.inference.training.train import initial_model, optimisation_step, trainable_parameters
+    from spinegate.inference.training.train import initial_model, trainable_parameters
+    from spinegate.inference.training.training_steps import optimisation_step
     from spinegate.inference.training.training_data import CLASS_NAMES
 
     torch.manual_seed(5)
