@@ -63,9 +63,11 @@ def export_onnx(model: ResidualUNet2D, path: Path) -> None:
     """Export with dynamic batch and spatial size (multiples of 16); the
     input's channel count (slices per example) is fixed by the model."""
     model.eval()
-    dummy = torch.zeros(1, model.in_channels, 256, 256)
+    # The exporter traces one forward pass; its values do not matter and
+    # its batch and spatial sizes are declared dynamic below.
+    trace_input = torch.zeros(1, model.in_channels, 256, 256)
     torch.onnx.export(
-        model, (dummy,), str(path), input_names=["image"], output_names=["logits"], opset_version=17,
+        model, (trace_input,), str(path), input_names=["image"], output_names=["logits"], opset_version=17,
         dynamic_axes={"image": {0: "batch", 2: "rows", 3: "columns"}, "logits": {0: "batch", 2: "rows", 3: "columns"}},
         dynamo=False,
     )
