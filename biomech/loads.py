@@ -165,7 +165,9 @@ def _quiet_opensim():
     return osim
 
 
-def _analyze(model_path: Path, motion: Path, out_dir: Path, name: str, analysis, t_end: float) -> None:
+def _analyze(model_path: Path, motion: Path, out_dir: Path, name: str, analysis, t: float) -> None:
+    """Run ``analysis`` on the pose at time ``t`` alone: the pose is static,
+    so every other row of the motion would solve the same problem again."""
     import opensim as osim
 
     tool = osim.AnalyzeTool()
@@ -173,11 +175,11 @@ def _analyze(model_path: Path, motion: Path, out_dir: Path, name: str, analysis,
     tool.setModelFilename(str(model_path))
     tool.setCoordinatesFileName(str(motion))
     tool.setLowpassCutoffFrequency(-1)
-    tool.setInitialTime(0.0)
-    tool.setFinalTime(t_end)
+    tool.setInitialTime(t)
+    tool.setFinalTime(t)
     tool.setResultsDir(str(out_dir))
-    analysis.setStartTime(0.0)
-    analysis.setEndTime(t_end)
+    analysis.setStartTime(t)
+    analysis.setEndTime(t)
     tool.getAnalysisSet().cloneAndAppend(analysis)
     setup = out_dir / f"{name}_setup.xml"
     tool.printToXML(str(setup))
@@ -213,7 +215,7 @@ def solve_task(subject: Subject, geometry: SpineGeometry, task: Task, out_dir: P
     so.setUseMusclePhysiology(True)
     so.setConvergenceCriterion(1e-4)
     so.setMaxIterations(100)
-    _analyze(model_path, motion, out_dir, f"{task.name}_so", so, 0.09)
+    _analyze(model_path, motion, out_dir, f"{task.name}_so", so, t_mid)
     forces_path = out_dir / f"{task.name}_so_StaticOptimization_force.sto"
     activation_path = out_dir / f"{task.name}_so_StaticOptimization_activation.sto"
     if not forces_path.exists():
@@ -231,7 +233,7 @@ def solve_task(subject: Subject, geometry: SpineGeometry, task: Task, out_dir: P
     frame = osim.ArrayStr()
     frame.append("ground")
     jr.setInFrame(frame)
-    _analyze(model_path, motion, out_dir, f"{task.name}_jr", jr, 0.09)
+    _analyze(model_path, motion, out_dir, f"{task.name}_jr", jr, t_mid)
     jr_path = out_dir / f"{task.name}_jr_JointReaction_ReactionLoads.sto"
     if not jr_path.exists():
         raise RuntimeError(f"joint reaction wrote no loads for {task.name}")
