@@ -49,10 +49,11 @@ demo: $(VENV)/.runtime
 # The whole suite runs in a private network namespace holding only loopback,
 # so no peer started by a test is reachable from outside this machine. Two
 # pytest-xdist workers, a test file each at a time (most integration tests
-# wait on peers, so two share the 2 cores well); then the log audit alone,
+# wait on peers, so two share the 2 cores well), the files marked heavy
+# first, heaviest first (tests/conftest.py); then the log audit alone,
 # over every worker's temporary files (tests/test_no_phi.py).
 SUITE_TMP := $(CURDIR)/.cache/pytest-suite
-SUITE := $(VENV)/bin/python -m pytest -p no:cacheprovider -n 2 --dist loadfile --basetemp=$(SUITE_TMP) \
+SUITE := $(VENV)/bin/python -m pytest -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder --basetemp=$(SUITE_TMP) \
 	-m "not session_audit" $(PYTEST_ARGS) && SPINEGATE_AUDIT_DIR=$(SUITE_TMP) $(VENV)/bin/python -m pytest \
 	-p no:cacheprovider -m session_audit -q tests/test_no_phi.py
 test: $(VENV)/.testdeps peers $(VIEWER)/.ready $(WHEELHOUSE)/.ready

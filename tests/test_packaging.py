@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.integration  # builds a wheel and a virtual environment (pip, ~1 min)
+pytestmark = [pytest.mark.integration, pytest.mark.heavy(seconds=65)]  # builds a wheel and a virtual environment (pip, ~1 min)
 
 # `make test` fills it while the network is up (the suite runs without one);
 # elsewhere pip uses its index.

@@ -2,7 +2,11 @@
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
+
+pytestmark = pytest.mark.heavy(seconds=55)
 
 
 def test_mypy_finds_no_type_errors():

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.heavy(seconds=160)]
 
 
 def _short_run(script: str, timeout_s: int = 600) -> dict:

@@ -25,6 +25,8 @@ from conftest import REPO
 from spinegate.dicom_io.uids import ACCEPTED_TRANSFER_SYNTAXES, MR_STORAGE_SOP_CLASSES
 from peers import Spinegate, free_port
 
+pytestmark = pytest.mark.heavy(seconds=320)
+
 
 def test_statement_claims_what_the_scp_accepts():
     claims = read_claims()

@@ -15,6 +15,8 @@ from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES, MUSCLE_CLASSES
 from spinegate.inference.training.axial_data import canonical_axial_volume, phantom_axial_series
 from spinegate.inference.training.axial_validation import dice, real_fold_dice
 
+pytestmark = pytest.mark.heavy(seconds=45)
+
 RECORD = json.loads((MODEL_DIR / "axial_muscle.validation.json").read_text())
 
 

@@ -19,6 +19,8 @@ from spinegate.inference.training.validation import dice
 
 pytest.importorskip("torch", reason="torch is the training extra: pip install '.[train]'")
 
+pytestmark = pytest.mark.heavy(seconds=75)
+
 MIN_DICE = 0.99
 
 

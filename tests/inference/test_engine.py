@@ -16,6 +16,8 @@ from spinegate.dicom_io.phantom import SliceGrid, make_spine_phantom, render_pha
 from spinegate.dicom_io.volume import SeriesVolume
 from spinegate.inference.training.validation import dice, validate_volume
 
+pytestmark = pytest.mark.heavy(seconds=55)
+
 LUMBAR = ("L1", "L2", "L3", "L4", "L5")
 
 

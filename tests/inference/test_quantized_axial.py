@@ -14,6 +14,8 @@ from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES
 from spinegate.inference.engine import EngineError, load_model_info
 from spinegate.inference.training.validation import dice
 
+pytestmark = pytest.mark.heavy(seconds=45)
+
 INT8 = "axial_muscle.int8"
 # Quantisation moves boundaries by about a pixel: per class the two models
 # agree to Dice 0.982-0.997 on whole held-out phantom series (measured, ax2;

@@ -31,6 +31,8 @@ from spinegate.inference.training.train import SagittalTrainingConfig, _parser  
 from spinegate.inference.training.training_data import BG, DISC, S1, VB, allowed_all, training_stems  # noqa: E402
 from spinegate.service.cli import main  # noqa: E402
 
+pytestmark = pytest.mark.heavy(seconds=140)
+
 
 def _t2_series(folder: Path, series_uid: str) -> list[pydicom.Dataset]:
     datasets = (pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm")))

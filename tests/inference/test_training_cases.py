@@ -9,6 +9,8 @@ torch = pytest.importorskip("torch", reason="torch is the training extra: pip in
 
 from spinegate.inference.training.training_data import BG, DISC, VB  # noqa: E402
 
+pytestmark = pytest.mark.heavy(seconds=45)
+
 
 def _tiny_cases() -> list:
     from spinegate.inference.training.training_data import TrainingCase

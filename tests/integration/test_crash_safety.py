@@ -14,7 +14,7 @@ import pytest
 from conftest import require_tool
 from conformance.crash import PHASES, run_crash_harness
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.heavy(seconds=95)]
 
 N_STUDIES = 20
 N_KILLS = len(PHASES)

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.heavy(seconds=60)]
 
 
 def test_demo_prints_measurements_beside_truth(tmp_path):

@@ -24,7 +24,7 @@ from spinegate.dicom_io.phantom.study import write_phantom_study
 from peers import Spinegate, StoreSCP, storescu
 from spinegate.service.store import StateStore, StudyState
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.heavy(seconds=130)]
 
 # Stated tolerances (docs/models.md, "Accuracy on the phantom"): discs come out
 # systematically thicker (the real disc training masks are dilated).

@@ -14,7 +14,7 @@ from spinegate.dicom_io.phantom.study import write_phantom_study
 from spinegate.service.demo import free_port
 from peers import Prometheus, RedisServer, Spinegate, StoreSCP, save_metrics, start_worker, stop_process, storescu
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.heavy(seconds=40)]
 
 N_STUDIES = 4
 SAGITTAL_SERIES_PER_STUDY = 2

@@ -27,7 +27,7 @@ from spinegate.dicom_io.mr_writer import StudyInfo
 from spinegate.dicom_io.phantom.study import write_phantom_study
 from peers import DICOMWEB_PLUGIN, Orthanc, free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.heavy(seconds=140)]
 
 VIEWER = REPO / ".cache" / "viewer"
 ARTIFACTS = REPO / "bench" / "results" / "viewer"

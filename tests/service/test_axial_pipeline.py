@@ -20,6 +20,8 @@ from spinegate.dicom_io.mr_writer import StudyInfo
 from spinegate.service.config import OutputsConfig, load_config
 from spinegate.service.pipeline import analyze_study
 
+pytestmark = pytest.mark.heavy(seconds=200)
+
 RULES = load_config(environ={}).routing
 # Neither the loads nor the key images and PDF are under test here: off, to save the suite's time.
 FAST = {"biomechanics": False, "outputs": OutputsConfig(key_images=False, pdf_report=False)}

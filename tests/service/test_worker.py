@@ -5,10 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 
 from spinegate.service.config import load_config
 from spinegate.service.store import InstanceRecord, StateStore, StudyState
 from spinegate.service.worker import StudyWorker, build_queue
+
+pytestmark = pytest.mark.heavy(seconds=40)
 
 
 def _worker(tmp_path, quiet: float = 0.0):
