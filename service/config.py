@@ -10,7 +10,6 @@ weightings are parsed into the classifier's enums. Any invalid value raises
 """
 from __future__ import annotations
 
-import enum
 import os
 from contextvars import ContextVar
 from importlib import resources
@@ -18,15 +17,18 @@ from pathlib import Path
 from typing import Annotated, Any, Mapping
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, IPvAnyNetwork, SecretStr,
-                      ValidationError, field_validator, model_validator)
+from pydantic import Field, IPvAnyNetwork, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict,
                                YamlConfigSettingsSource)
 
 from spinegate.dicom_io.classify import Plane, Weighting
+from spinegate.service.config_fields import (AETitle, AxialPrecision, DestinationTLS, EngineName, InferenceBackend,
+                                             NetworkTLS, OutputKind, Port, QueueBackend, Seconds, Section,
+                                             enum_member)
 
-__all__ = ["ConfigError", "Destination", "EngineName", "OutputKind", "OutputsConfig", "RoutingRule", "SpinegateConfig",
-           "load_config"]
+# The enums are defined in config_fields and named here, where callers look.
+__all__ = ["AxialPrecision", "ConfigError", "Destination", "EngineName", "InferenceBackend", "OutputKind",
+           "OutputsConfig", "QueueBackend", "RoutingRule", "SpinegateConfig", "load_config"]
 
 ENV_PREFIX = "SPINEGATE_"
 _ENV_DELIMITER = "__"
@@ -36,147 +38,7 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the key and value."""
 
 
-class EngineName(str, enum.Enum):
-    """The engines a routing rule can send a series to."""
-
-    SAGITTAL_SPINE = "sagittal_spine"
-    AXIAL_MUSCLE = "axial_muscle"
-
-
-class AxialPrecision(str, enum.Enum):
-    """The axial model ONNX Runtime runs on CPU."""
-
-    INT8 = "int8"  # quantised (`inference.training.quantize`), ~1.6x faster, its own area calibration
-    FP32 = "fp32"  # the trained model itself
-
-
-class InferenceBackend(str, enum.Enum):
-    """Where the networks run (`spinegate.inference.backends`)."""
-
-    ONNXRUNTIME = "onnxruntime"  # ONNX Runtime on the CPU
-    AUTO = "auto"  # ONNX Runtime's CUDA provider, else PyTorch CUDA, else the CPU (logged)
-    ONNXRUNTIME_CUDA = "onnxruntime-cuda"  # a GPU or a start-up error, never a silent CPU
-    TORCH_CUDA = "torch-cuda"
-
-
-class OutputKind(str, enum.Enum):
-    """The kinds of object spinegate writes for a study."""
-
-    SEG = "seg"
-    SR = "sr"
-    KEY_IMAGES = "key_images"
-    PDF_REPORT = "pdf_report"
-    PARAMETRIC_MAP = "parametric_map"
-
-
-class QueueBackend(str, enum.Enum):
-    SQLITE = "sqlite"  # embedded, one process
-    REDIS = "redis"  # scale-out: receivers and 'spinegate worker' processes share it
-
-
-def _application_entity(title: str) -> str:
-    # PS3.5 AE VR: up to 16 characters, no backslash or control characters,
-    # not only spaces.
-    if not title.strip():
-        raise ValueError("must not be empty")
-    if "\\" in title or any(ord(c) < 32 or ord(c) > 126 for c in title):
-        raise ValueError("must be printable ASCII without a backslash")
-    return title
-
-
-AETitle = Annotated[str, Field(min_length=1, max_length=16), AfterValidator(_application_entity)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-Seconds = Annotated[float, Field(gt=0, le=86_400)]
-
-
-def _enum_member(enum_type: type[enum.Enum]) -> Any:
-    """Parse a routing value case-insensitively ('Sagittal', 'WATER'), so a
-    capitalised plane is read, not silently matched against nothing."""
-
-    def parse(value: Any) -> Any:
-        if isinstance(value, enum_type):
-            return value
-        by_value = {str(m.value).lower(): m for m in enum_type}
-        member = by_value.get(str(value).lower())
-        if member is None:
-            raise ValueError(f"{value!r} is not one of {', '.join(str(m.value) for m in enum_type)}")
-        return member
-
-    return BeforeValidator(parse)
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
-
-
-ReadableFile = Annotated[Path, AfterValidator(lambda p: p if p.is_file() else _missing(p))]
-
-
-def _missing(path: Path) -> Path:
-    raise ValueError(f"{path} is not a readable file")
-
-
-class NetworkTLS(_Section):
-    """DICOM TLS on the SCP: on when ``certificate`` is set (PEM files)."""
-
-    certificate: ReadableFile | None = None
-    private_key: ReadableFile | None = None
-    ca_certificates: ReadableFile | None = None  # authorities whose client certificates are trusted
-    require_client_certificate: bool = False
-
-    @model_validator(mode="after")
-    def _complete(self) -> NetworkTLS:
-        if self.certificate is None:
-            if self.private_key or self.ca_certificates or self.require_client_certificate:
-                raise ValueError("TLS settings need 'certificate' (and 'private_key') to turn TLS on")
-            return self
-        if self.private_key is None:
-            raise ValueError("'certificate' needs its 'private_key'")
-        self.context()  # loads the files: a bad one fails at start-up, naming this section
-        return self
-
-    @property
-    def enabled(self) -> bool:
-        return self.certificate is not None
-
-    def context(self) -> Any:
-        """The SCP's `ssl.SSLContext` (None without TLS)."""
-        if self.certificate is None:
-            return None
-        from spinegate.service.transport import server_context
-
-        assert self.private_key is not None  # checked with the certificate
-        return server_context(self.certificate, self.private_key, self.ca_certificates,
-                              self.require_client_certificate)
-
-
-class DestinationTLS(_Section):
-    """DICOM TLS to one destination: its certificate is verified against
-    ``ca_certificates`` (else the system's authorities) and, unless
-    ``check_hostname`` is off, must name ``server_name`` (default: the
-    destination's host); ``certificate``/``private_key`` are ours, for a
-    destination that requires client certificates."""
-
-    ca_certificates: ReadableFile | None = None
-    certificate: ReadableFile | None = None
-    private_key: ReadableFile | None = None
-    server_name: str | None = None
-    check_hostname: bool = True
-
-    @model_validator(mode="after")
-    def _complete(self) -> DestinationTLS:
-        if (self.certificate is None) != (self.private_key is None):
-            raise ValueError("'certificate' and 'private_key' go together")
-        self.context()
-        return self
-
-    def context(self) -> Any:
-        from spinegate.service.transport import client_context
-
-        return client_context(self.ca_certificates, self.certificate, self.private_key, self.check_hostname)
-
-
-class Destination(_Section):
+class Destination(Section):
     """A DICOM peer that receives our SEG and SR (C-STORE SCP);
     ``calling_ae_title`` is how spinegate names itself to that peer (default
     ``export.calling_ae_title``); ``tls`` turns DICOM TLS on for it."""
@@ -201,7 +63,7 @@ class Destination(_Section):
         super().__init__(**positional, **data)
 
 
-class RoutingRule(_Section):
+class RoutingRule(Section):
     """Maps a series class to an engine; the first matching rule wins.
 
     ``planes`` and ``weightings`` list accepted values (empty = any).
@@ -209,11 +71,11 @@ class RoutingRule(_Section):
 
     name: str = Field(min_length=1)
     engine: EngineName
-    planes: tuple[Annotated[Plane, _enum_member(Plane)], ...] = ()
-    weightings: tuple[Annotated[Weighting, _enum_member(Weighting)], ...] = ()
+    planes: tuple[Annotated[Plane, enum_member(Plane)], ...] = ()
+    weightings: tuple[Annotated[Weighting, enum_member(Weighting)], ...] = ()
 
 
-class NetworkConfig(_Section):
+class NetworkConfig(Section):
     ae_title: AETitle = "SPINEGATE"
     host: str = Field("127.0.0.1", min_length=1)
     port: Port = 11112
@@ -235,7 +97,7 @@ class NetworkConfig(_Section):
     tls: NetworkTLS = NetworkTLS()
 
 
-class StorageConfig(_Section):
+class StorageConfig(Section):
     root: Path = Path("var")
     delete_inputs_after_export: bool = False
     # Back-pressure: below this free space on the storage volume every
@@ -263,11 +125,11 @@ class StorageConfig(_Section):
         return self.root / "queue.sqlite"
 
 
-class AssemblyConfig(_Section):
+class AssemblyConfig(Section):
     quiet_period_s: float = Field(20.0, ge=0, le=86_400)
 
 
-class InferenceConfig(_Section):
+class InferenceConfig(Section):
     backend: InferenceBackend = InferenceBackend.ONNXRUNTIME
     threads: int = Field(2, ge=1, le=256)
     axial_precision: AxialPrecision = AxialPrecision.INT8
@@ -276,7 +138,7 @@ class InferenceConfig(_Section):
     model_dir: Path = Path(str(resources.files("spinegate.inference") / "models"))
 
 
-class ExportConfig(_Section):
+class ExportConfig(Section):
     destinations: tuple[Destination, ...] = ()
     calling_ae_title: AETitle = "SPINEGATE"
     attempts: int = Field(5, ge=1, le=100)
@@ -291,7 +153,7 @@ class ExportConfig(_Section):
         return self
 
 
-class QueueConfig(_Section):
+class QueueConfig(Section):
     """The task queue: embedded SQLite (one process) or Redis (scale-out:
     receivers and ``spinegate worker`` processes share it)."""
 
@@ -323,7 +185,7 @@ def _read_token(path: Path) -> str:
     return token
 
 
-class HttpConfig(_Section):
+class HttpConfig(Section):
     """The HTTP endpoint: /metrics, /healthz, /readyz and the status API.
 
     State-changing calls (``POST``) need ``Authorization: Bearer <token>``
@@ -351,7 +213,7 @@ class HttpConfig(_Section):
         return None if self.auth_token_file is None else SecretStr(_read_token(self.auth_token_file))
 
 
-class OutputsConfig(_Section):
+class OutputsConfig(Section):
     """Objects written beside the SEGs and the SR: key images (Secondary
     Capture with the results burned in) and the PDF report (Encapsulated
     PDF), for viewers that show neither SEG nor SR."""
@@ -368,7 +230,7 @@ class OutputsConfig(_Section):
     relaxometry: bool = True
 
 
-class BiomechanicsConfig(_Section):
+class BiomechanicsConfig(Section):
     """Subject-specific OpenSim loads after the sagittal measurements."""
 
     enabled: bool = True
@@ -430,7 +292,8 @@ class SpinegateConfig(BaseSettings):
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
                                    file_secret_settings: PydanticBaseSettingsSource,
                                    ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, _Environment(settings_cls)]
@@ -485,7 +348,8 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"Configuration file {str(path)!r} must hold a mapping")
     _check_sections(os.environ if environ is None else environ)
-    init: dict[str, Any] = {section: {k: v for k, v in values.items() if v is not None} for section, values in (overrides or {}).items()}
+    init: dict[str, Any] = {section: {k: v for k, v in values.items() if v is not None}
+                            for section, values in (overrides or {}).items()}
     yaml_token, env_token = _yaml_file.set(Path(path) if path is not None else None), _environ.set(environ)
     try:
         return SpinegateConfig(**init)
