@@ -11,7 +11,8 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = [pytest.mark.integration, pytest.mark.heavy(seconds=65)]  # builds a wheel and a virtual environment (pip, ~1 min)
+# Builds a wheel and a virtual environment (pip, about a minute).
+pytestmark = [pytest.mark.integration, pytest.mark.heavy(seconds=65)]
 
 # `make test` fills it while the network is up (the suite runs without one);
 # elsewhere pip uses its index.
