@@ -104,6 +104,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         marker = item.get_closest_marker("heavy")
         if marker is not None:
+            if "seconds" not in marker.kwargs:
+                raise pytest.UsageError(f"{item.path}: pytest.mark.heavy needs seconds=<its share of a CI run>")
             seconds[item.path] = max(seconds.get(item.path, 0.0), float(marker.kwargs["seconds"]))
     items.sort(key=lambda item: (item.get_closest_marker("session_audit") is not None, -seconds.get(item.path, 0.0)))
 
