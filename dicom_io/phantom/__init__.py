@@ -14,9 +14,9 @@ from spinegate.dicom_io.phantom.anatomy import (
     SliceGrid,
     SpinePhantom,
     make_spine_phantom,
-    render_phantom,
     sagittal_grid,
 )
+from spinegate.dicom_io.phantom.render import render_phantom, render_phantom_weightings
 
 __all__ = [
     "TRUNK_HALF_DEPTH_MM",
@@ -27,5 +27,6 @@ __all__ = [
     "SpinePhantom",
     "make_spine_phantom",
     "render_phantom",
+    "render_phantom_weightings",
     "sagittal_grid",
 ]

@@ -1,4 +1,4 @@
-"""Synthetic lumbar spine with exact truth, rendered on any slice grid.
+"""Synthetic lumbar spine with exact truth (its images: `render`).
 
 The anatomy is analytic, in DICOM patient coordinates (LPS, mm): vertebral
 bodies and discs are elliptic cylinders stacked along a lordotic chain from
@@ -7,9 +7,6 @@ posterior elements, paraspinal muscle, subcutaneous fat and abdominal
 contents surround them. Because each disc is a straight elliptic cylinder,
 its true height (``height_mm``) and volume (pi*a*b*h) are known exactly, and
 the label map on a grid is the shapes sampled at voxel centres.
-
-The images carry T1 or T2 contrast, Rician noise, a smooth bias field and
-partial-volume averaging across thick slices (sub-plane supersampling).
 """
 from __future__ import annotations
 
@@ -18,8 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from spinegate.dicom_io.classify import Weighting
-from spinegate.dicom_io.levels import DISC_LEVELS, VERTEBRAL_BODY_LEVELS, structure_by_name
+from spinegate.dicom_io.levels import DISC_LEVELS, structure_by_name
 from spinegate.dicom_io.volume import index_to_lps
 
 
@@ -44,7 +40,6 @@ __all__ = [
     "PhantomElement",
     "SpinePhantom",
     "make_spine_phantom",
-    "render_phantom",
     "sagittal_grid",
 ]
 
@@ -223,192 +218,3 @@ def make_spine_phantom(seed: int = 0) -> SpinePhantom:
     )
     disc_signal = {d: float(rng.uniform(0.55, 1.0)) for d in DISC_LEVELS}
     return SpinePhantom(tuple(elements), sacrum, seed, disc_signal)
-
-
-# Relative signal per tissue (arbitrary units ~ 0..1), chosen to mimic
-# spin-echo contrasts at 1.5 T: fat bright on both, CSF and disc nucleus
-# bright on T2 only, cortical bone dark.
-_SIGNAL = {
-    Weighting.T1: dict(fat=0.95, marrow=0.62, disc=0.36, csf=0.14, muscle=0.38, bone=0.05, abdomen=0.45, posterior=0.55),
-    Weighting.T2: dict(fat=0.75, marrow=0.45, disc=0.85, csf=1.0, muscle=0.28, bone=0.04, abdomen=0.40, posterior=0.40),
-    # Dixon: the water and the fat part of each tissue's proton density, so
-    # that fat / (water + fat) of a muscle pixel is exactly its fat fraction
-    # (the muscle mix (1 - ff)·muscle + ff·fat gives 1 - ff and ff).
-    Weighting.WATER: dict(fat=0.0, marrow=0.5, disc=0.9, csf=1.0, muscle=1.0, bone=0.03, abdomen=0.7,
-                          posterior=0.5),
-    Weighting.FAT: dict(fat=1.0, marrow=0.5, disc=0.02, csf=0.0, muscle=0.0, bone=0.01, abdomen=0.2,
-                        posterior=0.3),
-}
-_NOISE_STREAM = {Weighting.T1: 1, Weighting.T2: 2, Weighting.WATER: 3, Weighting.FAT: 4}
-
-
-def _inside_cylinder(p: np.ndarray, e: PhantomElement) -> np.ndarray:
-    d = p - e.centre_lps
-    along = d @ e.axis
-    ap = d @ e.ap_axis
-    lr = d[..., 0]  # the LR axis is +x for every element (chain bends about x)
-    return (np.abs(along) <= e.height_mm / 2) & ((ap / e.radius_ap_mm) ** 2 + (lr / e.radius_lr_mm) ** 2 <= 1.0)
-
-
-class _Extent:
-    """The bounding box of a set of points: shapes wholly outside it are
-    skipped (each would paint nothing), which makes a slice that crosses
-    one or two of the ~40 shapes several times cheaper to render."""
-
-    def __init__(self, p: np.ndarray) -> None:
-        flat = p.reshape(-1, 3)
-        self.low, self.high = flat.min(axis=0), flat.max(axis=0)
-
-    def may_reach(self, centre: np.ndarray, radius_mm: float) -> bool:
-        """Whether a shape within ``radius_mm`` of ``centre`` can hold a point."""
-        return bool(np.all(centre + radius_mm >= self.low) and np.all(centre - radius_mm <= self.high))
-
-
-def _cylinder_radius_mm(e: PhantomElement) -> float:
-    return float(np.hypot(e.height_mm / 2, max(e.radius_ap_mm, e.radius_lr_mm)))
-
-
-def _ellipsoid(p: np.ndarray, centre: np.ndarray, radii: tuple[float, float, float]) -> np.ndarray:
-    d = (p - centre) / np.asarray(radii)
-    return (d**2).sum(axis=-1) <= 1.0
-
-
-def _tissue_signal(p: np.ndarray, ph: SpinePhantom, weighting: Weighting,
-                   muscles: MuscleField | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Signal and label at points ``p`` (..., 3) in LPS mm.
-
-    ``muscles`` replaces the plain paraspinal block by separate muscles:
-    it returns (label, fat fraction) per point; a muscle's signal mixes lean
-    muscle and fat by its fat fraction, and its label (41-48) stays where no
-    bone, canal or posterior element is painted over it; fascia and back fat
-    (label 0) mix the same way. It also places the trunk.
-    """
-    s = _SIGNAL[weighting]
-    sig = np.zeros(p.shape[:-1], np.float32)
-    lab = np.zeros(p.shape[:-1], np.uint8)
-    y, z = p[..., 1], p[..., 2]
-    x = p[..., 0]
-    # Trunk envelope: an ellipse in the axial plane (x, y) around the spine.
-    cy = -45.0 if muscles is None else muscles.trunk_centre_y_mm(z)
-    trunk = ((x / 160.0) ** 2 + ((y - cy) / TRUNK_HALF_DEPTH_MM) ** 2) <= 1.0
-    inner = ((x / 148.0) ** 2 + ((y - cy) / TRUNK_INNER_HALF_DEPTH_MM) ** 2) <= 1.0
-    sig[trunk] = s["fat"]
-    sig[inner] = s["abdomen"]
-    # Abdominal texture: bowel loops as smooth stripes (deterministic per seed).
-    phase = 0.37 * ph.seed
-    tex = 0.12 * np.sin(0.09 * z + phase) * np.sin(0.07 * y + 2 * phase)
-    abdomen = inner & (y < cy + 20.0)
-    sig[abdomen] += tex[abdomen]
-    # Paraspinal muscle block behind the spine, fat rim beneath the skin.
-    if muscles is None:
-        muscle = inner & (y > 10) & (y < 62) & (np.abs(x) < 80)
-        sig[muscle] = s["muscle"]
-    else:
-        m_label, m_ff = muscles(p)
-        m = inner & ((m_label > 0) | (m_ff > 0))
-        sig[m] = ((1.0 - m_ff) * s["muscle"] + m_ff * s["fat"])[m]
-        lab[m] = m_label[m]
-    extent = _Extent(p)
-    bodies = [e for e in ph.elements if e.name in VERTEBRAL_BODY_LEVELS]
-    for b in bodies:
-        # Posterior elements (arch + spinous process) as an ellipsoid blob.
-        c = b.centre_lps + b.ap_axis * (b.radius_ap_mm + 30.0)
-        if not extent.may_reach(c, max(12.0, b.height_mm * 0.45)):
-            continue
-        arch = _ellipsoid(p, c, (12.0, 12.0, b.height_mm * 0.45))
-        sig[arch] = s["posterior"]
-        lab[arch] = 0
-    # Canal: CSF tube following the bodies' posterior walls.
-    for b in bodies:
-        c = b.centre_lps + b.ap_axis * (b.radius_ap_mm + 9.0)
-        if not extent.may_reach(c, float(np.hypot(b.height_mm / 2 + 8, 10.0))):
-            continue
-        d = p - c
-        along = d @ b.axis
-        ap = d @ b.ap_axis
-        tube = (np.abs(along) <= b.height_mm / 2 + 8) & ((ap / 7.5) ** 2 + (x / 10.0) ** 2 <= 1.0)
-        sig[tube] = s["csf"]
-        lab[tube] = 0
-    for c in ph.sacrum_centres:
-        if not extent.may_reach(c, 40.0):
-            continue
-        sacrum = _ellipsoid(p, c, (40.0, 14.0, 12.0))
-        sig[sacrum] = s["marrow"] * 0.9
-        lab[sacrum] = 0
-    for e in ph.elements:
-        # A slightly larger dark shell is the cortical bone / endplate.
-        if e.name in VERTEBRAL_BODY_LEVELS:
-            shell = PhantomElement(e.name, 0, e.centre_lps, e.axis, e.ap_axis, e.height_mm + 1.0,
-                                   e.radius_ap_mm + 0.8, e.radius_lr_mm + 0.8)
-            if not extent.may_reach(shell.centre_lps, _cylinder_radius_mm(shell)):
-                continue
-            cortex = _inside_cylinder(p, shell)
-            sig[cortex] = s["bone"]
-            lab[cortex] = 0
-    for e in ph.elements:
-        if not extent.may_reach(e.centre_lps, _cylinder_radius_mm(e)):
-            continue
-        inside = _inside_cylinder(p, e)
-        lab[inside] = e.label
-        if e.name in VERTEBRAL_BODY_LEVELS:
-            sig[inside] = s["marrow"]
-        else:
-            # Nucleus (inner part) carries the level's hydration signal on T2.
-            d = p - e.centre_lps
-            r = np.sqrt(((d @ e.ap_axis) / e.radius_ap_mm) ** 2 + (d[..., 0] / e.radius_lr_mm) ** 2)
-            nucleus = inside & (r < 0.6)
-            sig[inside] = s["disc"] * (0.55 if weighting is Weighting.T2 else 1.0)
-            boost = ph.disc_t2_signal[e.name] if weighting is Weighting.T2 else 1.0
-            sig[nucleus] = s["disc"] * boost
-    return sig, lab
-
-
-def render_phantom(
-    phantom: SpinePhantom,
-    grid: SliceGrid,
-    weighting: Weighting | str = Weighting.T2,
-    noise_fraction: float = 0.03,
-    bias_fraction: float = 0.15,
-    subplanes: int = 4,
-    max_value: int = 2000,
-    seed: int | None = None,
-    muscles: MuscleField | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Render the phantom on ``grid``.
-
-    Returns
-    -------
-    image : numpy.ndarray
-        ``uint16`` (slices, rows, columns), signal averaged over ``subplanes``
-        positions across the slice thickness, with bias field and Rician noise.
-    labels : numpy.ndarray
-        ``uint8`` label map sampled at voxel centres (spinegate label values).
-    """
-    weighting = Weighting(weighting)
-    if weighting not in _SIGNAL:
-        raise ValueError(f"the phantom renders {', '.join(w.name for w in _SIGNAL)}, not {weighting.name}")
-    offsets, normal = grid.subplane_offsets_mm(subplanes), grid.normal
-    rng = np.random.default_rng(phantom.seed * 7919 + (seed or 0) + _NOISE_STREAM[weighting])
-    n, r, c = grid.shape
-    ii, jj = np.meshgrid(np.arange(r, dtype=np.float32), np.arange(c, dtype=np.float32), indexing="ij")
-    image = np.zeros(grid.shape, np.float32)
-    labels = np.zeros(grid.shape, np.uint8)
-    for k in range(n):
-        base = (grid.affine[:3, :3] @ np.stack([np.full_like(ii, k), ii, jj]).reshape(3, -1)).T + grid.affine[:3, 3]
-        base = base.reshape(r, c, 3)
-        _, labels[k] = _tissue_signal(base, phantom, weighting, muscles)
-        acc = np.zeros((r, c), np.float32)
-        for offset in offsets:
-            sig, _ = _tissue_signal(base + normal * offset, phantom, weighting, muscles)
-            acc += sig
-        image[k] = acc / len(offsets)
-    # Smooth multiplicative bias field (low-order in patient y/z).
-    yy = np.linspace(-1, 1, r)[:, None]
-    xx = np.linspace(-1, 1, c)[None, :]
-    a = rng.uniform(-1, 1, 3)
-    bias = 1.0 + bias_fraction * (a[0] * yy + a[1] * xx + a[2] * (xx * yy))
-    image *= bias[None].astype(np.float32)
-    sigma = noise_fraction
-    noisy = np.sqrt((image + rng.normal(0, sigma, image.shape)) ** 2 + rng.normal(0, sigma, image.shape) ** 2)
-    out = np.clip(noisy * (max_value / 1.1), 0, 65535).astype(np.uint16)
-    return out, labels

@@ -23,7 +23,8 @@ import pydicom
 
 from spinegate.dicom_io.classify import Weighting
 from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
-from spinegate.dicom_io.phantom.anatomy import make_spine_phantom, render_phantom, sagittal_grid
+from spinegate.dicom_io.phantom.anatomy import make_spine_phantom, sagittal_grid
+from spinegate.dicom_io.phantom.render import render_phantom
 
 __all__ = ["DISC_T2_MS", "BODY_T2_MS", "OTHER_T2_MS", "write_multi_echo_phantom_study"]
 

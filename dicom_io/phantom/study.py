@@ -13,8 +13,9 @@ import SimpleITK as sitk
 
 from spinegate.dicom_io.classify import Weighting
 from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
-from spinegate.dicom_io.phantom.anatomy import make_spine_phantom, render_phantom, sagittal_grid
+from spinegate.dicom_io.phantom.anatomy import make_spine_phantom, sagittal_grid
 from spinegate.dicom_io.phantom.paraspinal import axial_grid, make_paraspinal_anatomy, muscle_field, slice_muscle_truth
+from spinegate.dicom_io.phantom.render import render_phantom_weightings
 from spinegate.dicom_io.seg import structure_of_label
 
 __all__ = ["write_phantom_study", "write_axial_phantom_study"]
@@ -46,9 +47,10 @@ def write_phantom_study(
     grid = sagittal_grid(n_slices, rows, columns, pixel_spacing_mm, slice_spacing_mm)
     files: list[Path] = []
     truth: dict[str, Any] = {}
+    images, label_map = render_phantom_weightings(phantom, grid, (Weighting.T1, Weighting.T2))
     for number, weighting, desc, tr, te in ((2, Weighting.T1, "SAG T1 TSE", 600, 12),
                                             (3, Weighting.T2, "SAG T2 TSE", 3500, 100)):
-        image, label_map = render_phantom(phantom, grid, weighting)
+        image = images[weighting]
         written = write_mr_series(image, grid.affine, study, SeriesSpec(number, desc, tr, te, slice_spacing_mm),
                                   out_dir)
         files += written
@@ -103,8 +105,9 @@ def write_axial_phantom_study(
         raise ValueError(f"no axial series to write: 'axial_weightings' is {axial_weightings!r} and 'dixon' is off")
 
     study = study or StudyInfo(uid_seed=f"spinegate-axial-phantom-{seed}")
-    truth: dict[str, Any] = write_phantom_study(out_dir, seed=seed, study=study, rows=sagittal_size[0], columns=sagittal_size[0],
-                                pixel_spacing_mm=sagittal_size[1]) if sagittal else {
+    truth: dict[str, Any] = write_phantom_study(
+        out_dir, seed=seed, study=study, rows=sagittal_size[0], columns=sagittal_size[0],
+        pixel_spacing_mm=sagittal_size[1]) if sagittal else {
         "study_instance_uid": study.study_instance_uid, "files": [], "structures": {}}
     phantom = make_spine_phantom(seed)
     field = muscle_field(phantom, make_paraspinal_anatomy(seed))
@@ -113,17 +116,19 @@ def write_axial_phantom_study(
                       centre_xy_mm=(0.0, field.view_centre_y_mm()))
     files = list(truth["files"])
     plain = ("ORIGINAL", "PRIMARY", "OTHER")
-    series: list[tuple[int, Weighting, str, int, int, tuple[str, ...]]] = [spec for spec in ((4, Weighting.T1, "AX T1 TSE", 600, 12, plain),
-                                (5, Weighting.T2, "AX T2 TSE", 3800, 110, plain)) if spec[1].value in axial_weightings]
+    series: list[tuple[int, Weighting, str, int, int, tuple[str, ...]]] = [
+        spec for spec in ((4, Weighting.T1, "AX T1 TSE", 600, 12, plain),
+                          (5, Weighting.T2, "AX T2 TSE", 3800, 110, plain))
+        if spec[1].value in axial_weightings]
     if dixon:  # ImageType as Siemens writes Dixon images
         series += [(6, Weighting.WATER, "AX DIXON W", 6, 2, ("DERIVED", "PRIMARY", "DIXON", "WATER")),
                    (7, Weighting.FAT, "AX DIXON F", 6, 2, ("DERIVED", "PRIMARY", "DIXON", "FAT"))]
     written: list[Path] = []
-    label_map = np.zeros(0)
+    images, label_map = render_phantom_weightings(phantom, grid, tuple(spec[1] for spec in series),
+                                                  subplanes=_SUBPLANES, muscles=field)
     for number, weighting, desc, tr, te, image_type in series:
-        image, label_map = render_phantom(phantom, grid, weighting, subplanes=_SUBPLANES, muscles=field)
         spec = SeriesSpec(number, desc, tr, te, slice_spacing_mm, image_type=image_type)
-        written = write_mr_series(image, grid.affine, study, spec, out_dir)
+        written = write_mr_series(images[weighting], grid.affine, study, spec, out_dir)
         files += written
     slices = [{"z_mm": float(grid.affine[2, 3] + grid.affine[2, 0] * k),
                "muscles": slice_muscle_truth(field, grid, label_map, k, _SUBPLANES)} for k in range(grid.shape[0])]

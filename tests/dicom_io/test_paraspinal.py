@@ -16,7 +16,7 @@ from spinegate.dicom_io.phantom.paraspinal import (
     slice_muscle_truth,
 )
 from spinegate.dicom_io.classify import Weighting
-from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom
+from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, render_phantom_weightings
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,23 @@ def test_axial_render_holds_every_muscle_and_sagittal_render_is_unchanged(subjec
     a, la = render_phantom(ph, sag, Weighting.T2, subplanes=1)
     b, lb = render_phantom(ph, sag, Weighting.T2, subplanes=1, muscles=None)
     assert np.array_equal(a, b) and np.array_equal(la, lb) and la.max() < 41
+
+
+def test_weightings_rendered_together_are_those_rendered_alone(subject):
+    """One evaluation of the geometry for a study's series on one grid gives
+    each weighting's image pixel for pixel, noise included (its own stream)."""
+    ph, an, field = subject
+    z3 = ph.element("L3").centre_lps[2]
+    grid = axial_grid(z3 + 6, z3 - 6, 4.0, 96, 96, 2.0)
+    weightings = (Weighting.T1, Weighting.T2, Weighting.WATER, Weighting.FAT)
+    images, labels = render_phantom_weightings(ph, grid, weightings, subplanes=2, muscles=field, seed=3)
+    assert set(images) == set(weightings)
+    for w in weightings:
+        alone, alone_labels = render_phantom(ph, grid, w, subplanes=2, muscles=field, seed=3)
+        assert np.array_equal(images[w], alone) and np.array_equal(labels, alone_labels), w
+    assert not np.array_equal(images[Weighting.T1], images[Weighting.T2])
+    with pytest.raises(ValueError, match="the phantom renders"):
+        render_phantom_weightings(ph, grid, (Weighting.T1, Weighting.OTHER), muscles=field)
 
 
 def test_axial_grid_runs_superior_to_inferior():
