@@ -87,11 +87,8 @@ def _tissue_layers(p: np.ndarray, ph: SpinePhantom,
     layers: list[_Layer] = []
     lab = np.zeros(p.shape[:-1], np.uint8)
 
-    def paint(mask: np.ndarray, tissue: str, factor: float | None = None) -> None:
-        if factor is None:
-            layers.append((mask, lambda s, w: s[tissue], False))
-        else:
-            layers.append((mask, lambda s, w: s[tissue] * factor, False))
+    def paint(mask: np.ndarray, tissue: str, factor: float = 1.0) -> None:
+        layers.append((mask, lambda s, w: s[tissue] * factor, False))  # x * 1.0 is x, to the bit
 
     y, z = p[..., 1], p[..., 2]
     x = p[..., 0]
@@ -161,6 +158,7 @@ def _tissue_layers(p: np.ndarray, ph: SpinePhantom,
             # Nucleus (inner part) carries the level's hydration signal on T2.
             d = p - e.centre_lps
             r = np.sqrt(((d @ e.ap_axis) / e.radius_ap_mm) ** 2 + (d[..., 0] / e.radius_lr_mm) ** 2)
+
             def nucleus(s: Mapping[str, float], w: Weighting, boost: float = ph.disc_t2_signal[e.name]) -> float:
                 return s["disc"] * (boost if w is Weighting.T2 else 1.0)
 
