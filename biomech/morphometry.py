@@ -14,7 +14,7 @@ from scipy.spatial import ConvexHull
 
 from spinegate.dicom_io.levels import SpineStructure
 from spinegate.dicom_io.measurements import HeightLine, StructureMeasurements
-from spinegate.dicom_io.volume import index_to_lps
+from spinegate.dicom_io.volume import centroid_index, centroid_lps_mm
 
 __all__ = [
     "Rectangle",
@@ -40,25 +40,6 @@ class Rectangle:
     long_mm: float
     short_axis: np.ndarray
     centre: np.ndarray
-
-
-def centroid_index(mask: np.ndarray) -> np.ndarray:
-    """Mean (slice, row, column) index of the voxels of ``mask``.
-
-    Raises
-    ------
-    ValueError
-        If ``mask`` is empty.
-    """
-    idx = np.argwhere(mask)
-    if idx.size == 0:
-        raise ValueError("'mask' is empty")
-    return idx.mean(axis=0)
-
-
-def centroid_lps_mm(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """3D centre of mass of ``mask`` in patient coordinates (LPS, mm)."""
-    return index_to_lps(affine, centroid_index(mask))
 
 
 def volume_cm3(mask: np.ndarray, affine: np.ndarray) -> float:

@@ -33,6 +33,7 @@ import math
 import numpy as np
 
 from spinegate.dicom_io.measurements import FirstOrderFeatures, ShapeFeatures, StructureRadiomics
+from spinegate.dicom_io.volume import voxel_indices
 
 __all__ = ["ENTROPY_BINS", "first_order_features", "shape_features", "structure_radiomics"]
 
@@ -89,7 +90,7 @@ def shape_features(mask: np.ndarray, affine: np.ndarray) -> ShapeFeatures:
     if mask.ndim != 3 or not mask.any():
         raise ValueError(f"'mask' must be a non-empty 3D mask, got shape {mask.shape} with {mask.sum()} voxels")
     affine = np.asarray(affine, float)
-    positions = np.argwhere(mask) @ affine[:3, :3].T  # mm; the offset does not change the covariance
+    positions = voxel_indices(mask) @ affine[:3, :3].T  # mm; the offset does not change the covariance
     volume = float(mask.sum()) * abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
     if len(positions) < 2:
         return ShapeFeatures(volume, 0.0, 0.0, 0.0, math.nan, math.nan)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from spinegate.dicom_io.levels import VERTEBRAL_BODY_LEVELS, disc_between, structure_by_name
-from spinegate.inference.postprocess import (centroid_lps, clean_class_mask, merge_fragments, regularise_body_heights,
+from spinegate.dicom_io.volume import centroid_lps_mm
+from spinegate.inference.postprocess import (clean_class_mask, merge_fragments, regularise_body_heights,
                                              superior_mm, touches_edge, z_extent_mm)
 
 __all__ = ["NamedLabels", "NamedBody", "name_levels", "name_bodies", "name_discs", "absorb_into_s1",
@@ -170,7 +171,7 @@ def name_bodies(classes: np.ndarray, affine: np.ndarray, min_body_voxels: int,
     if s1_parts:
         s1_parts[0], bodies = absorb_into_s1(s1_parts[0], bodies, affine)
     if bodies:
-        inliers = on_spinal_column(np.array([centroid_lps(b, affine) for b in bodies]),
+        inliers = on_spinal_column(np.array([centroid_lps_mm(b, affine) for b in bodies]),
                                    np.array([b.sum() for b in bodies]))
         if not inliers.all():
             flags.append(FLAG_OFF_COLUMN)
@@ -187,9 +188,9 @@ def name_bodies(classes: np.ndarray, affine: np.ndarray, min_body_voxels: int,
             flags.append(FLAG_S1_AT_EDGE)
     else:
         flags.append(FLAG_UNANCHORED)
-    centre_z = [float(centroid_lps(b, affine)[2]) for _, b in body_z]
+    centre_z = [float(centroid_lps_mm(b, affine)[2]) for _, b in body_z]
     if s1 is not None:
-        centre_z.insert(0, float(centroid_lps(s1, affine)[2]))
+        centre_z.insert(0, float(centroid_lps_mm(s1, affine)[2]))
     steps, step_flags = level_steps(np.diff(centre_z), from_s1=s1 is not None)
     flags += step_flags
     if s1 is not None and steps and steps[0] == 2:
@@ -279,10 +280,10 @@ def name_discs(discs: list[np.ndarray], bodies: list[NamedBody], affine: np.ndar
     their centroids; parts of one disc join only when close to its largest
     part."""
     ladder = sorted(bodies, key=lambda b: b.superior_mm)
-    centre = {b.name: centroid_lps(b.mask, affine) for b in bodies}
+    centre = {b.name: centroid_lps_mm(b.mask, affine) for b in bodies}
     candidates: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     for d in discs:
-        c = centroid_lps(d, affine)
+        c = centroid_lps_mm(d, affine)
         level = _disc_level(c, ladder, centre, s1_found)
         if level is None or np.linalg.norm(c - level[1]) > DISC_MAX_OFFSET_MM:
             continue

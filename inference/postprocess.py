@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from spinegate.dicom_io.volume import index_to_lps
+from spinegate.dicom_io.volume import centroid_lps_mm, voxel_indices
 
-__all__ = ["body_height_mm", "centroid_lps", "clean_class_mask", "fill_holes_2d", "merge_fragments",
+__all__ = ["body_height_mm", "clean_class_mask", "component_sizes", "fill_holes_2d", "merge_fragments",
            "regularise_body_heights", "superior_mm", "touches_edge", "z_extent_mm"]
 
 # Splitting structures joined through lateral slices (`_split_on_central_cores`).
@@ -71,9 +71,16 @@ def clean_class_mask(mask: np.ndarray, min_voxels: int, spacing_mm: tuple[float,
         labels, n = _split_on_central_cores(m, spacing_mm, split_radius_mm)
     if n == 0:
         return []
-    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    sizes = component_sizes(labels, n)
     order = np.argsort(sizes)[::-1]
     return [labels == (i + 1) for i in order if sizes[i] >= min_voxels]
+
+
+def component_sizes(labels: np.ndarray, n: int) -> np.ndarray:
+    """Voxel counts of components 1..n of a label image, as float64 (what
+    `scipy.ndimage.sum_labels` of ones returns, so sorting them breaks ties
+    as before): one pass, where ``sum_labels`` takes one per component."""
+    return np.bincount(labels.ravel(), minlength=n + 1)[1 : n + 1].astype(np.float64)
 
 
 def _split_on_central_cores(
@@ -95,13 +102,15 @@ def _split_on_central_cores(
     conn = ndimage.generate_binary_structure(3, 1)
     area = m.sum(axis=(1, 2))
     iterations = max(1, int(round(radius_mm / min(spacing_mm[1:]))))
-    cores = ndimage.binary_erosion(m, structure=st2d, iterations=iterations)
+    central = np.flatnonzero(area >= _CENTRAL_AREA_FRACTION * area.max())
+    # In-plane erosion: each slice on its own, so only the central ones.
+    cores = ndimage.binary_erosion(m[central], structure=st2d, iterations=iterations)
     min_core_px = max(4, int(20.0 / (spacing_mm[1] * spacing_mm[2])))  # 20 mm²
     best, best_key, best_labels = -1, (-1, -1), None
-    for k in np.where(area >= _CENTRAL_AREA_FRACTION * area.max())[0]:
-        lab, n = ndimage.label(cores[k])
+    for core, k in zip(cores, central):
+        lab, n = ndimage.label(core)
         if n:
-            sizes = ndimage.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
+            sizes = component_sizes(lab, n)
             keep = np.zeros(n + 1, bool)
             keep[1:] = sizes >= min_core_px
             lab = np.where(keep[lab], lab, 0)
@@ -111,8 +120,10 @@ def _split_on_central_cores(
             best, best_key, best_labels = int(k), key, lab
     if best < 0 or best_key[0] == 0 or best_labels is None:
         return ndimage.label(m, structure=conn)
-    _, relabelled = np.unique(best_labels, return_inverse=True)
-    seeds2d = relabelled.reshape(best_labels.shape)
+    # Cores renumbered 1..n in order (np.unique's inverse, without its sort).
+    present = np.zeros(int(best_labels.max()) + 1, bool)
+    present[best_labels] = True
+    seeds2d = (np.cumsum(present) - 1)[best_labels]
     n = int(seeds2d.max())
     # Nearest core in-plane, the same for every slice of the stack.
     dist2d, idx = ndimage.distance_transform_edt(seeds2d == 0, sampling=spacing_mm[1:], return_indices=True)
@@ -140,17 +151,33 @@ def merge_fragments(parts: list[np.ndarray], fraction: float = _FRAGMENT_FRACTIO
     sizes = [int(p.sum()) for p in parts]
     median = float(np.median(sizes))
     kept = [p.copy() for p in parts]
-    conn = ndimage.generate_binary_structure(3, 1)
     for i in sorted(range(len(kept)), key=lambda i: sizes[i]):
         if sizes[i] >= fraction * median or not kept[i].any() or touches_edge(kept[i]):
             continue
-        grown = ndimage.binary_dilation(kept[i], structure=conn)
-        contacts = [(int((grown & kept[j]).sum()), j) for j in range(len(kept)) if j != i and kept[j].any()]
+        box, grown = _grown_in_box(kept[i])
+        contacts = [(int((grown & kept[j][box]).sum()), j) for j in range(len(kept)) if j != i and kept[j].any()]
         touching, j = max(contacts)
         if touching > 0:
             kept[j] |= kept[i]
             kept[i] = np.zeros_like(kept[i])
     return sorted((p for p in kept if p.any()), key=lambda p: -int(p.sum()))
+
+
+def _grown_in_box(mask: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray]:
+    """A non-empty component dilated by one voxel (face connectivity), as
+    the box one voxel around it and the dilated mask inside that box: the
+    whole-field dilation restricted to where it can be true, at the cost of
+    the component's size rather than the series'."""
+    idx = voxel_indices(mask)
+    box = tuple(slice(max(0, int(lo) - 1), int(hi) + 2) for lo, hi in zip(idx.min(axis=0), idx.max(axis=0)))
+    return box, ndimage.binary_dilation(mask[box], structure=ndimage.generate_binary_structure(mask.ndim, 1))
+
+
+def _touching(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether component ``b`` touches (shares a face with, or overlaps)
+    the non-empty component ``a``."""
+    box, grown = _grown_in_box(a)
+    return bool((grown & b[box]).any())
 
 
 def body_height_mm(mask: np.ndarray, affine: np.ndarray) -> float:
@@ -167,7 +194,7 @@ def _split_at_waist(mask: np.ndarray, affine: np.ndarray) -> list[np.ndarray]:
     thinnest (the missed disc), searched in the middle 30-70 % of its
     height; a body without a waist there (no level under 0.7 × its median
     cross-section) is returned whole."""
-    ijk = np.argwhere(mask)
+    ijk = voxel_indices(mask)
     z = ijk @ affine[2, :3]
     lo, hi = float(z.min()), float(z.max())
     # bins no finer than the in-plane z step, or every other bin is empty
@@ -191,7 +218,7 @@ def _split_at_waist(mask: np.ndarray, affine: np.ndarray) -> list[np.ndarray]:
 
 def z_extent_mm(mask: np.ndarray, affine: np.ndarray) -> tuple[float, float]:
     """Lowest and highest patient z (mm) of a component's voxels."""
-    z = np.argwhere(mask) @ affine[2, :3] + affine[2, 3]
+    z = voxel_indices(mask) @ affine[2, :3] + affine[2, 3]
     return float(z.min()), float(z.max())
 
 
@@ -237,12 +264,11 @@ def regularise_body_heights(bodies: list[np.ndarray], affine: np.ndarray) -> lis
                 continue
         out.append((b, h))
     out.sort(key=lambda item: superior_mm(item[0], affine))
-    conn = ndimage.generate_binary_structure(3, 1)
     i = 0
     while i < len(out) - 1:
         (a, ha), (b, hb) = out[i], out[i + 1]
         short = max(ha, hb) < _BROKEN_PART_HEIGHT_FACTOR * median
-        if (short or _side_by_side(a, b, affine)) and (ndimage.binary_dilation(a, structure=conn) & b).any():
+        if (short or _side_by_side(a, b, affine)) and _touching(a, b):
             joined = a | b
             hj = body_height_mm(joined, affine)
             if hj <= _BROKEN_PAIR_HEIGHT_FACTOR * median:
@@ -256,13 +282,9 @@ def regularise_body_heights(bodies: list[np.ndarray], affine: np.ndarray) -> lis
     return sorted((b for b, _ in out), key=lambda p: -int(p.sum()))
 
 
-def centroid_lps(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    return index_to_lps(affine, np.array(ndimage.center_of_mass(mask)))
-
-
 def superior_mm(mask: np.ndarray, affine: np.ndarray) -> float:
     """Patient z (superior, mm) of a component's centroid."""
-    return float(centroid_lps(mask, affine)[2])
+    return float(centroid_lps_mm(mask, affine)[2])
 
 
 def touches_edge(mask: np.ndarray) -> bool:

@@ -158,6 +158,37 @@ def test_fill_holes_2d_is_scipys_fill_holes():
     assert fill_holes_2d(ring)[1, 1]
 
 
+
+def test_fast_component_geometry_is_scipys_and_numpys_bit_for_bit():
+    """The post-processing's voxel lists, centroids, component sizes and
+    contact tests are the library functions' results, exactly (the level
+    names and label maps must not move by a voxel)."""
+    from scipy import ndimage
+
+    from spinegate.dicom_io.volume import centroid_index, voxel_indices
+    from spinegate.inference.postprocess import _touching, component_sizes
+
+    rng = np.random.default_rng(11)
+    conn = ndimage.generate_binary_structure(3, 1)
+    for shape in ((7, 60, 50), (1, 33, 47), (12, 9, 80)):
+        labels, n = ndimage.label(ndimage.binary_opening(rng.random(shape) > 0.5), structure=conn)
+        np.testing.assert_array_equal(component_sizes(labels, n),
+                                      ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1)))
+        assert component_sizes(labels, n).dtype == np.float64
+        for k in range(1, min(n, 12) + 1):
+            mask = labels == k
+            np.testing.assert_array_equal(voxel_indices(mask), np.argwhere(mask))
+            assert np.array_equal(centroid_index(mask), np.array(ndimage.center_of_mass(mask)))
+            other = labels == (k % n) + 1
+            assert _touching(mask, other) == bool((ndimage.binary_dilation(mask, structure=conn) & other).any())
+    edge = np.zeros((3, 5, 5), bool)
+    edge[2, 4, 4] = True  # at the far corner: the box is clipped, not wrapped
+    corner = np.zeros_like(edge)
+    corner[2, 3, 4] = True
+    assert _touching(edge, corner) and not _touching(edge, np.roll(corner, 2, axis=1))  # wrapped to row 0
+    assert voxel_indices(np.zeros((2, 3), bool)).shape == (0, 2)
+
+
 def _body_rows(classes: np.ndarray) -> list[tuple[int, int]]:
     """(first, last) row of each body of a `_spine` map, from the top."""
     rows = np.where((classes[2] == CLASS_VB).any(axis=1))[0]
