@@ -197,7 +197,8 @@ def _frames(ds: Dataset) -> np.ndarray:
     try:
         pixels = ds.pixel_array
     except Exception as e:  # pydicom raises many types for bad pixel data
-        raise SeriesError("undecodable_pixel_data", f"instance {ds.SOPInstanceUID}: pixel data cannot be decoded ({e})") from e
+        raise SeriesError("undecodable_pixel_data",
+                          f"instance {ds.SOPInstanceUID}: pixel data cannot be decoded ({e})") from e
     pixels = np.asarray(pixels, dtype=np.float32)
     if pixels.ndim == 2:
         pixels = pixels[None]
