@@ -89,8 +89,13 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(config: SpinegateConfig, threads: int) -> None:
+    from threadpoolctl import threadpool_limits
+
     from spinegate.service.engines import Engines
 
+    # The worker's share of the cores, for BLAS as for ONNX Runtime: more
+    # threads than cores make each wait on the others (service.pipeline).
+    threadpool_limits(limits=threads, user_api="blas")
     _worker["config"] = config
     _worker["engines"] = Engines(config.inference.model_dir, threads, axial_precision=config.inference.axial_precision,
                                  backend=config.inference.backend)

@@ -14,12 +14,14 @@ import logging
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from spinegate.biomech.axial_measurements import model_acsa_cm2
 from spinegate.biomech.radiomics import structure_radiomics
@@ -141,14 +143,20 @@ def analyse_series(selection: StudySelection) -> dict[str, SeriesAnalysis | str]
     the sagittal discs) segment in side lanes while this thread segments and
     measures the others (ONNX Runtime and the large numpy operations release
     the GIL: on 2 cores that fills the core the single-threaded steps leave
-    idle); they are measured here once the context exists.
+    idle); they are measured here once the context exists. While lanes run
+    side by side, BLAS (the resampling's matrix products) keeps to one
+    thread: its worker threads would wait on cores the lanes hold (on 2 cores
+    the sagittal score resampling took 0.25-0.95 s with 2 BLAS threads
+    beside a busy core, 0.13 s with one; the standard study ~1 s and ~2
+    CPU-seconds less; bench/README).
     """
     pairs = _pairs(selection.routed, selection.stages)
     first = [(r, s) for r, s in pairs if not s.uses_study_context]
     later = [(r, s) for r, s in pairs if s.uses_study_context]
     results: dict[str, SeriesAnalysis | str] = {}
     lanes = max(1, min(len(later), os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="series-lane") as pool:
+    blas = threadpool_limits(limits=1, user_api="blas") if later else nullcontext()
+    with blas, ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="series-lane") as pool:
         pending: dict[str, Future[Any]] = {r.series_uid: pool.submit(s.segment, r) for r, s in later}
         for r, s in first:
             results[r.series_uid] = _attempt(r, partial(_segment_and_measure, r, s))
