@@ -30,7 +30,8 @@ from spinegate.dicom_io.volume import SeriesVolume
 MeasurementGroup = (hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
                     | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations)
 
-__all__ = ["MeasurementGroup", "SeriesReport", "build_measurement_report", "series_measurement_groups"]
+__all__ = ["MeasurementGroup", "SeriesReport", "build_measurement_report", "report_measurement_groups",
+           "series_measurement_groups"]
 
 
 @dataclass(frozen=True)
@@ -237,24 +238,37 @@ def _load_groups(loads: LoadReport, uid_seed: str) -> list[hd.sr.MeasurementsAnd
     return groups
 
 
-def series_measurement_groups(reports: Sequence[SeriesReport], algorithm: AlgorithmInfo,
-                              sop_instance_uid: str) -> list[MeasurementGroup]:
+def report_measurement_groups(report: SeriesReport, algorithm: AlgorithmInfo, sop_instance_uid: str
+                              ) -> tuple[list[MeasurementGroup], ...]:
+    """One series' measurement groups by kind (structures, radiomics,
+    relaxation, muscles): the pipeline builds a series' groups as soon as
+    its SEG exists, some while other series are still being segmented."""
+    return (
+        [g for m in report.measurements for g in _groups(report, m, algorithm, sop_instance_uid)],
+        [g for m in report.measurements if m.structure.name in report.radiomics
+         for g in radiomics_groups(m, report.radiomics[m.structure.name], report.volume.series_instance_uid,
+                                   report.description, _segment_reference(report, m.structure.label),
+                                   _algorithm_id(algorithm), _review(tuple(report.flags) + tuple(m.flags)),
+                                   sop_instance_uid)],
+        [relaxation_group(m, report.relaxation[m.structure.name], report.volume.series_instance_uid,
+                          report.description, _segment_reference(report, m.structure.label), _algorithm_id(algorithm),
+                          _review(tuple(report.flags) + tuple(m.flags)), sop_instance_uid)
+         for m in report.measurements if m.structure.name in report.relaxation],
+        [_muscle_group(report, m, report.algorithm or algorithm, sop_instance_uid) for m in report.muscles],
+    )
+
+
+def series_measurement_groups(reports: Sequence[SeriesReport], algorithm: AlgorithmInfo, sop_instance_uid: str,
+                              by_report: Sequence[tuple[list[MeasurementGroup], ...] | None] = ()
+                              ) -> list[MeasurementGroup]:
     """The SR's measurement groups of the analysed series (structures, then
-    muscles): `build_measurement_report` makes them when not given, the
-    pipeline builds them while the loads are still being solved."""
-    groups: list[MeasurementGroup] = [g for r in reports for m in r.measurements
-                                      for g in _groups(r, m, algorithm, sop_instance_uid)]
-    groups += [g for r in reports for m in r.measurements if m.structure.name in r.radiomics
-               for g in radiomics_groups(m, r.radiomics[m.structure.name], r.volume.series_instance_uid,
-                                         r.description, _segment_reference(r, m.structure.label),
-                                         _algorithm_id(algorithm), _review(tuple(r.flags) + tuple(m.flags)),
-                                         sop_instance_uid)]
-    groups += [relaxation_group(m, r.relaxation[m.structure.name], r.volume.series_instance_uid, r.description,
-                                _segment_reference(r, m.structure.label), _algorithm_id(algorithm),
-                                _review(tuple(r.flags) + tuple(m.flags)), sop_instance_uid)
-               for r in reports for m in r.measurements if m.structure.name in r.relaxation]
-    groups += [_muscle_group(r, m, r.algorithm or algorithm, sop_instance_uid) for r in reports for m in r.muscles]
-    return groups
+    radiomics, relaxation and muscles, each in report order):
+    `build_measurement_report` makes them when not given, the pipeline
+    builds them while the loads are still being solved. ``by_report``: the
+    `report_measurement_groups` already built, per report (None where not)."""
+    built = [known if known is not None else report_measurement_groups(r, algorithm, sop_instance_uid)
+             for r, known in zip(reports, list(by_report) + [None] * (len(reports) - len(by_report)))]
+    return [g for kind in range(4) for groups in built for g in groups[kind]]
 
 
 def build_measurement_report(

@@ -20,30 +20,26 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
 from spinegate.biomech.axial_measurements import model_acsa_cm2
-from spinegate.biomech.radiomics import structure_radiomics
 from spinegate.dicom_io.classify import classify_series
 from spinegate.dicom_io.echoes import EchoSet, find_echo_sets
-from spinegate.dicom_io.seg import AlgorithmInfo, build_segmentation, segment_numbers
-from spinegate.dicom_io.sr import SeriesReport, build_measurement_report, series_measurement_groups
+from spinegate.dicom_io.sr import build_measurement_report, series_measurement_groups
 from spinegate.dicom_io.study import StudyHeaders, read_study_headers
 from spinegate.dicom_io.uids import derive_uid
-from spinegate.inference.level_naming import naming_unverified
 from spinegate.dicom_io.volume import SeriesError
 from spinegate.inference.engine import ModelInfo
 from spinegate.biomech.study import StudyBiomechanics
 from spinegate.service.biomech_stage import BiomechSolver, choose_centroids, load_report, subject_from_header
 from spinegate.dicom_io.encapsulated_pdf import build_encapsulated_pdf
 from spinegate.service.config import OutputsConfig, RoutingRule
-from spinegate.service.key_images import write_key_images
 from spinegate.service.pdf_report import DOCUMENT_TITLE, render_pdf_report
 from spinegate.service.engines import Engines
-from spinegate.service.measurements_doc import measurement_accuracy, measurements_document, structure_table
+from spinegate.service.measurements_doc import measurements_document, structure_table
 from spinegate.service.relaxometry_stage import fit_echo_sets, segmentation_echo, write_t2_map
 from spinegate.service.routing import RoutingDecision, route
+from spinegate.service.series_outputs import SeriesOutputs, algorithm_of, finish_series, write_seg
 from spinegate.service.series_stages import (RoutedSeries, SeriesAnalysis, SeriesStage, StudyContext, stage_for,
                                              study_context)
 from spinegate.service.study_result import SeriesOutcome, StudyFailed, StudyResult
@@ -54,7 +50,6 @@ __all__ = ["StudyFailed", "SeriesOutcome", "StudyResult", "StudySelection", "ana
 
 log = logging.getLogger(__name__)
 
-SEG_SERIES_NUMBER_OFFSET = 9000
 SR_SERIES_NUMBER = 9999
 PDF_SERIES_NUMBER = 9998
 PDF_FILE = "report_pdf.dcm"  # the DICOM object; report.pdf beside it is the same document
@@ -72,10 +67,6 @@ class StudySelection:
     models: tuple[ModelInfo, ...]  # primary first
     digest: str
     echo_sets: tuple[EchoSet, ...] = ()  # stacks at several echo times (relaxometry)
-
-
-def _algorithm(info: ModelInfo) -> AlgorithmInfo:
-    return AlgorithmInfo(info.name, info.version, info.sha256, info.backend)
 
 
 def select_series(study: StudyHeaders, engines: Engines, rules: Sequence[RoutingRule]) -> StudySelection:
@@ -135,9 +126,13 @@ def _attempt(series: RoutedSeries, work: Callable[[], SeriesAnalysis]) -> Series
         return f"{e.reason}: {e}"
 
 
-def analyse_series(selection: StudySelection) -> dict[str, SeriesAnalysis | str]:
+def analyse_series(selection: StudySelection,
+                   finish_early: Callable[[RoutedSeries, SeriesAnalysis], SeriesAnalysis] | None = None
+                   ) -> dict[str, SeriesAnalysis | str]:
     """Segment and measure every routed series (series UID → analysis, or
-    the error that stopped it).
+    the error that stopped it). ``finish_early`` is called here on each
+    series measured without the study context, while the side lanes still
+    run (its result replaces the analysis).
 
     The stages that use the study context (the axial muscles, named from
     the sagittal discs) segment in side lanes while this thread segments and
@@ -161,6 +156,9 @@ def analyse_series(selection: StudySelection) -> dict[str, SeriesAnalysis | str]
         for r, s in first:
             results[r.series_uid] = _attempt(r, partial(_segment_and_measure, r, s))
         context = study_context(selection.routed, [a for a in results.values() if isinstance(a, SeriesAnalysis)])
+        for r, _ in first:
+            if finish_early is not None and isinstance(a := results[r.series_uid], SeriesAnalysis):
+                results[r.series_uid] = finish_early(r, a)
         for r, s in later:
             results[r.series_uid] = _attempt(r, partial(_measure_segmented, r, s, pending[r.series_uid], context))
     return results
@@ -192,60 +190,21 @@ def start_loads(analysed: Sequence[tuple[RoutedSeries, SeriesAnalysis]], out_dir
         model_acsa_cm2(list(muscles)) or None, distrusted)
 
 
-def write_seg(series: RoutedSeries, analysis: SeriesAnalysis, algorithm: AlgorithmInfo, digest: str,
-              out_dir: Path, accuracy: Mapping[str, Mapping[str, float]] | None = None) -> tuple[SeriesReport, Path]:
-    """The series' DICOM SEG on disk, and what the SR needs of it
-    (``accuracy``: the model's validated accuracy per structure kind)."""
-    t0 = time.perf_counter()
-    datasets = series.headers.datasets
-    seg = build_segmentation(
-        analysis.volume, datasets, analysis.label_map, algorithm, derive_uid(digest, series.series_uid, "seg-series"),
-        derive_uid(digest, series.series_uid, "seg"),
-        SEG_SERIES_NUMBER_OFFSET + int(datasets[0].get("SeriesNumber") or 0), __version__,
-        level_unverified=naming_unverified(analysis.flags),
-    )
-    path = out_dir / f"seg_{series.series_uid}.dcm"
-    seg.save_as(path, enforce_file_format=True)
-    numbers = {s.label: i + 1 for i, s in enumerate(segment_numbers(analysis.label_map))}
-    report = SeriesReport(analysis.volume, datasets, seg, numbers, list(analysis.structures), series.description,
-                          analysis.flags, muscles=list(analysis.muscles), algorithm=algorithm,
-                          accuracy=dict(accuracy or {}), radiomics=dict(analysis.radiomics),
-                          relaxation=dict(analysis.relaxation))
-    log.info("seg written series_uid=%s seconds=%.3f", series.series_uid, time.perf_counter() - t0)
-    return report, path
-
-
-def _outcome(series: RoutedSeries, result: SeriesAnalysis | str | None, seg: tuple[SeriesReport, Path] | None,
-             seg_write_s: float, consumed_by: Mapping[str, str], t2_map_uid: str = "") -> SeriesOutcome:
+def _outcome(series: RoutedSeries, result: SeriesAnalysis | str | None, done: SeriesOutputs | None,
+             consumed_by: Mapping[str, str], t2_map_uid: str = "") -> SeriesOutcome:
     decision = series.decision
     if series.series_uid in consumed_by:
         decision = RoutingDecision(None, None, f"dixon_fat_image_measured_with_water_series_{consumed_by[series.series_uid]}")
     base = SeriesOutcome(series.series_uid, series.description, series.series_class, decision)
     if isinstance(result, str):
         return replace(base, error=result)
-    if result is None or seg is None:
+    if result is None or done is None:
         return base
     return replace(base, measurements=result.structures, muscles=result.muscles, flags=result.flags,
-                   seg_path=seg[1], seg_sop_instance_uid=str(seg[0].segmentation.SOPInstanceUID), accuracy=seg[0].accuracy,
-                   timings_s={**result.timings_s, "seg_write": seg_write_s},
+                   seg_path=done.seg_path, seg_sop_instance_uid=str(done.report.segmentation.SOPInstanceUID),
+                   accuracy=done.report.accuracy, timings_s={**result.timings_s, "seg_write": done.seg_write_s},
                    dixon_noise_sigma=result.dixon_noise_sigma, radiomics=result.radiomics,
                    relaxation=result.relaxation, echo_times_ms=result.echo_times_ms, t2_map_sop_instance_uid=t2_map_uid)
-
-
-def with_radiomics(analysis: SeriesAnalysis) -> SeriesAnalysis:
-    """The analysis with the radiomics features of each vertebral body and
-    disc (central slice: the one its height was measured on)."""
-    t0 = time.perf_counter()
-    features = {}
-    for m in analysis.structures:
-        try:
-            features[m.structure.name] = structure_radiomics(
-                analysis.volume.array, analysis.label_map == m.structure.label, analysis.volume.affine,
-                m.height_line.slice_index)
-        except ValueError as e:  # a structure too thin on its height slice: its measurements say so already
-            log.warning("no radiomics structure=%s reason=%s", m.structure.name, e)
-    return replace(analysis, radiomics=features,
-                   timings_s={**analysis.timings_s, "radiomics": time.perf_counter() - t0})
 
 
 def _write_pdf_report(doc: dict[str, Any], sources: Sequence[Any], digest: str, path: Path) -> None:
@@ -281,9 +240,18 @@ def analyze_study(
     t_start = time.perf_counter()
     selection = select_series(read_study_headers(paths), engines, rules)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = analyse_series(selection)
-    if outputs.radiomics:
-        results = {uid: with_radiomics(a) if isinstance(a, SeriesAnalysis) else a for uid, a in results.items()}
+    primary = selection.primary
+    finished: dict[str, SeriesOutputs] = {}
+
+    def finish(r: RoutedSeries, a: SeriesAnalysis) -> SeriesAnalysis:
+        assert primary is not None  # a stage ran, so the study has a main engine
+        finished[r.series_uid] = out = finish_series(r, a, selection.stages[r.series_uid].info, primary,
+                                                     selection.digest, out_dir, outputs)
+        return out.analysis
+
+    # A series of an echo stack gets its discs' T2 once every series is in.
+    echo_series = {uid for e in selection.echo_sets for uid in e.series_uids} if outputs.relaxometry else set()
+    results = analyse_series(selection, lambda r, a: a if r.series_uid in echo_series else finish(r, a))
     fits = fit_echo_sets(selection.echo_sets, selection.routed, results) if outputs.relaxometry else []
     # SEGs in stage order (the series measured without context first), each
     # group in series-number order; the SR lists the series in that order.
@@ -292,31 +260,23 @@ def analyze_study(
     timings: dict[str, float] = {}
     t_bio = time.perf_counter()
     # The loads need only the measurements: they are solved (in the solver's
-    # process when one is given) while the SEGs and the SR's groups are written.
+    # process when one is given) while the other SEGs and SR groups are written.
     loads_of = start_loads(analysed, out_dir, biomech_solver) if biomechanics else None
-    segs: dict[str, tuple[SeriesReport, Path]] = {}
-    seg_seconds: dict[str, float] = {}
     for r, a in analysed:
-        t0 = time.perf_counter()
-        info = selection.stages[r.series_uid].info
-        slab_mm = float(np.linalg.norm(a.volume.affine[:3, 0]))
-        segs[r.series_uid] = write_seg(r, a, _algorithm(info), selection.digest, out_dir,
-                                       measurement_accuracy(info.path, info.name, slab_mm) if a.structures else None)
-        seg_seconds[r.series_uid] = time.perf_counter() - t0
-    reports = [segs[r.series_uid][0] for r, _ in analysed]
+        if r.series_uid not in finished:
+            results[r.series_uid] = finish(r, a)
+    done = [finished[r.series_uid] for r, _ in analysed]
+    reports = [d.report for d in done]
     t2_maps = {fit.series.series_uid: write_t2_map(fit, selection.digest, out_dir) for fit in fits}
-    t0 = time.perf_counter()
-    key_images = [p for r, a in analysed for p in write_key_images(r, a, selection.digest, out_dir)] \
-        if outputs.key_images else []
-    timings["key_images"] = time.perf_counter() - t0
+    key_images = [p for d in done for p in d.key_images]
+    timings["key_images"] = sum(d.key_images_s for d in done)
     sr_path = None
     loads = biomech_doc = None
     if reports:
         assert selection.primary is not None
-        algorithm, sr_uid = _algorithm(selection.primary), derive_uid(selection.digest, "sr")
-        t0 = time.perf_counter()
-        groups = series_measurement_groups(reports, algorithm, sr_uid)
-        timings["sr_groups"] = time.perf_counter() - t0
+        algorithm, sr_uid = algorithm_of(selection.primary), derive_uid(selection.digest, "sr")
+        groups = series_measurement_groups(reports, algorithm, sr_uid, [d.sr_groups for d in done])
+        timings["sr_groups"] = sum(d.sr_groups_s for d in done)
         if loads_of is not None:
             t0 = time.perf_counter()
             bio = loads_of()
@@ -336,11 +296,11 @@ def analyze_study(
     timings["total"] = time.perf_counter() - t_start
     consumed_by = {a.measured_with_series_uid: uid for uid, a in results.items()
                    if isinstance(a, SeriesAnalysis) and a.measured_with_series_uid}
-    outcomes = tuple(_outcome(r, results.get(r.series_uid), segs.get(r.series_uid), seg_seconds.get(r.series_uid, 0.0),
+    outcomes = tuple(_outcome(r, results.get(r.series_uid), finished.get(r.series_uid),
                               consumed_by, t2_maps.get(r.series_uid, (None, ""))[1]) for r in selection.routed)
     pdf_path = out_dir / PDF_FILE if outputs.pdf_report and reports else None
     # The SR last: a receiver that waits for the report has the rest by then.
-    written = (tuple(segs[r.series_uid][1] for r, _ in analysed) + tuple(p for p, _ in t2_maps.values())
+    written = (tuple(d.seg_path for d in done) + tuple(p for p, _ in t2_maps.values())
                + tuple(key_images) + ((pdf_path,) if pdf_path else ()) + ((sr_path,) if sr_path else ()))
     result = StudyResult(selection.study_uid, outcomes, sr_path, out_dir / "measurements.json", written, timings,
                          biomech_doc)

@@ -1,7 +1,8 @@
 """How `service.pipeline.analyse_series` shares the cores: the axial series
-segment in a side lane while the sagittal ones are segmented and measured,
-and BLAS keeps to one thread while the lanes run side by side (restored
-after); a study without side lanes leaves BLAS alone."""
+segment in a side lane while the sagittal ones are segmented, measured and
+finished (SEG, key images, SR groups: ``finish_early``) before the axial
+ones are measured; BLAS keeps to one thread while the lanes run side by
+side (restored after); a study without side lanes leaves BLAS alone."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -17,6 +18,7 @@ from spinegate.service.pipeline import analyse_series, select_series
 from spinegate.service.series_stages import SeriesAnalysis, SeriesStage
 
 RULES = load_config(environ={}).routing
+events: list[tuple[str, bool]] = []  # (step, uses the study context), in the order they ran
 
 
 def _blas_threads() -> set[int]:
@@ -40,10 +42,12 @@ class _Recording:
 
     def segment(self, series: Any) -> Any:
         self.seen.append(("segment", _blas_threads()))
+        events.append(("segment", self.uses_study_context))
         return self.stage.segment(series)
 
     def measure(self, series: Any, segmented: Any, context: Any) -> SeriesAnalysis:
         self.seen.append(("measure", _blas_threads()))
+        events.append(("measure", self.uses_study_context))
         return self.stage.measure(series, segmented, context)
 
 
@@ -92,3 +96,22 @@ def test_a_batch_worker_keeps_blas_to_its_share_of_the_cores():
     with threadpool_limits(limits=2, user_api="blas"):  # restores what the worker sets
         _init_worker(load_config(environ={}), 1)
         assert _blas_threads() == {1}
+
+
+def test_series_measured_without_context_are_finished_before_the_side_lanes_are_awaited(small_study, engines):
+    events.clear()
+    selection = _recorded_selection(small_study["files"], engines)
+    finished: list[str] = []
+
+    def finish_early(r, a):
+        events.append(("finish", selection.stages[r.series_uid].uses_study_context))
+        finished.append(r.series_uid)
+        return replace(a, flags=(*a.flags, "finished"))
+
+    results = analyse_series(selection, finish_early)
+    sagittal = [uid for uid, s in selection.stages.items() if not s.uses_study_context]
+    assert sorted(finished) == sorted(sagittal) and len(sagittal) == 2
+    assert all("finished" in results[uid].flags for uid in sagittal)  # the finished analysis is the result
+    assert not any("finished" in a.flags for uid, a in results.items() if uid not in sagittal)
+    steps = [e for e in events if e[0] != "segment"]  # the axial segmentation runs beside, at any time
+    assert steps == [("measure", False), ("measure", False), ("finish", False), ("finish", False), ("measure", True)]
