@@ -30,7 +30,8 @@ def test_from_training_grid_is_scipy_linear_zoom_onto_the_native_grid():
     scores = np.random.default_rng(1).random((2, 4, 80, 96), dtype=np.float32)
     out = from_training_grid(scores, (75, 90), (128, 150))
     assert out.shape == (2, 4, 128, 150)
-    np.testing.assert_allclose(out, _scipy_zoom(scores[:, :, :75, :90], 128 / 75, 150 / 90)[:, :, :128, :150], atol=1e-6)
+    expected = _scipy_zoom(scores[:, :, :75, :90], 128 / 75, 150 / 90)[:, :, :128, :150]
+    np.testing.assert_allclose(out, expected, atol=1e-6)
     # Linear interpolation of a probability field keeps it a probability field.
     assert out.min() >= 0.0 and out.max() <= 1.0
 
@@ -47,3 +48,22 @@ def test_normalise_intensity_scales_by_volume_percentiles():
     assert out.min() == 0.0 and out.max() == 1.0
     assert out[0, 0, 50] == pytest.approx(0.5)
     assert not normalise_intensity(np.ones((2, 3, 3))).any()
+
+
+@pytest.mark.parametrize("n_in, zoom", [(240, 512 / 240), (205, 256 / 205), (512, 240 / 512), (33, 0.5), (7, 3.0)])
+def test_the_resampling_bands_hold_every_weight_of_the_zoom_matrix(n_in, zoom):
+    from spinegate.inference.preprocessing import _bands, _linear_resize_matrix
+
+    full = _linear_resize_matrix(n_in, zoom)
+    rebuilt = np.zeros_like(full)
+    for out, used in _bands(n_in, zoom):
+        rebuilt[out, used] = full[out, used]
+    np.testing.assert_array_equal(rebuilt, full)
+    assert _bands(n_in, zoom)[-1][0].stop == full.shape[0]
+
+
+def test_score_volumes_of_pipeline_size_resample_as_scipy_zooms_them():
+    scores = np.random.default_rng(2).random((3, 4, 240, 208), dtype=np.float32)
+    out = from_training_grid(scores, (240, 205), (512, 256))
+    np.testing.assert_allclose(out, _scipy_zoom(scores[:, :, :, :205], 512 / 240, 256 / 205)[:, :, :512, :256],
+                               atol=1e-6)
