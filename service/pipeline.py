@@ -39,14 +39,14 @@ from spinegate.service.engines import Engines
 from spinegate.service.measurements_doc import measurements_document, structure_table
 from spinegate.service.relaxometry_stage import fit_echo_sets, segmentation_echo, write_t2_map
 from spinegate.service.routing import RoutingDecision, route
-from spinegate.service.series_outputs import SeriesOutputs, algorithm_of, finish_series, write_seg
+from spinegate.service.series_outputs import SeriesOutputs, algorithm_of, finish_series
 from spinegate.service.series_stages import (RoutedSeries, SeriesAnalysis, SeriesStage, StudyContext, stage_for,
                                              study_context)
 from spinegate.service.study_result import SeriesOutcome, StudyFailed, StudyResult
 from spinegate.service.version import __version__
 
 __all__ = ["StudyFailed", "SeriesOutcome", "StudyResult", "StudySelection", "analyze_study", "select_series",
-           "analyse_series", "start_loads", "write_seg", "measurements_document", "structure_table"]
+           "analyse_series", "start_loads", "measurements_document", "structure_table"]
 
 log = logging.getLogger(__name__)
 
