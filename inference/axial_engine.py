@@ -28,7 +28,7 @@ from spinegate.inference.class_offsets import load_class_offsets
 from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM, AXIAL_TILE
 from spinegate.inference.backends import make_backend
 from spinegate.inference.engine import EngineError, load_model_info
-from spinegate.inference.postprocess import fill_holes_2d
+from spinegate.inference.postprocess import component_sizes, fill_holes_2d
 from spinegate.inference.preprocessing import from_training_grid, normalise_intensity, to_training_grid
 from spinegate.inference.tiling import sliding_window_softmax
 
@@ -116,7 +116,7 @@ def clean_axial_classes(classes: np.ndarray, pixel_area_mm2: float = 1.0, min_ar
             if not mask.any():
                 continue
             comps, n = ndimage.label(mask)
-            sizes = ndimage.sum(mask, comps, index=np.arange(1, n + 1))
+            sizes = component_sizes(comps, n)
             if sizes.max() * pixel_area_mm2 < min_area_mm2:
                 continue
             mask = fill_holes_2d(comps == (1 + int(np.argmax(sizes))))
