@@ -67,3 +67,14 @@ def test_score_volumes_of_pipeline_size_resample_as_scipy_zooms_them():
     out = from_training_grid(scores, (240, 205), (512, 256))
     np.testing.assert_allclose(out, _scipy_zoom(scores[:, :, :, :205], 512 / 240, 256 / 205)[:, :, :512, :256],
                                atol=1e-6)
+
+
+def test_network_inputs_are_the_full_zoom_products_bit_for_bit():
+    # The training data are built by to_training_grid too: the committed
+    # models rebuild bit for bit only if its arithmetic never changes.
+    from spinegate.inference.preprocessing import _linear_resize_matrix
+
+    planes = np.random.default_rng(3).random((4, 300, 260), dtype=np.float32)
+    padded, (r, c) = to_training_grid(planes, (0.7, 0.7), 1.0)
+    rows, cols = _linear_resize_matrix(300, 0.7), _linear_resize_matrix(260, 0.7)
+    assert np.array_equal(padded[:, :r, :c], rows @ (planes @ cols.T))
