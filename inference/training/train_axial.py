@@ -37,11 +37,11 @@ from spinegate.dicom_io.phantom.paraspinal import FASCIA_FAT_FRACTION
 from spinegate.inference.training.axial_calibration import calibrate
 from spinegate.inference.training.quantize import build_int8
 from spinegate.inference.axial_classes import AXIAL_CLASS_NAMES, AXIAL_SPACING_MM, AXIAL_TILE, MUSCLE_CLASSES
-from spinegate.inference.training.axial_data import (PHANTOM_CACHE, REAL_FOLDS, TUM_LABELS, load_tum_planes, phantom_training_planes,
-                                  training_planes, tum_classes)
+from spinegate.inference.training.axial_data import (PHANTOM_CACHE, REAL_FOLDS, TUM_LABELS, load_tum_planes,
+                                                     phantom_training_planes, training_planes, tum_classes)
 from spinegate.inference.training.network import ResidualUNet2D
 from spinegate.inference.preprocessing import normalise_intensity
-from spinegate.inference.training.training_steps import export_onnx, optimisation_step
+from spinegate.inference.training.training_steps import averaged_weights, export_onnx, optimisation_step
 
 log = logging.getLogger("spinegate.inference.training.train_axial")
 
@@ -94,14 +94,32 @@ def varied_phantoms(n_seeds: int, multifidus_scale: tuple[float, float] | None,
     return [make_phantom_case(s, w, cache_dir, scales[s], fascia[s]) for s in range(n_seeds) for w in CONTRASTS]
 
 
-def load_real_case(data_dir: Path, slices: np.ndarray) -> AxialCase:
-    """TUM01's water image, the given slices. Unlabelled pixels may be any
-    class the labels do not cover (not erector spinae, not multifidus)."""
-    water, _, labels, spacing = load_tum_planes(data_dir)
+REAL_IMAGES = ("water", "in_phase", "opposed_phase", "fat")
+
+
+def dixon_image(water: np.ndarray, fat: np.ndarray, kind: str) -> np.ndarray:
+    """One image of TUM01's Dixon pair: the water or fat magnitude, or the
+    in-phase (water + fat) and opposed-phase (|water - fat|) images the pair
+    was separated from, which show the same anatomy in T1-like contrast
+    (fat bright) and with dark water-fat boundaries."""
+    images = {"water": lambda: water, "fat": lambda: fat, "in_phase": lambda: water + fat,
+              "opposed_phase": lambda: np.abs(water - fat)}
+    if kind not in images:
+        raise ValueError(f"unknown Dixon image {kind!r}; expected one of {REAL_IMAGES}")
+    return images[kind]().astype(np.float32)
+
+
+def load_real_cases(data_dir: Path, slices: np.ndarray, images: tuple[str, ...] = ("water",)) -> list[AxialCase]:
+    """TUM01's given slices, one case per Dixon image named (`dixon_image`).
+    Unlabelled pixels may be any class the labels do not cover (not erector
+    spinae, not multifidus)."""
+    water, fat, labels, spacing = load_tum_planes(data_dir)
     covered = sum(1 << MUSCLE_CLASSES[k] for k in TUM_LABELS.values())
+    classes = tum_classes(labels[slices])
     # Intensity scaling over the whole series, as inference sees it.
-    return AxialCase("TUM01", *training_planes(normalise_intensity(water)[slices], tum_classes(labels[slices]),
-                                               ALL_BITS & ~covered, (spacing, spacing)))
+    return [AxialCase(f"TUM01_{kind}", *training_planes(normalise_intensity(dixon_image(water, fat, kind))[slices],
+                                                        classes, ALL_BITS & ~covered, (spacing, spacing)))
+            for kind in images]
 
 
 def sample(case: AxialCase, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -176,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tune-fascia-fat-fraction", type=float, nargs=2, metavar=("LOW", "HIGH"),
                     help="the same with the fascia sheets' fat fraction drawn per seed in this range")
     ap.add_argument("--tune-varied-seeds", type=int, default=12, help="how many phantom seeds (from 0) are varied")
+    ap.add_argument("--tune-seeds", type=int, nargs="+", metavar="SEED",
+                    help="fine-tune once per seed and average the weights (default: one fine-tuning, seed + 1)")
+    ap.add_argument("--tune-real-images", nargs="+", choices=REAL_IMAGES, default=["water"],
+                    help="which of TUM01's Dixon images the fine-tuning sees (default: water)")
     ap.add_argument("--step", choices=("cache", "base", "fold0", "fold1", "fold2", "final", "all"), default="all")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -198,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     record.update({
         "seed": args.seed, "batch": args.batch, "lr": args.lr, "channels": CHANNELS, "patch_rows_cols": PATCH,
         "spacing_mm": AXIAL_SPACING_MM, "classes": AXIAL_CLASS_NAMES, "phantom_seeds": TRAINING_PHANTOM_SEEDS,
-        "version": "2026.11.21-ax3", "phantom_contrasts": [w.name for w in CONTRASTS], "real_folds_slices": REAL_FOLDS, "torch": torch.__version__,
+        "version": "2026.11.21-ax3", "phantom_contrasts": [w.name for w in CONTRASTS], "real_folds_slices": REAL_FOLDS,
+        "torch": torch.__version__,
     })
     if args.step in ("base", "all"):
         _, curve = train([(phantoms, 1.0)], args.base_iterations, args.batch, args.lr, args.seed, None, base_pt)
@@ -208,16 +231,27 @@ def main(argv: list[str] | None = None) -> int:
         n_real = 29
         held = np.arange(*REAL_FOLDS[int(step[-1])]) if step.startswith("fold") else np.array([], int)
         train_slices = np.setdiff1d(np.arange(n_real), held)
-        real = load_real_case(args.data, train_slices)
+        real = load_real_cases(args.data, train_slices, tuple(args.tune_real_images))
         name = MODEL_NAME if step == "final" else f"{MODEL_NAME}.{step}"
-        model, curve = train([(tune_phantoms, 0.6), ([real], 0.4)], args.tune_iterations, args.batch, args.lr / 2,
-                             args.seed + 1, base_pt, args.out / f"{name}.pt")
+        tune_seeds = args.tune_seeds or [args.seed + 1]
+        states, curves = [], []
+        for tune_seed in tune_seeds:
+            checkpoint = args.out / (f"{name}.pt" if len(tune_seeds) == 1 else f"{name}.seed{tune_seed}.pt")
+            model, curve = train([(tune_phantoms, 0.6), (real, 0.4)], args.tune_iterations, args.batch, args.lr / 2,
+                                 tune_seed, base_pt, checkpoint)
+            states.append(model.state_dict())
+            curves.append(curve)
+        if len(states) > 1:
+            model.load_state_dict(averaged_weights(states))
+            torch.save(model.state_dict(), args.out / f"{name}.pt")
+        curve = list(np.mean(curves, axis=0))
         export_onnx(model, args.out / f"{name}.onnx")
         record[step] = {"iterations": args.tune_iterations, "init": base_pt.name, "real_slices": train_slices.tolist(),
                         "multifidus_scale_range": args.tune_multifidus_scale,
                         "fascia_fat_fraction_range": args.tune_fascia_fat_fraction,
                         "varied_phantom_seeds": args.tune_varied_seeds if tune_phantoms is not phantoms else None,
-                        "held_out_real_slices": held.tolist(), "loss_every_50": _every_50(curve)}
+                        "held_out_real_slices": held.tolist(), "tune_seeds": tune_seeds,
+                        "real_images": list(args.tune_real_images), "loss_every_50": _every_50(curve)}
         record_path.write_text(json.dumps(record, indent=1))
         log.info("wrote %s", args.out / f"{name}.onnx")
         if step == "final":  # a new model needs its own area calibration, and its INT8 version

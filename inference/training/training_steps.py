@@ -9,7 +9,7 @@ import torch
 
 from spinegate.inference.training.network import ResidualUNet2D
 
-__all__ = ["export_onnx", "optimisation_step", "partial_label_loss"]
+__all__ = ["averaged_weights", "export_onnx", "optimisation_step", "partial_label_loss"]
 
 
 def partial_label_loss(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -57,6 +57,32 @@ def optimisation_step(model: ResidualUNet2D, opt: torch.optim.Optimizer,
     if sched is not None:
         sched.step()
     return float(loss.detach())
+
+
+def averaged_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of several state dicts of one architecture (a
+    uniform "model soup": fine-tunings of one base with different seeds,
+    averaged, run at the cost of one network).
+
+    Raises
+    ------
+    ValueError
+        If ``states`` is empty or the dicts do not hold the same tensors.
+    """
+    if not states:
+        raise ValueError("averaged_weights needs at least one state dict")
+    keys = list(states[0])
+    for k, state in enumerate(states[1:], 1):
+        if list(state) != keys or any(state[n].shape != states[0][n].shape for n in keys):
+            raise ValueError(f"state dict {k} does not match the first one's tensors")
+    averaged = {}
+    for name in keys:
+        first = states[0][name]
+        if first.is_floating_point():
+            averaged[name] = torch.stack([s[name] for s in states]).mean(dim=0).to(first.dtype)
+        else:  # counters such as num_batches_tracked: the first's
+            averaged[name] = first.clone()
+    return averaged
 
 
 def export_onnx(model: ResidualUNet2D, path: Path) -> None:

@@ -221,3 +221,37 @@ def test_varied_phantom_values_cover_the_range_evenly_in_a_fixed_order_per_strea
     assert sorted(scales) == pytest.approx([0.775 + 0.05 * k for k in range(12)])
     assert scales != sorted(scales)  # the value does not follow the seed
     assert stratified_values(12, (0.75, 1.35), 71_000) != scales  # nor another drawn value
+
+
+def test_averaged_weights_are_the_elementwise_mean_of_the_fine_tunings():
+    from spinegate.inference.training.network import ResidualUNet2D
+    from spinegate.inference.training.training_steps import averaged_weights
+
+    torch.manual_seed(0)
+    nets = [ResidualUNet2D(3, channels=(4, 8)) for _ in range(3)]
+    states = [n.state_dict() for n in nets]
+    soup = averaged_weights(states)
+    for name, tensor in soup.items():
+        stacked = torch.stack([s[name].double() for s in states])
+        if tensor.is_floating_point():
+            assert torch.allclose(tensor.double(), stacked.mean(dim=0), atol=1e-7), name
+        assert tensor.dtype == states[0][name].dtype
+    # One state dict averages to itself; the result loads into the network.
+    assert all(torch.equal(a, b) for a, b in zip(averaged_weights(states[:1]).values(), states[0].values()))
+    ResidualUNet2D(3, channels=(4, 8)).load_state_dict(soup)
+    with pytest.raises(ValueError, match="at least one"):
+        averaged_weights([])
+    with pytest.raises(ValueError, match="state dict 1 does not match"):
+        averaged_weights([states[0], ResidualUNet2D(3, channels=(4, 16)).state_dict()])
+
+
+def test_dixon_images_rebuild_in_phase_and_opposed_phase_from_water_and_fat():
+    from spinegate.inference.training.train_axial import dixon_image
+
+    water = np.array([[100.0, 20.0]], np.float32)
+    fat = np.array([[10.0, 90.0]], np.float32)
+    assert dixon_image(water, fat, "in_phase").tolist() == [[110.0, 110.0]]
+    assert dixon_image(water, fat, "opposed_phase").tolist() == [[90.0, 70.0]]
+    assert dixon_image(water, fat, "water") is not None and dixon_image(water, fat, "fat").tolist() == [[10.0, 90.0]]
+    with pytest.raises(ValueError, match="unknown Dixon image 'out_of_phase'"):
+        dixon_image(water, fat, "out_of_phase")
