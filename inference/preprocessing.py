@@ -64,7 +64,9 @@ def _resize_planes(planes: np.ndarray, zoom_rows: float, zoom_cols: float, bande
     the full products to float32 rounding, not always bit for bit (BLAS
     sums a shorter row in another order), so the network inputs, from which
     the training data are built too, keep the full products
-    (`to_training_grid`): the committed models then rebuild bit for bit.
+    (`to_training_grid`): the training data stay those the committed models
+    were trained on (a bit-for-bit rebuild needs that, and the same library
+    releases: docs/research.md).
     """
     x = planes.astype(np.float32, copy=False)
     rows = _linear_resize_matrix(x.shape[-2], zoom_rows)
