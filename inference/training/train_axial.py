@@ -94,19 +94,20 @@ def varied_phantoms(n_seeds: int, multifidus_scale: tuple[float, float] | None,
     return [make_phantom_case(s, w, cache_dir, scales[s], fascia[s]) for s in range(n_seeds) for w in CONTRASTS]
 
 
-REAL_IMAGES = ("water", "in_phase", "opposed_phase", "fat")
+# TUM01's Dixon images from its water and fat magnitudes: the in-phase
+# (water + fat) and opposed-phase (|water - fat|) images the pair was
+# separated from show the same anatomy in T1-like contrast (fat bright) and
+# with dark water-fat boundaries.
+_DIXON_IMAGES = {"water": lambda water, fat: water, "in_phase": lambda water, fat: water + fat,
+                 "opposed_phase": lambda water, fat: np.abs(water - fat), "fat": lambda water, fat: fat}
+REAL_IMAGES = tuple(_DIXON_IMAGES)
 
 
 def dixon_image(water: np.ndarray, fat: np.ndarray, kind: str) -> np.ndarray:
-    """One image of TUM01's Dixon pair: the water or fat magnitude, or the
-    in-phase (water + fat) and opposed-phase (|water - fat|) images the pair
-    was separated from, which show the same anatomy in T1-like contrast
-    (fat bright) and with dark water-fat boundaries."""
-    images = {"water": lambda: water, "fat": lambda: fat, "in_phase": lambda: water + fat,
-              "opposed_phase": lambda: np.abs(water - fat)}
-    if kind not in images:
+    """One of ``REAL_IMAGES`` built from TUM01's water and fat magnitudes."""
+    if kind not in _DIXON_IMAGES:
         raise ValueError(f"unknown Dixon image {kind!r}; expected one of {REAL_IMAGES}")
-    return images[kind]().astype(np.float32)
+    return _DIXON_IMAGES[kind](water, fat).astype(np.float32)
 
 
 def load_real_cases(data_dir: Path, slices: np.ndarray, images: tuple[str, ...] = ("water",)) -> list[AxialCase]:
