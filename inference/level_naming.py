@@ -15,6 +15,7 @@ L5S1 even when S1 was not found (`name_discs`).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -161,13 +162,15 @@ def on_spinal_column(centroids_lps: np.ndarray, sizes: np.ndarray) -> np.ndarray
 
 
 def name_bodies(classes: np.ndarray, affine: np.ndarray, min_body_voxels: int,
-                spacing_mm: tuple[float, float, float]) -> tuple[list[NamedBody], list[str]]:
+                spacing_mm: tuple[float, float, float],
+                disc_centres_z_mm: Sequence[float] = ()) -> tuple[list[NamedBody], list[str]]:
     """The named bodies (S1 first when found, then L5 upward) and the
-    series flags of the naming."""
+    series flags of the naming; the discs' centres (patient z, mm) let
+    `regularise_body_heights` join a body's parts that no disc separates."""
     flags: list[str] = []
     bodies = merge_fragments(clean_class_mask(classes == CLASS_VB, min_body_voxels, spacing_mm,
                                               split_radius_mm=BODY_SPLIT_RADIUS_MM))
-    bodies = regularise_body_heights(bodies, affine)
+    bodies = regularise_body_heights(bodies, affine, disc_centres_z_mm)
     s1_parts = clean_class_mask(classes == CLASS_S1, min_body_voxels, spacing_mm)
     if s1_parts:
         s1_parts[0], bodies = absorb_into_s1(s1_parts[0], bodies, affine)
@@ -310,9 +313,10 @@ def name_levels(classes: np.ndarray, affine: np.ndarray, voxel_volume_mm3: float
     """
     spacing = (float(np.linalg.norm(affine[:3, 0])), float(np.linalg.norm(affine[:3, 1])),
                float(np.linalg.norm(affine[:3, 2])))
-    bodies, series_flags = name_bodies(classes, affine, max(1, int(MIN_BODY_MM3 / voxel_volume_mm3)), spacing)
     discs = clean_class_mask(classes == CLASS_DISC, max(1, int(MIN_DISC_MM3 / voxel_volume_mm3)), spacing,
                              split_radius_mm=DISC_SPLIT_RADIUS_MM)
+    bodies, series_flags = name_bodies(classes, affine, max(1, int(MIN_BODY_MM3 / voxel_volume_mm3)), spacing,
+                                       [superior_mm(d, affine) for d in discs])
     out = np.zeros(classes.shape, np.uint8)
     flags: dict[str, tuple[str, ...]] = {}
     for body in bodies:

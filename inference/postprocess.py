@@ -3,10 +3,12 @@
 Per class: fill holes, smooth (binary opening/closing in-plane), split into
 3D connected components and drop those under a minimum volume; bodies
 holding two, or broken in two, are split or joined by their height against
-the median body or by sharing their superior-inferior extent
-(`regularise_body_heights`). `inference.level_naming` names the components.
+the median body, by sharing their superior-inferior extent or by lying
+between the same two discs (`regularise_body_heights`). `inference.level_naming` names the components.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -29,6 +31,11 @@ _MERGED_HEIGHT_FACTOR = 1.6
 _BROKEN_PAIR_HEIGHT_FACTOR = 1.35
 _BROKEN_PART_HEIGHT_FACTOR = 0.8
 _SIDE_BY_SIDE_SHARE = 0.5
+# Two consecutive discs this many times the median disc pitch apart hold
+# one body between them (a missed disc leaves about two pitches); the
+# median needs three pitches to outvote one such double.
+_DISC_PITCH_ONE = (0.6, 1.45)
+_MIN_DISC_PITCHES = 3
 # A waist is a level at most this share of the body's median cross-section.
 _WAIST_FRACTION = 0.7
 
@@ -229,7 +236,8 @@ def _side_by_side(a: np.ndarray, b: np.ndarray, affine: np.ndarray) -> bool:
     return min(ahi, bhi) - max(alo, blo) >= _SIDE_BY_SIDE_SHARE * min(ahi - alo, bhi - blo)
 
 
-def regularise_body_heights(bodies: list[np.ndarray], affine: np.ndarray) -> list[np.ndarray]:
+def regularise_body_heights(bodies: list[np.ndarray], affine: np.ndarray,
+                            disc_centres_z_mm: Sequence[float] = ()) -> list[np.ndarray]:
     """Split bodies that hold two and join bodies broken in two, judged by
     height against the median body (naming counts bodies, so one merged
     or broken body renames every level above it).
@@ -241,7 +249,16 @@ def regularise_body_heights(bodies: list[np.ndarray], affine: np.ndarray) -> lis
     two bodies are stacked, a disc between them), and together at most
     1.35 × the median, become one; after each join the median is taken
     again over the bodies as they stand (with two bodies broken, their
-    halves would hold it down and hide the second). Bodies cut by the
+    halves would hold it down and hide the second). Two touching
+    neighbours whose centroids lie between the same two consecutive discs
+    (``disc_centres_z_mm``, patient z, at a usual pitch) become one when
+    together they are no taller than those discs are apart: no disc
+    separates them, and two bodies with their disc measure well over one
+    pitch. This holds where most bodies are broken and their halves set the
+    median. (Along patient z, as the heights are: measured instead along
+    the line between the two discs' centres, a segment of the lordosis
+    along itself, lateral disc fragments gave lines across the column that
+    joined whole bodies.) Bodies cut by the
     field of view are left alone; with fewer than three whole bodies
     nothing is changed.
     """
@@ -264,14 +281,16 @@ def regularise_body_heights(bodies: list[np.ndarray], affine: np.ndarray) -> lis
                 continue
         out.append((b, h))
     out.sort(key=lambda item: superior_mm(item[0], affine))
+    intervals = _disc_intervals_mm(disc_centres_z_mm)
     i = 0
     while i < len(out) - 1:
         (a, ha), (b, hb) = out[i], out[i + 1]
-        short = max(ha, hb) < _BROKEN_PART_HEIGHT_FACTOR * median
-        if (short or _side_by_side(a, b, affine)) and _touching(a, b):
+        broken = max(ha, hb) < _BROKEN_PART_HEIGHT_FACTOR * median or _side_by_side(a, b, affine)
+        pitch = _pitch_around(superior_mm(a, affine), superior_mm(b, affine), intervals)
+        if (broken or pitch) and _touching(a, b):
             joined = a | b
             hj = body_height_mm(joined, affine)
-            if hj <= _BROKEN_PAIR_HEIGHT_FACTOR * median:
+            if (broken and hj <= _BROKEN_PAIR_HEIGHT_FACTOR * median) or hj <= pitch:
                 out[i : i + 2] = [(joined, hj)]
                 # Broken halves pull the median down; judged again against
                 # the bodies as they now stand, a pair passed over may be short.
@@ -280,6 +299,27 @@ def regularise_body_heights(bodies: list[np.ndarray], affine: np.ndarray) -> lis
                 continue
         i += 1
     return sorted((b for b, _ in out), key=lambda p: -int(p.sum()))
+
+
+def _disc_intervals_mm(disc_centres_z_mm: Sequence[float]) -> list[tuple[float, float]]:
+    """(lower, upper) patient z (mm) of each two consecutive discs at a
+    usual pitch; none with fewer than `_MIN_DISC_PITCHES` pitches."""
+    z = np.sort(np.asarray(disc_centres_z_mm, float))
+    if len(z) < _MIN_DISC_PITCHES + 1:
+        return []
+    pitches = np.diff(z)
+    median = float(np.median(pitches))
+    lo, hi = _DISC_PITCH_ONE
+    return [(float(z[k]), float(z[k + 1])) for k, p in enumerate(pitches) if lo * median <= p <= hi * median]
+
+
+def _pitch_around(z_a: float, z_b: float, intervals: list[tuple[float, float]]) -> float:
+    """The pitch (mm) of the disc interval holding both centroids' patient
+    z, 0.0 when none does."""
+    for lower, upper in intervals:
+        if lower < min(z_a, z_b) and max(z_a, z_b) < upper:
+            return upper - lower
+    return 0.0
 
 
 def superior_mm(mask: np.ndarray, affine: np.ndarray) -> float:

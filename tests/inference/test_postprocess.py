@@ -329,3 +329,76 @@ def test_a_body_split_side_by_side_is_one_body_though_each_part_is_full_height()
     upper[:, 130:142, 15:45] = True
     lower[:, 141:153, 15:45] = True
     assert len(regularise_body_heights(bodies + [upper, lower], AFFINE)) == 6
+
+
+def _stacked_bodies(broken: tuple[int, ...]) -> tuple[list[np.ndarray], list[float]]:
+    """Five 12-row bodies, 17 rows (34 mm) apart, on a (3, 220, 60) grid,
+    those in ``broken`` cut across into two touching 6-row halves; and the
+    patient z (mm) of the six discs around them."""
+    bodies = []
+    for k in range(5):
+        top = 10 + 17 * k
+        for lo, hi in ((top, top + 6), (top + 6, top + 12)) if k in broken else ((top, top + 12),):
+            b = np.zeros((3, 220, 60), bool)
+            b[:, lo:hi, 15:45] = True
+            bodies.append(b)
+    disc_rows = [7 + 17 * k for k in range(6)]
+    return bodies, [float(AFFINE[2] @ [0, r, 0, 1]) for r in disc_rows]
+
+
+def test_body_halves_between_the_same_two_discs_are_joined_though_they_set_the_median():
+    from spinegate.inference.postprocess import regularise_body_heights
+
+    bodies, discs = _stacked_bodies(broken=(1, 2, 3, 4))
+    whole, _ = _stacked_bodies(broken=())
+    # eight 12 mm halves and one 24 mm body: the halves are the median body,
+    # none is short beside it, so heights alone leave nine bodies
+    assert len(regularise_body_heights(bodies, AFFINE)) == 9
+    out = regularise_body_heights(bodies, AFFINE, discs)
+    assert len(out) == 5 and all(any((o == w).all() for o in out) for w in whole)
+    # three pitches are needed to trust their median: with three discs nothing
+    # joins, with four the halves inside their three intervals do
+    assert len(regularise_body_heights(bodies, AFFINE, discs[:3])) == 9
+    assert len(regularise_body_heights(bodies, AFFINE, discs[:4])) == 7
+    # discs at odd pitches hold nothing: 34 mm against a median of 12 mm
+    assert len(regularise_body_heights(bodies, AFFINE, discs + [z + 12.0 for z in discs[:3]])) == 9
+
+
+def test_two_whole_bodies_around_a_missed_disc_are_not_joined():
+    from spinegate.inference.postprocess import regularise_body_heights
+
+    bodies, discs = _stacked_bodies(broken=())
+    # the disc between the second and third bodies called body where they
+    # meet in the midline slice: they touch, with no disc centre between them
+    bridge = np.zeros((3, 220, 60), bool)
+    bridge[1, 39:44, 30] = True
+    bodies[1] |= bridge
+    missed = discs[:2] + discs[3:]
+    assert len(regularise_body_heights(bodies, AFFINE, missed)) == 5
+    # nor when the discs found around them lie at a usual pitch (48 mm
+    # against a median of 44): together they are taller (58 mm) than it
+    displaced = [discs[0], discs[1] - 10.0, discs[3] + 10.0] + discs[4:]
+    assert len(regularise_body_heights(bodies, AFFINE, displaced)) == 5
+
+
+
+def test_a_spine_with_most_bodies_broken_across_is_named_from_its_discs():
+    # 1 mm rows: S1, then five 26 mm bodies under 8 mm discs, from the bottom up
+    affine = np.array([[4.0, 0, 0, 0], [0, 0, 1.0, 0], [0, -1.0, 0, 200.0], [0, 0, 0, 1]])
+    classes = np.zeros((5, 240, 80), np.uint8)
+    classes[1:4, 205:230, 20:60] = CLASS_S1
+    tops = [197 - 34 * (k + 1) for k in range(5)]  # L5 first
+    for top in tops:
+        classes[1:4, top : top + 26, 20:60] = CLASS_VB
+        classes[1:4, top + 26 : top + 34, 20:60] = CLASS_DISC
+    classes[1:4, tops[-1] - 8 : tops[-1], 20:60] = CLASS_DISC
+    truth = name_levels(classes, affine, 4).label_map
+    # L5-L2 each cut across by three rows called background, their halves
+    # meeting through a bridge in the midline slice (the core split parts them)
+    for top in tops[:4]:
+        classes[1:4, top + 12 : top + 15, 20:60] = 0
+        classes[2, top + 12 : top + 15, 38:42] = CLASS_VB
+    named = name_levels(classes, affine, 4)
+    assert named.series_flags == ()
+    for level in ("L1", "L2", "L3", "L4", "L5", "S1"):
+        assert _rows(named.label_map, level) == _rows(truth, level), level
