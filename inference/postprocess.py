@@ -280,25 +280,26 @@ def regularise_body_heights(bodies: list[np.ndarray], affine: np.ndarray,
                 out.extend((p, body_height_mm(p, affine)) for p in parts)
                 continue
         out.append((b, h))
-    out.sort(key=lambda item: superior_mm(item[0], affine))
+    # with each body's centroid z, once: the loop below starts over after each join
+    stack = sorted(((b, h, superior_mm(b, affine)) for b, h in out), key=lambda item: item[2])
     intervals = _disc_intervals_mm(disc_centres_z_mm)
     i = 0
-    while i < len(out) - 1:
-        (a, ha), (b, hb) = out[i], out[i + 1]
+    while i < len(stack) - 1:
+        (a, ha, za), (b, hb, zb) = stack[i], stack[i + 1]
         broken = max(ha, hb) < _BROKEN_PART_HEIGHT_FACTOR * median or _side_by_side(a, b, affine)
-        pitch = _pitch_around(superior_mm(a, affine), superior_mm(b, affine), intervals)
+        pitch = _pitch_around(za, zb, intervals)
         if (broken or pitch) and _touching(a, b):
             joined = a | b
             hj = body_height_mm(joined, affine)
             if (broken and hj <= _BROKEN_PAIR_HEIGHT_FACTOR * median) or hj <= pitch:
-                out[i : i + 2] = [(joined, hj)]
+                stack[i : i + 2] = [(joined, hj, superior_mm(joined, affine))]
                 # Broken halves pull the median down; judged again against
                 # the bodies as they now stand, a pair passed over may be short.
-                median = float(np.median([h for _, h in out if np.isfinite(h)]))
+                median = float(np.median([h for _, h, _ in stack if np.isfinite(h)]))
                 i = 0
                 continue
         i += 1
-    return sorted((b for b, _ in out), key=lambda p: -int(p.sum()))
+    return sorted((b for b, _, _ in stack), key=lambda p: -int(p.sum()))
 
 
 def _disc_intervals_mm(disc_centres_z_mm: Sequence[float]) -> list[tuple[float, float]]:
