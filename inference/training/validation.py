@@ -28,11 +28,13 @@ from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagit
 from spinegate.dicom_io.study import read_study_headers
 from spinegate.dicom_io.volume import read_series
 from spinegate.inference.engine import SagittalSpineEngine
+from spinegate.inference.level_naming import naming_unverified
+from spinegate.inference.postprocess import z_extent_mm
 from spinegate.inference.training.ivd_discs import IVD_TABLE, source_size_label_file
 from spinegate.inference.training.training_data import SPLIT, training_stems
 
 __all__ = ["dice", "thick_slice_series", "slab_labels", "run_dicom_path", "validate_volume", "validate_phantom",
-           "main", "VB_TABLE", "IVD_TABLE"]
+           "field_below_mm", "naming_by_family", "main", "VB_TABLE", "IVD_TABLE"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,34 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     """2|A∩B| / (|A|+|B|); 1.0 when both are empty."""
     s = int(a.sum()) + int(b.sum())
     return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
+
+
+def field_below_mm(mask: np.ndarray, affine: np.ndarray) -> float:
+    """How far (patient z, mm) the image reaches below a structure: from its
+    lowest voxel to the lowest voxel of the grid."""
+    corners = np.array([[i, j, k] for i in (0, mask.shape[0] - 1) for j in (0, mask.shape[1] - 1)
+                        for k in (0, mask.shape[2] - 1)], float)
+    grid_lowest_mm = float((corners @ affine[2, :3] + affine[2, 3]).min())
+    return z_extent_mm(mask, affine)[0] - grid_lowest_mm
+
+
+def naming_by_family(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per dataset family (the stem's prefix): series, levels named right,
+    naming verified (no flag puts it in doubt), and how far the images reach
+    below L5 (median, range): where the sacrum is outside the field, S1
+    cannot anchor the count and the naming stays unverified."""
+    out: dict[str, dict[str, Any]] = {}
+    for family in sorted({r["stem"].split("_")[0] for r in results}):
+        rs = [r for r in results if r["stem"].split("_")[0] == family]
+        below = [r["field_below_l5_mm"] for r in rs if r.get("field_below_l5_mm") is not None]
+        out[family] = {"series": len(rs), "named_correctly": sum(r["levels_named_correctly"] for r in rs),
+                       "naming_verified": sum(r["naming_verified"] for r in rs),
+                       "verified_and_named_correctly": sum(r["naming_verified"] and r["levels_named_correctly"]
+                                                           for r in rs)}
+        if below:
+            out[family]["field_below_l5_mm"] = {"median": round(float(np.median(below)), 1),
+                                                "min": round(min(below), 1), "max": round(max(below), 1)}
+    return out
 
 
 def thick_slice_series(image_ras: np.ndarray, affine_ras: np.ndarray, slab: int = 4) -> tuple[np.ndarray, np.ndarray, int]:
@@ -123,7 +153,11 @@ def validate_volume(engine: SagittalSpineEngine, data_dir: Path, stem: str) -> d
     named_correctly = all(per_level[lv] > 0.5 for lv in kind_levels)
     result = {"stem": stem, "dice_per_level": per_level,
               "mean_dice": round(float(np.mean(list(per_level.values()))), 4) if per_level else None,
-              "levels_named_correctly": named_correctly, "flags": list(seg.named.series_flags)}
+              "levels_named_correctly": named_correctly, "flags": list(seg.named.series_flags),
+              "naming_verified": not naming_unverified(seg.named.series_flags)}
+    l5 = truth == next(v for v, level in VB_TABLE.items() if level == "L5")
+    if not stem.startswith("IVD") and l5.any():
+        result["field_below_l5_mm"] = round(field_below_mm(l5, affine), 1)
     if stem.startswith("IVD"):
         # The masks above L5S1 are dilated; also against the outlines at the source's size (ivd_discs).
         source_size = slab_labels(source_size_label_file(data_dir / f"{stem}_label.nii.gz"))
@@ -147,7 +181,8 @@ def validate_phantom(engine: SagittalSpineEngine, seed: int, weighting: Weightin
             per_level[e.name] = round(dice(pred == e.label, t), 4)
     return {"stem": f"phantom_{seed}_{weighting.name}", "dice_per_level": per_level,
             "mean_dice": round(float(np.mean(list(per_level.values()))), 4),
-            "levels_named_correctly": all(v > 0.5 for v in per_level.values()), "flags": list(seg.named.series_flags)}
+            "levels_named_correctly": all(v > 0.5 for v in per_level.values()), "flags": list(seg.named.series_flags),
+            "naming_verified": not naming_unverified(seg.named.series_flags)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,9 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         # Naming counts bodies, so one merged or broken body renames every
         # level above it; the training volumes add 53 more spines to check.
         training = [validate_volume(engine, args.data, st) for st in training_stems(args.data) if st.startswith("VB")]
-        summary["training_volumes"] = {r["stem"]: {"mean_dice": r["mean_dice"], "levels_named_correctly":
-                                                   r["levels_named_correctly"]} for r in training}
+        keep = ("mean_dice", "levels_named_correctly", "naming_verified", "flags", "field_below_l5_mm")
+        summary["training_volumes"] = {r["stem"]: {k: r[k] for k in keep if k in r} for r in training}
         summary["all_training_vb_levels_named_correctly"] = all(r["levels_named_correctly"] for r in training)
+        # Every labelled VB volume, held out or not: how often S1 can anchor the count.
+        summary["vb_naming_by_family"] = naming_by_family(vb + training)
         misnamed = [r["stem"] for r in training if not r["levels_named_correctly"]]
         print(f"training volumes: {len(training)}, levels misnamed on {misnamed or 'none'}")
     out = args.models / "sagittal_spine.validation.json"

@@ -112,6 +112,8 @@ def test_model_card_validation_numbers_are_reproduced():
         reported = next(r for r in record["results"] if r["stem"] == stem)
         again = validate_volume(engine, data, stem)
         assert again["dice_per_level"] == pytest.approx(reported["dice_per_level"], abs=0.002)
+        assert again["naming_verified"] == reported["naming_verified"]
+        assert again.get("field_below_l5_mm") == reported.get("field_below_l5_mm")
     # the disc-labelled subject also against its outlines at the source's size (its masks are dilated)
     assert again["dice_per_level_source_size"] == pytest.approx(reported["dice_per_level_source_size"], abs=0.002)
 
