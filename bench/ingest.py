@@ -5,7 +5,13 @@ The same MR instances (512×512×16 bit, uncompressed) are sent by dcmtk
 `spinegate serve` (durable: temp file, fsync, rename before the response),
 in one process and with ``network.receiver_processes`` above one
 (``--receiver-processes``; 1 and 2 by default),
-dcmtk `storescp` (+xa, not durable) and Orthanc 1.10 (durable by default).
+dcmtk `storescp` (+xa, not durable) and Orthanc 1.10 (durable by default),
+and with ``--floor`` the floor under any durable pynetdicom receiver
+(`bench/pynetdicom_floor.py`: spinegate's AE and transport, a handler that
+only writes the bytes durably; in one process and in as many as
+spinegate's largest ``--receiver-processes``), then with spinegate's
+parsing and checks added (``+check``) and its SQLite index too
+(``+check+index``), one process each.
 Reported per receiver: instances/s (min/median/max over the passes) and the
 receiver's CPU time per instance (from /proc), plus spinegate's ratio to
 each peer, all measured in one run (PERFORMANCE.md: the machine is noisy).
@@ -18,6 +24,7 @@ holding only loopback (`unshare -n`).
     .venv/bin/python bench/ingest.py                 # 200 instances, 3 passes
     .venv/bin/python bench/ingest.py --short         # CI: 40 instances, 1 pass
     .venv/bin/python bench/ingest.py --receiver-processes 1 2 4
+    .venv/bin/python bench/ingest.py --floor       # adds the pynetdicom floor
 
 Writes a JSON record to bench/results/ and prints a Markdown table.
 """
@@ -48,10 +55,10 @@ ENV = {**os.environ, "TCP_NODELAY": "1"}
 PEERS = ("storescp", "orthanc")
 
 
-def spinegate_kind(processes: int) -> str:
+def spinegate_kind(processes: int, name: str = "spinegate") -> str:
     """The receiver's name in the results: spinegate-2proc is
     ``network.receiver_processes: 2`` (two processes on the port)."""
-    return "spinegate" if processes == 1 else f"spinegate-{processes}proc"
+    return name if processes == 1 else f"{name}-{processes}proc"
 
 
 def _only_loopback() -> bool:
@@ -101,6 +108,12 @@ def _send(files: list[Path], port: int, called: str, associations: int) -> float
 def _start(kind: str, work: Path, processes: int = 1) -> tuple[subprocess.Popen, int, str]:
     port = free_port()
     work.mkdir(parents=True)
+    if kind.startswith("pynetdicom-floor"):
+        steps = [f"--{step}" for step in ("check", "index") if f"+{step}" in kind]
+        proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "pynetdicom_floor.py"), "--port", str(port),
+                                 "--folder", str(work / "spool"), "--processes", str(processes), *steps], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return proc, port, "PACS"
     if kind.startswith("spinegate"):
         cfg = {"network": {"port": port, "receiver_processes": processes}, "http": {"enabled": False},
                "storage": {"root": str(work / "var")}, "assembly": {"quiet_period_s": 3600}}
@@ -113,10 +126,10 @@ def _start(kind: str, work: Path, processes: int = 1) -> tuple[subprocess.Popen,
         proc = subprocess.Popen([shutil.which("storescp") or "storescp", "-aet", "PACS", "+xa", "-od", str(work),
                                  str(port)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return proc, port, "PACS"
-    cfg = {"Name": "PACS", "DicomAet": "PACS", "DicomPort": port, "HttpPort": free_port(),
-           "StorageDirectory": str(work / "db"), "IndexDirectory": str(work / "db"), "Plugins": [],
-           "RemoteAccessAllowed": False, "AuthenticationEnabled": False}
-    (work / "orthanc.json").write_text(json.dumps(cfg))
+    orthanc: dict[str, object] = {"Name": "PACS", "DicomAet": "PACS", "DicomPort": port, "HttpPort": free_port(),
+                                  "StorageDirectory": str(work / "db"), "IndexDirectory": str(work / "db"),
+                                  "Plugins": [], "RemoteAccessAllowed": False, "AuthenticationEnabled": False}
+    (work / "orthanc.json").write_text(json.dumps(orthanc))
     proc = subprocess.Popen([shutil.which("Orthanc") or "/usr/sbin/Orthanc", str(work / "orthanc.json")], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, port, "PACS"
@@ -159,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--receiver-processes", type=int, nargs="+", default=[1, 2], metavar="N",
                     help="spinegate's network.receiver_processes settings to measure")
+    ap.add_argument("--floor", action="store_true",
+                    help="also measure bench/pynetdicom_floor.py (in 1 and in the most receiver processes)")
     args = ap.parse_args(argv)
     if not _only_loopback():
         if shutil.which("unshare") is None:
@@ -171,14 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     files = _instances(n, work / "instances")
     results: dict[str, dict[str, object]] = {}
     variants = {spinegate_kind(n): n for n in args.receiver_processes}
+    floors = {**{spinegate_kind(n, "pynetdicom-floor"): n for n in sorted({1, max(args.receiver_processes)})},
+              "pynetdicom-floor+check": 1, "pynetdicom-floor+check+index": 1} if args.floor else {}
     for associations in (1, 4):
-        for kind, processes in (*variants.items(), *((peer, 1) for peer in PEERS)):
+        for kind, processes in (*variants.items(), *floors.items(), *((peer, 1) for peer in PEERS)):
             results[f"{kind}/{associations}"] = measure(kind, files, associations, passes, work, processes)
     shutil.rmtree(work, ignore_errors=True)
     record = {"kind": "short" if args.short else "full", "instances": n, "passes": passes,
               "instance": "MR 512x512x16 bit, Explicit VR Little Endian", "results": results}
     for associations in (1, 4):
-        for variant in variants:
+        for variant in (*variants, *floors):
             ours = results[f"{variant}/{associations}"]["instances_per_s"]["median"]  # type: ignore[index]
             for peer in PEERS:
                 theirs = results[f"{peer}/{associations}"]["instances_per_s"]["median"]  # type: ignore[index]

@@ -10,9 +10,9 @@ from conftest import REPO
 pytestmark = [pytest.mark.integration, pytest.mark.heavy(seconds=160)]
 
 
-def _short_run(script: str, timeout_s: int = 600) -> dict:
+def _short_run(script: str, timeout_s: int = 600, *extra: str) -> dict:
     """Run ``bench/<script> --short``; the JSON record it says it wrote."""
-    proc = subprocess.run([sys.executable, f"bench/{script}", "--short"], cwd=REPO, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, f"bench/{script}", "--short", *extra], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout_s)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout.strip().splitlines()[-1].removeprefix("wrote ")
@@ -33,9 +33,10 @@ def test_biomechanics_benchmark_short_mode():
 
 
 def test_ingest_benchmark_short_mode():
-    record = _short_run("ingest.py")
-    assert set(record["results"]) == {f"{k}/{a}" for k in ("spinegate", "spinegate-2proc", "storescp", "orthanc")
-                                      for a in (1, 4)}
+    record = _short_run("ingest.py", 600, "--floor")
+    floors = ("pynetdicom-floor", "pynetdicom-floor-2proc", "pynetdicom-floor+check", "pynetdicom-floor+check+index")
+    assert set(record["results"]) == {f"{k}/{a}" for k in ("spinegate", "spinegate-2proc", *floors, "storescp",
+                                                           "orthanc") for a in (1, 4)}
     assert all(r["instances_per_s"]["median"] > 0 for r in record["results"].values())
 
 
