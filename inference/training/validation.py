@@ -155,8 +155,8 @@ def validate_volume(engine: SagittalSpineEngine, data_dir: Path, stem: str) -> d
               "mean_dice": round(float(np.mean(list(per_level.values()))), 4) if per_level else None,
               "levels_named_correctly": named_correctly, "flags": list(seg.named.series_flags),
               "naming_verified": not naming_unverified(seg.named.series_flags)}
-    l5 = truth == next(v for v, level in VB_TABLE.items() if level == "L5")
-    if not stem.startswith("IVD") and l5.any():
+    l5 = truth == next(v for v, level in VB_TABLE.items() if level == "L5") if table is VB_TABLE else None
+    if l5 is not None and l5.any():
         result["field_below_l5_mm"] = round(field_below_mm(l5, affine), 1)
     if stem.startswith("IVD"):
         # The masks above L5S1 are dilated; also against the outlines at the source's size (ivd_discs).
