@@ -55,9 +55,10 @@ ENV = {**os.environ, "TCP_NODELAY": "1"}
 PEERS = ("storescp", "orthanc")
 
 
-def spinegate_kind(processes: int, name: str = "spinegate") -> str:
-    """The receiver's name in the results: spinegate-2proc is
-    ``network.receiver_processes: 2`` (two processes on the port)."""
+def receiver_kind(processes: int, name: str = "spinegate") -> str:
+    """A receiver's name in the results: spinegate-2proc is
+    ``network.receiver_processes: 2`` (two processes on the port),
+    pynetdicom-floor-4proc the floor in four."""
     return name if processes == 1 else f"{name}-{processes}proc"
 
 
@@ -185,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="spinegate-ingest-"))
     files = _instances(n, work / "instances")
     results: dict[str, dict[str, object]] = {}
-    variants = {spinegate_kind(n): n for n in args.receiver_processes}
-    floors = {**{spinegate_kind(n, "pynetdicom-floor"): n for n in sorted({1, max(args.receiver_processes)})},
+    variants = {receiver_kind(n): n for n in args.receiver_processes}
+    floors = {**{receiver_kind(n, "pynetdicom-floor"): n for n in sorted({1, max(args.receiver_processes)})},
               "pynetdicom-floor+check": 1, "pynetdicom-floor+check+index": 1} if args.floor else {}
     for associations in (1, 4):
         for kind, processes in (*variants.items(), *floors.items(), *((peer, 1) for peer in PEERS)):

@@ -37,12 +37,10 @@ from pynetdicom import evt  # noqa: E402
 from spinegate.dicom_io.study import parse_instance  # noqa: E402
 from spinegate.dicom_io.validate import check_received_instance  # noqa: E402
 from spinegate.service.config import load_config  # noqa: E402
-from spinegate.service.scp import build_ae, configure_pynetdicom  # noqa: E402
+from spinegate.service.scp import Status, build_ae, configure_pynetdicom  # noqa: E402
 from spinegate.service.spool import durable_write  # noqa: E402
 from spinegate.service.store import InstanceRecord, StateStore  # noqa: E402
 from spinegate.service.transport import AssociationServer, SharedPortServer  # noqa: E402
-
-SUCCESS = 0x0000
 
 
 def serve(port: int, folder: Path, shared: bool, check: bool = False, index: bool = False) -> None:
@@ -63,7 +61,7 @@ def serve(port: int, folder: Path, shared: bool, check: bool = False, index: boo
         path = durable_write(folder / f"{uid}.dcm", data)
         if store is not None:
             store.record_instance(InstanceRecord(uid, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPClassUID, path))
-        return SUCCESS
+        return Status.SUCCESS
 
     server = ae.make_server(("127.0.0.1", port), evt_handlers=[(evt.EVT_C_STORE, on_store)],
                             server_class=SharedPortServer if shared else AssociationServer)

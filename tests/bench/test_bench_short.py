@@ -12,8 +12,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.heavy(seconds=160)]
 
 def _short_run(script: str, timeout_s: int = 600, *extra: str) -> dict:
     """Run ``bench/<script> --short``; the JSON record it says it wrote."""
-    proc = subprocess.run([sys.executable, f"bench/{script}", "--short", *extra], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout_s)
+    proc = subprocess.run([sys.executable, f"bench/{script}", "--short", *extra], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout_s)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout.strip().splitlines()[-1].removeprefix("wrote ")
     return json.loads(open(out).read())
