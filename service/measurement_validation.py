@@ -11,7 +11,10 @@ bias and MAPE of the volume — also against the labels as drawn (1 mm),
 which shows what the slab grid itself changes — and per label set (VB1,
 VB2, VB3, IVD, phantom), with where the outlines differ: the area ratio on
 the central planes (the in-plane contour) and the volume share on the
-lateral planes (`outline_split`). Discs come from the disc-labelled subject
+lateral planes (`outline_split`), and the volume error taken apart by
+how far the two outlines lie from each other in-plane (`volume_error_split`:
+a one-pixel rim, a convention, against misses and excess further out).
+Discs come from the disc-labelled subject
 (IVD) and the held-out phantoms (exact labels), bodies from the VB volumes
 and the phantoms. The IVD discs above L5S1 are compared with their outlines
 at the source's size (`inference.training.ivd_discs`); rows against the
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from spinegate.biomech.morphometry import measure_structure
 from spinegate.dicom_io.classify import Weighting
@@ -41,10 +45,14 @@ from spinegate.inference.engine import SagittalSpineEngine
 from spinegate.inference.training.training_data import dataset_of
 from spinegate.service.agreement import agreement
 
-__all__ = ["measurement_rows", "outline_split", "summarise", "summaries", "main"]
+__all__ = ["measurement_rows", "outline_split", "volume_error_split", "summarise", "summaries", "main"]
 
 SLABS_MM = (3, 4, 5)
 MIN_VOXELS = 50
+# In-plane distance (pixels) within which two outlines count as one boundary
+# drawn a pixel apart: the 8-neighbour ring around an outline.
+RIM_PX = 1.5
+VOLUME_ERROR_PARTS = ("missed_rim_pct", "missed_far_pct", "excess_rim_pct", "excess_far_pct")
 
 
 def measurement_rows(pred: np.ndarray, truth: np.ndarray, affine: np.ndarray, table: dict[int, str],
@@ -64,7 +72,7 @@ def measurement_rows(pred: np.ndarray, truth: np.ndarray, affine: np.ndarray, ta
         row = {"source": source, "slab_mm": slab_mm, "level": level, "kind": structure.kind.value,
                "height_manual_mm": round(m.height_mm, 2), "height_auto_mm": round(a.height_mm, 2),
                "volume_manual_cm3": round(m.volume_cm3, 3), "volume_auto_cm3": round(a.volume_cm3, 3),
-               **outline_split(manual, auto)}
+               **outline_split(manual, auto), **volume_error_split(manual, auto)}
         if native is not None:
             drawn = measure_structure(native[0] == value, native[1], structure)
             row.update(height_manual_native_mm=round(drawn.height_mm, 2),
@@ -85,6 +93,29 @@ def outline_split(manual: np.ndarray, auto: np.ndarray) -> dict[str, float]:
     return {"central_area_ratio": round(float(auto_area[central].sum() / manual_area[central].sum()), 4),
             "lateral_share_manual": round(float(manual_area[~central].sum() / manual_area.sum()), 4),
             "lateral_share_auto": round(float(auto_area[~central].sum() / auto_area.sum()), 4)}
+
+
+def volume_error_split(manual: np.ndarray, auto: np.ndarray) -> dict[str, float]:
+    """The volume error of ``auto`` against ``manual`` (masks of one
+    structure, sagittal planes first) as four parts, each in per cent of the
+    manual volume, that add up to it: excess minus missed. Voxels of one
+    mask outside the other count as *rim* when they lie within `RIM_PX`
+    pixels, in their plane, of the other mask (two outlines a pixel apart:
+    where an annotator or a network puts the boundary), otherwise *far*
+    (further out, or on a plane where the other mask is empty: whole parts
+    missed or added)."""
+    def beyond(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
+        outside = a & ~b
+        rim = 0
+        for i in np.nonzero(outside.any(axis=(1, 2)))[0]:
+            if b[i].any():
+                rim += int((ndi.distance_transform_edt(~b[i])[outside[i]] <= RIM_PX).sum())
+        return rim, int(outside.sum()) - rim
+
+    volume = float(manual.sum())
+    (missed_rim, missed_far), (excess_rim, excess_far) = beyond(manual, auto), beyond(auto, manual)
+    return dict(zip(VOLUME_ERROR_PARTS, (round(100 * v / volume, 2)
+                                         for v in (-missed_rim, -missed_far, excess_rim, excess_far))))
 
 
 def summarise(rows: list[dict[str, Any]], manual: str = "") -> dict[str, Any]:
@@ -118,6 +149,10 @@ def summarise(rows: list[dict[str, Any]], manual: str = "") -> dict[str, Any]:
                 out[kind][f"{slab}mm"].update({
                     key: round(float(np.mean([r[key] for r in split])), 3)
                     for key in ("central_area_ratio", "lateral_share_manual", "lateral_share_auto")})
+            parts = [r for r in sel if VOLUME_ERROR_PARTS[0] in r]
+            if parts and not manual:
+                out[kind][f"{slab}mm"]["volume_error_parts_pct"] = {
+                    key: round(float(np.mean([r[key] for r in parts])), 2) for key in VOLUME_ERROR_PARTS}
     return out
 
 

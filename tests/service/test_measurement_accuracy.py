@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from spinegate.inference.training.training_data import dataset_of
-from spinegate.service.measurement_validation import outline_split, summarise, summaries
+from spinegate.service.measurement_validation import outline_split, summarise, summaries, volume_error_split
 from spinegate.service.measurements_doc import measurement_accuracy
 
 
@@ -44,6 +44,20 @@ def test_outline_split_separates_the_in_plane_contour_from_the_lateral_reach():
     assert split["lateral_share_auto"] == round(32 / 362, 4)
     rows = [{**_row("vertebral body", 4, 20.0, 20.0, 30.0, 33.0), **split}]
     assert summarise(rows)["vertebral body"]["4mm"]["central_area_ratio"] == 1.1
+
+
+def test_volume_error_split_adds_up_to_the_volume_error_and_tells_a_rim_from_a_missed_plane():
+    manual = np.zeros((6, 20, 20), bool)
+    manual[1:5, 5:15, 5:15] = True  # 4 planes of 100 pixels: 400
+    auto = np.zeros_like(manual)
+    auto[1:4, 6:15, 5:15] = True  # three planes lose their top row (30, a pixel from auto), the 4th all (100)
+    auto[1:4, 8:12, 15] = True  # 12 added next to the manual outline
+    auto[1:4, 8:12, 17] = True  # 12 added three pixels beyond it
+    split = volume_error_split(manual, auto)
+    assert split == {"missed_rim_pct": -7.5, "missed_far_pct": -25.0, "excess_rim_pct": 3.0, "excess_far_pct": 3.0}
+    assert sum(split.values()) == 100 * (auto.sum() - manual.sum()) / manual.sum()
+    rows = [{**_row("vertebral body", 4, 20.0, 20.0, 30.0, 30.0), **split}]
+    assert summarise(rows)["vertebral body"]["4mm"]["volume_error_parts_pct"] == split
 
 
 def test_rows_are_grouped_by_the_label_set_they_come_from():
@@ -118,6 +132,8 @@ def test_the_committed_record_is_reproduced_for_the_disc_labelled_subject(engine
         assert (got["level"], got["reference"]) == (want["level"], want["reference"])
         for key in ("height_auto_mm", "height_manual_mm", "volume_auto_cm3", "volume_manual_cm3", "central_area_ratio"):
             assert got[key] == pytest.approx(want[key], abs=0.02), (got["level"], key)
+        for key in ("missed_rim_pct", "missed_far_pct", "excess_rim_pct", "excess_far_pct"):
+            assert got[key] == pytest.approx(want[key], abs=0.1), (got["level"], key)
     drawn = {r["level"]: r["volume_manual_native_cm3"] for r in rows if r["reference"] == "as_drawn"}
     source_size = {r["level"]: r["volume_manual_native_cm3"] for r in rows if r["reference"] == "source_size"}
     assert source_size["L5S1"] == drawn["L5S1"]  # L5S1 matches the source's table (data README)
