@@ -108,6 +108,9 @@ REASON = {
     "lumbar_level_missing": Code("SG0078", SCHEME, "Neighbouring lumbar level missing"),
     "sagittal_axial_level_disagreement": Code("SG0079", SCHEME, "Sagittal and axial levels disagree"),
     "off_column_components_dropped": Code("SG0080", SCHEME, "Components off the spinal column left out"),
+    "level_naming_corrected_from_other_series": Code("SG0081", SCHEME, "Level names taken from another series"),
+    "level_naming_disagrees_with_other_series": Code("SG0082", SCHEME,
+                                                     "Level unverified, another series places levels differently"),
 }
 # Radiomics (IBSI features): the region a group covers (its measurement
 # method), and the features with no code in DICOM's IBSI or statistics

@@ -29,7 +29,7 @@ __all__ = ["NamedLabels", "NamedBody", "name_levels", "name_bodies", "name_discs
            "on_spinal_column", "CLASS_VB", "CLASS_S1", "CLASS_DISC", "MIN_BODY_MM3", "MIN_DISC_MM3",
            "FLAG_UNANCHORED", "FLAG_PARTIAL", "FLAG_BODY_MISSED", "FLAG_PITCH_UNCOUNTABLE", "UNVERIFIED_FLAGS",
            "level_steps", "naming_unverified", "touches_inferior_edge", "FLAG_S1_AT_EDGE", "FLAG_S1_STEP_AMBIGUOUS",
-           "FLAG_S1_SLIVER"]
+           "FLAG_S1_SLIVER", "FLAG_FROM_OTHER_SERIES", "FLAG_SERIES_DISAGREE"]
 
 # Network classes of the sagittal model.
 CLASS_VB, CLASS_S1, CLASS_DISC = 1, 2, 3
@@ -81,6 +81,10 @@ S1_EDGE_MARGIN_MM = 3.0
 S1_SLIVER_FRACTION = 0.25
 FLAG_S1_SLIVER = "level_naming_s1_only_a_sliver"
 FLAG_S1_STEP_AMBIGUOUS = "level_naming_s1_step_ambiguous"
+# Across the sagittal series of a study (`inference.study_naming`): names
+# taken from a series that S1 anchors, and a pairing no single shift explains.
+FLAG_FROM_OTHER_SERIES = "level_naming_corrected_from_other_series"
+FLAG_SERIES_DISAGREE = "level_naming_disagrees_with_other_series"
 # The naming rests on an assumption: every level is marked unverified, and why.
 UNVERIFIED_FLAGS = {
     FLAG_UNANCHORED: "no S1 in view, lowest body taken as L5",
@@ -88,6 +92,7 @@ UNVERIFIED_FLAGS = {
     FLAG_S1_SLIVER: "S1 only a sliver",
     FLAG_S1_STEP_AMBIGUOUS: "S1 two steps below the lowest body",
     FLAG_PITCH_UNCOUNTABLE: "a step between bodies cannot be counted",
+    FLAG_SERIES_DISAGREE: "another sagittal series of the study places the levels differently",
 }
 
 

@@ -91,6 +91,8 @@ def measurements_document(result: StudyResult, models: Sequence[ModelInfo]) -> d
             "flags": list(o.flags),
             # Why the level names rest on an assumption (null: anchored and counted).
             "levels_unverified": naming_unverified(o.flags) or None,
+            # The sagittal series whose S1-anchored count named these levels (null: this series' own count).
+            "levels_anchored_by_series": o.levels_anchored_by_series_uid or None,
             "seg_sop_instance_uid": o.seg_sop_instance_uid or None,
             "measurement_accuracy": dict(o.accuracy) or None,
             "timings_s": {k: round(v, 3) for k, v in o.timings_s.items()},

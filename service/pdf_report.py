@@ -118,11 +118,15 @@ def _pm(value: float | None, mae: float | None, digits: int) -> str:
 
 def _series_tables(doc: Mapping[str, Any], st: Mapping[str, ParagraphStyle]) -> list[Any]:
     out: list[Any] = []
+    described = {s["series_instance_uid"]: s["description"] for s in doc.get("series", [])}
     for s in doc.get("series", []):
         if s.get("structures"):
             out.append(Paragraph(_text(f"Spine: {s['description']}"), st["h2"]))
             if s.get("levels_unverified"):
                 out.append(Paragraph(_text(f"Level names unverified: {s['levels_unverified']}"), st["warn"]))
+            if anchor := s.get("levels_anchored_by_series"):
+                out.append(Paragraph(_text(f"Level names from series '{described.get(anchor, anchor)}', "
+                                           "whose count S1 anchors"), st["body"]))
             rows = [["Level", "Structure", "Height mm", "Volume cm\u00b3", "Review"]]
             rows += [[m["level"], "disc" if m["kind"] == "disc" else "body",
                       _pm(m["height_mm"], m.get("height_mae_mm"), 1), _pm(m["volume_cm3"], m.get("volume_mae_cm3"), 1),

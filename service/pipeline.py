@@ -42,6 +42,7 @@ from spinegate.service.routing import RoutingDecision, route
 from spinegate.service.series_outputs import SeriesOutputs, algorithm_of, finish_series
 from spinegate.service.series_stages import (RoutedSeries, SeriesAnalysis, SeriesStage, StudyContext, stage_for,
                                              study_context)
+from spinegate.service.study_naming import with_study_naming
 from spinegate.service.study_result import SeriesOutcome, StudyFailed, StudyResult
 from spinegate.service.version import __version__
 
@@ -155,6 +156,7 @@ def analyse_series(selection: StudySelection,
         pending: dict[str, Future[Any]] = {r.series_uid: pool.submit(s.segment, r) for r, s in later}
         for r, s in first:
             results[r.series_uid] = _attempt(r, partial(_segment_and_measure, r, s))
+        results = with_study_naming(results)
         context = study_context(selection.routed, [a for a in results.values() if isinstance(a, SeriesAnalysis)])
         for r, _ in first:
             if finish_early is not None and isinstance(a := results[r.series_uid], SeriesAnalysis):
@@ -204,7 +206,8 @@ def _outcome(series: RoutedSeries, result: SeriesAnalysis | str | None, done: Se
                    seg_path=done.seg_path, seg_sop_instance_uid=str(done.report.segmentation.SOPInstanceUID),
                    accuracy=done.report.accuracy, timings_s={**result.timings_s, "seg_write": done.seg_write_s},
                    dixon_noise_sigma=result.dixon_noise_sigma, radiomics=result.radiomics,
-                   relaxation=result.relaxation, echo_times_ms=result.echo_times_ms, t2_map_sop_instance_uid=t2_map_uid)
+                   relaxation=result.relaxation, echo_times_ms=result.echo_times_ms, t2_map_sop_instance_uid=t2_map_uid,
+                   levels_anchored_by_series_uid=result.levels_anchored_by_series_uid or "")
 
 
 def _write_pdf_report(doc: dict[str, Any], sources: Sequence[Any], digest: str, path: Path) -> None:

@@ -84,6 +84,9 @@ class SeriesAnalysis:
     # Disc name → its T2 from the study's echoes of this stack (`service.relaxometry_stage`).
     relaxation: Mapping[str, RelaxationSummary] = field(default_factory=dict)
     echo_times_ms: tuple[float, ...] = ()
+    # The sagittal series whose S1-anchored count named this one's levels
+    # (`service.study_naming`).
+    levels_anchored_by_series_uid: str | None = None
 
 
 class SeriesStage(Protocol):

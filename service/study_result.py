@@ -46,6 +46,8 @@ class SeriesOutcome:
     relaxation: Mapping[str, RelaxationSummary] = field(default_factory=dict)
     echo_times_ms: tuple[float, ...] = ()
     t2_map_sop_instance_uid: str = ""
+    # The sagittal series whose S1-anchored count named this one's levels.
+    levels_anchored_by_series_uid: str = ""
 
 
 @dataclass(frozen=True)
