@@ -29,7 +29,8 @@ __all__ = ["NamedLabels", "NamedBody", "name_levels", "name_bodies", "name_discs
            "on_spinal_column", "CLASS_VB", "CLASS_S1", "CLASS_DISC", "MIN_BODY_MM3", "MIN_DISC_MM3",
            "FLAG_UNANCHORED", "FLAG_PARTIAL", "FLAG_BODY_MISSED", "FLAG_PITCH_UNCOUNTABLE", "UNVERIFIED_FLAGS",
            "level_steps", "naming_unverified", "touches_inferior_edge", "FLAG_S1_AT_EDGE", "FLAG_S1_STEP_AMBIGUOUS",
-           "FLAG_S1_SLIVER", "FLAG_FROM_OTHER_SERIES", "FLAG_SERIES_DISAGREE"]
+           "FLAG_S1_SLIVER", "FLAG_FROM_OTHER_SERIES", "FLAG_SERIES_DISAGREE",
+           "FLAG_TOO_MANY_BODIES"]
 
 # Network classes of the sagittal model.
 CLASS_VB, CLASS_S1, CLASS_DISC = 1, 2, 3

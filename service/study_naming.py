@@ -19,8 +19,8 @@ import numpy as np
 
 from spinegate.biomech.plausibility import FLAG_IMPLAUSIBLE_SIZE, FLAG_LEVEL_MISSING, with_review_flags
 from spinegate.dicom_io.levels import SPINE_STRUCTURES, StructureKind, structure_by_name
-from spinegate.inference.level_naming import (FLAG_FROM_OTHER_SERIES, FLAG_SERIES_DISAGREE, UNVERIFIED_FLAGS,
-                                              naming_unverified)
+from spinegate.inference.level_naming import (FLAG_FROM_OTHER_SERIES, FLAG_SERIES_DISAGREE, FLAG_TOO_MANY_BODIES,
+                                              UNVERIFIED_FLAGS, naming_unverified)
 from spinegate.inference.study_naming import naming_shift, shifted_level
 from spinegate.service.series_stages import SeriesAnalysis
 
@@ -42,19 +42,22 @@ def renamed(a: SeriesAnalysis, shift: int) -> SeriesAnalysis | None:
     """``a`` with every body and disc ``shift`` levels along the column
     (`inference.study_naming.shifted_level`), its label map relabelled and
     the name-dependent review flags (missing levels, sizes beside the
-    lumbar neighbours) found again; ``None`` when a structure would leave
-    the table of levels."""
+    lumbar neighbours) found again. Structures moved above the table's
+    highest level are left out, as the naming leaves out bodies above T10
+    (`FLAG_TOO_MANY_BODIES`); ``None`` when one would move below S1."""
     names = {m.structure.name: shifted_level(m.structure.name, shift) for m in a.structures}
-    if any(new is None for new in names.values()):
+    if shift > 0 and None in names.values():
         return None
     lut = np.arange(max(s.label for s in SPINE_STRUCTURES) + 1, dtype=a.label_map.dtype)
     for old, new in names.items():
-        lut[structure_by_name(old).label] = structure_by_name(str(new)).label
+        lut[structure_by_name(old).label] = structure_by_name(new).label if new else 0
     stale = (FLAG_LEVEL_MISSING, FLAG_IMPLAUSIBLE_SIZE)
-    structures = with_review_flags([replace(m, structure=structure_by_name(str(names[m.structure.name])),
+    structures = with_review_flags([replace(m, structure=structure_by_name(new),
                                             flags=tuple(f for f in m.flags if not f.startswith(stale)))
-                                    for m in a.structures])
-    return replace(a, label_map=lut[a.label_map], structures=structures)
+                                    for m in a.structures if (new := names[m.structure.name])])
+    left_out = None in names.values() and FLAG_TOO_MANY_BODIES not in a.flags
+    return replace(a, label_map=lut[a.label_map], structures=structures,
+                   flags=tuple(a.flags) + ((FLAG_TOO_MANY_BODIES,) if left_out else ()))
 
 
 def with_study_naming(analyses: Mapping[str, SeriesAnalysis | str]) -> dict[str, SeriesAnalysis | str]:
@@ -90,8 +93,9 @@ def with_study_naming(analyses: Mapping[str, SeriesAnalysis | str]) -> dict[str,
         if moved is None:  # a structure the anchor puts beyond the table (below S1)
             disagree.add(uid)
             continue
-        flags = tuple(f for f in a.flags if f not in UNVERIFIED_FLAGS) + ((FLAG_FROM_OTHER_SERIES,) if shift else ())
-        out[uid] = replace(moved, flags=flags, levels_anchored_by_series_uid=ref)
+        flags = tuple(f for f in moved.flags if f not in UNVERIFIED_FLAGS)
+        out[uid] = replace(moved, flags=flags + ((FLAG_FROM_OTHER_SERIES,) if shift else ()),
+                           levels_anchored_by_series_uid=ref)
         log.info("level names from another series series_uid=%s anchor_series_uid=%s shift=%d pairs=%d",
                  uid, ref, shift, pairs)
     for uid in sorted(disagree):

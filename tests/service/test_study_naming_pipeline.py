@@ -20,13 +20,15 @@ from spinegate.dicom_io.levels import StructureKind, structure_by_name
 from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
 from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
 from spinegate.dicom_io.study import read_study_headers
-from spinegate.inference.level_naming import FLAG_FROM_OTHER_SERIES, FLAG_SERIES_DISAGREE, naming_unverified
+from spinegate.inference.level_naming import (FLAG_FROM_OTHER_SERIES, FLAG_SERIES_DISAGREE, FLAG_TOO_MANY_BODIES,
+                                              naming_unverified)
+from spinegate.inference.study_naming import shifted_level
 from spinegate.service.config import OutputsConfig, load_config
 from spinegate.service.pipeline import analyze_study, select_series
 from spinegate.service.series_stages import StudyContext
 from spinegate.service.study_naming import renamed, with_study_naming
 
-pytestmark = pytest.mark.heavy(seconds=25)
+pytestmark = pytest.mark.heavy(seconds=40)
 
 RULES = load_config(environ={}).routing
 SEED = 1000  # a validation phantom
@@ -142,3 +144,27 @@ def test_renamed_moves_the_label_map_with_the_names(each_alone):
         old, new = structure_by_name(before.structure.name), after.structure
         assert np.array_equal(full.label_map == old.label, moved.label_map == new.label), (old.name, new.name)
     assert renamed(full, 1) is None  # S1 has no level below it
+    up_two = renamed(full, -2)  # T11 would be T9, above the table: left out, as the naming leaves it out
+    assert up_two is not None and FLAG_TOO_MANY_BODIES in up_two.flags
+    assert "T11" in {m.structure.name for m in full.structures}
+    gone = np.isin(full.label_map, [structure_by_name("T11").label, structure_by_name("T11T12").label])
+    assert gone.any() and not up_two.label_map[gone].any()
+    assert [m.structure.name for m in up_two.structures] == [
+        shifted_level(m.structure.name, -2) for m in full.structures if shifted_level(m.structure.name, -2)]
+
+
+@pytest.mark.shared_data
+def test_a_real_subject_sent_as_a_whole_t1_and_a_cropped_t2_is_named_right(engines, tmp_path):
+    """Held-out VB1_10 (T1 TSE) and VB1_11 (T2 TSE): one subject, one grid.
+    The T2 with its bottom 55 mm cropped away counts from L5 taken for S1
+    alone (one level high, flagged unverified); beside the whole T1 every
+    body gets the manual label it lies in (all 18 cases on three subjects:
+    `service.study_naming_validation`)."""
+    from conftest import require_shared_data
+    from spinegate.service.study_naming_validation import run_case
+
+    case = run_case(engines, RULES, require_shared_data(), "VB1_10", "VB1_11", 55, tmp_path)
+    assert case["alone"]["misnamed"] and case["alone"]["unverified"]
+    together = case["together"]
+    assert not together["misnamed"] and together["unverified"] is None
+    assert FLAG_FROM_OTHER_SERIES in together["flags"] and together["anchored_by_series"]
