@@ -7,7 +7,8 @@ assumption takes its names from one that S1 anchors, in the same frame of
 reference (`inference.study_naming`): confirmed, it loses its "level
 unverified" mark; shifted, its bodies and discs are renamed and flagged
 `FLAG_FROM_OTHER_SERIES` for a look; where the two cannot be paired
-consistently, both are marked unverified (`FLAG_SERIES_DISAGREE`).
+consistently it says so (`FLAG_SERIES_DISAGREE`, unverified), and two
+anchored series that place the levels differently both do.
 """
 from __future__ import annotations
 
@@ -70,8 +71,9 @@ def with_study_naming(analyses: Mapping[str, SeriesAnalysis | str]) -> dict[str,
     unverified flags; shifted ones are renamed (`renamed`) and gain
     `FLAG_FROM_OTHER_SERIES`; both record the anchoring series
     (``levels_anchored_by_series_uid``). A pairing that no single shift
-    explains marks both series `FLAG_SERIES_DISAGREE`, as does one between
-    two anchored series that place the levels differently.
+    explains marks the unverified series `FLAG_SERIES_DISAGREE`; two
+    anchored series that pair inconsistently or place the levels
+    differently are both marked.
     """
     out = dict(analyses)
     spine = {uid: a for uid, a in analyses.items()
@@ -81,8 +83,10 @@ def with_study_naming(analyses: Mapping[str, SeriesAnalysis | str]) -> dict[str,
     shifts = {uid: {r: naming_shift(_body_centroids(spine[r]), _body_centroids(a)) for r in sorted(anchored)
                     if r != uid and spine[r].volume.frame_of_reference_uid == a.volume.frame_of_reference_uid}
               for uid, a in spine.items()}
+    # An unverified series that cannot be paired consistently does not make
+    # its anchor doubtful; two anchored series that disagree are both in doubt.
     disagree = {u for uid, by_ref in shifts.items() for r, s in by_ref.items()
-                if s.conflicting or (s.shift and uid in anchored) for u in (uid, r)}
+                if s.conflicting or (s.shift and uid in anchored) for u in ((uid, r) if uid in anchored else (uid,))}
     for uid, a in spine.items():
         usable = [(s.pairs, r, s.shift) for r, s in shifts[uid].items() if s.shift is not None and r not in disagree]
         if uid in anchored or uid in disagree or not usable:

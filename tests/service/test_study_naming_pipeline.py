@@ -136,6 +136,17 @@ def test_two_anchored_series_that_place_the_levels_differently_are_both_unverifi
         assert a.levels_anchored_by_series_uid is None
 
 
+def test_an_unverified_series_that_pairs_inconsistently_is_marked_and_its_anchor_kept(each_alone):
+    full_uid, full = each_alone["SAG T2 full"]
+    swap = {"L4": "L5", "L5": "L4"}  # a count no single shift explains
+    muddled = replace(full, structures=tuple(
+        replace(m, structure=structure_by_name(swap.get(m.structure.name, m.structure.name)))
+        for m in full.structures if m.structure.name not in ("S1", "L5S1")))
+    out = with_study_naming({full_uid: full, "1.2.9": muddled})
+    assert out[full_uid] is full
+    assert FLAG_SERIES_DISAGREE in out["1.2.9"].flags and out["1.2.9"].levels_anchored_by_series_uid is None
+
+
 def test_renamed_moves_the_label_map_with_the_names(each_alone):
     _, full = each_alone["SAG T2 full"]
     moved = renamed(full, -1)
