@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
+from spinegate.dicom_io.volume import centroid_lps_mm
 from spinegate.service.config import OutputsConfig, RoutingRule, load_config
 from spinegate.service.engines import Engines
 from spinegate.service.pipeline import analyze_study
@@ -46,24 +47,22 @@ def write_cropped_series(data: Path, stem: str, crop_mm: int, study: StudyInfo, 
                          ) -> tuple[list[Path], dict[str, np.ndarray]]:
     """A labelled volume as a 4 mm sagittal DICOM series with its bottom
     ``crop_mm`` (1 mm planes) cropped away; its files and the manual bodies'
-    centroids (level → LPS mm, before cropping)."""
+    centroids on the slab grid before cropping (level → LPS mm)."""
     import nibabel as nib
 
-    from spinegate.inference.training.validation import VB_TABLE, thick_slice_series
+    from spinegate.inference.training.validation import VB_TABLE, crop_bottom, slab_labels, thick_slice_series
 
-    image: Any = nib.load(str(data / f"{stem}_image.nii.gz"))  # a Nifti1Image; nibabel types it as any file image
+    image_file: Any = nib.load(str(data / f"{stem}_image.nii.gz"))  # a Nifti1Image; nibabel types it as any file image
     label_file: Any = nib.load(str(data / f"{stem}_label.nii.gz"))
-    labels = np.asarray(label_file.dataobj).astype(np.uint8)
-    affine = image.affine.copy()
-    affine[:3, 3] = (image.affine @ np.array([0, 0, crop_mm, 1.0]))[:3]  # RAS: k runs inferior → superior
-    pixels, lps, _ = thick_slice_series(np.asarray(image.dataobj)[:, :, crop_mm:], affine)
+    image, labels = np.asarray(image_file.dataobj), np.asarray(label_file.dataobj).astype(np.uint8)
+    cut_image, _, cut_affine = crop_bottom(image, labels, image_file.affine, crop_mm)
+    pixels, lps, _ = thick_slice_series(cut_image, cut_affine)
     files = write_mr_series(pixels, lps, study, SeriesSpec(number, f"SAG {stem} bottom {crop_mm} mm cropped", 3500,
                                                             100, 4.0), out)
-    manual = {}
-    for value, level in VB_TABLE.items():
-        ijk = np.argwhere(labels == value)
-        if len(ijk):
-            manual[level] = (image.affine @ np.c_[ijk, np.ones(len(ijk))].T)[:3].mean(axis=1) * [-1, -1, 1]
+    _, whole_lps, _ = thick_slice_series(image, image_file.affine)
+    truth = slab_labels(labels)
+    manual = {level: centroid_lps_mm(truth == value, whole_lps) for value, level in VB_TABLE.items()
+              if (truth == value).any()}
     return files, manual
 
 

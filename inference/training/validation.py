@@ -33,8 +33,8 @@ from spinegate.inference.postprocess import z_extent_mm
 from spinegate.inference.training.ivd_discs import IVD_TABLE, source_size_label_file
 from spinegate.inference.training.training_data import SPLIT, training_stems
 
-__all__ = ["dice", "thick_slice_series", "slab_labels", "run_dicom_path", "validate_volume", "validate_phantom",
-           "field_below_mm", "naming_by_family", "main", "VB_TABLE", "IVD_TABLE"]
+__all__ = ["dice", "thick_slice_series", "slab_labels", "crop_bottom", "run_dicom_path", "validate_volume",
+           "validate_phantom", "field_below_mm", "naming_by_family", "main", "VB_TABLE", "IVD_TABLE"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,16 @@ def thick_slice_series(image_ras: np.ndarray, affine_ras: np.ndarray, slab: int 
     aff[:3, 2] = lps(0, 0, 1) - origin
     aff[:3, 3] = origin
     return np.ascontiguousarray(pixels), aff, n
+
+
+def crop_bottom(image_ras: np.ndarray, labels_ras: np.ndarray, affine_ras: np.ndarray, mm: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 1 mm RAS volume and its labels with the bottom ``mm`` planes (k runs
+    inferior → superior) cropped away, and the affine of what is left: a
+    field of view that ends higher (the hard cases)."""
+    shifted = affine_ras.copy()
+    shifted[:3, 3] = (affine_ras @ np.array([0, 0, mm, 1.0]))[:3]
+    return image_ras[:, :, mm:], labels_ras[:, :, mm:], shifted
 
 
 def slab_labels(labels_ras: np.ndarray, slab: int = 4) -> np.ndarray:

@@ -14,17 +14,12 @@ from scipy import ndimage
 from conftest import require_shared_data
 from spinegate.dicom_io.levels import structure_by_name
 from spinegate.inference.level_naming import naming_unverified
+from spinegate.inference.training.validation import crop_bottom
 
 pytestmark = pytest.mark.shared_data
 
 STEMS = ("VB2_06", "VB3_05")  # validation split: routine TSE, water-fat gradient echo
 S1, L3 = 6, 3
-
-
-def _crop_bottom(image, labels, affine, mm):
-    shifted = affine.copy()
-    shifted[:3, 3] = (affine @ np.array([0, 0, mm, 1.0]))[:3]
-    return image[:, :, mm:], labels[:, :, mm:], shifted
 
 
 def _blank(image, labels, affine, value):
@@ -44,9 +39,9 @@ def _lateral_curvature(image, labels, affine, amplitude_mm=12.0):
 
 CASES = {
     "as_acquired": lambda im, lb, af: (im, lb, af),
-    "bottom_40mm_cropped": lambda im, lb, af: _crop_bottom(im, lb, af, 40),
-    "bottom_55mm_cropped": lambda im, lb, af: _crop_bottom(im, lb, af, 55),
-    "bottom_70mm_cropped": lambda im, lb, af: _crop_bottom(im, lb, af, 70),
+    "bottom_40mm_cropped": lambda im, lb, af: crop_bottom(im, lb, af, 40),
+    "bottom_55mm_cropped": lambda im, lb, af: crop_bottom(im, lb, af, 55),
+    "bottom_70mm_cropped": lambda im, lb, af: crop_bottom(im, lb, af, 70),
     "s1_blanked": lambda im, lb, af: _blank(im, lb, af, S1),
     "l3_blanked": lambda im, lb, af: _blank(im, lb, af, L3),
     "lateral_curvature": _lateral_curvature,
