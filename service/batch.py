@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from spinegate.dicom_io.study import files_by_study
 from spinegate.service.config import SpinegateConfig
+from spinegate.service.review import result_flags
 
 __all__ = ["BatchSummary", "find_studies", "run_batch", "long_rows", "wide_row", "write_csvs"]
 
@@ -208,20 +209,21 @@ def long_rows(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
         base = {"study_instance_uid": uid, "series_instance_uid": s["series_instance_uid"],
                 "series_description": s["description"]}
         for m in s.get("structures", []):
+            flags = "; ".join(result_flags(m, s))
             for name in _STRUCTURE_VALUES:
                 rows.append({**base, "level": m["level"], "structure": m["kind"], "measurement": name,
-                             "value": m[name], "unit": _unit(name), "flags": "; ".join(m["flags"])})
+                             "value": m[name], "unit": _unit(name), "flags": flags})
             if m.get("t2_ms"):
                 rows.append({**base, "level": m["level"], "structure": m["kind"], "measurement": "t2_mean_ms",
-                             "value": m["t2_ms"]["mean"], "unit": "ms", "flags": "; ".join(m["flags"])})
+                             "value": m["t2_ms"]["mean"], "unit": "ms", "flags": flags})
             for name, value, unit in _radiomics_values(m.get("radiomics")):
                 rows.append({**base, "level": m["level"], "structure": m["kind"], "measurement": name,
-                             "value": value, "unit": unit, "flags": "; ".join(m["flags"])})
+                             "value": value, "unit": unit, "flags": flags})
         for m in s.get("muscles", []):
             for name in _MUSCLE_VALUES:
                 if m.get(name) is not None:
                     rows.append({**base, "level": m["level"], "structure": m["muscle"], "measurement": name,
-                                 "value": m[name], "unit": _unit(name), "flags": "; ".join(m["flags"])})
+                                 "value": m[name], "unit": _unit(name), "flags": "; ".join(result_flags(m, s))})
     bio = doc.get("biomechanics") or {}
     for t in bio.get("tasks", []):
         base = {"study_instance_uid": uid, "series_instance_uid": "", "series_description": "",
@@ -247,6 +249,8 @@ def wide_row(doc: Mapping[str, Any]) -> dict[str, Any]:
     spine = max(series, key=lambda s: len(s.get("structures", [])), default=None)
     if spine and spine.get("structures"):
         row["sagittal_series"] = spine["description"]
+        # Why its level names rest on an assumption (empty: anchored at S1).
+        row["sagittal_levels_unverified"] = spine.get("levels_unverified") or ""
         for m in spine["structures"]:
             row.update({f"{m['level']}_{name}": m[name] for name in _STRUCTURE_VALUES})
     axial = max(series, key=lambda s: len(s.get("muscles", [])), default=None)

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from spinegate.dicom_io import codes as sg_codes
 
-__all__ = ["review_fields", "study_review", "REVIEW_FILTERS", "WORKLIST_LEVELS"]
+__all__ = ["review_fields", "study_review", "result_flags", "REVIEW_FILTERS", "WORKLIST_LEVELS"]
 
 # Values of the status API's ``review`` filter.
 REVIEW_FILTERS = ("needed", "none")
@@ -33,6 +33,13 @@ def review_fields(flags: Sequence[str]) -> dict[str, Any]:
             "review_reasons": [f"{c.value} {c.meaning}" for c in sg_codes.reason_codes(review)]}
 
 
+def result_flags(result: Mapping[str, Any], series: Mapping[str, Any]) -> list[str]:
+    """A structure's or muscle measurement's flags in ``measurements.json``
+    with its series' flags after them (an unverified level naming, …): what
+    bears on whether to trust that one value."""
+    return list(result["flags"]) + [f for f in series.get("flags", []) if f not in result["flags"]]
+
+
 def _items(doc: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
     for s in doc.get("series", []):
         uid, desc = s["series_instance_uid"], s.get("description", "")
@@ -40,10 +47,10 @@ def _items(doc: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
             if m["level"] not in WORKLIST_LEVELS:
                 continue
             yield {"series_instance_uid": uid, "series": desc, "result": m["label"], "level": m["level"],
-                   "flags": m["flags"] + [f for f in s.get("flags", []) if f not in m["flags"]]}
+                   "flags": result_flags(m, s)}
         for m in s.get("muscles", []):
             yield {"series_instance_uid": uid, "series": desc, "result": f"{m['label']}, {m['level']} level",
-                   "level": m["level"], "flags": m["flags"] + [f for f in s.get("flags", []) if f not in m["flags"]]}
+                   "level": m["level"], "flags": result_flags(m, s)}
     bio = doc.get("biomechanics") or None
     if bio:
         yield {"series_instance_uid": None, "series": "", "result": "Spinal load model", "level": None,

@@ -81,3 +81,24 @@ def test_batch_command_line(archive, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "spinegate.service.cli", "batch", str(root), "--out",
                           str(tmp_path / "o2"), "--workers", "0"], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert bad.returncode == 2 and "--workers must be >= 1" in bad.stderr
+
+
+def test_each_value_carries_its_series_flags_and_the_wide_row_says_when_levels_are_unverified():
+    """An unverified level naming is a series flag; a researcher filtering the
+    CSV by a value's flags must see it on every value of that series."""
+    series = {"series_instance_uid": "1.2.3", "description": "SAG T2", "flags": ["level_naming_unanchored_no_s1"],
+              "levels_unverified": "no S1 in view, lowest body taken as L5",
+              "structures": [{"level": "L5", "kind": "vertebral_body", "height_mm": 27.0, "volume_cm3": 30.1,
+                              "flags": ["touches_field_of_view_edge"]}],
+              "muscles": [{"level": "L4L5", "muscle": "MF_L", "csa_midplane_cm2": 6.0, "csa_mean_cm2": None,
+                           "rcsa": None, "fat_infiltration": None, "fat_fraction": None, "volume_ml": None,
+                           "asymmetry": None, "flags": []}]}
+    doc = {"study_instance_uid": "1.2", "series": [series], "review": {"needed": True}}
+    rows = long_rows(doc)
+    assert {r["flags"] for r in rows if r["structure"] == "vertebral_body"} == {
+        "touches_field_of_view_edge; level_naming_unanchored_no_s1"}
+    assert [r["flags"] for r in rows if r["structure"] == "MF_L"] == ["level_naming_unanchored_no_s1"]
+    wide = wide_row(doc)
+    assert wide["sagittal_levels_unverified"] == "no S1 in view, lowest body taken as L5" and wide["needs_review"]
+    verified = wide_row({**doc, "series": [{**series, "flags": [], "levels_unverified": None}]})
+    assert verified["sagittal_levels_unverified"] == ""
