@@ -99,6 +99,7 @@ def test_in_the_study_the_cut_series_takes_the_anchored_names(study, engines, tm
     sr = pydicom.dcmread(result.sr_path)
     assert "SG0081" in {c.CodeValue for c in _codes(sr)}
     assert doc["review"]["needed"]  # renamed structures are put before a person
+    assert doc["review"]["reasons"]["SG0081 Level names taken from another series"] >= 7  # what the metric counts
     pdf = pydicom.dcmread(result.sr_path.with_name("report_pdf.dcm"))
     text = " ".join("".join(page.get_textpage().get_text_range() for page in pypdfium2.PdfDocument(
         pdf.EncapsulatedDocument[:pdf.EncapsulatedDocumentLength])).split())
