@@ -117,9 +117,10 @@ def _codes(ds):
 def test_another_frame_of_reference_is_not_an_anchor(each_alone):
     cut_uid, cut = each_alone["SAG T1 cut"]
     full_uid, full = each_alone["SAG T2 full"]
-    elsewhere = replace(cut, volume=replace(cut.volume, frame_of_reference_uid="1.2.3.4"))
-    out = with_study_naming({full_uid: full, cut_uid: elsewhere})
-    assert out[cut_uid] is elsewhere and out[full_uid] is full
+    for frame in ("1.2.3.4", ""):  # another frame, or none stated (the attribute is type 1 but seen empty)
+        elsewhere = replace(cut, volume=replace(cut.volume, frame_of_reference_uid=frame))
+        out = with_study_naming({full_uid: full, cut_uid: elsewhere})
+        assert out[cut_uid] is elsewhere and out[full_uid] is full
 
 
 def test_two_anchored_series_that_place_the_levels_differently_are_both_unverified(each_alone):
