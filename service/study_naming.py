@@ -76,11 +76,11 @@ def with_study_naming(analyses: Mapping[str, SeriesAnalysis | str]) -> dict[str,
     differently are both marked.
     """
     out = dict(analyses)
-    spine = {uid: a for uid, a in analyses.items()
-             if isinstance(a, SeriesAnalysis) and a.volume.frame_of_reference_uid
-             and len(_body_centroids(a)) >= 2}
+    bodies = {uid: _body_centroids(a) for uid, a in analyses.items()
+              if isinstance(a, SeriesAnalysis) and a.volume.frame_of_reference_uid}
+    spine = {uid: a for uid, a in analyses.items() if isinstance(a, SeriesAnalysis) and len(bodies.get(uid, ())) >= 2}
     anchored = {uid for uid, a in spine.items() if _anchored_by_s1(a)}
-    shifts = {uid: {r: naming_shift(_body_centroids(spine[r]), _body_centroids(a)) for r in sorted(anchored)
+    shifts = {uid: {r: naming_shift(bodies[r], bodies[uid]) for r in sorted(anchored)
                     if r != uid and spine[r].volume.frame_of_reference_uid == a.volume.frame_of_reference_uid}
               for uid, a in spine.items()}
     # An unverified series that cannot be paired consistently does not make
