@@ -15,6 +15,7 @@ import pydicom
 import pypdfium2
 import pytest
 
+from conftest import dciodvfy_errors
 from spinegate.dicom_io.classify import Weighting
 from spinegate.dicom_io.levels import StructureKind, structure_by_name
 from spinegate.dicom_io.mr_writer import SeriesSpec, StudyInfo, write_mr_series
@@ -98,6 +99,7 @@ def test_in_the_study_the_cut_series_takes_the_anchored_names(study, engines, tm
     assert "L4 vertebral body" in labels and not any("unverified" in x for x in labels)
     sr = pydicom.dcmread(result.sr_path)
     assert "SG0081" in {c.CodeValue for c in _codes(sr)}
+    assert dciodvfy_errors(outcome.seg_path) == [] and dciodvfy_errors(result.sr_path) == []
     assert doc["review"]["needed"]  # renamed structures are put before a person
     assert doc["review"]["reasons"]["SG0081 Level names taken from another series"] >= 7  # what the metric counts
     pdf = pydicom.dcmread(result.sr_path.with_name("report_pdf.dcm"))
