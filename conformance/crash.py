@@ -286,7 +286,10 @@ def run_crash_harness(work: Path, n_studies: int, max_kills: int, seed: int = 0,
                 while (target not in _phases(store, serve.log_path, sender.sending)
                        and time.monotonic() < wait_until and (sender.is_alive() or target != "receive")):
                     time.sleep(0.01)
-                time.sleep(rng.uniform(0.0, 0.1 if target == "receive" else 0.3))
+                # A pause of up to 0.1 s after the sender was seen sending let its
+                # association end before the kill aimed at receiving (CI,
+                # 2026-12-07: nothing resent, no kill while receiving).
+                time.sleep(rng.uniform(0.0, 0.02 if target == "receive" else 0.3))
                 up.clear()
                 sending = sender.sending
                 killed_children += serve.kill()
