@@ -47,10 +47,10 @@ def write_cropped_series(data: Path, stem: str, crop_mm: int, study: StudyInfo, 
                          ) -> tuple[list[Path], dict[str, np.ndarray]]:
     """A labelled volume as a 4 mm sagittal DICOM series with its bottom
     ``crop_mm`` (1 mm planes) cropped away; its files and the manual bodies'
-    centroids on the slab grid before cropping (level → LPS mm)."""
+    centroids as drawn, before cropping (level → LPS mm)."""
     import nibabel as nib
 
-    from spinegate.inference.training.validation import VB_TABLE, crop_bottom, slab_labels, thick_slice_series
+    from spinegate.inference.training.validation import VB_TABLE, crop_bottom, thick_slice_series
 
     image_file: Any = nib.load(str(data / f"{stem}_image.nii.gz"))  # a Nifti1Image; nibabel types it as any file image
     label_file: Any = nib.load(str(data / f"{stem}_label.nii.gz"))
@@ -59,10 +59,9 @@ def write_cropped_series(data: Path, stem: str, crop_mm: int, study: StudyInfo, 
     pixels, lps, _ = thick_slice_series(cut_image, cut_affine)
     files = write_mr_series(pixels, lps, study, SeriesSpec(number, f"SAG {stem} bottom {crop_mm} mm cropped", 3500,
                                                             100, 4.0), out)
-    _, whole_lps, _ = thick_slice_series(image, image_file.affine)
-    truth = slab_labels(labels)
-    manual = {level: centroid_lps_mm(truth == value, whole_lps) for value, level in VB_TABLE.items()
-              if (truth == value).any()}
+    drawn_lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ image_file.affine  # the labels' RAS grid in LPS
+    manual = {level: centroid_lps_mm(labels == value, drawn_lps) for value, level in VB_TABLE.items()
+              if (labels == value).any()}
     return files, manual
 
 

@@ -28,6 +28,7 @@ from spinegate.service.config import OutputsConfig, load_config
 from spinegate.service.pipeline import analyze_study, select_series
 from spinegate.service.series_stages import StudyContext
 from spinegate.service.study_naming import renamed, with_study_naming
+from spinegate.service.study_naming_validation import misnamed_bodies
 
 pytestmark = pytest.mark.heavy(seconds=40)
 
@@ -62,15 +63,11 @@ def each_alone(study, engines):
 
 
 def _misnamed(structures, truth):
-    """Bodies whose nearest true body is another level."""
-    out = []
-    for m in structures:
-        if m.structure.kind is StructureKind.VERTEBRAL_BODY:
-            nearest = min((n for n in truth if structure_by_name(n).kind is StructureKind.VERTEBRAL_BODY),
-                          key=lambda n: float(np.linalg.norm(truth[n] - m.centroid_lps_mm)))
-            if nearest != m.structure.name:
-                out.append((m.structure.name, nearest))
-    return out
+    """Bodies whose nearest true body is another level (`misnamed_bodies`)."""
+    bodies = {n: c for n, c in truth.items() if structure_by_name(n).kind is StructureKind.VERTEBRAL_BODY}
+    entry = {"structures": [{"kind": "vertebral_body", "level": m.structure.name, "centroid_lps_mm": m.centroid_lps_mm}
+                            for m in structures if m.structure.kind is StructureKind.VERTEBRAL_BODY]}
+    return misnamed_bodies(entry, bodies)
 
 
 def test_alone_the_cut_series_counts_from_the_wrong_body_and_says_so(each_alone, study):
