@@ -7,7 +7,8 @@ volume, and height on the centroid slice, DOMAIN.md §6); the same functions
 run on the manual labels resampled to the same slabs (a voxel belongs to a
 level when at least half of its slab does). Per structure kind and slab
 thickness: MAE, bias and Bland-Altman 95 % limits of the height (mm), MAE,
-bias and MAPE of the volume — also against the labels as drawn (1 mm),
+bias, MAPE and 95 % limits (in % of the manual value) of the volume, per
+level as well — also against the labels as drawn (1 mm),
 which shows what the slab grid itself changes — and per label set (VB1,
 VB2, VB3, IVD, phantom), with where the outlines differ: the area ratio on
 the central planes (the in-plane contour) and the volume share on the
@@ -24,7 +25,7 @@ dilated masks as drawn are kept (``reference``) and summarised apart.
 
 writes ``inference/models/sagittal_spine.measurement_accuracy.json`` (the
 4 mm MAEs are what the SR and measurements.json state as each measurement's
-uncertainty) and ``bland_altman_heights.png`` beside it; ``--models DIR``
+uncertainty) and ``bland_altman.png`` (heights and volumes) beside it; ``--models DIR``
 validates another model folder (a training candidate) into that folder.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ from spinegate.dicom_io.levels import StructureKind, structure_by_name
 from spinegate.dicom_io.phantom import make_spine_phantom, render_phantom, sagittal_grid
 from spinegate.inference.engine import SagittalSpineEngine
 from spinegate.inference.training.training_data import dataset_of
-from spinegate.service.agreement import agreement
+from spinegate.service.agreement import Agreement, agreement
 
 __all__ = ["measurement_rows", "outline_split", "volume_error_split", "summarise", "summaries", "main"]
 
@@ -134,15 +135,18 @@ def summarise(rows: list[dict[str, Any]], manual: str = "") -> dict[str, Any]:
             vm = np.array([r[f"volume_manual{manual}_cm3"] for r in sel])
             volume_auto = np.array([r["volume_auto_cm3"] for r in sel])
             volume = agreement(volume_auto, vm)
-            limits = height.limits_of_agreement if height.n > 1 else (height.bias, height.bias)
+            # Volume error grows with the volume (a rim is a share of it), so
+            # its Bland-Altman limits are on the difference in % of the manual value.
+            volume_pct = agreement(100 * (volume_auto - vm) / vm, np.zeros(len(sel)))
             out.setdefault(kind, {})[f"{slab}mm"] = {
                 "n": len(sel),
                 "height_mae_mm": round(height.mae, 2),
                 "height_bias_mm": round(height.bias, 2),
-                "height_limits_of_agreement_mm": [round(v, 2) for v in limits],
+                "height_limits_of_agreement_mm": _limits(height, 2),
                 "volume_mae_cm3": round(volume.mae, 3),
-                "volume_bias_pct": round(float(100 * np.mean((volume_auto - vm) / vm)), 1),
+                "volume_bias_pct": round(volume_pct.bias, 1),
                 "volume_mape_pct": round(volume.mape_pct, 1),
+                "volume_limits_of_agreement_pct": _limits(volume_pct, 1),
             }
             split = [r for r in sel if "central_area_ratio" in r]
             if split and not manual:
@@ -156,6 +160,11 @@ def summarise(rows: list[dict[str, Any]], manual: str = "") -> dict[str, Any]:
     return out
 
 
+def _limits(a: Agreement, digits: int) -> list[float]:
+    """Bland-Altman 95 % limits; a single pair's difference for both when n = 1."""
+    return [round(v, digits) for v in (a.limits_of_agreement if a.n > 1 else (a.bias, a.bias))]
+
+
 def _compared(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows the accuracy is stated from: IVD discs at the source's size."""
     return [r for r in rows if r.get("reference") != "as_drawn"]
@@ -163,11 +172,16 @@ def _compared(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def summaries(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The record's summaries (`summarise`): all compared rows, the real
-    ones only (what the SR states), against the labels as drawn (1 mm), per
-    label set, and the IVD discs against their dilated masks as drawn."""
+    ones only (what the SR states) and per level, against the labels as
+    drawn (1 mm), per label set, and the IVD discs against their dilated
+    masks as drawn."""
     compared = _compared(rows)
+    real = [r for r in compared if dataset_of(r["source"]) != "phantom"]
     return {"summary": summarise(compared),
-            "summary_real_only": summarise([r for r in compared if dataset_of(r["source"]) != "phantom"]),
+            "summary_real_only": summarise(real),
+            "summary_real_by_level": {level: summarise([r for r in real if r["level"] == level])
+                                      for level in sorted({r["level"] for r in real},
+                                                          key=lambda name: structure_by_name(name).label)},
             "summary_real_against_labels_as_drawn": summarise(compared, "_native"),
             "summary_by_label_set": {**{f: summarise([r for r in compared if dataset_of(r["source"]) == f])
                                         for f in sorted({dataset_of(r["source"]) for r in compared})},
@@ -214,27 +228,37 @@ def _phantom_rows(engine: SagittalSpineEngine, seed: int, slab: int) -> list[dic
 
 
 def _plot(rows: list[dict[str, Any]], out: Path) -> None:
+    """Bland-Altman plots at 4 mm: heights in mm, volumes in % of the manual value."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, kind in zip(axes, (StructureKind.VERTEBRAL_BODY.value, StructureKind.DISC.value)):
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for column, kind in enumerate((StructureKind.VERTEBRAL_BODY.value, StructureKind.DISC.value)):
         sel = [r for r in rows if r["kind"] == kind and r["slab_mm"] == 4]
-        mean = np.array([(r["height_auto_mm"] + r["height_manual_mm"]) / 2 for r in sel])
-        diff = np.array([r["height_auto_mm"] - r["height_manual_mm"] for r in sel])
-        real = np.array([dataset_of(r["source"]) != "phantom" for r in sel])
-        ax.scatter(mean[real], diff[real], s=14, label="real (manual labels)")
-        ax.scatter(mean[~real], diff[~real], s=14, marker="x", label="phantom (exact labels)")
-        if len(diff) > 1:
-            a = agreement(diff + mean, mean)  # the differences' bias and limits
-            for y, style in ((a.bias, "-"), (a.limits_of_agreement[0], "--"), (a.limits_of_agreement[1], "--")):
-                ax.axhline(y, color="grey", linestyle=style, linewidth=1)
-        ax.set_title(f"{kind.replace('_', ' ')} height, 4 mm slabs (n={len(sel)})")
-        ax.set_xlabel("mean of spinegate and manual (mm)")
-        ax.set_ylabel("spinegate - manual (mm)")
-        ax.legend(fontsize=8)
+        label_set = np.array([dataset_of(r["source"]) for r in sel])
+        real = label_set != "phantom"
+        for ax, measure, unit in ((axes[0, column], "height", "mm"), (axes[1, column], "volume", "cm3")):
+            auto = np.array([r[f"{measure}_auto_{unit}"] for r in sel])
+            manual = np.array([r[f"{measure}_manual_{unit}"] for r in sel])
+            mean = (auto + manual) / 2
+            diff = auto - manual if measure == "height" else 100 * (auto - manual) / manual
+            # Colour by label set: their outline conventions differ (model card).
+            for name in sorted(set(label_set)):
+                shown = label_set == name
+                ax.scatter(mean[shown], diff[shown], s=14, marker="x" if name == "phantom" else "o",
+                           label=f"{name} ({'exact labels' if name == 'phantom' else 'manual labels'})")
+            if real.sum() > 1:  # bias and limits of the real rows, as the tables state them
+                a = agreement(diff[real], np.zeros(int(real.sum())))
+                for y, style in ((a.bias, "-"), (a.limits_of_agreement[0], "--"), (a.limits_of_agreement[1], "--")):
+                    ax.axhline(y, color="grey", linestyle=style, linewidth=1)
+            shown_unit = "cm$^3$" if unit == "cm3" else unit
+            ax.set_title(f"{kind} {measure}, 4 mm slabs ({int(real.sum())} real, {int((~real).sum())} phantom)",
+                         fontsize=10)
+            ax.set_xlabel(f"mean of spinegate and manual ({shown_unit})")
+            ax.set_ylabel("spinegate - manual (mm)" if measure == "height" else "spinegate - manual (% of manual)")
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -260,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {"model_version": engine.info.version, "command": "python -m spinegate.service.measurement_validation "
               "--data ../shared/data/lumbar_mri", **summaries(rows), "rows": rows}
     args.out.write_text(json.dumps(record, indent=1))
-    _plot(_compared(rows), args.out.parent / "bland_altman_heights.png")
+    _plot(_compared(rows), args.out.parent / "bland_altman.png")
     print(json.dumps({k: record[k] for k in ("summary", "summary_real_only", "summary_real_against_labels_as_drawn")},
                      indent=1))
     return 0

@@ -29,6 +29,25 @@ def test_summary_is_exact_on_constructed_rows():
     assert s["height_limits_of_agreement_mm"] == [pytest.approx(-1.93, abs=0.01), pytest.approx(2.60, abs=0.01)]
     assert s["volume_mae_cm3"] == 1.0 and s["volume_bias_pct"] == pytest.approx(3.3, abs=0.05)
     assert s["volume_mape_pct"] == pytest.approx(10.0, abs=0.05)
+    # volume differences +20 %, -10 %, 0 %: mean 3.33, sd 15.275, limits = mean -/+ 1.96 sd, in %
+    assert s["volume_limits_of_agreement_pct"] == [pytest.approx(-26.6, abs=0.05), pytest.approx(33.3, abs=0.05)]
+
+
+def test_a_single_pair_gives_its_own_difference_as_both_limits():
+    s = summarise([_row("disc", 4, 10.0, 11.0, 10.0, 12.0)])["disc"]["4mm"]
+    assert s["height_limits_of_agreement_mm"] == [1.0, 1.0] and s["volume_limits_of_agreement_pct"] == [20.0, 20.0]
+
+
+def test_the_real_rows_are_summarised_per_level_in_anatomical_order():
+    rows = [{**_row("vertebral body", 4, 25.0, 24.0, 30.0, 27.0), "source": "VB2_06", "level": level}
+            for level in ("S1", "L5", "L1")]
+    rows += [{**_row("disc", 4, 9.0, 10.0, 10.0, 11.0), "source": "IVD_42", "level": "L4L5"},
+             {**_row("vertebral body", 4, 25.0, 20.0, 30.0, 20.0), "source": "phantom_1000", "level": "L1"}]
+    by_level = summaries(rows)["summary_real_by_level"]
+    assert list(by_level) == ["L1", "L5", "S1", "L4L5"]
+    assert by_level["L1"]["vertebral body"]["4mm"]["n"] == 1  # the phantom's L1 is not a real row
+    assert by_level["L1"]["vertebral body"]["4mm"]["volume_bias_pct"] == -10.0
+    assert by_level["L4L5"]["disc"]["4mm"]["height_bias_mm"] == 1.0
 
 
 def test_outline_split_separates_the_in_plane_contour_from_the_lateral_reach():
