@@ -20,6 +20,10 @@ Discs come from the disc-labelled subject
 and the phantoms. The IVD discs above L5S1 are compared with their outlines
 at the source's size (`inference.training.ivd_discs`); rows against the
 dilated masks as drawn are kept (``reference``) and summarised apart.
+How much the body figures follow the way the series is made is checked at
+4 mm (`presentation_checks`): the slab grid started 1-3 mm further along,
+and, for volumes interpolated from acquired 4 mm slices (VB3), those
+slices themselves and the planes midway between them.
 
     python -m spinegate.service.measurement_validation --data ../shared/data/lumbar_mri
 
@@ -46,7 +50,8 @@ from spinegate.inference.engine import SagittalSpineEngine
 from spinegate.inference.training.training_data import dataset_of
 from spinegate.service.agreement import Agreement, agreement
 
-__all__ = ["measurement_rows", "outline_split", "volume_error_split", "summarise", "summaries", "main"]
+__all__ = ["measurement_rows", "outline_split", "volume_error_split", "summarise", "summaries", "presentation_checks",
+           "main"]
 
 SLABS_MM = (3, 4, 5)
 MIN_VOXELS = 50
@@ -188,24 +193,35 @@ def summaries(rows: list[dict[str, Any]]) -> dict[str, Any]:
                                      "IVD as drawn": summarise([r for r in rows if r.get("reference") == "as_drawn"])}}
 
 
-def _real_rows(engine: SagittalSpineEngine, data: Path, stem: str, slab: int) -> list[dict[str, Any]]:
+def _load(data: Path, stem: str) -> tuple[Any, Any, np.ndarray, np.ndarray]:
     import nibabel as nib
-
-    from spinegate.inference.training.ivd_discs import source_size_label_file
-    from spinegate.inference.training.validation import (IVD_TABLE, VB_TABLE, run_dicom_path, slab_labels,
-                                                         thick_slice_series)
 
     img: Any = nib.load(str(data / f"{stem}_image.nii.gz"))  # a Nifti1Image; nibabel types it as any file image
     lab: Any = nib.load(str(data / f"{stem}_label.nii.gz"))
-    pixels, affine, _ = thick_slice_series(np.asarray(img.dataobj), img.affine, slab)
-    labels = np.asarray(lab.dataobj).astype(np.uint8)
+    return img, lab, np.asarray(img.dataobj), np.asarray(lab.dataobj).astype(np.uint8)
+
+
+def _body_table() -> dict[int, str]:
+    from spinegate.inference.training.validation import VB_TABLE
+
+    # VB1's most superior body is only partly traced (data README): T10-T12 are not compared.
+    return {v: n for v, n in VB_TABLE.items() if n.startswith(("L", "S"))}
+
+
+def _weighting(stem: str) -> str:
+    return "T1" if stem == "VB1_10" else "T2"
+
+
+def _real_rows(engine: SagittalSpineEngine, data: Path, stem: str, slab: int) -> list[dict[str, Any]]:
+    from spinegate.inference.training.ivd_discs import source_size_label_file
+    from spinegate.inference.training.validation import IVD_TABLE, run_dicom_path, slab_labels, thick_slice_series
+
+    img, lab, image, labels = _load(data, stem)
+    pixels, affine, _ = thick_slice_series(image, img.affine, slab)
     truth = slab_labels(labels, slab)
-    pred, _ = run_dicom_path(engine, pixels, affine, f"{stem}-{slab}mm", "T1" if stem == "VB1_10" else "T2",
-                             float(slab))
+    pred, _ = run_dicom_path(engine, pixels, affine, f"{stem}-{slab}mm", _weighting(stem), float(slab))
     if not stem.startswith("IVD"):
-        # VB1's most superior body is only partly traced (data README): T10-T12 are not compared.
-        table = {v: n for v, n in VB_TABLE.items() if n.startswith(("L", "S"))}
-        return measurement_rows(pred, truth, affine, table, stem, slab, native=(labels, lab.affine))
+        return measurement_rows(pred, truth, affine, _body_table(), stem, slab, native=(labels, lab.affine))
     # The IVD masks above L5S1 are dilated (ivd_discs): compare with the
     # outlines at the source's size, and show the masks as drawn beside them.
     source_size = source_size_label_file(data / f"{stem}_label.nii.gz")
@@ -214,6 +230,44 @@ def _real_rows(engine: SagittalSpineEngine, data: Path, stem: str, slab: int) ->
     return rows + [{**r, "reference": "source_size"}
                    for r in measurement_rows(pred, slab_labels(source_size, slab), affine, IVD_TABLE, stem, slab,
                                              native=(source_size, lab.affine))]
+
+
+def _presentation_rows(engine: SagittalSpineEngine, data: Path, stem: str) -> list[dict[str, Any]]:
+    """The 4 mm body rows of one VB volume with the series made otherwise:
+    the slab grid started 1-3 mm further along, and, where the 1 mm volume
+    was interpolated from acquired 4 mm slices, those slices themselves and
+    the planes midway between them (labels on the same planes)."""
+    from spinegate.inference.training.validation import (acquired_plane_phase, run_dicom_path, sagittal_planes,
+                                                         slab_labels, thick_slice_series)
+
+    img, _, image, labels = _load(data, stem)
+    ways = [(f"slab_grid_{first}mm_further", first, 1, 4) for first in (1, 2, 3)]
+    phase = acquired_plane_phase(image, 4)
+    if phase is not None:
+        ways += [("acquired_slices", phase, 4, 1), ("midway_between_acquired_slices", phase + 2, 4, 1)]
+    rows = []
+    for name, first, step, slab in ways:
+        taken, affine = sagittal_planes(image, img.affine, first, step)
+        pixels, series_affine, _ = thick_slice_series(taken, affine, slab)
+        truth = slab_labels(sagittal_planes(labels, img.affine, first, step)[0], slab)
+        pred, _ = run_dicom_path(engine, pixels, series_affine, f"{stem}-{name}", _weighting(stem), 4.0)
+        rows += [{**r, "presentation": name}
+                 for r in measurement_rows(pred, truth, series_affine, _body_table(), stem, 4)]
+    return rows
+
+
+def presentation_checks(rows: list[dict[str, Any]], presented: list[dict[str, Any]]) -> dict[str, Any]:
+    """Body figures at 4 mm per label set for each way of making the series
+    (``presented``, from `_presentation_rows`) beside the standard one (the
+    4-plane averages from the volume's first plane, ``rows``)."""
+    standard = [{**r, "presentation": "slab_average"} for r in rows if r["slab_mm"] == 4
+                and r["kind"] == StructureKind.VERTEBRAL_BODY.value and dataset_of(r["source"]) != "phantom"]
+    out: dict[str, Any] = {}
+    for r in standard + presented:
+        out.setdefault(r["presentation"], {}).setdefault(dataset_of(r["source"]), []).append(r)
+    keys = ("n", "height_mae_mm", "height_bias_mm", "volume_bias_pct", "volume_mape_pct")
+    return {way: {label_set: {k: summarise(sel)[StructureKind.VERTEBRAL_BODY.value]["4mm"][k] for k in keys}
+                  for label_set, sel in sorted(by_set.items())} for way, by_set in out.items()}
 
 
 def _phantom_rows(engine: SagittalSpineEngine, seed: int, slab: int) -> list[dict[str, Any]]:
@@ -281,8 +335,11 @@ def main(argv: list[str] | None = None) -> int:
             rows += _real_rows(engine, args.data, stem, slab)
         for seed in SPLIT["validation_phantom_seeds"]:
             rows += _phantom_rows(engine, seed, slab)
+    presented = [r for stem in SPLIT["validation"] if not stem.startswith("IVD")
+                 for r in _presentation_rows(engine, args.data, stem)]
     record = {"model_version": engine.info.version, "command": "python -m spinegate.service.measurement_validation "
-              "--data ../shared/data/lumbar_mri", **summaries(rows), "rows": rows}
+              "--data ../shared/data/lumbar_mri", **summaries(rows),
+              "presentation_checks_4mm": presentation_checks(rows, presented), "rows": rows}
     args.out.write_text(json.dumps(record, indent=1))
     _plot(_compared(rows), args.out.parent / "bland_altman.png")
     print(json.dumps({k: record[k] for k in ("summary", "summary_real_only", "summary_real_against_labels_as_drawn")},

@@ -1,5 +1,7 @@
 """The validation record's naming summary: how far an image reaches below
-L5, and per family how often the naming is right and verified."""
+L5, and per family how often the naming is right and verified; the
+helpers that make a series from a 1 mm volume another way (its acquired
+slices, a slab grid started further along)."""
 import numpy as np
 import pytest
 
@@ -43,3 +45,35 @@ def test_naming_by_family_counts_right_and_verified_series_and_the_field_below_l
                               "field_below_l5_mm": {"median": 20.0, "min": 12.0, "max": 30.0}}
     assert summary["VB1"] == {"series": 1, "named_correctly": 1, "naming_verified": 1,
                               "verified_and_named_correctly": 1}
+
+
+def _interpolated_from_slices(spacing: float, first: float, n_planes: int = 60) -> np.ndarray:
+    """A 1 mm volume interpolated linearly along i from random slices ``spacing`` mm apart, the first at ``first``."""
+    rng = np.random.default_rng(3)
+    positions = np.arange(first - spacing, n_planes + spacing, spacing)
+    slices = rng.uniform(0, 1000, (len(positions), 12, 10))
+    i = np.arange(n_planes)
+    return np.stack([np.stack([np.interp(i, positions, slices[:, r, c]) for c in range(10)], axis=1)
+                     for r in range(12)], axis=1)
+
+
+def test_the_acquired_slices_of_an_interpolated_volume_are_found():
+    from spinegate.inference.training.validation import acquired_plane_phase
+
+    assert acquired_plane_phase(_interpolated_from_slices(4.0, 1.0), 4) == 1
+    assert acquired_plane_phase(_interpolated_from_slices(4.0, 3.0), 4) == 3
+    assert acquired_plane_phase(_interpolated_from_slices(4.0, 3.0), 2) is None  # not 2 mm apart
+    # slices 4.2 mm apart drift through the phases of a 4 mm grid; slices 1 mm apart are not interpolated
+    assert acquired_plane_phase(_interpolated_from_slices(4.2, 0.0), 4) is None
+    assert acquired_plane_phase(np.random.default_rng(4).uniform(0, 1000, (60, 12, 10)), 4) is None
+
+
+def test_sagittal_planes_keep_each_plane_where_it_was():
+    from spinegate.inference.training.validation import sagittal_planes
+
+    affine = np.array([[0.9, 0, 0, -30], [0, 1.1, 0, 5], [0, 0, 1.2, 7], [0, 0, 0, 1]])
+    volume = np.arange(20 * 3 * 2).reshape(20, 3, 2)
+    taken, taken_affine = sagittal_planes(volume, affine, 2, 4)
+    assert [int(p[0, 0]) for p in taken] == [int(volume[i, 0, 0]) for i in (2, 6, 10, 14, 18)]
+    for k, i in enumerate((2, 6, 10, 14, 18)):
+        np.testing.assert_allclose(taken_affine @ [k, 1, 1, 1], affine @ [i, 1, 1, 1])

@@ -11,7 +11,8 @@ import pydicom
 import pytest
 
 from spinegate.inference.training.training_data import dataset_of
-from spinegate.service.measurement_validation import outline_split, summarise, summaries, volume_error_split
+from spinegate.service.measurement_validation import (outline_split, presentation_checks, summarise, summaries,
+                                                      volume_error_split)
 from spinegate.service.measurements_doc import measurement_accuracy
 
 
@@ -95,6 +96,25 @@ def test_the_ivd_discs_are_stated_at_the_source_size_and_shown_as_drawn_apart():
     assert set(by_set) == {"IVD", "IVD as drawn", "VB2", "phantom"}
     assert (by_set["IVD"]["disc"]["4mm"]["volume_bias_pct"], by_set["IVD as drawn"]["disc"]["4mm"]["volume_bias_pct"]) \
         == (20.0, 0.0)
+
+
+def test_presentation_checks_set_each_way_of_making_the_series_beside_the_standard_one():
+    standard = [{**_row("vertebral body", 4, 25.0, 24.0, 30.0, 27.0), "source": "VB3_05"},
+                {**_row("vertebral body", 3, 25.0, 24.0, 30.0, 33.0), "source": "VB3_05"},  # another thickness
+                {**_row("vertebral body", 4, 25.0, 25.0, 30.0, 30.0), "source": "phantom_1000"},
+                {**_row("disc", 4, 9.0, 9.0, 10.0, 10.0), "source": "IVD_42"}]
+    presented = [{**_row("vertebral body", 4, 25.0, 25.5, 30.0, 33.0), "source": "VB3_05",
+                  "presentation": "acquired_slices"},
+                 {**_row("vertebral body", 4, 20.0, 20.0, 20.0, 19.0), "source": "VB2_06",
+                  "presentation": "slab_grid_1mm_further"}]
+    checks = presentation_checks(standard, presented)
+    assert checks == {
+        "slab_average": {"VB3": {"n": 1, "height_mae_mm": 1.0, "height_bias_mm": -1.0, "volume_bias_pct": -10.0,
+                                 "volume_mape_pct": 10.0}},
+        "acquired_slices": {"VB3": {"n": 1, "height_mae_mm": 0.5, "height_bias_mm": 0.5, "volume_bias_pct": 10.0,
+                                    "volume_mape_pct": 10.0}},
+        "slab_grid_1mm_further": {"VB2": {"n": 1, "height_mae_mm": 0.0, "height_bias_mm": 0.0,
+                                          "volume_bias_pct": -5.0, "volume_mape_pct": 5.0}}}
 
 
 def test_the_record_is_read_at_the_nearest_validated_thickness(tmp_path):
