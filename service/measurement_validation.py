@@ -237,8 +237,8 @@ def _presentation_rows(engine: SagittalSpineEngine, data: Path, stem: str) -> li
     the slab grid started 1-3 mm further along, and, where the 1 mm volume
     was interpolated from acquired 4 mm slices, those slices themselves and
     the planes midway between them (labels on the same planes)."""
-    from spinegate.inference.training.validation import (acquired_plane_phase, run_dicom_path, sagittal_planes,
-                                                         slab_labels, thick_slice_series)
+    from spinegate.inference.training.training_data import acquired_plane_phase
+    from spinegate.inference.training.validation import run_dicom_path, sagittal_planes, slab_labels, thick_slice_series
 
     img, _, image, labels = _load(data, stem)
     ways = [(f"slab_grid_{first}mm_further", first, 1, 4) for first in (1, 2, 3)]

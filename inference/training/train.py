@@ -199,6 +199,7 @@ class SagittalTrainingConfig:
     thickness_mm: tuple[float, float] = (1.0, 5.0)
     exact_planes: bool = False
     end_plane_share: float = 0.0
+    acquired_share: float = 0.0
     slab_labels: str = "union"
     disc_rim: str = "strict"
     open_body_rim: tuple[str, ...] = ()
@@ -221,8 +222,9 @@ class SagittalTrainingConfig:
         if not set(self.open_body_rim) <= set(OPEN_BODY_RIM_DATASETS):
             raise ValueError(f"open_body_rim {self.open_body_rim} names a label set not in "
                              f"{', '.join(OPEN_BODY_RIM_DATASETS)}")
-        if not 0.0 <= self.end_plane_share <= 1.0:
-            raise ValueError(f"end_plane_share {self.end_plane_share} is not within 0-1")
+        for name in ("end_plane_share", "acquired_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} {getattr(self, name)} is not within 0-1")
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> SagittalTrainingConfig:
@@ -239,7 +241,8 @@ def _batches(config: SagittalTrainingConfig, pools, rng: np.random.Generator, de
     """Training batches on ``device``: drawn in-process from ``rng`` (as
     every committed stage was), or with ``workers`` by a DataLoader."""
     options = dict(slab_labels=config.slab_labels, context=config.context, thickness_mm_range=config.thickness_mm,
-                   end_plane_share=config.end_plane_share, exact_planes=config.exact_planes)
+                   end_plane_share=config.end_plane_share, exact_planes=config.exact_planes,
+                   acquired_share=config.acquired_share)
     if config.workers:
         stream = SampleStream(pools, config.batch, config.seed, config.balance_datasets, **options)
         loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.workers,
@@ -316,7 +319,8 @@ def fit(config: SagittalTrainingConfig) -> dict[str, Any]:
         "disc_rim": config.disc_rim, "open_body_rim": list(config.open_body_rim),
         "context_slices_each_side": config.context, "channels": list(model.channels),
         "thickness_mm": list(config.thickness_mm), "exact_planes": config.exact_planes,
-        "end_plane_share": config.end_plane_share, "bf16_autocast": config.bf16,
+        "end_plane_share": config.end_plane_share, "acquired_share": config.acquired_share,
+        "bf16_autocast": config.bf16,
         "balance_datasets": config.balance_datasets, "global_context": model.context is not None,
         "trained": "global context bias only" if config.train_only_context else "all weights",
         "batch": config.batch, "lr": config.lr, "device": str(device), "workers": config.workers,
@@ -374,6 +378,9 @@ def _fit_arguments(ap: argparse.ArgumentParser) -> None:
                     help="average the thickness's own number of planes, even counts too (see sample_example)")
     ap.add_argument("--end-plane-share", type=float, default=0.0,
                     help="share of slabs centred on the lateral ends of the labelled structures")
+    ap.add_argument("--acquired-share", type=float, default=0.0,
+                    help="share of the examples from volumes interpolated from acquired slices that are those "
+                         "slices as acquired, not averages of the interpolated planes (see sample_example)")
     ap.add_argument("--slab-labels", choices=("union", "centre", "majority"), default="union",
                     help="thick-slab targets: the centre plane's classes, the union where the slab's planes "
                          "disagree, or the class of at least half of the planes (see slab_targets)")

@@ -49,6 +49,7 @@ __all__ = [
     "unpack_cases",
     "training_stems",
     "allowed_all",
+    "acquired_plane_phase",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ allowed_all = BG | VB | S1 | DISC
 # A plane whose labelled area is under this fraction of the largest plane's
 # lies at the lateral end of the structures (partial volume in thick slabs).
 END_PLANE_AREA_FRACTION = 0.5
+# Acquired slice spacings (in 1 mm planes) looked for in interpolated volumes:
+# clinical sagittal lumbar series are 3-6 mm. Widest first: a 6-plane grid
+# also shows a kink on every other plane of a 3-plane one.
+ACQUIRED_SPACINGS_PLANES = (6, 5, 4, 3)
 
 # Real-data label values (../shared/data/lumbar_mri/README.md tables).
 _VB_TABLE_S1 = 6
@@ -97,6 +102,17 @@ class TrainingCase:
             raise ValueError(f"'image' {self.image.shape} and 'allowed' {self.allowed.shape} differ")
 
     @cached_property
+    def acquired_grid(self) -> tuple[int, int] | None:
+        """(first plane, planes apart) of the slices the volume was acquired
+        as, when its planes were interpolated from slices 3-6 planes apart
+        (`acquired_plane_phase`); None otherwise."""
+        for apart in ACQUIRED_SPACINGS_PLANES:
+            phase = acquired_plane_phase(self.image, apart)
+            if phase is not None:
+                return phase, apart
+        return None
+
+    @cached_property
     def end_planes(self) -> np.ndarray:
         """Labelled planes at the lateral ends of the structures: those whose
         labelled area (pixels of one known foreground class) is under
@@ -106,6 +122,28 @@ class TrainingCase:
         if area.max() == 0:
             return np.zeros(0, int)
         return np.nonzero((area > 0) & (area < END_PLANE_AREA_FRACTION * area.max()))[0]
+
+
+def acquired_plane_phase(image_ras: np.ndarray, spacing: int) -> int | None:
+    """Where the acquired slices lie in a volume resampled to 1 mm by linear
+    interpolation from sagittal slices ``spacing`` planes apart.
+
+    Between two acquired slices the interpolated intensities change at a
+    constant rate, so the second difference along i is near zero there and
+    jumps on every acquired plane. Returns the first acquired plane's index
+    modulo ``spacing``, or None when the jumps do not recur with that period
+    (the volume was acquired on another grid, or not interpolated so).
+    """
+    if spacing < 2 or image_ras.shape[0] < 3 * spacing:
+        return None
+    curvature = np.abs(np.diff(image_ras.astype(np.float32), n=2, axis=0)).mean(axis=(1, 2))
+    on_phase = [np.arange((phase - 1) % spacing, len(curvature), spacing) for phase in range(spacing)]
+    phase = int(np.argmax([np.median(curvature[k]) for k in on_phase]))
+    off = np.delete(curvature, on_phase[phase])
+    # Every kink on the grid, and almost none between (a grid a fraction of a
+    # millimetre off drifts through the phases: no single phase holds it).
+    return phase if float(np.median(curvature[on_phase[phase]])) > 3 * max(float(np.quantile(off, 0.95)), 1e-6) \
+        else None
 
 
 def dataset_of(name: str) -> str:

@@ -62,9 +62,20 @@ def _slab(case: TrainingCase, centre: int, n_planes: int) -> np.ndarray:
     return case.image[lo:hi].mean(axis=0)
 
 
+def _acquired_planes(case: TrainingCase) -> tuple[np.ndarray, int] | None:
+    """The labelled planes that are acquired slices and how many planes
+    apart the slices are, or None."""
+    if case.acquired_grid is None:
+        return None
+    first, apart = case.acquired_grid
+    planes = case.labelled_planes[(case.labelled_planes - first) % apart == 0]
+    return (planes, apart) if planes.size else None
+
+
 def sample_example(case: TrainingCase, rng: np.random.Generator, augment: bool, slab_labels: str = "union",
                    context: int = 0, thickness_mm_range: tuple[float, float] = (1.0, 5.0),
-                   end_plane_share: float = 0.0, exact_planes: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   end_plane_share: float = 0.0, exact_planes: bool = False, acquired_share: float = 0.0
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """One augmented example: a slab of 1-5 mm (``thickness_mm_range``)
     averaged across planes (thick clinical slices) and, with ``context`` > 0,
     that many neighbouring slabs on each side as extra channels (slice gap
@@ -76,23 +87,34 @@ def sample_example(case: TrainingCase, rng: np.random.Generator, augment: bool, 
     number of planes centred on one (1 plane below 2 mm, 3 below 4 mm, else
     5), or with ``exact_planes`` the thickness's own number of planes, even
     ones included: a 4 mm series of 1 mm planes averages 4, as the
-    validation series do. Returns (channels, rows, cols) image and the
-    centre slab's allowed-class mask."""
+    validation series do. With ``acquired_share`` > 0, that share of the
+    examples from a volume interpolated from acquired slices
+    (`TrainingCase.acquired_grid`) is those slices as acquired: the centre
+    one of them, its neighbours the next acquired slices, nothing averaged
+    (what a scanner sends, sharper than any average of the interpolated
+    planes). Returns (channels, rows, cols) image and the centre slab's
+    allowed-class mask."""
     n_planes = case.image.shape[0]
     # (extra random draws only when asked for: earlier runs reproduce as before)
-    if end_plane_share > 0 and rng.random() < end_plane_share and case.end_planes.size:
-        centre = int(rng.choice(case.end_planes))
+    acquired = _acquired_planes(case) if acquired_share > 0 else None
+    if acquired is not None and rng.random() < acquired_share:
+        centre, n_slab, step = int(rng.choice(acquired[0])), 1, acquired[1]
     else:
-        centre = int(rng.choice(case.labelled_planes))
-    thickness_mm = float(rng.uniform(*thickness_mm_range)) if augment else 1.0
-    if exact_planes:
-        n_slab = max(1, int(round(thickness_mm / case.plane_spacing_mm)))
-    else:
-        n_slab = 2 * max(0, int(round(thickness_mm / case.plane_spacing_mm / 2 - 0.5))) + 1
+        if end_plane_share > 0 and rng.random() < end_plane_share and case.end_planes.size:
+            centre = int(rng.choice(case.end_planes))
+        else:
+            centre = int(rng.choice(case.labelled_planes))
+        thickness_mm = float(rng.uniform(*thickness_mm_range)) if augment else 1.0
+        if exact_planes:
+            n_slab = max(1, int(round(thickness_mm / case.plane_spacing_mm)))
+        else:
+            n_slab = 2 * max(0, int(round(thickness_mm / case.plane_spacing_mm / 2 - 0.5))) + 1
+        step = 0
+        if context:  # (extra random draws only here: plain 2D runs reproduce as before)
+            spacing_mm = thickness_mm * (rng.uniform(1.0, 1.25) if augment else 1.0)
+            step = max(1, int(round(spacing_mm / case.plane_spacing_mm)))
     offsets = np.zeros(1, int)
-    if context:  # (extra random draws only here: plain 2D runs reproduce as before)
-        spacing_mm = thickness_mm * (rng.uniform(1.0, 1.25) if augment else 1.0)
-        step = max(1, int(round(spacing_mm / case.plane_spacing_mm)))
+    if context:
         offsets = np.arange(-context, context + 1) * step
         if augment and rng.random() < 0.5:
             offsets = offsets[::-1]  # left/right order carries no meaning

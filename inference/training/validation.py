@@ -33,7 +33,7 @@ from spinegate.inference.postprocess import z_extent_mm
 from spinegate.inference.training.ivd_discs import IVD_TABLE, source_size_label_file
 from spinegate.inference.training.training_data import SPLIT, training_stems
 
-__all__ = ["dice", "thick_slice_series", "slab_labels", "crop_bottom", "sagittal_planes", "acquired_plane_phase",
+__all__ = ["dice", "thick_slice_series", "slab_labels", "crop_bottom", "sagittal_planes",
            "run_dicom_path", "validate_volume",
            "validate_phantom", "field_below_mm", "naming_by_family", "main", "VB_TABLE", "IVD_TABLE"]
 
@@ -118,33 +118,11 @@ def sagittal_planes(image_ras: np.ndarray, affine_ras: np.ndarray, first: int, s
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Every ``step``-th sagittal (i) plane of a RAS volume from ``first`` on,
     and the affine of what is taken: a slab grid started further along, or
-    one plane of each acquired slice (`acquired_plane_phase`)."""
+    one plane of each acquired slice (`training_data.acquired_plane_phase`)."""
     taken = affine_ras.copy()
     taken[:3, 0] = affine_ras[:3, 0] * step
     taken[:3, 3] = (affine_ras @ np.array([first, 0, 0, 1.0]))[:3]
     return image_ras[first::step], taken
-
-
-def acquired_plane_phase(image_ras: np.ndarray, spacing: int) -> int | None:
-    """Where the acquired slices lie in a volume resampled to 1 mm by linear
-    interpolation from sagittal slices ``spacing`` planes apart.
-
-    Between two acquired slices the interpolated intensities change at a
-    constant rate, so the second difference along i is near zero there and
-    jumps on every acquired plane. Returns the first acquired plane's index
-    modulo ``spacing``, or None when the jumps do not recur with that period
-    (the volume was acquired on another grid, or not interpolated so).
-    """
-    if spacing < 2 or image_ras.shape[0] < 3 * spacing:
-        return None
-    curvature = np.abs(np.diff(image_ras.astype(np.float32), n=2, axis=0)).mean(axis=(1, 2))
-    on_phase = [np.arange((phase - 1) % spacing, len(curvature), spacing) for phase in range(spacing)]
-    phase = int(np.argmax([np.median(curvature[k]) for k in on_phase]))
-    off = np.delete(curvature, on_phase[phase])
-    # Every kink on the grid, and almost none between (a grid a fraction of a
-    # millimetre off drifts through the phases: no single phase holds it).
-    return phase if float(np.median(curvature[on_phase[phase]])) > 3 * max(float(np.quantile(off, 0.95)), 1e-6) \
-        else None
 
 
 def slab_labels(labels_ras: np.ndarray, slab: int = 4) -> np.ndarray:

@@ -50,6 +50,30 @@ def test_exact_planes_slabs_take_the_thickness_own_even_or_odd_number_of_planes(
     assert centre_values[True] - centre_values[False] > 0.05
 
 
+def test_acquired_examples_are_single_acquired_slices_with_the_next_ones_beside_them():
+    # Planes interpolated linearly from slices 4 planes apart (the first at
+    # plane 1), each plane one grey value: an example's channels show which
+    # planes it took.
+    from spinegate.inference.training.training_data import TrainingCase
+    from spinegate.inference.training.training_samples import sample_example
+
+    values = np.interp(np.arange(40), np.arange(-3, 44, 4), np.random.default_rng(7).uniform(0.1, 0.9, 12))
+    image = np.repeat(values[:, None, None], 200 * 170, axis=1).reshape(40, 200, 170).astype(np.float32)
+    allowed = np.full(image.shape, BG | DISC, np.uint8)
+    allowed[5:35, 60:120, 50:110] = VB
+    case = TrainingCase("VB3_93", image, allowed, 1.0, np.arange(5, 35))
+    assert case.acquired_grid == (1, 4)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        img, _ = sample_example(case, rng, augment=False, context=1, acquired_share=1.0)
+        taken = [values.tolist().index(min(values, key=lambda v: abs(v - float(ch[96, 80])))) for ch in img]
+        assert all(np.isclose(float(ch[96, 80]), values[plane], atol=1e-5) for ch, plane in zip(img, taken))
+        assert (taken[1] - 1) % 4 == 0 and taken[0] == taken[1] - 4 and taken[2] == taken[1] + 4
+    # Without a grid (or with no share asked for) the examples are averages as before.
+    assert TrainingCase("VB2_94", np.random.default_rng(1).random((40, 20, 20)).astype(np.float32),
+                        np.full((40, 20, 20), BG, np.uint8), 1.0, np.arange(40)).acquired_grid is None
+
+
 def test_packed_cases_round_trip_at_six_bits_and_a_wrong_file_is_refused(tmp_path):
     from spinegate.inference.training.training_data import pack_cases, unpack_cases
 

@@ -58,7 +58,7 @@ def _interpolated_from_slices(spacing: float, first: float, n_planes: int = 60) 
 
 
 def test_the_acquired_slices_of_an_interpolated_volume_are_found():
-    from spinegate.inference.training.validation import acquired_plane_phase
+    from spinegate.inference.training.training_data import acquired_plane_phase
 
     assert acquired_plane_phase(_interpolated_from_slices(4.0, 1.0), 4) == 1
     assert acquired_plane_phase(_interpolated_from_slices(4.0, 3.0), 4) == 3
