@@ -31,13 +31,16 @@ from spinegate.inference.engine import SagittalSpineEngine
 from spinegate.inference.level_naming import naming_unverified
 from spinegate.inference.postprocess import z_extent_mm
 from spinegate.inference.training.ivd_discs import IVD_TABLE, source_size_label_file
-from spinegate.inference.training.training_data import SPLIT, training_stems
+from spinegate.inference.training.training_data import SPLIT, acquired_plane_phase, training_stems
 
 __all__ = ["dice", "thick_slice_series", "slab_labels", "crop_bottom", "sagittal_planes",
-           "run_dicom_path", "validate_volume",
+           "run_dicom_path", "validate_volume", "validate_acquired_slices",
            "validate_phantom", "field_below_mm", "naming_by_family", "main", "VB_TABLE", "IVD_TABLE"]
 
 log = logging.getLogger(__name__)
+
+# The acquired slice spacing of the shared data's interpolated volumes (VB3; VB1_02-08).
+ACQUIRED_SPACING_MM = 4
 
 # Shared-data label values → level names (../shared/data/lumbar_mri/README.md).
 VB_TABLE = {1: "L1", 2: "L2", 3: "L3", 4: "L4", 5: "L5", 6: "S1", 7: "T12", 8: "T11", 9: "T10"}
@@ -153,14 +156,22 @@ def run_dicom_path(engine: SagittalSpineEngine, pixels: np.ndarray, affine: np.n
     return label_map, seg
 
 
-def validate_volume(engine: SagittalSpineEngine, data_dir: Path, stem: str) -> dict[str, Any]:
-    """Dice per level for one shared-data volume presented as 4 mm slabs."""
+def validate_volume(engine: SagittalSpineEngine, data_dir: Path, stem: str,
+                    planes: tuple[int, int, int] = (0, 1, 4)) -> dict[str, Any]:
+    """Dice per level for one shared-data volume presented as 4 mm slabs.
+
+    ``planes`` (first, step, slab): the 1 mm planes taken, from ``first``
+    every ``step``-th, averaged ``slab`` at a time; by default 4 mm slabs of
+    all planes (`validate_acquired_slices` takes a volume's acquired slices).
+    """
     import nibabel as nib
 
     img: Any = nib.load(str(data_dir / f"{stem}_image.nii.gz"))  # a Nifti1Image; nibabel types it as any file image
     lab: Any = nib.load(str(data_dir / f"{stem}_label.nii.gz"))
-    pixels, affine, _ = thick_slice_series(np.asarray(img.dataobj), img.affine)
-    truth = slab_labels(np.asarray(lab.dataobj).astype(np.uint8))
+    first, step, slab = planes
+    taken, taken_affine = sagittal_planes(np.asarray(img.dataobj), img.affine, first, step)
+    pixels, affine, _ = thick_slice_series(taken, taken_affine, slab)
+    truth = slab_labels(sagittal_planes(np.asarray(lab.dataobj).astype(np.uint8), img.affine, first, step)[0], slab)
     weighting = "T1" if stem in ("VB1_10",) else "T2"
     pred, seg = run_dicom_path(engine, pixels, affine, stem, weighting)
     table = IVD_TABLE if stem.startswith("IVD") else VB_TABLE
@@ -182,12 +193,25 @@ def validate_volume(engine: SagittalSpineEngine, data_dir: Path, stem: str) -> d
         result["field_below_l5_mm"] = round(field_below_mm(l5, affine), 1)
     if stem.startswith("IVD"):
         # The masks above L5S1 are dilated; also against the outlines at the source's size (ivd_discs).
-        source_size = slab_labels(source_size_label_file(data_dir / f"{stem}_label.nii.gz"))
+        source_size = slab_labels(sagittal_planes(source_size_label_file(data_dir / f"{stem}_label.nii.gz"),
+                                                  img.affine, first, step)[0], slab)
         at_source_size = {level: round(dice(pred == structure_by_name(level).label, source_size == value), 4)
                           for value, level in IVD_TABLE.items() if (source_size == value).any()}
         result.update(dice_per_level_source_size=at_source_size,
                       mean_dice_source_size=round(float(np.mean(list(at_source_size.values()))), 4))
     return result
+
+
+def validate_acquired_slices(engine: SagittalSpineEngine, data_dir: Path, stem: str) -> dict[str, Any] | None:
+    """`validate_volume` with the volume sent as the sagittal slices it was
+    acquired as, 4 mm apart (each one 1 mm plane, nothing averaged: what a
+    scanner sends); None when the 1 mm volume was not interpolated from
+    such slices (`training_data.acquired_plane_phase`)."""
+    import nibabel as nib
+
+    image: Any = nib.load(str(data_dir / f"{stem}_image.nii.gz"))
+    phase = acquired_plane_phase(np.asarray(image.dataobj), ACQUIRED_SPACING_MM)
+    return None if phase is None else validate_volume(engine, data_dir, stem, (phase, ACQUIRED_SPACING_MM, 1))
 
 
 def validate_phantom(engine: SagittalSpineEngine, seed: int, weighting: Weighting) -> dict[str, Any]:
@@ -240,6 +264,16 @@ def main(argv: list[str] | None = None) -> int:
         summary["vb_naming_by_family"] = naming_by_family(vb + training)
         misnamed = [r["stem"] for r in training if not r["levels_named_correctly"]]
         print(f"training volumes: {len(training)}, levels misnamed on {misnamed or 'none'}")
+        # The volumes interpolated from acquired slices, sent as those slices.
+        acquired = [r for r in (validate_acquired_slices(engine, args.data, st)
+                                for st in [r["stem"] for r in vb] + [r["stem"] for r in training]) if r]
+        summary["acquired_slices"] = {
+            "presentation": "each acquired 4 mm slice as one DICOM slice, labels on the same planes",
+            "volumes": {r["stem"]: {**{k: r[k] for k in keep if k in r}, "held_out": r["stem"] in SPLIT["validation"]}
+                        for r in acquired},
+            "by_family": {family: {**counts, "mean_dice": round(float(np.mean(
+                [r["mean_dice"] for r in acquired if r["stem"].startswith(family)])), 4)}
+                for family, counts in naming_by_family(acquired).items()}}
     out = args.models / "sagittal_spine.validation.json"
     out.write_text(json.dumps(summary, indent=1))
     for r in results:

@@ -77,3 +77,28 @@ def test_sagittal_planes_keep_each_plane_where_it_was():
     assert [int(p[0, 0]) for p in taken] == [int(volume[i, 0, 0]) for i in (2, 6, 10, 14, 18)]
     for k, i in enumerate((2, 6, 10, 14, 18)):
         np.testing.assert_allclose(taken_affine @ [k, 1, 1, 1], affine @ [i, 1, 1, 1])
+
+
+def test_a_volume_not_interpolated_from_acquired_slices_is_not_sent_as_them(tmp_path):
+    import nibabel as nib
+
+    from spinegate.inference.training.validation import validate_acquired_slices
+
+    image = np.random.default_rng(5).uniform(0, 1000, (40, 16, 16)).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, np.eye(4)), str(tmp_path / "VB3_99_image.nii.gz"))
+    assert validate_acquired_slices(None, tmp_path, "VB3_99") is None  # type: ignore[arg-type]  (no engine needed)
+
+
+@pytest.mark.shared_data
+def test_the_record_of_a_held_out_volume_sent_as_its_acquired_slices_is_reproduced(engine):
+    import json
+
+    from conftest import MODEL_DIR, require_shared_data
+    from spinegate.inference.training.validation import validate_acquired_slices
+
+    record = json.loads((MODEL_DIR / "sagittal_spine.validation.json").read_text())["acquired_slices"]["volumes"]
+    got = validate_acquired_slices(engine, require_shared_data(), "VB3_05")
+    assert got is not None and record["VB3_05"]["held_out"]
+    assert got["mean_dice"] == pytest.approx(record["VB3_05"]["mean_dice"], abs=0.002)
+    assert (got["levels_named_correctly"], got["flags"]) == (record["VB3_05"]["levels_named_correctly"],
+                                                             record["VB3_05"]["flags"])
