@@ -62,8 +62,8 @@ VOLUME_ERROR_PARTS = ("missed_rim_pct", "missed_far_pct", "excess_rim_pct", "exc
 
 
 def measurement_rows(pred: np.ndarray, truth: np.ndarray, affine: np.ndarray, table: dict[int, str],
-                     source: str, slab_mm: int, native: tuple[np.ndarray, np.ndarray] | None = None
-                     ) -> list[dict[str, Any]]:
+                     source: str, slab_mm: int, native: tuple[np.ndarray, np.ndarray] | None = None,
+                     drawn_slices: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict[str, Any]]:
     """One row per level labelled in ``truth`` and found in ``pred``:
     manual and automatic height (mm) and volume (cm³) on the slab grid and,
     with ``native`` (labels, affine as labelled, sagittal slices first), the
@@ -79,10 +79,11 @@ def measurement_rows(pred: np.ndarray, truth: np.ndarray, affine: np.ndarray, ta
                "height_manual_mm": round(m.height_mm, 2), "height_auto_mm": round(a.height_mm, 2),
                "volume_manual_cm3": round(m.volume_cm3, 3), "volume_auto_cm3": round(a.volume_cm3, 3),
                **outline_split(manual, auto), **volume_error_split(manual, auto)}
-        if native is not None:
-            drawn = measure_structure(native[0] == value, native[1], structure)
-            row.update(height_manual_native_mm=round(drawn.height_mm, 2),
-                       volume_manual_native_cm3=round(drawn.volume_cm3, 3))
+        for suffix, reference in (("native", native), ("drawn_slices", drawn_slices)):
+            if reference is not None and (reference[0] == value).any():
+                drawn = measure_structure(reference[0] == value, reference[1], structure)
+                row.update({f"height_manual_{suffix}_mm": round(drawn.height_mm, 2),
+                            f"volume_manual_{suffix}_cm3": round(drawn.volume_cm3, 3)})
         rows.append(row)
     return rows
 
@@ -127,7 +128,9 @@ def volume_error_split(manual: np.ndarray, auto: np.ndarray) -> dict[str, float]
 def summarise(rows: list[dict[str, Any]], manual: str = "") -> dict[str, Any]:
     """Per kind and slab: n, height MAE/bias/limits of agreement, volume
     MAE/bias (%)/MAPE; ``manual="_native"`` compares with the labels as
-    drawn instead of on the slab grid."""
+    drawn (1 mm) instead of on the slab grid, ``"_drawn_slices"`` with the
+    acquired slices' own outlines where the 1 mm labels were interpolated
+    from them."""
     rows = [r for r in rows if f"height_manual{manual}_mm" in r]
     out: dict[str, Any] = {}
     for kind in sorted({r["kind"] for r in rows}):
@@ -188,6 +191,9 @@ def summaries(rows: list[dict[str, Any]]) -> dict[str, Any]:
                                       for level in sorted({r["level"] for r in real},
                                                           key=lambda name: structure_by_name(name).label)},
             "summary_real_against_labels_as_drawn": summarise(compared, "_native"),
+            "summary_by_label_set_against_drawn_slices": {
+                f: summarise([r for r in compared if dataset_of(r["source"]) == f], "_drawn_slices")
+                for f in sorted({dataset_of(r["source"]) for r in compared if "volume_manual_drawn_slices_cm3" in r})},
             "summary_by_label_set": {**{f: summarise([r for r in compared if dataset_of(r["source"]) == f])
                                         for f in sorted({dataset_of(r["source"]) for r in compared})},
                                      "IVD as drawn": summarise([r for r in rows if r.get("reference") == "as_drawn"])}}
@@ -214,14 +220,22 @@ def _weighting(stem: str) -> str:
 
 def _real_rows(engine: SagittalSpineEngine, data: Path, stem: str, slab: int) -> list[dict[str, Any]]:
     from spinegate.inference.training.ivd_discs import source_size_label_file
-    from spinegate.inference.training.validation import IVD_TABLE, run_dicom_path, slab_labels, thick_slice_series
+    from spinegate.inference.training.training_data import acquired_plane_phase
+    from spinegate.inference.training.validation import (ACQUIRED_SPACING_MM, IVD_TABLE, run_dicom_path,
+                                                         sagittal_planes, slab_labels, thick_slice_series)
 
     img, lab, image, labels = _load(data, stem)
     pixels, affine, _ = thick_slice_series(image, img.affine, slab)
     truth = slab_labels(labels, slab)
     pred, _ = run_dicom_path(engine, pixels, affine, f"{stem}-{slab}mm", _weighting(stem), float(slab))
     if not stem.startswith("IVD"):
-        return measurement_rows(pred, truth, affine, _body_table(), stem, slab, native=(labels, lab.affine))
+        # Where the 1 mm labels were interpolated from acquired slices (VB3:
+        # each plane between two slices is the union of their outlines), the
+        # slices as drawn are a reference of their own.
+        phase = acquired_plane_phase(image, ACQUIRED_SPACING_MM)
+        drawn_slices = None if phase is None else sagittal_planes(labels, lab.affine, phase, ACQUIRED_SPACING_MM)
+        return measurement_rows(pred, truth, affine, _body_table(), stem, slab, native=(labels, lab.affine),
+                                drawn_slices=drawn_slices)
     # The IVD masks above L5S1 are dilated (ivd_discs): compare with the
     # outlines at the source's size, and show the masks as drawn beside them.
     source_size = source_size_label_file(data / f"{stem}_label.nii.gz")
@@ -238,13 +252,15 @@ def _presentation_rows(engine: SagittalSpineEngine, data: Path, stem: str) -> li
     was interpolated from acquired 4 mm slices, those slices themselves and
     the planes midway between them (labels on the same planes)."""
     from spinegate.inference.training.training_data import acquired_plane_phase
-    from spinegate.inference.training.validation import run_dicom_path, sagittal_planes, slab_labels, thick_slice_series
+    from spinegate.inference.training.validation import (ACQUIRED_SPACING_MM, run_dicom_path, sagittal_planes,
+                                                         slab_labels, thick_slice_series)
 
     img, _, image, labels = _load(data, stem)
     ways = [(f"slab_grid_{first}mm_further", first, 1, 4) for first in (1, 2, 3)]
-    phase = acquired_plane_phase(image, 4)
+    phase = acquired_plane_phase(image, ACQUIRED_SPACING_MM)
     if phase is not None:
-        ways += [("acquired_slices", phase, 4, 1), ("midway_between_acquired_slices", phase + 2, 4, 1)]
+        ways += [("acquired_slices", phase, ACQUIRED_SPACING_MM, 1),
+                 ("midway_between_acquired_slices", phase + ACQUIRED_SPACING_MM // 2, ACQUIRED_SPACING_MM, 1)]
     rows = []
     for name, first, step, slab in ways:
         taken, affine = sagittal_planes(image, img.affine, first, step)

@@ -46,6 +46,7 @@ from spinegate.inference.training.training_data import (
     teacher_classes,
     training_stems,
     unpack_cases,
+    with_nearest_slice_labels,
     with_open_body_rim,
     with_teacher_s1,
 )
@@ -140,12 +141,14 @@ def apply_s1_teacher(cases: list[TrainingCase], teacher: Path | None,
 
 def load_training_cases(data: Path | None, cases_file: Path | None, n_phantoms: int, processes: int,
                         s1_teacher: Path | None = None, s1_teacher_datasets: list[str] | None = None,
-                        disc_rim: str = "strict", open_body_rim: tuple[str, ...] = ()
+                        disc_rim: str = "strict", open_body_rim: tuple[str, ...] = (),
+                        nearest_slice_labels: tuple[str, ...] = ()
                         ) -> tuple[list[str], list[TrainingCase], list[TrainingCase]]:
     """The training stems, real cases (from the shared data, or a file made
     by the ``pack`` command; with ``s1_teacher``, see `apply_s1_teacher`;
     with ``disc_rim`` "source-size" or "uncertain", `ivd_discs`; the label
-    sets in ``open_body_rim`` with `with_open_body_rim`) and phantom cases
+    sets in ``open_body_rim`` with `with_open_body_rim`, those in
+    ``nearest_slice_labels`` with `with_nearest_slice_labels`) and phantom cases
     (rendered in ``processes`` processes when above 1)."""
     if cases_file is not None:
         cases = unpack_cases(cases_file)
@@ -166,6 +169,7 @@ def load_training_cases(data: Path | None, cases_file: Path | None, n_phantoms: 
             phantoms = pool.map(_phantom_case, jobs)
     else:
         phantoms = [_phantom_case(j) for j in jobs]
+    cases = [with_nearest_slice_labels(c) if dataset_of(c.name) in nearest_slice_labels else c for c in cases]
     cases, phantoms = ([with_open_body_rim(c) if dataset_of(c.name) in open_body_rim else c for c in group]
                        for group in (cases, phantoms))
     return stems, cases, phantoms
@@ -203,6 +207,7 @@ class SagittalTrainingConfig:
     slab_labels: str = "union"
     disc_rim: str = "strict"
     open_body_rim: tuple[str, ...] = ()
+    nearest_slice_labels: tuple[str, ...] = ()
     s1_teacher: Path | None = None
     s1_teacher_datasets: tuple[str, ...] | None = None
     balance_datasets: bool = False
@@ -231,7 +236,7 @@ class SagittalTrainingConfig:
         """The configuration of the ``fit`` command's arguments."""
         values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
         values["export_onnx"] = not args.no_onnx
-        for name in ("channels", "thickness_mm", "s1_teacher_datasets", "open_body_rim"):
+        for name in ("channels", "thickness_mm", "s1_teacher_datasets", "open_body_rim", "nearest_slice_labels"):
             if values.get(name) is not None:
                 values[name] = tuple(values[name])
         return cls(**values)
@@ -269,7 +274,7 @@ def fit(config: SagittalTrainingConfig) -> dict[str, Any]:
     t0 = time.time()
     stems, cases, phantoms = load_training_cases(config.data, config.cases, config.phantoms, max(1, config.workers),
                                                  config.s1_teacher, _listed(config.s1_teacher_datasets),
-                                                 config.disc_rim, config.open_body_rim)
+                                                 config.disc_rim, config.open_body_rim, config.nearest_slice_labels)
     log.info("cached %d real + %d phantom volumes in %.0f s", len(cases), len(phantoms), time.time() - t0)
     ivd = [c for c in cases if c.name.startswith("IVD")]
     vb = [c for c in cases if not c.name.startswith("IVD")]
@@ -317,6 +322,7 @@ def fit(config: SagittalTrainingConfig) -> dict[str, Any]:
         "seed": config.seed, "iterations": iterations, "start_iterations": start,
         "init": str(config.init) if config.init else None, "slab_labels": config.slab_labels,
         "disc_rim": config.disc_rim, "open_body_rim": list(config.open_body_rim),
+        "nearest_slice_labels": list(config.nearest_slice_labels),
         "context_slices_each_side": config.context, "channels": list(model.channels),
         "thickness_mm": list(config.thickness_mm), "exact_planes": config.exact_planes,
         "end_plane_share": config.end_plane_share, "acquired_share": config.acquired_share,
@@ -391,6 +397,9 @@ def _fit_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--open-body-rim", nargs="+", choices=OPEN_BODY_RIM_DATASETS, default=(),
                     help="label sets whose body and S1 outlines are left open by a pixel's rim, so that the "
                          "others set where a contour lies (training_data.with_open_body_rim)")
+    ap.add_argument("--nearest-slice-labels", nargs="+", choices=("VB1", "VB2", "VB3"), default=(),
+                    help="label sets whose planes between acquired slices take the nearer slice's outline, not "
+                         "the union the source interpolated (training_data.with_nearest_slice_labels)")
     _teacher_arguments(ap)
     ap.add_argument("--balance-datasets", action="store_true",
                     help="draw each dataset (VB1, VB2, VB3) equally often, not each volume")

@@ -45,6 +45,7 @@ __all__ = [
     "teacher_classes",
     "with_teacher_s1",
     "with_open_body_rim",
+    "with_nearest_slice_labels",
     "dataset_of",
     "unpack_cases",
     "training_stems",
@@ -195,6 +196,37 @@ def _vb_allowed(labels: np.ndarray, top_body_partial: bool) -> np.ndarray:
     allowed[(labels > 0) & (labels != _VB_TABLE_S1)] = VB
     allowed[labels == _VB_TABLE_S1] = S1
     return allowed
+
+
+def with_nearest_slice_labels(case: TrainingCase) -> TrainingCase:
+    """The case with each plane between two acquired slices labelled as the
+    nearer slice was drawn, and the plane midway allowing what either slice
+    allows; unchanged without an acquired grid (`TrainingCase.acquired_grid`).
+
+    VB3's source interpolated its labels to 1 mm so that every plane between
+    two acquired slices holds the union of the two outlines (model card,
+    "Measurement accuracy"): bodies 10 % larger than drawn, reaching 3 mm
+    beyond the outermost drawn slice.
+    """
+    if case.acquired_grid is None:
+        return case
+    first, apart = case.acquired_grid
+    allowed = case.allowed.copy()
+    n = allowed.shape[0]
+    for plane in range(n):
+        offset = (plane - first) % apart
+        if offset == 0:
+            continue
+        before, after = plane - offset, plane - offset + apart
+        if before < 0 or after >= n:
+            continue  # outside the outermost acquired slices: kept as the source gave it
+        if 2 * offset < apart:
+            allowed[plane] = case.allowed[before]
+        elif 2 * offset > apart:
+            allowed[plane] = case.allowed[after]
+        else:
+            allowed[plane] = case.allowed[before] | case.allowed[after]
+    return TrainingCase(case.name, case.image, allowed, case.plane_spacing_mm, case.labelled_planes)
 
 
 def with_open_body_rim(case: TrainingCase, in_plane_pixels: int = 1, lateral_planes: int = 1) -> TrainingCase:

@@ -74,6 +74,25 @@ def test_acquired_examples_are_single_acquired_slices_with_the_next_ones_beside_
                         np.full((40, 20, 20), BG, np.uint8), 1.0, np.arange(40)).acquired_grid is None
 
 
+def test_planes_between_acquired_slices_take_the_nearer_slices_outline():
+    from spinegate.inference.training.training_data import TrainingCase, with_nearest_slice_labels
+
+    values = np.interp(np.arange(13), np.arange(0, 16, 4), [0.2, 0.8, 0.3, 0.6])
+    image = np.repeat(values[:, None, None], 20 * 20, axis=1).reshape(13, 20, 20).astype(np.float32)
+    allowed = np.full(image.shape, BG, np.uint8)
+    allowed[4, 5:10, 5:10] = VB  # slice 1 draws a small body, slice 2 a larger one
+    allowed[8, 5:15, 5:15] = VB
+    allowed[5:8] = np.where((allowed[4] == VB) | (allowed[8] == VB), VB, BG)  # the source's union
+    case = TrainingCase("VB3_95", image, allowed, 1.0, np.arange(4, 9))
+    assert case.acquired_grid == (0, 4)
+    nearest = with_nearest_slice_labels(case).allowed
+    assert (nearest[5] == allowed[4]).all() and (nearest[7] == allowed[8]).all()
+    assert (nearest[6][5:10, 5:10] == VB).all() and (nearest[6][12, 12] == BG | VB)  # midway: either slice
+    assert (nearest[[0, 4, 8, 12]] == allowed[[0, 4, 8, 12]]).all()  # the acquired slices as drawn
+    assert with_nearest_slice_labels(TrainingCase("VB2_96", np.random.default_rng(2).random((13, 20, 20)).astype(
+        np.float32), allowed, 1.0, np.arange(4, 9))).allowed is allowed  # no acquired grid: unchanged
+
+
 def test_packed_cases_round_trip_at_six_bits_and_a_wrong_file_is_refused(tmp_path):
     from spinegate.inference.training.training_data import pack_cases, unpack_cases
 

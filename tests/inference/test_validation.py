@@ -102,3 +102,27 @@ def test_the_record_of_a_held_out_volume_sent_as_its_acquired_slices_is_reproduc
     assert got["mean_dice"] == pytest.approx(record["VB3_05"]["mean_dice"], abs=0.002)
     assert (got["levels_named_correctly"], got["flags"]) == (record["VB3_05"]["levels_named_correctly"],
                                                              record["VB3_05"]["flags"])
+
+
+@pytest.mark.shared_data
+def test_vb3_labels_between_acquired_slices_are_the_union_of_their_outlines():
+    """Why VB3's 1 mm labels are larger than its drawn slices (model card,
+    "Measurement accuracy"): every plane between two acquired slices holds
+    the union of the two slices' outlines."""
+    import nibabel as nib
+
+    from conftest import require_shared_data
+    from spinegate.inference.training.training_data import acquired_plane_phase
+
+    data = require_shared_data()
+    image = np.asarray(nib.load(str(data / "VB3_05_image.nii.gz")).dataobj)
+    labels = np.asarray(nib.load(str(data / "VB3_05_label.nii.gz")).dataobj)
+    phase = acquired_plane_phase(image, 4)
+    assert phase == 0
+    grown = 0
+    for k in range(phase, labels.shape[0] - 4, 4):
+        union = np.where(labels[k] > 0, labels[k], labels[k + 4])
+        for between in (k + 1, k + 2, k + 3):
+            assert ((labels[between] > 0) == ((labels[k] > 0) | (labels[k + 4] > 0))).all()
+        grown += int((union > 0).sum()) - int((labels[k] > 0).sum())
+    assert grown > 0

@@ -80,6 +80,28 @@ def test_volume_error_split_adds_up_to_the_volume_error_and_tells_a_rim_from_a_m
     assert summarise(rows)["vertebral body"]["4mm"]["volume_error_parts_pct"] == split
 
 
+def test_rows_also_compare_with_the_acquired_slices_as_drawn_where_given():
+    from spinegate.dicom_io.levels import structure_by_name
+    from spinegate.service.measurement_validation import measurement_rows
+
+    affine = np.eye(4)
+    affine[:3, :3] = [[1, 0, 0], [0, 0, 1], [0, -1, 0]]  # slices along x, rows down z, columns along y
+    truth = np.zeros((16, 60, 60), np.uint8)
+    truth[2:14, 10:40, 10:50] = 3  # 12 planes of 30 x 40 mm: 14.4 cm3
+    pred = np.where(truth == 3, structure_by_name("L3").label, 0).astype(np.uint8)
+    drawn_affine = affine.copy()
+    drawn_affine[:3, 0] = [4, 0, 0]
+    drawn = truth[2::4].copy()  # planes 2, 6, 10, 14 of which three hold the body: 3 x 4 mm x 1200 mm2
+    drawn[1, 10:40, 45:50] = 0  # one slice drawn 5 mm narrower
+    (row,) = measurement_rows(pred, truth, affine, {3: "L3"}, "VB3_90", 4, drawn_slices=(drawn, drawn_affine))
+    assert row["volume_manual_cm3"] == pytest.approx(14.4) and row["volume_auto_cm3"] == pytest.approx(14.4)
+    assert row["volume_manual_drawn_slices_cm3"] == pytest.approx((3 * 1200 - 150) * 4 / 1000)
+    assert row["height_manual_drawn_slices_mm"] == pytest.approx(row["height_manual_mm"], abs=0.5)
+    s = summarise([row], "_drawn_slices")["vertebral body"]["4mm"]
+    assert s["volume_bias_pct"] == pytest.approx(100 * (14.4 / 13.8 - 1), abs=0.05)
+    assert "volume_manual_drawn_slices_cm3" not in measurement_rows(pred, truth, affine, {3: "L3"}, "VB2_90", 4)[0]
+
+
 def test_rows_are_grouped_by_the_label_set_they_come_from():
     assert [dataset_of(s) for s in ("VB1_10", "VB3_05", "IVD_42", "phantom_1000")] == ["VB1", "VB3", "IVD", "phantom"]
 
