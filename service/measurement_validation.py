@@ -221,12 +221,11 @@ def _weighting(stem: str) -> str:
 def _real_rows(engine: SagittalSpineEngine, data: Path, stem: str, slab: int) -> list[dict[str, Any]]:
     from spinegate.inference.training.ivd_discs import source_size_label_file
     from spinegate.inference.training.training_data import acquired_plane_phase
-    from spinegate.inference.training.validation import (ACQUIRED_SPACING_MM, IVD_TABLE, run_dicom_path,
-                                                         sagittal_planes, slab_labels, thick_slice_series)
+    from spinegate.inference.training.validation import (ACQUIRED_SPACING_MM, IVD_TABLE, presented_series,
+                                                         run_dicom_path, sagittal_planes, slab_labels)
 
     img, lab, image, labels = _load(data, stem)
-    pixels, affine, _ = thick_slice_series(image, img.affine, slab)
-    truth = slab_labels(labels, slab)
+    pixels, affine, truth = presented_series(image, labels, img.affine, (0, 1, slab))
     pred, _ = run_dicom_path(engine, pixels, affine, f"{stem}-{slab}mm", _weighting(stem), float(slab))
     if not stem.startswith("IVD"):
         # Where the 1 mm labels were interpolated from acquired slices (VB3:
@@ -252,8 +251,7 @@ def _presentation_rows(engine: SagittalSpineEngine, data: Path, stem: str) -> li
     was interpolated from acquired 4 mm slices, those slices themselves and
     the planes midway between them (labels on the same planes)."""
     from spinegate.inference.training.training_data import acquired_plane_phase
-    from spinegate.inference.training.validation import (ACQUIRED_SPACING_MM, run_dicom_path, sagittal_planes,
-                                                         slab_labels, thick_slice_series)
+    from spinegate.inference.training.validation import ACQUIRED_SPACING_MM, presented_series, run_dicom_path
 
     img, _, image, labels = _load(data, stem)
     ways = [(f"slab_grid_{first}mm_further", first, 1, 4) for first in (1, 2, 3)]
@@ -263,9 +261,7 @@ def _presentation_rows(engine: SagittalSpineEngine, data: Path, stem: str) -> li
                  ("midway_between_acquired_slices", phase + ACQUIRED_SPACING_MM // 2, ACQUIRED_SPACING_MM, 1)]
     rows = []
     for name, first, step, slab in ways:
-        taken, affine = sagittal_planes(image, img.affine, first, step)
-        pixels, series_affine, _ = thick_slice_series(taken, affine, slab)
-        truth = slab_labels(sagittal_planes(labels, img.affine, first, step)[0], slab)
+        pixels, series_affine, truth = presented_series(image, labels, img.affine, (first, step, slab))
         pred, _ = run_dicom_path(engine, pixels, series_affine, f"{stem}-{name}", _weighting(stem), 4.0)
         rows += [{**r, "presentation": name}
                  for r in measurement_rows(pred, truth, series_affine, _body_table(), stem, 4)]

@@ -33,7 +33,7 @@ from spinegate.inference.postprocess import z_extent_mm
 from spinegate.inference.training.ivd_discs import IVD_TABLE, source_size_label_file
 from spinegate.inference.training.training_data import SPLIT, acquired_plane_phase, training_stems
 
-__all__ = ["dice", "thick_slice_series", "slab_labels", "crop_bottom", "sagittal_planes",
+__all__ = ["dice", "thick_slice_series", "slab_labels", "crop_bottom", "sagittal_planes", "presented_series",
            "run_dicom_path", "validate_volume", "validate_acquired_slices",
            "validate_phantom", "field_below_mm", "naming_by_family", "main", "VB_TABLE", "IVD_TABLE"]
 
@@ -128,6 +128,18 @@ def sagittal_planes(image_ras: np.ndarray, affine_ras: np.ndarray, first: int, s
     return image_ras[first::step], taken
 
 
+def presented_series(image_ras: np.ndarray, labels_ras: np.ndarray, affine_ras: np.ndarray,
+                     planes: tuple[int, int, int] = (0, 1, 4)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 1 mm RAS volume as a series: ``planes`` (first, step, slab) takes
+    every ``step``-th plane from ``first`` and averages ``slab`` of them at
+    a time (by default 4 mm slabs of all planes; (phase, 4, 1) the acquired
+    slices). Returns (pixels, LPS affine, the labels on the same slabs)."""
+    first, step, slab = planes
+    taken, taken_affine = sagittal_planes(image_ras, affine_ras, first, step)
+    pixels, affine, _ = thick_slice_series(taken, taken_affine, slab)
+    return pixels, affine, slab_labels(sagittal_planes(labels_ras, affine_ras, first, step)[0], slab)
+
+
 def slab_labels(labels_ras: np.ndarray, slab: int = 4) -> np.ndarray:
     """Per-level majority (≥ half the slab) label map on the slab grid."""
     ni, nj, nk = labels_ras.shape
@@ -169,9 +181,8 @@ def validate_volume(engine: SagittalSpineEngine, data_dir: Path, stem: str,
     img: Any = nib.load(str(data_dir / f"{stem}_image.nii.gz"))  # a Nifti1Image; nibabel types it as any file image
     lab: Any = nib.load(str(data_dir / f"{stem}_label.nii.gz"))
     first, step, slab = planes
-    taken, taken_affine = sagittal_planes(np.asarray(img.dataobj), img.affine, first, step)
-    pixels, affine, _ = thick_slice_series(taken, taken_affine, slab)
-    truth = slab_labels(sagittal_planes(np.asarray(lab.dataobj).astype(np.uint8), img.affine, first, step)[0], slab)
+    pixels, affine, truth = presented_series(np.asarray(img.dataobj), np.asarray(lab.dataobj).astype(np.uint8),
+                                             img.affine, planes)
     weighting = "T1" if stem in ("VB1_10",) else "T2"
     pred, seg = run_dicom_path(engine, pixels, affine, stem, weighting)
     table = IVD_TABLE if stem.startswith("IVD") else VB_TABLE
