@@ -278,8 +278,12 @@ def presentation_checks(rows: list[dict[str, Any]], presented: list[dict[str, An
     for r in standard + presented:
         out.setdefault(r["presentation"], {}).setdefault(dataset_of(r["source"]), []).append(r)
     keys = ("n", "height_mae_mm", "height_bias_mm", "volume_bias_pct", "volume_mape_pct")
-    return {way: {label_set: {k: summarise(sel)[StructureKind.VERTEBRAL_BODY.value]["4mm"][k] for k in keys}
-                  for label_set, sel in sorted(by_set.items())} for way, by_set in out.items()}
+
+    def figures(sel: list[dict[str, Any]]) -> dict[str, Any]:
+        bodies = summarise(sel)[StructureKind.VERTEBRAL_BODY.value]["4mm"]
+        return {k: bodies[k] for k in keys}
+
+    return {way: {label_set: figures(sel) for label_set, sel in sorted(by_set.items())} for way, by_set in out.items()}
 
 
 def _phantom_rows(engine: SagittalSpineEngine, seed: int, slab: int) -> list[dict[str, Any]]:
