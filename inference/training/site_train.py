@@ -6,7 +6,8 @@ One seed drives numpy (the batch sampler), torch and the subject split; a
 checkpoint (network, optimiser, schedule, both generators' states, the
 loss curve) is written every ``checkpoint_every`` iterations, and
 ``resume`` continues from it to the same weights an uninterrupted run
-reaches (CPU; on a GPU some kernels are not deterministic). The partial
+reaches (CPU: bit for bit with one thread, within a float's last bit with more; on a
+GPU some kernels are not deterministic). The partial
 labels of `site_data` train through the marginal loss of `train`; what
 differs per engine is in `site_engines`.
 

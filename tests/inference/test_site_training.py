@@ -256,10 +256,13 @@ def _initializers(path: Path) -> bytes:
 
 def test_a_run_stopped_and_resumed_ends_with_the_weights_of_one_uninterrupted(tmp_path, site):
     spec = read_spec(_spec(tmp_path / "spec.yaml", site))
-    train_site(spec, tmp_path / "whole")
-    assert train_site(spec, tmp_path / "parts", stop_after=2) == {"stopped_at": 2}
+    # One thread: with two, the weights once differed in their last bit under
+    # parallel test workers (never alone); one thread leaves no split of a
+    # reduction to chance, and the resume is what is tested.
+    train_site(spec, tmp_path / "whole", threads=1)
+    assert train_site(spec, tmp_path / "parts", stop_after=2, threads=1) == {"stopped_at": 2}
     assert not (tmp_path / "parts" / "sagittal_spine.onnx").exists()
-    record = train_site(spec, tmp_path / "parts", resume=True)
+    record = train_site(spec, tmp_path / "parts", resume=True, threads=1)
     assert record["iterations"] == 4 and len(record["loss_every_50"]) == 1
     assert _initializers(tmp_path / "whole" / "sagittal_spine.onnx") == \
         _initializers(tmp_path / "parts" / "sagittal_spine.onnx")

@@ -79,6 +79,18 @@ def test_sagittal_planes_keep_each_plane_where_it_was():
         np.testing.assert_allclose(taken_affine @ [k, 1, 1, 1], affine @ [i, 1, 1, 1])
 
 
+def test_each_slab_is_compared_with_the_acquired_slice_it_holds():
+    from spinegate.inference.training.validation import drawn_slice_labels, slab_labels
+
+    labels = np.broadcast_to(np.arange(1, 15, dtype=np.uint8)[:, None, None], (14, 3, 2)).copy()
+    # slabs of planes 0-3, 4-7, 8-11 hold the acquired planes 1, 5, 9
+    got = drawn_slice_labels(labels, 0, 4, 1)
+    assert [int(p.max()) for p in got] == [2, 6, 10]
+    assert got.shape == slab_labels(labels, 4).shape  # the slab grid's orientation and count
+    # slabs from plane 2 (planes 2-5, 6-9, 10-13) hold planes 5, 9 and 13
+    assert [int(p.max()) for p in drawn_slice_labels(labels, 2, 4, 1)] == [6, 10, 14]
+
+
 def test_a_volume_not_interpolated_from_acquired_slices_is_not_sent_as_them(tmp_path):
     import nibabel as nib
 

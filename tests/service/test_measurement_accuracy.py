@@ -11,8 +11,8 @@ import pydicom
 import pytest
 
 from spinegate.inference.training.training_data import dataset_of
-from spinegate.service.measurement_validation import (outline_split, presentation_checks, summarise, summaries,
-                                                      volume_error_split)
+from spinegate.service.measurement_validation import (against_what_was_drawn, outline_split, presentation_checks,
+                                                      summarise, summaries, volume_error_split)
 from spinegate.service.measurements_doc import measurement_accuracy
 
 
@@ -100,6 +100,33 @@ def test_rows_also_compare_with_the_acquired_slices_as_drawn_where_given():
     s = summarise([row], "_drawn_slices")["vertebral body"]["4mm"]
     assert s["volume_bias_pct"] == pytest.approx(100 * (14.4 / 13.8 - 1), abs=0.05)
     assert "volume_manual_drawn_slices_cm3" not in measurement_rows(pred, truth, affine, {3: "L3"}, "VB2_90", 4)[0]
+
+
+def test_against_what_was_drawn_takes_the_drawn_slices_where_a_row_has_them():
+    vb3 = {**_row("vertebral body", 4, 25.0, 24.0, 30.0, 27.0), "source": "VB3_05", "height_manual_drawn_slices_mm": 24.5,
+           "volume_manual_drawn_slices_cm3": 27.0, "central_area_ratio": 0.9, "lateral_share_manual": 0.1,
+           "lateral_share_auto": 0.1}
+    vb2 = {**_row("vertebral body", 4, 25.0, 24.0, 30.0, 27.0), "source": "VB2_06"}
+    changed, kept = against_what_was_drawn([vb3, vb2])
+    assert (changed["height_manual_mm"], changed["volume_manual_cm3"], changed["reference"]) == (24.5, 27.0,
+                                                                                               "drawn_slices")
+    assert "central_area_ratio" not in changed and "lateral_share_auto" not in changed  # made against the 1 mm labels
+    assert kept == vb2
+    s = summaries([vb3, vb2])
+    assert s["summary_real_against_what_was_drawn"]["vertebral body"]["4mm"]["volume_bias_pct"] == -5.0  # 0 and -10 %
+    assert s["summary_real_by_level"]["L3"]["vertebral body"]["4mm"]["volume_bias_pct"] == -5.0
+    assert s["summary_real_only"]["vertebral body"]["4mm"]["volume_bias_pct"] == -10.0
+
+
+def test_the_sr_states_the_accuracy_against_what_was_drawn_where_the_record_has_it(tmp_path):
+    def by_slab(mae):
+        return {"vertebral body": {"4mm": {"n": 5, "height_mae_mm": mae, "volume_mae_cm3": mae}}}
+
+    record = {"summary_real_only": by_slab(2.0), "summary_real_against_what_was_drawn": by_slab(1.0)}
+    (tmp_path / "a.measurement_accuracy.json").write_text(json.dumps(record))
+    assert measurement_accuracy(tmp_path / "a.onnx", "a", 4.0)["vertebral body"]["height_mae_mm"] == 1.0
+    (tmp_path / "b.measurement_accuracy.json").write_text(json.dumps({"summary_real_only": by_slab(2.0)}))
+    assert measurement_accuracy(tmp_path / "b.onnx", "b", 4.0)["vertebral body"]["height_mae_mm"] == 2.0
 
 
 def test_rows_are_grouped_by_the_label_set_they_come_from():
