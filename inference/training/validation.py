@@ -4,7 +4,10 @@ Each validation volume (1 mm isotropic, RAS) is turned into a thick-slice
 sagittal MR series — 4 mm slabs averaged from the 1 mm planes — written as
 DICOM files, read back with `dicom_io.volume.read_series`, segmented by the
 engine, and compared per level with the manual labels on the same slab grid
-(a voxel belongs to a level when at least half of its slab does).
+(a voxel belongs to a level when at least half of its slab does). Volumes
+interpolated from acquired 4 mm slices (VB3, whose 1 mm planes between two
+slices hold the union of their outlines) are also compared with what was
+drawn: each slab with the acquired slice it holds (`drawn_slice_labels`).
 
 ``python -m spinegate.inference.training.validation --data ../shared/data/lumbar_mri`` writes
 ``inference/models/sagittal_spine.validation.json`` (used by the model card);
