@@ -111,6 +111,8 @@ REASON = {
     "level_naming_corrected_from_other_series": Code("SG0081", SCHEME, "Level names taken from another series"),
     "level_naming_disagrees_with_other_series": Code("SG0082", SCHEME,
                                                      "Level unverified, another series places levels differently"),
+    "level_naming_body_two_levels_high": Code("SG0083", SCHEME,
+                                              "Level unverified, a body two levels high on some slices"),
 }
 # Radiomics (IBSI features): the region a group covers (its measurement
 # method), and the features with no code in DICOM's IBSI or statistics

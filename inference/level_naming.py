@@ -22,14 +22,15 @@ import numpy as np
 
 from spinegate.dicom_io.levels import VERTEBRAL_BODY_LEVELS, disc_between, structure_by_name
 from spinegate.dicom_io.volume import centroid_lps_mm
-from spinegate.inference.postprocess import (clean_class_mask, merge_fragments, regularise_body_heights,
-                                             superior_mm, touches_edge, z_extent_mm)
+from spinegate.inference.postprocess import (body_height_mm, clean_class_mask, merge_fragments,
+                                             regularise_body_heights, superior_mm, tallest_slice_height_mm,
+                                             touches_edge, z_extent_mm)
 
 __all__ = ["NamedLabels", "NamedBody", "name_levels", "name_bodies", "name_discs", "absorb_into_s1",
            "on_spinal_column", "CLASS_VB", "CLASS_S1", "CLASS_DISC", "MIN_BODY_MM3", "MIN_DISC_MM3",
            "FLAG_UNANCHORED", "FLAG_PARTIAL", "FLAG_BODY_MISSED", "FLAG_PITCH_UNCOUNTABLE", "UNVERIFIED_FLAGS",
            "level_steps", "naming_unverified", "touches_inferior_edge", "FLAG_S1_AT_EDGE", "FLAG_S1_STEP_AMBIGUOUS",
-           "FLAG_S1_SLIVER", "FLAG_FROM_OTHER_SERIES", "FLAG_SERIES_DISAGREE",
+           "FLAG_S1_SLIVER", "FLAG_FROM_OTHER_SERIES", "FLAG_SERIES_DISAGREE", "FLAG_BODY_TWO_LEVELS_HIGH",
            "FLAG_TOO_MANY_BODIES"]
 
 # Network classes of the sagittal model.
@@ -82,6 +83,12 @@ S1_EDGE_MARGIN_MM = 3.0
 S1_SLIVER_FRACTION = 0.25
 FLAG_S1_SLIVER = "level_naming_s1_only_a_sliver"
 FLAG_S1_STEP_AMBIGUOUS = "level_naming_s1_step_ambiguous"
+# A body as high as two on slices holding at least half its largest area is
+# joined to its neighbour there, and the count may be a level off
+# (VB1_02 cropped 55 mm: L4 joined to the top of L5 on one side, the rest of
+# L5 called S1; correctly named volumes reach 1.52 x the median height).
+BODY_TWO_LEVELS_FACTOR = 1.6
+FLAG_BODY_TWO_LEVELS_HIGH = "level_naming_body_two_levels_high"
 # Across the sagittal series of a study (`inference.study_naming`): names
 # taken from a series that S1 anchors, and a pairing no single shift explains.
 FLAG_FROM_OTHER_SERIES = "level_naming_corrected_from_other_series"
@@ -94,6 +101,7 @@ UNVERIFIED_FLAGS = {
     FLAG_S1_STEP_AMBIGUOUS: "S1 two steps below the lowest body",
     FLAG_PITCH_UNCOUNTABLE: "a step between bodies cannot be counted",
     FLAG_SERIES_DISAGREE: "another sagittal series of the study places the levels differently",
+    FLAG_BODY_TWO_LEVELS_HIGH: "a body is two levels high on some slices",
 }
 
 
@@ -208,6 +216,8 @@ def name_bodies(classes: np.ndarray, affine: np.ndarray, min_body_voxels: int,
     if s1 is not None and len(body_z) >= 2 and \
             s1.sum() < S1_SLIVER_FRACTION * float(np.median([b.sum() for _, b in body_z])):
         flags.append(FLAG_S1_SLIVER)
+    if two_levels_high([b for _, b in body_z], affine):
+        flags.append(FLAG_BODY_TWO_LEVELS_HIGH)
     if s1 is None:
         steps = [1] + steps  # the lowest body is taken as L5
     idx = VERTEBRAL_BODY_LEVELS.index("S1")
@@ -218,6 +228,19 @@ def name_bodies(classes: np.ndarray, affine: np.ndarray, min_body_voxels: int,
             break
         named.append(NamedBody(VERTEBRAL_BODY_LEVELS[idx], z, b))
     return named, flags
+
+
+def two_levels_high(bodies: Sequence[np.ndarray], affine: np.ndarray) -> bool:
+    """Whether a body is at least `BODY_TWO_LEVELS_FACTOR` × the median
+    body height on a slice holding at least half its largest area
+    (`postprocess.tallest_slice_height_mm`); the median over bodies not cut
+    by the field of view, measured on their largest slices. False with
+    fewer than three such bodies."""
+    whole = [body_height_mm(b, affine) for b in bodies if not touches_edge(b)]
+    if len(whole) < 3:
+        return False
+    limit = BODY_TWO_LEVELS_FACTOR * float(np.median(whole))
+    return any(tallest_slice_height_mm(b, affine) >= limit for b in bodies)
 
 
 def touches_inferior_edge(mask: np.ndarray, affine: np.ndarray, margin_mm: float = 0.0) -> bool:

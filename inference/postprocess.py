@@ -16,7 +16,7 @@ from scipy import ndimage
 from spinegate.dicom_io.volume import centroid_lps_mm, voxel_indices
 
 __all__ = ["body_height_mm", "clean_class_mask", "component_sizes", "fill_holes_2d", "merge_fragments",
-           "regularise_body_heights", "superior_mm", "touches_edge", "z_extent_mm"]
+           "regularise_body_heights", "superior_mm", "tallest_slice_height_mm", "touches_edge", "z_extent_mm"]
 
 # Splitting structures joined through lateral slices (`_split_on_central_cores`).
 _CENTRAL_AREA_FRACTION = 0.5
@@ -194,6 +194,20 @@ def body_height_mm(mask: np.ndarray, affine: np.ndarray) -> float:
     z = rc @ affine[2, 1:3]
     pixel_z = float(np.abs(affine[2, 1:3]).max())
     return float(z.max() - z.min()) + pixel_z
+
+
+def tallest_slice_height_mm(mask: np.ndarray, affine: np.ndarray, share: float = 0.5) -> float:
+    """Largest superior-inferior extent (mm, patient z) of a body over its
+    slices holding at least ``share`` of its largest slice's area: a body
+    joined to its neighbour on a few lateral slices only is one body high
+    on its largest slice (`body_height_mm`) and two high on those."""
+    areas = mask.sum(axis=(1, 2))
+    pixel_z = float(np.abs(affine[2, 1:3]).max())
+    tallest = 0.0
+    for k in np.flatnonzero(areas >= share * areas.max()):
+        z = np.argwhere(mask[k]) @ affine[2, 1:3]
+        tallest = max(tallest, float(z.max() - z.min()) + pixel_z)
+    return tallest
 
 
 def _split_at_waist(mask: np.ndarray, affine: np.ndarray) -> list[np.ndarray]:

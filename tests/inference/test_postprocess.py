@@ -402,3 +402,21 @@ def test_a_spine_with_most_bodies_broken_across_is_named_from_its_discs():
     assert named.series_flags == ()
     for level in ("L1", "L2", "L3", "L4", "L5", "S1"):
         assert _rows(named.label_map, level) == _rows(truth, level), level
+
+
+def test_a_body_two_levels_high_on_a_lateral_slice_leaves_the_naming_unverified():
+    """VB1_02 cropped 55 mm: L5 called S1 in the midline slices and joined
+    to L4 on one lateral slice; on its largest slice the joined body is one
+    body high, so it is not split, and the count starts a level low."""
+    from spinegate.inference.level_naming import FLAG_BODY_TWO_LEVELS_HIGH, naming_unverified
+
+    classes = _spine(6, with_s1=False)
+    l5_rows = np.flatnonzero((classes[2] == CLASS_VB).any(axis=1))[-12:]  # the lowest body
+    l4_top = l5_rows[0] - 5 - 12
+    classes[1:4, l5_rows[0]:l5_rows[-1] + 1, 15:45] = CLASS_S1  # L5 called S1 in the midline
+    plain = name_levels(classes, AFFINE, 16)
+    assert FLAG_BODY_TWO_LEVELS_HIGH not in plain.series_flags
+    classes[4, l4_top:l5_rows[-1] + 1, 20:32] = CLASS_VB  # L4 and L5 joined on one lateral slice
+    named = name_levels(classes, AFFINE, 16)
+    assert FLAG_BODY_TWO_LEVELS_HIGH in named.series_flags
+    assert naming_unverified(named.series_flags) == "a body is two levels high on some slices"
