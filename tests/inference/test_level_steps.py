@@ -25,3 +25,12 @@ def test_only_assumed_naming_is_unverified():
     assert naming_unverified([FLAG_BODY_MISSED, "off_column_components_dropped"]) == ""
     assert naming_unverified([FLAG_UNANCHORED, FLAG_PITCH_UNCOUNTABLE]) == (
         "no S1 in view, lowest body taken as L5; a step between bodies cannot be counted")
+
+
+def test_every_unverified_naming_has_its_own_coded_review_reason():
+    from spinegate.dicom_io.codes import reason_codes
+    from spinegate.inference.level_naming import UNVERIFIED_FLAGS
+
+    codes = [reason_codes([flag]) for flag in UNVERIFIED_FLAGS]
+    assert all(len(c) == 1 for c in codes), dict(zip(UNVERIFIED_FLAGS, codes))
+    assert len({c[0].value for c in codes}) == len(UNVERIFIED_FLAGS)
