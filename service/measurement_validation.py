@@ -31,7 +31,8 @@ slices themselves and the planes midway between them.
 
 writes ``inference/models/sagittal_spine.measurement_accuracy.json`` (the
 4 mm MAEs against what was drawn, `against_what_was_drawn`, are what the SR
-and measurements.json state as each measurement's uncertainty) and ``bland_altman.png`` (heights and volumes) beside it; ``--models DIR``
+and measurements.json state as each measurement's uncertainty) and
+``bland_altman.png`` (heights and volumes) beside it; ``--models DIR``
 validates another model folder (a training candidate) into that folder.
 """
 from __future__ import annotations

@@ -103,8 +103,8 @@ def test_rows_also_compare_with_the_acquired_slices_as_drawn_where_given():
 
 
 def test_against_what_was_drawn_takes_the_drawn_slices_where_a_row_has_them():
-    vb3 = {**_row("vertebral body", 4, 25.0, 24.0, 30.0, 27.0), "source": "VB3_05", "height_manual_drawn_slices_mm": 24.5,
-           "volume_manual_drawn_slices_cm3": 27.0, "central_area_ratio": 0.9, "lateral_share_manual": 0.1,
+    vb3 = {**_row("vertebral body", 4, 25.0, 24.0, 30.0, 27.0), "source": "VB3_05",
+           "height_manual_drawn_slices_mm": 24.5, "volume_manual_drawn_slices_cm3": 27.0, "central_area_ratio": 0.9, "lateral_share_manual": 0.1,
            "lateral_share_auto": 0.1}
     vb2 = {**_row("vertebral body", 4, 25.0, 24.0, 30.0, 27.0), "source": "VB2_06"}
     changed, kept = against_what_was_drawn([vb3, vb2])
