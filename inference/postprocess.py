@@ -189,11 +189,13 @@ def _touching(a: np.ndarray, b: np.ndarray) -> bool:
 
 def body_height_mm(mask: np.ndarray, affine: np.ndarray) -> float:
     """Superior-inferior extent (mm, patient z) of a body on its largest slice."""
-    k = int(np.argmax(mask.sum(axis=(1, 2))))
-    rc = np.argwhere(mask[k])
-    z = rc @ affine[2, 1:3]
-    pixel_z = float(np.abs(affine[2, 1:3]).max())
-    return float(z.max() - z.min()) + pixel_z
+    return _slice_height_mm(mask[int(np.argmax(mask.sum(axis=(1, 2))))], affine)
+
+
+def _slice_height_mm(plane: np.ndarray, affine: np.ndarray) -> float:
+    """Superior-inferior extent (mm, patient z) of a structure on one slice, a pixel included."""
+    z = np.argwhere(plane) @ affine[2, 1:3]
+    return float(z.max() - z.min()) + float(np.abs(affine[2, 1:3]).max())
 
 
 def tallest_slice_height_mm(mask: np.ndarray, affine: np.ndarray, share: float = 0.5) -> float:
@@ -202,12 +204,7 @@ def tallest_slice_height_mm(mask: np.ndarray, affine: np.ndarray, share: float =
     joined to its neighbour on a few lateral slices only is one body high
     on its largest slice (`body_height_mm`) and two high on those."""
     areas = mask.sum(axis=(1, 2))
-    pixel_z = float(np.abs(affine[2, 1:3]).max())
-    tallest = 0.0
-    for k in np.flatnonzero(areas >= share * areas.max()):
-        z = np.argwhere(mask[k]) @ affine[2, 1:3]
-        tallest = max(tallest, float(z.max() - z.min()) + pixel_z)
-    return tallest
+    return max(_slice_height_mm(mask[k], affine) for k in np.flatnonzero(areas >= share * areas.max()))
 
 
 def _split_at_waist(mask: np.ndarray, affine: np.ndarray) -> list[np.ndarray]:
