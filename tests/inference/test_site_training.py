@@ -343,6 +343,8 @@ def test_the_committed_recipe_is_the_recorded_commands():
     assert all(later.init == earlier.out / "sagittal_spine.pt" for earlier, later in zip(configs, configs[1:]))
     assert not any(c.export_onnx for c in configs[:-1]) and configs[-1].export_onnx and configs[-1].out == Path("out")
     assert record["stage_g3"]["disc_rim"] == "source-size" and configs[-1].disc_rim == "source-size"
+    assert record["stage_g5"]["nearest_slice_labels"] == ["VB3"] and configs[-1].nearest_slice_labels == ("VB3",)
+    assert all(c.nearest_slice_labels == () for c in configs[:-1])
 
 
 def test_reproduction_refuses_data_that_is_not_the_records(tmp_path):
