@@ -290,17 +290,16 @@ def run_crash_harness(work: Path, n_studies: int, max_kills: int, seed: int = 0,
                 # (the aim at delivery was missed once in CI, 2026-12-07).
                 waited_from = time.monotonic()
                 wait_until = waited_from + (120 if target == "export" else 20)
-                while True:
-                    while (target not in _phases(store, serve.log_path, sender.sending)
-                           and time.monotonic() < wait_until and (sender.is_alive() or target != "receive")):
+                while time.monotonic() < wait_until and (sender.is_alive() or target != "receive"):
+                    if target not in _phases(store, serve.log_path, sender.sending):
                         time.sleep(0.01)
+                        continue
                     # A pause of up to 0.02 s (receive) or 0.3 s varies the moment
                     # within the phase; if the phase ended in it (an association
                     # closed, a study moved on: both missed the aim once in CI,
                     # 2026-12-07), wait for the next one.
                     time.sleep(rng.uniform(0.0, 0.02 if target == "receive" else 0.3))
-                    if (target in _phases(store, serve.log_path, sender.sending) or time.monotonic() >= wait_until
-                            or (target == "receive" and not sender.is_alive())):
+                    if target in _phases(store, serve.log_path, sender.sending):
                         break
                 up.clear()
                 sending = sender.sending
