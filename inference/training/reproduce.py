@@ -73,6 +73,7 @@ def stage_configs(record: dict[str, Any], data: Path, cases: Path, out: Path, de
                 disc_rim=str(s.get("disc_rim", "strict")), open_body_rim=tuple(s.get("open_body_rim", ())),
                 nearest_slice_labels=tuple(s.get("nearest_slice_labels", ())),
                 acquired_share=float(s.get("acquired_share", 0.0)),
+                intensity_field_sd=float(s.get("intensity_field_sd", 0.0)),
                 balance_datasets=bool(s["balance_datasets"]), global_context=bool(s["global_context"]),
                 train_only_context=s.get("trained") == "global context bias only", bf16=bool(s["bf16_autocast"])))
         except KeyError as e:

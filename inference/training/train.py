@@ -204,6 +204,7 @@ class SagittalTrainingConfig:
     exact_planes: bool = False
     end_plane_share: float = 0.0
     acquired_share: float = 0.0
+    intensity_field_sd: float = 0.0
     slab_labels: str = "union"
     disc_rim: str = "strict"
     open_body_rim: tuple[str, ...] = ()
@@ -230,6 +231,8 @@ class SagittalTrainingConfig:
         for name in ("end_plane_share", "acquired_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} {getattr(self, name)} is not within 0-1")
+        if not 0.0 <= self.intensity_field_sd <= 1.0:
+            raise ValueError(f"intensity_field_sd {self.intensity_field_sd} is not within 0-1")
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> SagittalTrainingConfig:
@@ -247,7 +250,7 @@ def _batches(config: SagittalTrainingConfig, pools, rng: np.random.Generator, de
     every committed stage was), or with ``workers`` by a DataLoader."""
     options = dict(slab_labels=config.slab_labels, context=config.context, thickness_mm_range=config.thickness_mm,
                    end_plane_share=config.end_plane_share, exact_planes=config.exact_planes,
-                   acquired_share=config.acquired_share)
+                   acquired_share=config.acquired_share, intensity_field_sd=config.intensity_field_sd)
     if config.workers:
         stream = SampleStream(pools, config.batch, config.seed, config.balance_datasets, **options)
         loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.workers,
@@ -326,6 +329,7 @@ def fit(config: SagittalTrainingConfig) -> dict[str, Any]:
         "context_slices_each_side": config.context, "channels": list(model.channels),
         "thickness_mm": list(config.thickness_mm), "exact_planes": config.exact_planes,
         "end_plane_share": config.end_plane_share, "acquired_share": config.acquired_share,
+        "intensity_field_sd": config.intensity_field_sd,
         "bf16_autocast": config.bf16,
         "balance_datasets": config.balance_datasets, "global_context": model.context is not None,
         "trained": "global context bias only" if config.train_only_context else "all weights",
@@ -387,6 +391,9 @@ def _fit_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--acquired-share", type=float, default=0.0,
                     help="share of the examples from volumes interpolated from acquired slices that are those "
                          "slices as acquired, not averages of the interpolated planes (see sample_example)")
+    ap.add_argument("--intensity-field", dest="intensity_field_sd", type=float, default=0.0, metavar="SD",
+                    help="multiply each example by a smooth random field, receive-coil shading (standard "
+                         "deviation of its log; see training_samples.intensity_field)")
     ap.add_argument("--slab-labels", choices=("union", "centre", "majority"), default="union",
                     help="thick-slab targets: the centre plane's classes, the union where the slab's planes "
                          "disagree, or the class of at least half of the planes (see slab_targets)")

@@ -15,9 +15,35 @@ from scipy import ndimage
 
 from spinegate.inference.training.training_data import TrainingCase, dataset_of
 
-__all__ = ["PATCH", "SampleStream", "draw_batch", "pick_case", "sample_example", "slab_targets"]
+__all__ = ["PATCH", "SampleStream", "draw_batch", "intensity_field", "pick_case", "sample_example", "slab_targets"]
 
 PATCH = (192, 160)  # rows × columns at the training spacing (240 × 200 mm)
+# Knots of the random intensity field across a patch (rows, columns): about
+# 60-70 mm apart, as smooth as a receive coil's shading across 240 × 200 mm.
+FIELD_KNOTS = (4, 4)
+
+
+def intensity_field(rng: np.random.Generator, channels: int, sd: float,
+                    shape: tuple[int, int] = PATCH) -> np.ndarray:
+    """A smooth random multiplicative intensity field for one example,
+    (channels, rows, cols), as receive-coil shading leaves on real MR.
+
+    The log of the field is a bicubic interpolation of ``FIELD_KNOTS``
+    normal knots (standard deviation ``sd``), the same across the channels,
+    plus one normal offset per neighbouring channel (standard deviation
+    ``sd / 2``; the centre channel none): a lateral slice a little darker or
+    brighter than its neighbour, as the sensitivity falls off across the
+    sagittal planes.
+    """
+    if sd < 0:
+        raise ValueError(f"'sd' must not be negative, got {sd}")
+    knots = rng.normal(0.0, sd, FIELD_KNOTS)
+    zoom = (shape[0] / (FIELD_KNOTS[0] - 1), shape[1] / (FIELD_KNOTS[1] - 1))
+    grid = np.meshgrid(np.arange(shape[0]) / zoom[0], np.arange(shape[1]) / zoom[1], indexing="ij")
+    log_field = ndimage.map_coordinates(knots, grid, order=3, mode="nearest")
+    per_channel = rng.normal(0.0, sd / 2, channels)
+    per_channel[channels // 2] = 0.0
+    return np.exp(log_field[None] + per_channel[:, None, None]).astype(np.float32)
 
 
 def slab_targets(planes: np.ndarray, centre: int, rule: str) -> np.ndarray:
@@ -74,8 +100,8 @@ def _acquired_planes(case: TrainingCase) -> tuple[np.ndarray, int] | None:
 
 def sample_example(case: TrainingCase, rng: np.random.Generator, augment: bool, slab_labels: str = "union",
                    context: int = 0, thickness_mm_range: tuple[float, float] = (1.0, 5.0),
-                   end_plane_share: float = 0.0, exact_planes: bool = False, acquired_share: float = 0.0
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   end_plane_share: float = 0.0, exact_planes: bool = False, acquired_share: float = 0.0,
+                   intensity_field_sd: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """One augmented example: a slab of 1-5 mm (``thickness_mm_range``)
     averaged across planes (thick clinical slices) and, with ``context`` > 0,
     that many neighbouring slabs on each side as extra channels (slice gap
@@ -137,6 +163,8 @@ def sample_example(case: TrainingCase, rng: np.random.Generator, augment: bool, 
                     for ch in image])
     alw = ndimage.affine_transform(allowed, mat, offset, output_shape=PATCH, order=0, mode="constant",
                                    cval=int(allowed.max()))
+    if augment and intensity_field_sd > 0:  # (extra draws only when asked for, as above)
+        img = img * intensity_field(rng, len(img), intensity_field_sd, img.shape[1:])
     if augment:
         img = np.clip(img, 0, 1) ** rng.uniform(0.6, 1.6)
         img = img * rng.uniform(0.8, 1.2) + rng.normal(0, rng.uniform(0, 0.04), img.shape)

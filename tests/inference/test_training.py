@@ -164,6 +164,7 @@ def test_the_training_configuration_checks_its_values():
                        ({"data": Path("d"), "slab_labels": "mode"}, "union, centre or majority"),
                        ({"data": Path("d"), "end_plane_share": 1.5}, "0-1"),
                        ({"data": Path("d"), "acquired_share": -0.1}, "acquired_share -0.1 is not within 0-1"),
+                       ({"data": Path("d"), "intensity_field_sd": 1.5}, "intensity_field_sd 1.5 is not within 0-1"),
                        ({"data": Path("d"), "disc_rim": "loose"}, "strict, source-size, uncertain"),
                        ({"data": Path("d"), "open_body_rim": ("VB4",)}, "not in VB1, VB2, VB3, phantom")):
         with pytest.raises(ValueError, match=match):

@@ -74,6 +74,39 @@ def test_acquired_examples_are_single_acquired_slices_with_the_next_ones_beside_
                         np.full((40, 20, 20), BG, np.uint8), 1.0, np.arange(40)).acquired_grid is None
 
 
+def test_the_intensity_field_is_smooth_shared_by_the_channels_and_unbiased_in_log():
+    from spinegate.inference.training.training_samples import intensity_field
+
+    rng = np.random.default_rng(11)
+    assert np.all(intensity_field(rng, 3, 0.0) == 1.0)
+    with pytest.raises(ValueError, match="'sd' must not be negative"):
+        intensity_field(rng, 3, -0.1)
+    fields = np.log(np.stack([intensity_field(rng, 3, 0.2) for _ in range(400)]))
+    assert fields.shape == (400, 3, 192, 160)
+    # Smooth: no more than a few per cent from one pixel to the next.
+    assert np.abs(np.diff(fields, axis=2)).max() < 0.03 and np.abs(np.diff(fields, axis=3)).max() < 0.03
+    # The neighbours differ from the centre channel by one constant each,
+    # spread sd / 2; the field itself spreads sd at a knot (the corner).
+    offsets = fields[:, [0, 2]] - fields[:, 1:2]
+    np.testing.assert_allclose(offsets, np.broadcast_to(offsets[:, :, :1, :1], offsets.shape), atol=1e-5)
+    assert np.std(offsets[:, :, 0, 0]) == pytest.approx(0.1, rel=0.15)
+    assert np.std(fields[:, 1, 0, 0]) == pytest.approx(0.2, rel=0.15)
+    assert abs(float(fields[:, 1].mean())) < 0.02
+
+
+def test_an_intensity_field_changes_the_image_of_an_example_not_its_targets():
+    from spinegate.inference.training.training_samples import sample_example
+
+    case = _tiny_cases()[0]
+    plain_img, plain_alw = sample_example(case, np.random.default_rng(5), augment=True, context=1)
+    again_img, _ = sample_example(case, np.random.default_rng(5), augment=True, context=1, intensity_field_sd=0.0)
+    field_img, field_alw = sample_example(case, np.random.default_rng(5), augment=True, context=1,
+                                          intensity_field_sd=0.3)
+    np.testing.assert_array_equal(plain_img, again_img)  # no extra draws unless asked for
+    np.testing.assert_array_equal(plain_alw, field_alw)
+    assert field_img.shape == plain_img.shape and not np.allclose(field_img, plain_img, atol=0.01)
+
+
 def test_planes_between_acquired_slices_take_the_nearer_slices_outline():
     from spinegate.inference.training.training_data import TrainingCase, with_nearest_slice_labels
 
