@@ -228,11 +228,9 @@ class SagittalTrainingConfig:
         if not set(self.open_body_rim) <= set(OPEN_BODY_RIM_DATASETS):
             raise ValueError(f"open_body_rim {self.open_body_rim} names a label set not in "
                              f"{', '.join(OPEN_BODY_RIM_DATASETS)}")
-        for name in ("end_plane_share", "acquired_share"):
+        for name in ("end_plane_share", "acquired_share", "intensity_field_sd"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} {getattr(self, name)} is not within 0-1")
-        if not 0.0 <= self.intensity_field_sd <= 1.0:
-            raise ValueError(f"intensity_field_sd {self.intensity_field_sd} is not within 0-1")
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> SagittalTrainingConfig:
